@@ -1,0 +1,165 @@
+"""`wavediffusion <command>`: one command per workflow step, one function per command.
+
+Every Snakemake rule's shell is a single call of one of these commands; the function
+named in each command's `set_defaults(run=...)` is the whole step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# Commands import their modules lazily, so `wavediffusion --help` stays fast.
+
+
+def cmd_check_config(args) -> None:
+    from .config import load_config
+
+    config = load_config(args.config, args.schema)
+    print(f"{args.config}: valid (scale {config['scale']}, {len(config['data']['families'])} families)")
+
+
+def cmd_download_openfwi(args) -> None:
+    from .data.download import write_download_record
+
+    write_download_record(args.family, args.dest, args.record, base_url=args.base_url)
+
+
+def cmd_simulate(args) -> None:
+    from .data.simulate import simulate_family
+
+    torch_threads(args.threads)
+    folder = simulate_family(
+        args.family, args.out_root, args.train, args.test, args.synthetic_seed,
+        backend=args.backend, batch_size=args.batch_size, progress=True,
+    )
+    print(f"wrote {folder}")
+
+
+def cmd_preprocess(args) -> None:
+    from .data.preprocess import PreprocessSettings, preprocess
+
+    torch_threads(args.threads)
+    settings = PreprocessSettings(
+        families=tuple(args.families),
+        shots=tuple(args.shots),
+        time_samples=args.time_samples,
+        receivers=args.receivers,
+        velocity_size=args.velocity_size,
+        samples_per_shard=args.samples_per_shard,
+        max_train_per_family=args.max_train_per_family,
+        max_test_per_family=args.max_test_per_family,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        source=args.source,
+    )
+    rep = preprocess(args.openfwi_root, args.out, settings, progress=True)
+    print(f"wrote {args.out}: seismic log range [{rep.seismic_log_min:.4f}, {rep.seismic_log_max:.4f}]")
+
+
+def cmd_pde_floor(args) -> None:
+    from .files import write_csv
+    from .physics.deviation import FLOOR_COLUMNS, pde_floor
+
+    torch_threads(args.threads)
+    rows = pde_floor(args.dataset, args.samples_per_family, args.backends, args.batch_size)
+    write_csv(rows, args.out, FLOOR_COLUMNS)
+    for row in rows:
+        print(f"{row['family']:>13} {row['backend']:>8} {row['velocity_input']:>8}: {row['deviation_mean']:.3e}")
+
+
+def cmd_plot_velocity_families(args) -> None:
+    from .evaluation.figures import plot_dataset_velocity
+
+    plot_dataset_velocity(args.dataset, args.out, per_family=args.per_family)
+
+
+def torch_threads(threads: int | None) -> None:
+    """Honour the rule's `threads:` (Snakemake passes it) instead of torch's guess."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def optional_int(text: str) -> int | None:
+    return None if text.lower() in ("none", "null") else int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wavediffusion", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("check-config", help="validate a config file against the schema")
+    p.add_argument("config")
+    p.add_argument("--schema", default="workflow/schemas/config.schema.yaml")
+    p.set_defaults(run=cmd_check_config)
+
+    p = commands.add_parser("download-openfwi", help="download one OpenFWI family (resumable, verified)")
+    p.add_argument("--family", required=True)
+    p.add_argument("--dest", required=True, help="root folder of the OpenFWI layout")
+    p.add_argument("--base-url", default="", type=lambda text: text or None, help="a mirror with OpenFWI's layout (overrides the manifest's URLs)")
+    p.add_argument("--record", required=True, help="JSON written once every file is verified")
+    p.set_defaults(run=cmd_download_openfwi)
+
+    p = commands.add_parser("simulate", help="forward-model one family's embedded velocity maps into OpenFWI's layout")
+    p.add_argument("--family", required=True)
+    p.add_argument("--out-root", required=True)
+    p.add_argument("--train", type=int, required=True)
+    p.add_argument("--test", type=int, required=True)
+    p.add_argument("--synthetic-seed", type=int, default=0)
+    p.add_argument("--backend", default="deepwave")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(run=cmd_simulate)
+
+    p = commands.add_parser("preprocess", help="OpenFWI layout -> the dataset Zarr store")
+    p.add_argument("--openfwi-root", required=True)
+    p.add_argument("--source", default="embedded", help="recorded in the store's provenance")
+    p.add_argument("--families", nargs="+", required=True)
+    p.add_argument("--shots", type=int, nargs="+", default=[0, 2, 4])
+    p.add_argument("--time-samples", type=int, default=1024)
+    p.add_argument("--receivers", type=int, default=64)
+    p.add_argument("--velocity-size", type=int, default=64)
+    p.add_argument("--samples-per-shard", type=int, default=16)
+    p.add_argument("--max-train-per-family", type=optional_int, default=None)
+    p.add_argument("--max-test-per-family", type=optional_int, default=None)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=cmd_preprocess)
+
+    p = commands.add_parser("pde-floor", help="PDE deviation of the data set's own true pairs")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--samples-per-family", type=int, default=4)
+    p.add_argument("--backends", nargs="+", default=["deepwave", "openfwi"])
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=cmd_pde_floor)
+
+    p = commands.add_parser("plot-velocity-families", help="figure: velocity maps of every family in the data set")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--per-family", type=int, default=4)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=cmd_plot_velocity_families)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data.download import DownloadError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError, DownloadError) as error:
+        # Bad input: one clear line naming the file or key, not a traceback.
+        print(f"wavediffusion {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

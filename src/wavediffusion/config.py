@@ -1,0 +1,61 @@
+"""Config validation: config.yaml against workflow/schemas/config.schema.yaml.
+
+The Snakefile calls `validate_config` once; every rule then receives the slice of the
+validated config it uses. Errors name the offending key as a dotted path
+(`data.families[2]`) so a user can find it in config.yaml at once.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value that the schema rejects; the message names the key."""
+
+
+def key_path(path) -> str:
+    """('data', 'families', 2) -> 'data.families[2]'."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "<top level>"
+
+
+def _fill_defaults(instance: dict, schema: dict) -> None:
+    """Insert the schema's defaults for missing keys, recursing into nested objects."""
+    for name, sub in schema.get("properties", {}).items():
+        if name not in instance and "default" in sub:
+            instance[name] = copy.deepcopy(sub["default"])
+        if isinstance(instance.get(name), dict) and sub.get("type") == "object":
+            _fill_defaults(instance[name], sub)
+
+
+def validate_config(config: dict[str, Any], schema_path: str | Path, source: str = "config") -> dict:
+    """Return a copy of `config` with defaults filled in; raise ConfigError naming the key."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    filled = copy.deepcopy(dict(config))
+    _fill_defaults(filled, schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(filled), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  {key_path(e.absolute_path)}: {e.message}" for e in errors]
+        raise ConfigError(f"{source} is invalid:\n" + "\n".join(lines))
+    return filled
+
+
+def load_config(path: str | Path, schema_path: str | Path) -> dict:
+    """Read a YAML config file and validate it."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read config: {error}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys to values")
+    return validate_config(raw, schema_path, source=str(path))

@@ -1,0 +1,60 @@
+"""The dataset Zarr store: layout, atomic creation, opening.
+
+    dataset.zarr/
+      zarr.json                 attrs: representation, families, provenance, config
+      train/ val/ test/
+        seismic          (N, S, T, R) float32 in [-1, 1]   one sample per chunk, sharded
+        velocity         (N, 1, V, V) float32 in [-1, 1]   one sample per chunk, sharded
+        velocity_native  (N, 1, 70, 70) float32 m/s        OpenFWI's map, before resizing
+        family           (N,) int16   index into attrs["families"]
+        source_index     (N,) int32   position of the sample in its family's source split
+
+One sample per chunk makes random access (a shuffled DataLoader) read exactly one sample;
+shards of many chunks keep the file count low and sequential reads fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import zarr
+
+from .families import VELOCITY_SHAPE
+from .transforms import Representation
+
+SPLITS = ("train", "val", "test")
+
+
+def create_split_arrays(group: zarr.Group, n: int, rep: Representation, samples_per_shard: int) -> None:
+    """Create the empty arrays of one split (n samples) inside `group`."""
+    shard = max(1, min(samples_per_shard, n))
+
+    def sample_array(name: str, sample_shape: tuple[int, ...]):
+        group.create_array(
+            name,
+            shape=(n, *sample_shape),
+            chunks=(1, *sample_shape),
+            shards=(shard, *sample_shape),
+            dtype="float32",
+        )
+
+    sample_array("seismic", rep.seismic_shape)
+    sample_array("velocity", rep.velocity_shape)
+    sample_array("velocity_native", VELOCITY_SHAPE)
+    group.create_array("family", shape=(n,), chunks=(max(1, n),), dtype="int16")
+    group.create_array("source_index", shape=(n,), chunks=(max(1, n),), dtype="int32")
+
+
+def open_dataset(path: str | Path) -> zarr.Group:
+    """Open a dataset store read-only, with a clear error when it is not one."""
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        raise FileNotFoundError(f"{path}: not a dataset store (no zarr.json); run the preprocess rule first")
+    root = zarr.open_group(str(path), mode="r")
+    if "representation" not in root.attrs:
+        raise ValueError(f"{path}: Zarr group has no 'representation' attribute; not a WaveDiffusion dataset")
+    return root
+
+
+def representation_of(root: zarr.Group) -> Representation:
+    return Representation.from_attrs(root.attrs["representation"])

@@ -1,0 +1,57 @@
+"""Atomic writes: a result appears under its final name complete, or not at all."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_directory(final: str | Path):
+    """Yield a temporary sibling path; on success it replaces `final`, on error it is removed.
+
+    A directory that failed half-way never appears under its final name, and one that
+    already exists there is only replaced once the new one is complete.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+@contextmanager
+def atomic_file(final: str | Path):
+    """Yield a temporary sibling file path; on success it is renamed to `final`."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}{final.suffix}")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, final)
+
+
+def write_csv(rows: list[dict], path: str | Path, columns: tuple[str, ...] | list[str]) -> None:
+    """Write rows (dicts keyed by `columns`) as a CSV file, atomically."""
+    with atomic_file(path) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(columns))
+            writer.writeheader()
+            writer.writerows(rows)

@@ -1,0 +1,27 @@
+# Physics: the PDE-check floor every later deviation is read against.
+
+
+rule pde_floor:
+    """Deviation of the data set's own true pairs, per family and forward-modelling backend."""
+    input:
+        "results/data/dataset.zarr",
+    output:
+        "results/physics/pde_floor.csv",
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/pde_floor.log",
+    benchmark:
+        "benchmarks/out/pde_floor.tsv"
+    params:
+        samples_per_family=config["physics"]["floor_samples_per_family"],
+        backends=config["physics"]["floor_backends"],
+        batch_size=config["physics"]["batch_size"],
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        "wavediffusion pde-floor --dataset {input} --samples-per-family {params.samples_per_family}"
+        " --backends {params.backends} --batch-size {params.batch_size} --threads {threads}"
+        " --out {output} > {log} 2>&1"
