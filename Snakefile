@@ -2,7 +2,17 @@
 # Each step is one rule in workflow/rules/<stage>.smk whose shell is one
 # `wavediffusion <command>` call (src/wavediffusion/cli.py).
 
+import os
+import sys
+
 from wavediffusion.config import validate_config
+
+# Rules call the `wavediffusion` command installed beside the Python that runs Snakemake
+# (.venv/bin after `make install`), also when that environment is not activated.
+# Under --sdm conda it is absent there, and the rule's conda environment provides it.
+PYTHON_BIN = os.path.dirname(sys.executable)
+if os.path.exists(os.path.join(PYTHON_BIN, "wavediffusion")):
+    shell.prefix(f'set -euo pipefail; export PATH="{PYTHON_BIN}:$PATH"; ')
 
 
 configfile: "config.yaml"

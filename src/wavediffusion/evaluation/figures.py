@@ -1,0 +1,114 @@
+"""Figures of the workflow, written with matplotlib's Agg backend (no display needed).
+
+Every figure is written atomically: saved to a temporary file in the target directory and
+renamed over the target, so an interrupted run never leaves a truncated PNG that Snakemake
+would take as up to date.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import numpy as np  # noqa: E402
+
+from ..data.families import VELOCITY_MAX, VELOCITY_MIN  # noqa: E402
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_figure(figure: plt.Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Save `figure` to `path` atomically (temporary file + os.replace) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+    os.close(descriptor)
+    try:
+        figure.savefig(temporary, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it 0600; give it a normal file's mode
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(figure)
+    return path
+
+
+def plot_velocity_families(
+    samples: dict[str, np.ndarray],
+    path: str | Path,
+    per_family: int = 4,
+    real: set[str] | None = None,
+) -> Path:
+    """Grid of velocity maps: one row per family, `per_family` examples per row.
+
+    samples: family name -> maps (N, 1, 70, 70) or (N, 70, 70) in m/s; rows keep the dict's
+    order and show the first `per_family` maps (fewer if a family has fewer). All panels
+    share one colour scale, OpenFWI's 1500-4500 m/s, with one colourbar; each row is labelled
+    with the family name and "(real OpenFWI)" if the name is in `real`, else "(synthetic)".
+    """
+    if not samples:
+        raise ValueError("plot_velocity_families: no families to plot")
+    if per_family < 1:
+        raise ValueError(f"per_family must be at least 1, got {per_family}")
+    real = real or set()
+    rows = len(samples)
+    figure, axes = plt.subplots(
+        rows, per_family, figsize=(1.9 * per_family + 1.2, 1.9 * rows + 0.3), squeeze=False, layout="constrained"
+    )
+    image = None
+    for row, (family, maps) in enumerate(samples.items()):
+        maps = np.asarray(maps)
+        if maps.ndim == 4:
+            maps = maps[:, 0]  # (N, 1, H, W) -> (N, H, W)
+        if maps.ndim != 3:
+            raise ValueError(f"{family}: expected maps (N, 1, H, W) or (N, H, W), got shape {maps.shape}")
+        for column in range(per_family):
+            ax = axes[row, column]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if column >= len(maps):  # fewer maps than columns: a blank panel, label kept
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+                continue
+            image = ax.imshow(maps[column], cmap="jet", vmin=VELOCITY_MIN, vmax=VELOCITY_MAX, interpolation="nearest")
+        origin = "real OpenFWI" if family in real else "synthetic"
+        axes[row, 0].set_ylabel(f"{family}\n({origin})", fontsize=9)
+    if image is not None:
+        colourbar = figure.colorbar(image, ax=axes, shrink=0.6, aspect=30)
+        colourbar.set_label("velocity (m/s)")
+    return save_figure(figure, path)
+
+
+def plot_dataset_velocity(dataset: str | Path, path: str | Path, per_family: int = 4, split: str = "train") -> Path:
+    """plot_velocity_families for a dataset store: the first `per_family` maps of each family.
+
+    Rows follow the store's family order and show OpenFWI's native 70 x 70 maps (m/s).
+    A family counts as real OpenFWI unless the store was built from the embedded source and
+    that family's embedded maps are synthetic.
+    """
+    from ..data.families import get_family
+    from ..data.store import open_dataset
+
+    root = open_dataset(dataset)
+    names = list(root.attrs["families"])
+    group = root[split]
+    family_of_sample = group["family"][:]
+    samples = {}
+    for name in root.attrs.get("families_used", names):
+        rows = np.flatnonzero(family_of_sample == names.index(name))[:per_family]
+        if rows.size:
+            samples[name] = np.stack([group["velocity_native"][int(row)] for row in rows])
+    embedded = root.attrs["provenance"]["source"] == "embedded"
+    real = {name for name in samples if not embedded or get_family(name).embedded == "real"}
+    return plot_velocity_families(samples, path, per_family=per_family, real=real)

@@ -1,0 +1,170 @@
+"""The forward operator F: velocity maps -> seismic data in OpenFWI's native layout.
+
+Two backends give the same data in the same units, sign and timing:
+
+- ``"deepwave"`` (default, fast): deepwave's compiled scalar propagator, 4th-order
+  space stencil, C-PML, one internal step per 1 ms (the same leapfrog as OpenFWI).
+- ``"openfwi"`` (reference): the scheme OpenFWI describes for its published data, with
+  its 120-cell sponge (:mod:`.openfwi_fd`); ~20x slower on the CPU.
+
+Calibration (docs/physics.md gives the measurements). Inside the model both backends
+run the identical finite-difference update; they differ in three conventions, which the
+deepwave path corrects:
+
+1. Sign: deepwave adds -v^2 dt^2 * amplitude at the source cell, OpenFWI adds
+   +v^2 dt^2 * wavelet. Fed ``DEEPWAVE_SOURCE_SCALE * wavelet`` (= -wavelet), deepwave
+   solves OpenFWI's equation in OpenFWI's units.
+2. Timing: deepwave records a receiver *before* the step that injects the source,
+   OpenFWI *after* it, so deepwave's sample k is OpenFWI's sample k - 1. The deepwave
+   path runs ``DEEPWAVE_DELAY_SAMPLES`` (= 1) extra step and drops that many more
+   leading samples.
+3. Absorbing boundary: deepwave's 20-cell C-PML vs OpenFWI's 120-cell sponge. This
+   cannot be matched; it is the remaining difference between the backends: on real
+   OpenFWI maps 0.2-0.3 % relative on average (at most 2.2 %), concentrated in the weak
+   late arrivals, where OpenFWI's sponge leaks and deepwave's PML hardly does
+   (docs/physics.md).
+
+A least-squares fit of scale and shift on real OpenFWI maps recovers these values
+(scale -1.00, shift 1 sample; benchmarks/forward_modelling.py --calibrate re-measures).
+"""
+
+from __future__ import annotations
+
+import deepwave
+import torch
+from tqdm import tqdm
+
+from . import openfwi_fd
+from .acquisition import CRITICAL_COURANT_NUMBER, OPENFWI_ACQUISITION, Acquisition, ricker
+
+BACKENDS = ("deepwave", "openfwi")
+
+# Calibration constants of the deepwave path (see module docstring).
+DEEPWAVE_SOURCE_SCALE = -1.0
+DEEPWAVE_DELAY_SAMPLES = 1
+DEEPWAVE_ACCURACY = 4
+
+
+@torch.no_grad()
+def forward_model(
+    velocity: torch.Tensor,
+    backend: str = "deepwave",
+    acquisition: Acquisition = OPENFWI_ACQUISITION,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Simulate OpenFWI-style shot gathers for a batch of velocity maps.
+
+    velocity: (B, 1, nz, nx) in m/s (not normalised), float, on CPU or CUDA.
+    Returns seismic (B, S, nt, R) float32 on the velocity's device: shots, time samples,
+    receivers -- OpenFWI's ``data*.npy`` layout, (B, 5, 1000, 70) by default.
+
+    Runs ``batch_size`` models at a time (memory, outputs included: roughly 12 MB per
+    model for "openfwi", 3 MB for "deepwave"). No gradients are kept. Raises ValueError
+    for an unknown backend, a wrong shape, non-finite values, or velocities outside
+    [acquisition.min_velocity, acquisition.max_velocity].
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    velocity = _validated(velocity, acquisition)
+    simulate = _simulate_deepwave if backend == "deepwave" else openfwi_fd.simulate
+
+    n_models = velocity.shape[0]
+    seismic = velocity.new_empty(n_models, *acquisition.seismic_shape)  # (B, S, T, R)
+    with tqdm(total=n_models, unit="model", desc=f"forward ({backend})", disable=not progress) as bar:
+        for start in range(0, n_models, batch_size):
+            chunk = velocity[start : start + batch_size]  # (b, 1, nz, nx)
+            seismic[start : start + len(chunk)] = simulate(chunk, acquisition)
+            bar.update(len(chunk))
+    return seismic
+
+
+def _validated(velocity: torch.Tensor, acquisition: Acquisition) -> torch.Tensor:
+    """The velocity as contiguous float32, or a ValueError saying what is wrong with it."""
+    if not isinstance(velocity, torch.Tensor):
+        raise ValueError(f"velocity must be a torch.Tensor, got {type(velocity).__name__}")
+    expected = acquisition.velocity_shape
+    if velocity.ndim != 4 or tuple(velocity.shape[1:]) != expected:
+        raise ValueError(
+            f"velocity must have shape (B, {', '.join(map(str, expected))}), "
+            f"got {tuple(velocity.shape)}"
+        )
+    if not velocity.is_floating_point():
+        raise ValueError(f"velocity must be a floating-point tensor, got {velocity.dtype}")
+    velocity = velocity.detach().to(torch.float32).contiguous()
+    if velocity.numel() == 0:
+        return velocity
+    if not torch.isfinite(velocity).all():
+        raise ValueError("velocity contains NaN or infinite values")
+    low, high = velocity.min().item(), velocity.max().item()
+    if low < acquisition.min_velocity or high > acquisition.max_velocity:
+        raise ValueError(
+            f"velocity spans [{low:g}, {high:g}] m/s, outside the accepted "
+            f"[{acquisition.min_velocity:g}, {acquisition.max_velocity:g}] m/s "
+            "(OpenFWI maps are 1500-4500 m/s; denormalise [-1, 1] maps before modelling)"
+        )
+    return velocity
+
+
+def _simulate_deepwave(
+    velocity: torch.Tensor,
+    acquisition: Acquisition,
+    source_scale: float = DEEPWAVE_SOURCE_SCALE,
+    delay_samples: int = DEEPWAVE_DELAY_SAMPLES,
+) -> torch.Tensor:
+    """Shot gathers with deepwave.scalar, calibrated to OpenFWI's conventions.
+
+    velocity: (B, 1, nz, nx) float32 m/s.  Returns (B, S, nt, R) float32.
+    ``source_scale`` and ``delay_samples`` exist so the calibration can run deepwave
+    uncalibrated (1.0, 0); everything else uses the calibrated defaults.
+
+    Every shot of every model is one deepwave shot, with its own copy of the model
+    (deepwave's batched-model mode), so the whole chunk is one call. ``max_vel`` is the
+    acquisition's upper velocity bound, not the chunk's maximum, so the PML and the time
+    step -- and hence the data -- do not depend on which models share a chunk; the
+    Courant number is set just above that bound's so deepwave takes exactly one internal
+    step per dt (OpenFWI's time stepping, no resampling of the source or the traces).
+    """
+    acq = acquisition
+    b, s, r = velocity.shape[0], acq.n_shots, acq.n_receivers
+    device = velocity.device
+    models = velocity[:, 0].repeat_interleave(s, dim=0)  # (B*S, nz, nx), model-major
+
+    # (z, x) grid indices; deepwave orders dimensions slowest (depth) to fastest.
+    sources = torch.tensor([[[acq.source_depth, col]] for col in acq.source_columns], device=device)
+    sources = sources.repeat(b, 1, 1)  # (B*S, 1, 2)
+    receivers = torch.tensor([[acq.receiver_depth, col] for col in acq.receivers], device=device)
+    receivers = receivers[None].expand(b * s, r, 2)  # (B*S, R, 2)
+
+    n_steps = acq.n_steps + delay_samples
+    wavelet = source_scale * ricker(acq.peak_frequency, acq.dt, n_steps, device=device)
+    amplitudes = wavelet[None, None, :].expand(b * s, 1, n_steps)  # (B*S, 1, T)
+
+    out = deepwave.scalar(
+        models,
+        acq.dx,
+        acq.dt,
+        source_amplitudes=amplitudes,
+        source_locations=sources,
+        receiver_locations=receivers,
+        accuracy=DEEPWAVE_ACCURACY,
+        pml_width=acq.pml_width,
+        pml_freq=acq.peak_frequency,
+        max_vel=acq.max_velocity,
+        courant_number=_one_step_courant_number(acq),
+    )
+    traces = out.receiver_amplitudes  # (B*S, R, T)
+    traces = traces[..., acq.dropped_samples + delay_samples :]  # (B*S, R, nt)
+    return traces.reshape(b, s, r, acq.nt).transpose(2, 3)  # (B, S, nt, R)
+
+
+def _one_step_courant_number(acquisition: Acquisition) -> float:
+    """A Courant number target that makes deepwave take one internal step per dt.
+
+    deepwave takes ceil(C(max_vel) / target) internal steps; C(max_vel) is below the
+    scheme's stability limit by the Acquisition's own check, and the 1e-6 margin keeps
+    the ceiling at 1 despite rounding.
+    """
+    return min(acquisition.courant_number * (1.0 + 1e-6), CRITICAL_COURANT_NUMBER - 1e-9)
