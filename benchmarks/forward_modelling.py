@@ -20,7 +20,6 @@ error in the normalised (log, [-1, 1]) seismic space that the paper's PDE deviat
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import platform
 import time
@@ -31,9 +30,8 @@ import torch
 
 from wavediffusion.data.embedded import load_real_velocity
 from wavediffusion.physics import forward as fwd
-from wavediffusion.physics import openfwi_fd
-from wavediffusion.physics.acquisition import OPENFWI_ACQUISITION, Acquisition
-from wavediffusion.physics.forward import BACKENDS, forward_model
+from wavediffusion.physics.acquisition import OPENFWI_ACQUISITION
+from wavediffusion.physics.forward import BACKENDS, far_boundary_reference, forward_model
 
 README = Path(__file__).with_name("README.md")
 FAMILIES = ("FlatVel-A", "CurveVel-A")
@@ -113,28 +111,6 @@ def fit_scale_and_shift(x: torch.Tensor, y: torch.Tensor, max_shift: int = 3) ->
         scale = (xs * ys).sum() / (xs * xs).sum()
         fits.append((shift, scale.item(), ((scale * xs - ys).norm() / ys.norm()).item()))
     return fits
-
-
-def far_boundary_reference(velocity: torch.Tensor, acquisition: Acquisition, extra: int = 250) -> torch.Tensor:
-    """Data of the same map with its absorbing boundary moved `extra` cells further out.
-
-    The map is extended by replicating its edges (what both backends' boundaries assume)
-    and run with the openfwi stencil; 250 cells is far enough that nothing coming back
-    from the boundary reaches a receiver within 1 s even at 4500 m/s. Differences
-    against it are therefore each backend's own absorbing-boundary error.
-    """
-    acq = acquisition
-    big = dataclasses.replace(
-        acq,
-        nz=acq.nz + 2 * extra,
-        nx=acq.nx + 2 * extra,
-        source_columns=tuple(c + extra for c in acq.source_columns),
-        source_depth=acq.source_depth + extra,
-        receiver_columns=tuple(c + extra for c in acq.receivers),
-        receiver_depth=acq.receiver_depth + extra,
-    )
-    padded = torch.nn.functional.pad(velocity, (extra,) * 4, mode="replicate")
-    return openfwi_fd.simulate(padded, big)
 
 
 def normalised(seismic: torch.Tensor, data_range: tuple[float, float]) -> torch.Tensor:

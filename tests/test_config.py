@@ -33,6 +33,8 @@ def test_empty_config_gets_the_demo_defaults():
         ({"preprocess": {"shots": [0, 5]}}, "preprocess.shots[1]", "maximum"),
         ({"data": {"sorce": "embedded"}}, "data", "sorce"),
         ({"physics": {"floor_backends": ["specfem"]}}, "physics.floor_backends[0]", "specfem"),
+        ({"data": {"families": ["FlatVel-A", "Style-A"]}}, "data.families[1]", "no embedded source"),
+        ({"data": {"openfwi_root": "/data/openfwi"}}, "data.openfwi_root", "data.source: openfwi"),
     ],
 )
 def test_bad_values_name_the_key(patch, key, words):

@@ -6,8 +6,6 @@ of sign, timing (one sample), amplitude scale or boundary treatment makes them f
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import scipy.special
@@ -16,7 +14,7 @@ import torch
 from wavediffusion.data.embedded import load_real_velocity
 from wavediffusion.physics import forward as fwd
 from wavediffusion.physics.acquisition import OPENFWI_ACQUISITION, Acquisition, ricker
-from wavediffusion.physics.forward import BACKENDS, forward_model
+from wavediffusion.physics.forward import BACKENDS, far_boundary_reference, forward_model
 
 # A small constant-velocity survey: one source mid-depth, receivers along its row.
 SMALL = Acquisition(nz=30, nx=60, nt=400, source_columns=(10,), source_depth=15, receiver_depth=15)
@@ -133,25 +131,6 @@ def _lag(later: np.ndarray, earlier: np.ndarray) -> int:
     """Samples by which `later` trails `earlier`, by cross-correlation."""
     lags = np.arange(-len(earlier) + 1, len(later))
     return int(lags[np.argmax(np.correlate(later, earlier, mode="full"))])
-
-
-def far_boundary_reference(velocity: torch.Tensor, acq: Acquisition, extra: int) -> torch.Tensor:
-    """openfwi data of the map extended by `extra` replicated cells on every side.
-
-    With the boundary that much further away, nothing it returns reaches a receiver
-    within the record, so differences against it are a backend's boundary error.
-    """
-    big = dataclasses.replace(
-        acq,
-        nz=acq.nz + 2 * extra,
-        nx=acq.nx + 2 * extra,
-        source_columns=tuple(c + extra for c in acq.source_columns),
-        source_depth=acq.source_depth + extra,
-        receiver_columns=tuple(c + extra for c in acq.receivers),
-        receiver_depth=acq.receiver_depth + extra,
-    )
-    padded = torch.nn.functional.pad(velocity, (extra,) * 4, mode="replicate")
-    return forward_model(padded, "openfwi", big)
 
 
 # Surface survey, 1 s record: long enough for waves to cross the absorbing layers and,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 # Commands import their modules lazily, so `wavediffusion --help` stays fast.
 
@@ -40,7 +39,7 @@ def cmd_simulate(args) -> None:
 def cmd_preprocess(args) -> None:
     from .data.preprocess import PreprocessSettings, preprocess
 
-    torch_threads(args.threads)
+    torch_threads(1)  # parallel over blocks instead: `--threads` worker threads
     settings = PreprocessSettings(
         families=tuple(args.families),
         shots=tuple(args.shots),
@@ -54,7 +53,7 @@ def cmd_preprocess(args) -> None:
         seed=args.seed,
         source=args.source,
     )
-    rep = preprocess(args.openfwi_root, args.out, settings, progress=True)
+    rep = preprocess(args.openfwi_root, args.out, settings, workers=args.threads or 1, progress=True)
     print(f"wrote {args.out}: seismic log range [{rep.seismic_log_min:.4f}, {rep.seismic_log_max:.4f}]")
 
 

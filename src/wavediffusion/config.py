@@ -43,10 +43,30 @@ def validate_config(config: dict[str, Any], schema_path: str | Path, source: str
     _fill_defaults(filled, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(filled), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"  {key_path(e.absolute_path)}: {e.message}" for e in errors]
+    lines = [f"  {key_path(e.absolute_path)}: {e.message}" for e in errors]
+    if not lines:
+        lines = cross_key_problems(filled)
+    if lines:
         raise ConfigError(f"{source} is invalid:\n" + "\n".join(lines))
     return filled
+
+
+def cross_key_problems(config: dict) -> list[str]:
+    """Rules that involve several keys, which the schema cannot express."""
+    from .data.families import get_family
+
+    problems = []
+    data = config["data"]
+    if data["source"] == "embedded":
+        for index, name in enumerate(data["families"]):
+            if get_family(name).embedded == "none":
+                problems.append(
+                    f"  data.families[{index}]: {name} has no embedded source (OpenFWI makes it from "
+                    "natural images); use data.source: openfwi, or drop it"
+                )
+    if data["openfwi_root"] and data["source"] != "openfwi":
+        problems.append("  data.openfwi_root: is set but data.source is not 'openfwi'; set data.source: openfwi to use it")
+    return problems
 
 
 def load_config(path: str | Path, schema_path: str | Path) -> dict:

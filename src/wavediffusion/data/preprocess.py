@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -120,15 +122,17 @@ def plan_family(root: Path, family: str, settings: PreprocessSettings) -> dict[s
 
 
 class BlockReader:
-    """Reads samples by SampleRef from memory-mapped .npy files (each file mapped once)."""
+    """Reads samples by SampleRef from memory-mapped .npy files (each file mapped once; thread-safe)."""
 
     def __init__(self):
         self._maps: dict[Path, np.ndarray] = {}
+        self._lock = threading.Lock()
 
     def _map(self, path: Path) -> np.ndarray:
-        if path not in self._maps:
-            self._maps[path] = np.load(path, mmap_mode="r")
-        return self._maps[path]
+        with self._lock:
+            if path not in self._maps:
+                self._maps[path] = np.load(path, mmap_mode="r")
+            return self._maps[path]
 
     def read(self, refs: list[SampleRef]) -> tuple[np.ndarray, np.ndarray]:
         """(B, 5, 1000, 70) seismic and (B, 1, 70, 70) velocity of the refs, checked for bad values."""
@@ -154,29 +158,52 @@ def blocks(refs: list[SampleRef], size: int):
         yield start, refs[start : start + size]
 
 
-def measure_seismic_range(reader: BlockReader, refs: dict[str, list[SampleRef]], rep: Representation, block: int, progress: bool) -> tuple[float, float]:
+def in_parallel(function, items: list, workers: int, desc: str, progress: bool) -> list:
+    """function(item) for every item on `workers` threads, results in order, with a progress bar.
+
+    Threads suffice: reading memory-mapped files, torch's resize and Zarr's compression
+    all release the GIL. Writers never share a Zarr shard because blocks align with shards.
+    """
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(tqdm(pool.map(function, items), total=len(items), desc=desc, disable=not progress))
+
+
+def measure_seismic_range(
+    reader: BlockReader, refs: dict[str, list[SampleRef]], rep: Representation, block: int, workers: int, progress: bool
+) -> tuple[float, float]:
     """Check every split's values; return min/max of the log-resized train seismic."""
-    lo, hi = np.inf, -np.inf
-    for split in SPLITS:
-        for _, part in tqdm(list(blocks(refs[split], block)), desc=f"check {split}", disable=not progress):
-            seismic, _ = reader.read(part)
-            if split == "train":
-                log_resized = seismic_log_resized(torch.from_numpy(seismic), rep)
-                lo, hi = min(lo, float(log_resized.min())), max(hi, float(log_resized.max()))
+
+    def check(part: list[SampleRef]) -> tuple[float, float]:
+        seismic, _ = reader.read(part)  # raises on bad values
+        if part[0] not in train:
+            return np.inf, -np.inf
+        log_resized = seismic_log_resized(torch.from_numpy(seismic), rep)
+        return float(log_resized.min()), float(log_resized.max())
+
+    train = set(refs["train"])
+    parts = [part for split in SPLITS for _, part in blocks(refs[split], block)]
+    ranges = in_parallel(check, parts, workers, "check values", progress)
+    lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
     if not hi > lo:
         raise ValueError(f"train seismic is constant ({lo}); cannot normalise")
     return lo, hi
 
 
-def write_split(group: zarr.Group, reader: BlockReader, refs: list[SampleRef], rep: Representation, block: int, progress: bool) -> None:
+def write_split(
+    group: zarr.Group, reader: BlockReader, refs: list[SampleRef], rep: Representation, block: int, workers: int, progress: bool
+) -> None:
     group["family"][:] = np.array([FAMILY_NAMES.index(r.family) for r in refs], dtype=np.int16)
     group["source_index"][:] = np.array([r.source_index for r in refs], dtype=np.int32)
-    for start, part in tqdm(list(blocks(refs, block)), desc=f"write {group.basename}", disable=not progress):
+
+    def write(item: tuple[int, list[SampleRef]]) -> None:
+        start, part = item
         seismic, velocity = reader.read(part)
         stop = start + len(part)
         group["seismic"][start:stop] = seismic_to_model(torch.from_numpy(seismic), rep).numpy()
         group["velocity"][start:stop] = velocity_to_model(torch.from_numpy(velocity), rep).numpy()
         group["velocity_native"][start:stop] = velocity
+
+    in_parallel(write, list(blocks(refs, block)), workers, f"write {group.basename}", progress)
 
 
 def sha256_of(path: Path) -> str:
@@ -187,8 +214,8 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def preprocess(root: str | Path, out: str | Path, settings: PreprocessSettings, progress: bool = True) -> Representation:
-    """Build the dataset store at `out` from the OpenFWI-layout copy under `root`."""
+def preprocess(root: str | Path, out: str | Path, settings: PreprocessSettings, workers: int = 1, progress: bool = True) -> Representation:
+    """Build the dataset store at `out` from the OpenFWI-layout copy under `root` (`workers` threads)."""
     root = Path(root)
     refs: dict[str, list[SampleRef]] = {split: [] for split in SPLITS}
     for family in settings.families:
@@ -197,7 +224,7 @@ def preprocess(root: str | Path, out: str | Path, settings: PreprocessSettings, 
 
     reader = BlockReader()
     partial = Representation(tuple(settings.shots), settings.time_samples, settings.receivers, settings.velocity_size)
-    lo, hi = measure_seismic_range(reader, refs, partial, settings.samples_per_shard, progress)
+    lo, hi = measure_seismic_range(reader, refs, partial, settings.samples_per_shard, workers, progress)
     rep = Representation(partial.shots, partial.time_samples, partial.receivers, partial.velocity_size, lo, hi)
 
     sources = sorted({p for split in SPLITS for r in refs[split] for p in (r.seismic_path, r.velocity_path)})
@@ -205,8 +232,8 @@ def preprocess(root: str | Path, out: str | Path, settings: PreprocessSettings, 
         "source": settings.source,
         "root": str(root.resolve()),
         "files": [
-            {"path": str(p.relative_to(root)) if p.is_relative_to(root) else str(p), "bytes": p.stat().st_size, "sha256": sha256_of(p)}
-            for p in tqdm(sources, desc="checksums", disable=not progress)
+            {"path": str(p.relative_to(root)) if p.is_relative_to(root) else str(p), "bytes": p.stat().st_size, "sha256": digest}
+            for p, digest in zip(sources, in_parallel(sha256_of, sources, workers, "checksums", progress))
         ],
     }
     with atomic_directory(out) as tmp:
@@ -224,5 +251,5 @@ def preprocess(root: str | Path, out: str | Path, settings: PreprocessSettings, 
         for split in SPLITS:
             group = store.create_group(split)
             create_split_arrays(group, len(refs[split]), rep, settings.samples_per_shard)
-            write_split(group, reader, refs[split], rep, settings.samples_per_shard, progress)
+            write_split(group, reader, refs[split], rep, settings.samples_per_shard, workers, progress)
     return rep

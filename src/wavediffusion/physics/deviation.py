@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..data.families import FAMILY_NAMES
 from ..data.store import open_dataset, representation_of
@@ -36,7 +37,9 @@ def pde_deviation(
 FLOOR_COLUMNS = ("family", "backend", "velocity_input", "n", "deviation_mean", "deviation_std", "deviation_max")
 
 
-def pde_floor(dataset: str | Path, samples_per_family: int, backends: list[str], batch_size: int, device: str | None = None) -> list[dict]:
+def pde_floor(
+    dataset: str | Path, samples_per_family: int, backends: list[str], batch_size: int, device: str | None = None, progress: bool = True
+) -> list[dict]:
     """The deviation of the test split's true pairs, per family, backend and velocity input.
 
     velocity_input "native70": OpenFWI's own 70x70 map, the simulators' disagreement alone;
@@ -49,7 +52,7 @@ def pde_floor(dataset: str | Path, samples_per_family: int, backends: list[str],
     test = root["test"]
     families = np.asarray(test["family"][:])
     rows = []
-    for family in root.attrs["families_used"]:
+    for family in tqdm(root.attrs["families_used"], desc="pde floor", unit="family", disable=not progress):
         index = np.flatnonzero(families == FAMILY_NAMES.index(family))[:samples_per_family]
         if len(index) == 0:
             continue
