@@ -1,0 +1,6 @@
+"""Networks of the workflow, one model per file.
+
+Stage 1 (the shared-latent VQ autoencoder): :mod:`.quantizer`, :mod:`.autoencoder`,
+:mod:`.discriminator` (PatchGAN + hinge/adaptive-weight losses) and the optional
+:mod:`.perceptual` loss.
+"""

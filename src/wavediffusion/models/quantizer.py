@@ -1,0 +1,197 @@
+"""Vector quantiser: nearest-code lookup with a straight-through estimator (VQ-VAE).
+
+The paper quantises the shared latent with a codebook of 8192 vectors of dimension 32
+(one codebook for 1VQ, one per modality for 2VQ).  This module follows VQ-VAE
+(van den Oord et al. 2017):
+
+- each latent vector z (one per spatial position) is replaced by its nearest code e;
+- the decoder's gradient passes straight through the non-differentiable lookup to the
+  encoder: z_q = z + sg[e - z];
+- loss = ||sg[z] - e||^2 (codebook: pulls the chosen codes to the encoder outputs)
+         + beta * ||z - sg[e]||^2 (commitment: keeps the encoder near its codes).
+  (taming-transformers' ``legacy=True`` puts beta on the other term; this is the
+  paper's form.)
+
+Dead codes.  An 8192-entry codebook fed by a freshly initialised encoder uses a handful
+of codes; the rest never receive a gradient and stay dead.  Each code therefore carries a
+counter of training steps since it was last chosen; once it reaches ``dead_code_steps``
+the code is re-initialised from a randomly chosen encoder output of the current batch
+(as in Jukebox / ``vector-quantize-pytorch``'s dead-code expiry).  The counters start
+*at* the threshold, so a code that has never been used counts as dead: the first
+training step replaces every code the first batch did not choose by an encoder output,
+which is a data-dependent initialisation for free.  The draw uses the torch RNG of the
+latent's device, so it is deterministic given that RNG state.  Adam's moment estimates
+for a re-initialised row are left as they are (they have decayed while the code was
+unused).
+
+Distributed training.  When ``torch.distributed`` is initialised with more than one
+process (and ``sync_distributed`` is on), a training-mode forward is a collective: the
+per-code usage counts are summed over all ranks (so the counters, the perplexity and the
+dead set are identical everywhere), and the replacement vectors are drawn by rank 0 from
+*its* encoder outputs and broadcast, so every rank writes the same codebook rows and the
+replicas never drift apart (DDP only averages gradients; it would not notice a codebook
+row rewritten differently on each rank).  Consequence: every rank must run the same
+number of training-mode forwards through each quantiser, in the same order.  Eval-mode
+forwards, :meth:`nearest` and :meth:`lookup` never communicate.
+
+The counters advance once per training-mode forward call, so ``dead_code_steps`` counts
+forward passes: a loop that runs the generator forward twice per optimiser step (as
+taming's Lightning module does for its two optimisers) ages codes twice as fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class QuantizerInfo:
+    """What one forward pass did with the codebook (for logging; everything detached)."""
+
+    indices: torch.Tensor  # (B, h, w) int64: the chosen code per latent position
+    perplexity: torch.Tensor  # () exp(entropy) of code usage in this batch (all ranks under DDP); K = uniform use
+    codes_used: torch.Tensor  # () int64: distinct codes chosen in this batch (all ranks under DDP)
+    reinitialised: int  # codes re-initialised from encoder outputs in this step (0 in eval mode)
+
+
+class VectorQuantizer(nn.Module):
+    """Codebook of ``codebook_size`` vectors of size ``dim``; quantises (B, dim, h, w) latents."""
+
+    def __init__(
+        self,
+        codebook_size: int = 8192,
+        dim: int = 32,
+        beta: float = 0.25,
+        dead_code_steps: int = 100,
+        sync_distributed: bool = True,
+        max_distance_elements: int = 2**24,
+    ):
+        """
+        dead_code_steps: training forwards without being chosen after which a code is
+            re-initialised from an encoder output (see the module docstring).
+        max_distance_elements: the nearest-code search works on chunks of latent vectors so
+            that one chunk's (rows x codebook_size) distance matrix holds at most this many
+            floats (2**24 = 64 MiB): the paper's batch of 16 x 32 x 32 latents against 8192
+            codes would otherwise allocate a 512 MiB matrix per call.
+        """
+        super().__init__()
+        if dead_code_steps < 1:
+            raise ValueError(f"dead_code_steps must be >= 1, got {dead_code_steps}")
+        self.codebook_size = codebook_size
+        self.dim = dim
+        self.beta = beta
+        self.dead_code_steps = dead_code_steps
+        self.sync_distributed = sync_distributed
+        self.max_distance_elements = max_distance_elements
+        # taming-transformers' initialisation; the first training step replaces unused codes anyway
+        self.embedding = nn.Parameter(torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size))
+        # training forwards since each code was last chosen; starts at the threshold = "never used"
+        self.register_buffer("steps_since_used", torch.full((codebook_size,), dead_code_steps, dtype=torch.int64))
+
+    # --- lookup -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, dim, h, w) latents -> (B, h, w) indices of the nearest codes (squared L2, fp32)."""
+        b, _, h, w = z.shape
+        flat = z.detach().float().permute(0, 2, 3, 1).reshape(-1, self.dim)  # (N, dim)
+        return self._nearest_flat(flat).view(b, h, w)
+
+    def _nearest_flat(self, flat: torch.Tensor) -> torch.Tensor:
+        """(N, dim) fp32 -> (N,) argmin_k ||z - e_k||^2, computed chunk by chunk.
+
+        ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2 and ||z||^2 does not change the argmin, so
+        each chunk costs one matmul.  Under TF32 matmul settings the distances carry TF32
+        rounding, which can only swap near-ties.
+        """
+        codebook = self.embedding.detach().float()  # (K, dim)
+        codebook_sq = (codebook * codebook).sum(dim=1).unsqueeze(0)  # (1, K)
+        rows = max(1, self.max_distance_elements // self.codebook_size)
+        out = torch.empty(flat.shape[0], dtype=torch.int64, device=flat.device)
+        for start in range(0, flat.shape[0], rows):
+            chunk = flat[start : start + rows]  # (n, dim)
+            distances = torch.addmm(codebook_sq, chunk, codebook.t(), beta=1.0, alpha=-2.0)  # (n, K)
+            out[start : start + rows] = distances.argmin(dim=1)
+        return out
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) code indices -> (B, dim, h, w) code vectors (e.g. to decode stored indices)."""
+        return F.embedding(indices, self.embedding).permute(0, 3, 1, 2).contiguous()
+
+    # --- forward ------------------------------------------------------------------------
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, QuantizerInfo]:
+        """(B, dim, h, w) continuous latents -> (z_q (B, dim, h, w), vq loss (), info).
+
+        z_q equals the chosen codes in value and carries z's gradient (straight-through).
+        Runs in fp32 even under autocast: a bf16 distance matrix would pick wrong codes.
+        In training mode it also ages the usage counters and re-initialises dead codes.
+        """
+        if z.shape[1] != self.dim:
+            raise ValueError(f"expected latents with {self.dim} channels, got shape {tuple(z.shape)}")
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z = z.float()
+            b, _, h, w = z.shape
+            flat = z.permute(0, 2, 3, 1).reshape(-1, self.dim)  # (N, dim)
+            indices = self._nearest_flat(flat.detach())  # (N,)
+
+            counts = torch.bincount(indices, minlength=self.codebook_size)  # (K,)
+            reinitialised = 0
+            if self.training:
+                if self._distributed():
+                    dist.all_reduce(counts)
+                reinitialised = self._expire_dead_codes(counts, flat.detach())
+
+            z_q = F.embedding(indices, self.embedding).view(b, h, w, self.dim).permute(0, 3, 1, 2)  # (B, dim, h, w)
+            codebook_loss = F.mse_loss(z_q, z.detach())
+            commitment_loss = F.mse_loss(z, z_q.detach())
+            loss = codebook_loss + self.beta * commitment_loss
+            z_q = z + (z_q - z).detach()  # straight-through
+
+            probs = counts.float() / counts.sum()
+            entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum()
+            info = QuantizerInfo(
+                indices=indices.view(b, h, w),
+                perplexity=entropy.exp().detach(),
+                codes_used=(counts > 0).sum(),
+                reinitialised=reinitialised,
+            )
+        return z_q, loss, info
+
+    # --- dead codes ---------------------------------------------------------------------
+
+    def _distributed(self) -> bool:
+        return self.sync_distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+    @torch.no_grad()
+    def _expire_dead_codes(self, counts: torch.Tensor, flat: torch.Tensor) -> int:
+        """Age the counters with this step's usage; re-initialise codes unused for too long.
+
+        counts (K,) usage of this step (summed over ranks under DDP); flat (N, dim) this
+        rank's encoder outputs.  Returns the number of re-initialised codes.
+        """
+        self.steps_since_used += 1
+        self.steps_since_used[counts > 0] = 0
+        dead = torch.nonzero(self.steps_since_used >= self.dead_code_steps).squeeze(1)  # (n_dead,)
+        n_dead = dead.numel()  # the same on every rank: the counters are identical
+        if n_dead == 0:
+            return 0
+        distributed = self._distributed()
+        if not distributed or dist.get_rank() == 0:
+            if n_dead <= flat.shape[0]:
+                pick = torch.randperm(flat.shape[0], device=flat.device)[:n_dead]  # distinct encoder outputs
+            else:
+                pick = torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)
+            replacement = flat[pick].to(self.embedding.dtype)  # (n_dead, dim)
+        else:
+            replacement = torch.empty(n_dead, self.dim, dtype=self.embedding.dtype, device=flat.device)
+        if distributed:
+            dist.broadcast(replacement, src=0)
+        self.embedding[dead] = replacement
+        self.steps_since_used[dead] = 0
+        return n_dead

@@ -1,0 +1,345 @@
+"""The training loop on CPU: learning, the lr formula, data order, early stopping, atomic
+checkpoints, exact resume after SIGKILL, refusal to resume with another config, and DDP
+over 2 processes (torchrun, and srun-style SLURM_* variables) against 1 process.
+
+The toy tasks and the script the subprocess tests run are in tests/toy_training.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import toy_training as toy
+from wavediffusion.training import ConfigMismatchError, checkpoint as ckpt, lr_factor, train
+from wavediffusion.training.distributed import first_host, read_launch
+from wavediffusion.training.loop import CsvLog, train_batches, val_batches
+
+SCRIPT = Path(__file__).resolve().parent / "toy_training.py"
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One torch thread: on 2 cores, tiny ops with 2 OpenMP threads run ~10x slower, and the
+    script the subprocess tests run uses 1 thread, so in-process references must too."""
+    with one_thread():
+        yield
+
+
+@contextlib.contextmanager
+def one_thread():
+    """The script runs with 1 torch thread; in-process references must too, to compare."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def run_script(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def read_log(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    saved = ckpt.load(path)
+    return {f"{m}.{k}": v for m, sd in saved["modules"].items() for k, v in sd.items()}
+
+
+def max_abs_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+# ---------------------------------------------------------------------------------------
+# Pure parts: lr formula, data order, launcher detection.
+
+
+def test_lr_factor_golden_values():
+    assert lr_factor(0, 0, warmup_steps=4, lr_decay=0.9) == 0.25
+    assert lr_factor(2, 0, warmup_steps=4, lr_decay=0.9) == 0.75
+    assert lr_factor(3, 0, warmup_steps=4, lr_decay=0.9) == 1.0
+    assert lr_factor(30, 2, warmup_steps=4, lr_decay=0.9) == pytest.approx(0.81, rel=1e-15)
+    assert lr_factor(0, 0, warmup_steps=0, lr_decay=0.98) == 1.0
+    # Stage 2: 10 000 warm-up steps spanning several epochs; decay keeps running meanwhile
+    assert lr_factor(4999, 3, warmup_steps=10_000, lr_decay=0.98) == pytest.approx(0.5 * 0.98**3, rel=1e-15)
+    assert lr_factor(10_000, 7, warmup_steps=10_000, lr_decay=0.98) == pytest.approx(0.98**7, rel=1e-15)
+
+
+def test_train_batches_shard_resume_and_epoch_order():
+    n, batch, seed = 45, 8, 3
+    single = train_batches(n, batch, 1, 0, seed, epoch=2)
+    assert len(single) == n // batch and all(len(b) == batch for b in single)  # drop_last
+    assert len({i for b in single for i in b}) == (n // batch) * batch           # no repeats
+    assert single == train_batches(n, batch, 1, 0, seed, epoch=2)                # (seed, epoch) fixes it
+    assert single != train_batches(n, batch, 1, 0, seed, epoch=3)
+    assert single != train_batches(n, batch, 1, 0, seed + 1, epoch=2)
+    rank0 = train_batches(n, batch, 2, 0, seed, epoch=2)
+    rank1 = train_batches(n, batch, 2, 1, seed, epoch=2)
+    for k in range(len(single)):  # the ranks' batches are the two halves of the global batch
+        assert rank0[k] + rank1[k] == single[k]
+    assert train_batches(n, batch, 2, 1, seed, epoch=2, start=3) == rank1[3:]
+    with pytest.raises(ValueError, match="divide"):
+        train_batches(n, 9, 2, 0, seed, 0)
+
+
+def test_val_batches_cover_each_sample_once():
+    for n, world in [(32, 1), (33, 2), (10, 4), (3, 4)]:
+        seen = [i for r in range(world) for b in val_batches(n, 8, world, r) for i in b]
+        assert sorted(seen) == list(range(n))
+
+
+def test_launcher_detection_from_environment():
+    assert read_launch({}).launcher == "single"
+    torchrun = read_launch({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1",
+                            "MASTER_ADDR": "node7", "MASTER_PORT": "29500"})
+    assert (torchrun.launcher, torchrun.rank, torchrun.world_size, torchrun.local_rank) == ("torchrun", 3, 8, 1)
+    srun = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "1",
+            "SLURM_STEP_ID": "0", "SLURM_JOB_NODELIST": "gpu[03-05,09],cpu1", "SLURM_JOB_ID": "123456"}
+    launch = read_launch(srun)
+    assert (launch.launcher, launch.rank, launch.world_size, launch.local_rank) == ("slurm", 5, 8, 1)
+    assert (launch.master_addr, launch.master_port) == ("gpu03", 23456)
+    assert read_launch({**srun, "MASTER_ADDR": "login1", "MASTER_PORT": "4000"}).master_addr == "login1"
+    # A plain `python` in an `sbatch --ntasks=8` script is ONE process, not rank 0 of 8.
+    batch_script = {k: v for k, v in srun.items() if not k.startswith("SLURM_STEP")}
+    assert read_launch({**batch_script, "SLURM_PROCID": "0"}).launcher == "single"
+    assert first_host("node-a,node-b") == "node-a"
+    assert first_host("r1n[2-3]x[7-8],r2n1") == "r1n2x7"
+    assert first_host("gpu[010-012]") == "gpu010"
+
+
+# ---------------------------------------------------------------------------------------
+# In-process training runs.
+
+
+def test_loss_falls_and_files_written(tmp_path):
+    config = toy.toy_config(max_epochs=8, lr_decay=0.95)
+    task, train_set, val_set = toy.build("regression", config)
+    with torch.no_grad():
+        before = torch.nn.functional.mse_loss(task.net(val_set.x), val_set.y).item()
+    summary = train(task, train_set, val_set, config, tmp_path)
+    assert summary["stop_reason"] == "max_epochs" and summary["steps"] == 8 * 12
+    assert summary["last_val"]["loss"] < 0.25 * before, (before, summary["last_val"])
+    for name in ("log.csv", "final.pt", "best.pt", "summary.json"):
+        assert (tmp_path / name).is_file()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == [
+        "step_000000090.pt", "step_000000095.pt", "step_000000096.pt"]  # keep_checkpoints=3
+    final = ckpt.load(tmp_path / "final.pt")
+    assert torch.equal(final["modules"]["net"]["0.weight"], task.net[0].weight)
+    # the logged lr follows base · min(1, (step+1)/warmup) · decay**epoch, step by step
+    rows = [r for r in read_log(tmp_path / "log.csv") if r["train/loss"]]
+    assert len(rows) == 96
+    for row in rows:
+        step_index, epoch = int(row["step"]) - 1, int(row["epoch"])
+        expected = 1e-2 * min(1.0, (step_index + 1) / 4) * 0.95**epoch
+        assert float(row["lr"]) == pytest.approx(expected, rel=1e-12)
+
+
+def test_gan_two_optimisers_discriminator_starts_late(tmp_path):
+    config = toy.toy_config(max_epochs=6, lr=3e-3)
+    task, train_set, val_set = toy.build("gan", config)
+    d_before = task.discriminator[0].weight.detach().clone()
+    with torch.no_grad():
+        gap_before = task.validate({"z": val_set.z}, None)["gap"].item()
+    summary = train(task, train_set, val_set, config, tmp_path)
+    rows = [r for r in read_log(tmp_path / "log.csv") if r["train/g_loss"]]
+    assert [r["train/d_loss"] == "" for r in rows[:5]] == [True] * 4 + [False]  # steps 0-3: no D step
+    assert all(r["train/d_loss"] for r in rows[4:])
+    assert not torch.equal(task.discriminator[0].weight, d_before)
+    assert summary["last_val"]["gap"] < 0.5 * gap_before, (gap_before, summary["last_val"])
+
+
+@pytest.mark.parametrize("lr, min_delta", [(0.0, 0.0), (1e-4, 1.0)])
+def test_early_stopping_after_patience_flat_validations(tmp_path, lr, min_delta):
+    """lr 0: the metric is exactly flat. Tiny lr with a large min_delta: it improves, but by
+    less than min_delta, which counts as flat too."""
+    config = toy.toy_config(max_epochs=20, lr=lr, early_stop_patience=3, min_delta=min_delta)
+    task, train_set, val_set = toy.build("regression", config)
+    summary = train(task, train_set, val_set, config, tmp_path)
+    # epoch 0 sets the best, epochs 1, 2, 3 do not beat it → stop after epoch 3
+    assert summary["stop_reason"] == "early_stop"
+    assert summary["epoch"] == 4 and summary["best_epoch"] == 0 and summary["steps"] == 4 * 12
+    assert len([r for r in read_log(tmp_path / "log.csv") if r["val/loss"]]) == 4
+
+
+def test_resume_with_changed_config_is_refused_naming_the_keys(tmp_path):
+    config = toy.toy_config(max_epochs=1)
+    train(*toy.build("regression", config), config, tmp_path)
+
+    changed = toy.toy_config(max_epochs=1, lr=3e-3, warmup_steps=10)
+    with pytest.raises(ConfigMismatchError) as error:
+        train(*toy.build("regression", changed, noise=0.2), changed, tmp_path)
+    message = str(error.value)
+    assert "train.lr: 0.01 → 0.003" in message and "train.warmup_steps: 4 → 10" in message
+    assert "task.noise: 0.0 → 0.2" in message and "train.max_epochs" not in message
+
+    # keys that cannot change the weights (logging, checkpoint cadence, workers) may change
+    cosmetic = toy.toy_config(max_epochs=1, log_every_steps=7, checkpoint_every_steps=2)
+    summary = train(*toy.build("regression", cosmetic), cosmetic, tmp_path)
+    assert summary["resumed_from"] and summary["steps_this_call"] == 0
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = ckpt.checkpoint_path(tmp_path, 10)
+    ckpt.atomic_save({"x": torch.arange(3)}, path)
+
+    def crash_mid_write(obj, f):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash_mid_write)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.atomic_save({"x": torch.arange(5)}, path)           # over an existing file
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.atomic_save({"x": torch.arange(5)}, ckpt.checkpoint_path(tmp_path, 20))  # a new one
+    monkeypatch.undo()
+    assert torch.equal(ckpt.load(path)["x"], torch.arange(3))   # old content intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no partial file, no temp left
+    (tmp_path / ".step_000000030.pt.tmp-4242").write_bytes(b"left by a SIGKILLed writer")
+    assert ckpt.latest_checkpoint(tmp_path) == path
+
+
+def test_csv_log_adds_columns_and_truncates_on_resume(tmp_path):
+    log = CsvLog(tmp_path / "log.csv", keep_rows=0)
+    log.append({"step": 1, "train/loss": 0.5})
+    log.append({"step": 2, "train/loss": 0.25, "train/d_loss": 1.5})
+    log.append({"step": 3, "train/loss": 0.125})
+    assert [r["train/d_loss"] for r in read_log(tmp_path / "log.csv")] == ["", "1.5", ""]
+    CsvLog(tmp_path / "log.csv", keep_rows=2)
+    assert [r["step"] for r in read_log(tmp_path / "log.csv")] == ["1", "2"]
+
+
+# ---------------------------------------------------------------------------------------
+# Exact resume after SIGKILL.
+
+
+def test_sigkill_and_rerun_equals_uninterrupted_run_bit_for_bit(tmp_path):
+    """Same command three times. Run 1 dies (SIGKILL) at step 17, mid-epoch 1, two steps
+    after checkpoint 15. Run 2 resumes from 15 and dies inside the write of checkpoint 20,
+    after its temporary file is complete but before the rename. Run 3 resumes from 15 again
+    and finishes. Each step draws torch, numpy and Python random numbers."""
+    out, markers = tmp_path / "run", tmp_path / "markers"
+    args = ["--out", str(out), "--noise", "0.1", "--kill-at-step", "17", "--kill-in-checkpoint", "20",
+            "--marker-dir", str(markers)]
+
+    first = run_script(*args)
+    assert first.returncode == -9, first.stderr
+    assert ckpt.latest_checkpoint(out / "regression" / "checkpoints").name == "step_000000015.pt"
+
+    second = run_script(*args)
+    assert second.returncode == -9, second.stderr
+    leftovers = [p.name for p in (out / "regression" / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert leftovers and leftovers[0].startswith(".step_000000020.pt.tmp-")
+    assert ckpt.latest_checkpoint(out / "regression" / "checkpoints").name == "step_000000015.pt"
+
+    third = run_script(*args)
+    assert third.returncode == 0, third.stderr
+    summary = json.loads(third.stdout.strip().splitlines()[-1])["summaries"]["regression"]
+    assert summary["resumed_from"].endswith("step_000000015.pt") and summary["steps"] == 36
+
+    # the uninterrupted reference: the same configuration, in this process, 1 thread
+    config = toy.toy_config()
+    with one_thread():
+        train(*toy.build("regression", config, noise=0.1), config, tmp_path / "reference")
+    resumed, reference = weights(out / "regression" / "final.pt"), weights(tmp_path / "reference" / "final.pt")
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+    # and the log tells the same story, row for row, with no duplicated steps
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "samples_per_s"} for r in rows]  # noqa: E731
+    assert strip(read_log(out / "regression" / "log.csv")) == strip(read_log(tmp_path / "reference" / "log.csv"))
+
+
+# ---------------------------------------------------------------------------------------
+# Two processes on CPU (gloo) against one.
+
+# Measured on 2 CPU cores, torch 2.14.1: after 36 steps the 2-process weights differ from
+# the 1-process weights by at most 1.2e-7 (float32 rounding: the gradient mean is
+# (g0 + g1) / 2 over ranks instead of one mean over 8 samples). Bound: 1e-6.
+DDP_TOLERANCE = 1e-6
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory):
+    """The toy regression and GAN, trained by 1 process (in-process) and by 2 processes
+    launched by torchrun and by srun-style variables, with the same global batch."""
+    root = tmp_path_factory.mktemp("ddp")
+    config = toy.toy_config()
+    with one_thread():
+        for name in ("regression", "gan"):
+            train(*toy.build(name, config), config, root / "single" / name)
+    common = ["--tasks", "regression,gan", "--forbid-writes-off-rank0"]
+
+    torchrun = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(SCRIPT), "--out", str(root / "torchrun"), *common],
+        capture_output=True, text=True, timeout=180)
+
+    port = free_port()  # srun itself would not give one; read_launch derives it from SLURM_JOB_ID
+    slurm = []
+    for rank in range(2):
+        env = {**os.environ, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NTASKS": "2",
+               "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_ID": "0", "SLURM_JOB_ID": "4242",
+               "SLURM_STEP_NODELIST": "localhost", "SLURM_JOB_NODELIST": "localhost",
+               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        slurm.append(subprocess.Popen([sys.executable, str(SCRIPT), "--out", str(root / "slurm"), *common],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    slurm_out = [p.communicate(timeout=180) for p in slurm]
+    return {"root": root, "torchrun": torchrun, "slurm": (slurm, slurm_out)}
+
+
+def check_two_process_result(root: Path, out: Path, stdout: str, launcher: str) -> None:
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert (result["launcher"], result["world_size"]) == (launcher, 2)
+    for name in ("regression", "gan"):
+        diff = max_abs_diff(weights(out / name / "final.pt"), weights(root / "single" / name / "final.pt"))
+        print(f"{launcher} {name}: max |w_2proc - w_1proc| = {diff:.3g}")
+        assert diff <= DDP_TOLERANCE
+        single = json.loads((root / "single" / name / "summary.json").read_text())
+        for key, value in single["last_val"].items():  # validation averaged over ranks
+            assert result["summaries"][name]["last_val"][key] == pytest.approx(value, rel=1e-5)
+        files = sorted(str(p.relative_to(out / name)) for p in (out / name).rglob("*"))
+        assert files == ["best.pt", "checkpoints", "checkpoints/step_000000030.pt",
+                         "checkpoints/step_000000035.pt", "checkpoints/step_000000036.pt",
+                         "final.pt", "log.csv", "summary.json"]
+
+
+def test_torchrun_two_processes_match_one_process(two_process_runs):
+    run = two_process_runs["torchrun"]
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "rank 1: write guard active" in run.stdout  # rank 1 wrote nothing under out/ (else it failed)
+    check_two_process_result(two_process_runs["root"], two_process_runs["root"] / "torchrun", run.stdout,
+                             "torchrun")
+
+
+def test_srun_style_two_processes_match_one_process(two_process_runs):
+    processes, outputs = two_process_runs["slurm"]
+    for process, (stdout, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+    assert "rank 1: write guard active" in outputs[1][0]
+    root = two_process_runs["root"]
+    check_two_process_result(root, root / "slurm", outputs[0][0], "slurm")
+    # both launchers run the same code path: identical results, bit for bit
+    for name in ("regression", "gan"):
+        a, b = weights(root / "slurm" / name / "final.pt"), weights(root / "torchrun" / name / "final.pt")
+        assert all(torch.equal(a[k], b[k]) for k in a)
