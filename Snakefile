@@ -2,6 +2,7 @@
 # Each step is one rule in workflow/rules/<stage>.smk whose shell is one
 # `wavediffusion <command>` call (src/wavediffusion/cli.py).
 
+import json
 import os
 import sys
 
@@ -24,6 +25,7 @@ config = validate_config(config, workflow.source_path("workflow/schemas/config.s
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/physics.smk"
+include: "workflow/rules/stage1.smk"
 
 
 rule all:

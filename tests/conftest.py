@@ -10,7 +10,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
-torch.set_num_threads(2)
+# One thread: tiny tensors gain nothing from two, and two OpenMP threads on a shared
+# 2-core machine can spin-wait each other into 10x slowdowns.
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

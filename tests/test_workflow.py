@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from wavediffusion.data.store import open_dataset
@@ -30,7 +31,7 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 
 def scheduled(workdir: Path) -> dict[str, int]:
     """Rule -> job count of a dry run (empty when nothing would run)."""
-    output = snakemake(workdir, "--dry-run", "all").stdout
+    output = snakemake(workdir, "--dry-run", "all", "results/stage1/1vq/model.pt").stdout
     if "Nothing to be done" in output:
         return {}
     table = output.split("Job stats:")[1].split("total")[0]
@@ -46,7 +47,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, dict]:
     workdir = tmp_path_factory.mktemp("tiny")
     config = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
     write_config(workdir, config)
-    snakemake(workdir, "all")
+    snakemake(workdir, "all", "results/stage1/1vq/model.pt")
     return workdir, config
 
 
@@ -56,7 +57,7 @@ def test_tiny_dag_produces_every_output(tiny_run):
     assert root.attrs["families_used"] == config["data"]["families"]
     n = config["data"]["embedded"]["train_per_family"] * 2
     assert root.attrs["counts"]["train"] + root.attrs["counts"]["val"] == n
-    assert root["test"]["seismic"].shape == (4, 3, 1024, 64)
+    assert root["test"]["seismic"].shape == (4, 3, 64, 16)  # tiny's representation
     with open(workdir / "results/physics/pde_floor.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert {(r["family"], r["backend"], r["velocity_input"]) for r in rows} == {
@@ -70,8 +71,11 @@ def test_tiny_dag_produces_every_output(tiny_run):
         assert deviation[(family, "openfwi", "native70")] > deviation[(family, "deepwave", "native70")]
         assert deviation[(family, "deepwave", "model64")] > deviation[(family, "deepwave", "native70")]
     assert (workdir / "results/figures/velocity_families.png").stat().st_size > 10_000
-    for log in ("preprocess.log", "pde_floor.log", "velocity_figure.log"):
+    for log in ("preprocess.log", "pde_floor.log", "velocity_figure.log", "train_stage1/1vq.log"):
         assert (workdir / "logs" / log).exists()
+    weights = torch.load(workdir / "results/stage1/1vq/model.pt", weights_only=False)
+    assert weights["step"] == config["stage1"]["training"]["max_steps"]
+    assert weights["config"]["task"]["model"]["time_samples"] == 64  # sizes taken from the dataset
 
 
 def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
@@ -81,17 +85,22 @@ def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["data"]["embedded"]["synthetic_seed"] = 1  # FlatFault-B is synthetic, FlatVel-A real
     write_config(workdir, edited)
-    assert scheduled(workdir) == {"simulate": 1, "preprocess": 1, "pde_floor": 1, "velocity_figure": 1, "all": 1}
+    assert scheduled(workdir) == {"simulate": 1, "preprocess": 1, "pde_floor": 1, "velocity_figure": 1, "train_stage1": 1, "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["preprocess"]["shots"] = [0, 1, 2]
     write_config(workdir, edited)
-    assert scheduled(workdir) == {"preprocess": 1, "pde_floor": 1, "velocity_figure": 1, "all": 1}
+    assert scheduled(workdir) == {"preprocess": 1, "pde_floor": 1, "velocity_figure": 1, "train_stage1": 1, "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["physics"]["floor_samples_per_family"] = 2
     write_config(workdir, edited)
     assert scheduled(workdir) == {"pde_floor": 1, "all": 1}
+
+    edited = yaml.safe_load(yaml.safe_dump(config))
+    edited["stage1"]["training"]["max_steps"] = 7
+    write_config(workdir, edited)
+    assert scheduled(workdir) == {"train_stage1": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["scale"] = "tiny-renamed"  # a label no rule reads

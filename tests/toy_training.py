@@ -13,7 +13,8 @@ with SIGKILL, rerun the same command, launch it under torchrun, or under srun-li
 SLURM_* variables:
 
     python tests/toy_training.py --out DIR [--tasks regression,gan] [--noise 0.1]
-        [--kill-at-step K] [--kill-in-checkpoint S] [--marker-dir D] [--forbid-writes-off-rank0]
+        [--device cpu|cuda] [--kill-at-step K] [--kill-in-checkpoint S] [--marker-dir D]
+        [--forbid-writes-off-rank0]
 
 The kill switches fire once: each leaves a marker file in --marker-dir, so the identical
 command run again resumes instead of dying at the same place.
@@ -195,9 +196,9 @@ class GanTask:
 
 def toy_config(**overrides) -> TrainConfig:
     """The configuration every toy run uses unless a test overrides a field."""
-    base = dict(max_epochs=3, batch_size=8, lr=1e-2, lr_decay=0.9, warmup_steps=4, grad_clip=1.0,
-                early_stop_patience=None, checkpoint_every_steps=5, log_every_steps=1, seed=7,
-                precision="bf16", device="cpu", progress=False, tensorboard=False)
+    base = {"max_epochs": 3, "batch_size": 8, "lr": 1e-2, "lr_decay": 0.9, "warmup_steps": 4, "grad_clip": 1.0,
+            "early_stop_patience": None, "checkpoint_every_steps": 5, "log_every_steps": 1, "seed": 7,
+            "precision": "bf16", "device": "cpu", "progress": False, "tensorboard": False}
     base.update(overrides)
     return TrainConfig(**base)
 
@@ -245,9 +246,9 @@ def forbid_writes(out_dir: Path) -> None:
                        else bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)))
             if writing and inside(path):
                 raise PermissionError(f"rank > 0 tried to write {path}")
-        elif event in ("os.rename", "os.remove", "os.mkdir", "os.rmdir"):
-            if any(inside(a) for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))):
-                raise PermissionError(f"rank > 0 tried {event} on {args[:2]}")
+        elif event in ("os.rename", "os.remove", "os.mkdir", "os.rmdir") and any(
+                inside(a) for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))):
+            raise PermissionError(f"rank > 0 tried {event} on {args[:2]}")
 
     sys.addaudithook(hook)
 
@@ -258,6 +259,8 @@ def main(argv=None) -> None:
     parser.add_argument("--tasks", default="regression", help="comma-separated: regression,gan")
     parser.add_argument("--noise", type=float, default=0.0)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    parser.add_argument("--precision", default="bf16", help="bf16 (autocast on GPU only) | fp32")
     parser.add_argument("--kill-at-step", type=int)
     parser.add_argument("--kill-in-checkpoint", type=int)
     parser.add_argument("--marker-dir", type=Path)
@@ -265,23 +268,25 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
-    env = setup("cpu")
+    env = setup(args.device)
     if args.kill_in_checkpoint is not None:
         kill_inside_checkpoint_write(args.kill_in_checkpoint, args.marker_dir)
     if args.forbid_writes_off_rank0 and env.rank > 0:
         forbid_writes(args.out)
-    config = toy_config(max_epochs=args.epochs)
+    config = toy_config(max_epochs=args.epochs, device=args.device, precision=args.precision)
     summaries = {}
     for name in args.tasks.split(","):
         task, train_set, val_set = build(name, config, args.noise, args.kill_at_step, args.marker_dir)
         summaries[name] = train(task, train_set, val_set, config, args.out / name)
     if args.forbid_writes_off_rank0 and env.rank > 0:
         try:  # positive control: the guard really is active on this rank
-            open(args.out / "probe", "w")
+            with open(args.out / "probe", "w"):
+                pass
         except PermissionError:
             print(f"rank {env.rank}: write guard active", flush=True)
     if env.rank == 0:
-        print(json.dumps({"launcher": env.launcher, "world_size": env.world_size, "summaries": summaries}))
+        print(json.dumps({"launcher": env.launcher, "world_size": env.world_size, "device": str(env.device),
+                          "summaries": summaries}))
     cleanup()
 
 

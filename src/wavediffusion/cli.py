@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 # Commands import their modules lazily, so `wavediffusion --help` stays fast.
 
@@ -72,6 +73,22 @@ def cmd_plot_velocity_families(args) -> None:
     from .evaluation.figures import plot_dataset_velocity
 
     plot_dataset_velocity(args.dataset, args.out, per_family=args.per_family)
+
+
+def cmd_train_stage1(args) -> None:
+    import json
+    from dataclasses import asdict
+
+    from .training.runs import dataset_identity, publish, run_directory
+    from .training.stage1 import Stage1Settings, train_stage1
+
+    torch_threads(args.threads)
+    settings = Stage1Settings(**json.loads(args.settings))
+    identity = {"variant": args.variant, "settings": asdict(settings), "dataset": dataset_identity(args.dataset)}
+    run = run_directory(Path(args.out).parent, identity)
+    summary = train_stage1(args.dataset, args.variant, settings, run)
+    publish(summary["final"], args.out)
+    print(f"wrote {args.out} ({summary['steps']} steps, stop: {summary['stop_reason']}, run folder {run})")
 
 
 def torch_threads(threads: int | None) -> None:
@@ -144,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-family", type=int, default=4)
     p.add_argument("--out", required=True)
     p.set_defaults(run=cmd_plot_velocity_families)
+    p = commands.add_parser("train-stage1", help="train the VQ autoencoder of one variant (resumes after a crash)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--variant", required=True, choices=["1vq", "2vq"])
+    p.add_argument("--settings", required=True, help="JSON of config stage1.{model,discriminator,losses,training}")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True, help="the final weights file")
+    p.set_defaults(run=cmd_train_stage1)
     return parser
 
 

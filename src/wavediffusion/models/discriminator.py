@@ -36,12 +36,12 @@ class DiscriminatorConfig:
     n_layers: int = 3
 
     @classmethod
-    def paper(cls, in_channels: int) -> "DiscriminatorConfig":
+    def paper(cls, in_channels: int) -> DiscriminatorConfig:
         """VQGAN's default: 64 base channels, 3 layers (70x70 receptive field)."""
         return cls(in_channels=in_channels)
 
     @classmethod
-    def tiny(cls, in_channels: int) -> "DiscriminatorConfig":
+    def tiny(cls, in_channels: int) -> DiscriminatorConfig:
         """For the tiny autoencoder's 16-pixel-wide inputs."""
         return cls(in_channels=in_channels, base_channels=16, n_layers=2)
 

@@ -104,7 +104,7 @@ def _load_state_dict(path: Path, what: str, hint: str) -> dict[str, torch.Tensor
     except Exception as error:  # corrupt file, not a torch file, pickled objects
         raise ValueError(f"perceptual loss: cannot read {what} from {path}: {error}. {hint}") from error
     if not isinstance(state, dict):
-        raise ValueError(f"perceptual loss: {path} holds a {type(state).__name__}, not a state dict. {hint}")
+        raise TypeError(f"perceptual loss: {path} holds a {type(state).__name__}, not a state dict. {hint}")
     return state
 
 
@@ -156,7 +156,7 @@ class PerceptualLoss(nn.Module):
             heads.append(state[key].reshape(channels).float())
         return heads
 
-    def train(self, mode: bool = True) -> "PerceptualLoss":
+    def train(self, mode: bool = True) -> PerceptualLoss:
         """The VGG trunk always stays in eval mode (it is frozen)."""
         super().train(mode)
         self.vgg.eval()

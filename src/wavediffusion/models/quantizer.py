@@ -6,7 +6,7 @@ The paper quantises the shared latent with a codebook of 8192 vectors of dimensi
 
 - each latent vector z (one per spatial position) is replaced by its nearest code e;
 - the decoder's gradient passes straight through the non-differentiable lookup to the
-  encoder: z_q = z + sg[e - z];
+  encoder: z_q = sg[e] + (z - sg[z]), exactly e in value, identity gradient to z;
 - loss = ||sg[z] - e||^2 (codebook: pulls the chosen codes to the encoder outputs)
          + beta * ||z - sg[e]||^2 (commitment: keeps the encoder near its codes).
   (taming-transformers' ``legacy=True`` puts beta on the other term; this is the
@@ -97,10 +97,11 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, dim, h, w) latents -> (B, h, w) indices of the nearest codes (squared L2, fp32)."""
+        """(B, dim, h, w) latents -> (B, h, w) indices of the nearest codes (squared L2, fp32 even under autocast)."""
         b, _, h, w = z.shape
-        flat = z.detach().float().permute(0, 2, 3, 1).reshape(-1, self.dim)  # (N, dim)
-        return self._nearest_flat(flat).view(b, h, w)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            flat = z.detach().float().permute(0, 2, 3, 1).reshape(-1, self.dim)  # (N, dim)
+            return self._nearest_flat(flat).view(b, h, w)
 
     def _nearest_flat(self, flat: torch.Tensor) -> torch.Tensor:
         """(N, dim) fp32 -> (N,) argmin_k ||z - e_k||^2, computed chunk by chunk.
@@ -151,7 +152,9 @@ class VectorQuantizer(nn.Module):
             codebook_loss = F.mse_loss(z_q, z.detach())
             commitment_loss = F.mse_loss(z, z_q.detach())
             loss = codebook_loss + self.beta * commitment_loss
-            z_q = z + (z_q - z).detach()  # straight-through
+            # straight-through: the value is exactly the code (z - sg[z] == 0), the gradient
+            # w.r.t. z is the identity, and the decoder's gradient does not reach the codebook
+            z_q = z_q.detach() + (z - z.detach())
 
             probs = counts.float() / counts.sum()
             entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum()

@@ -1,6 +1,6 @@
 """Checkpoints: atomic files holding everything needed to continue a run bit-exactly.
 
-A checkpoint is one `torch.save`d dict (see `loop.py`, `_checkpoint_state`, for the keys)
+A checkpoint is one `torch.save`d dict (see `_Trainer._save_checkpoint` in loop.py for the keys)
 written to a temporary file in the destination folder, fsynced, then renamed over the
 final name with `os.replace`. A reader therefore sees either the previous complete file or
 the new complete file, never a half-written one, even if the writer is killed with

@@ -465,7 +465,7 @@ class _Trainer:
             "world_size": self.env.world_size,
             "steps_per_epoch": self.steps_per_epoch,
             "config": self.run_config,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
         }
         ckpt.atomic_save(state, ckpt.checkpoint_path(self.ckpt_dir, self.state.step))
         ckpt.prune_checkpoints(self.ckpt_dir, self.config.keep_checkpoints)

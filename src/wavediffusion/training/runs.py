@@ -1,0 +1,45 @@
+"""Run folders: where a training rule keeps its checkpoints between attempts.
+
+A rule's declared output is only the final weights file; its checkpoints live in a run
+folder beside it named by a hash of everything the training depends on (settings and the
+data set's identity). A crashed or requeued job re-runs into the same folder and resumes;
+an edited config gets a fresh folder, so it never resumes from weights trained under
+other settings (the old folder is kept until you delete it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ..data.store import open_dataset
+from ..files import atomic_file
+
+
+def dataset_identity(dataset: str | Path) -> dict:
+    """What identifies a dataset store's content: its representation, counts and source checksums."""
+    attrs = open_dataset(dataset).attrs
+    return {
+        "representation": attrs["representation"],
+        "counts": attrs["counts"],
+        "sources": [f["sha256"] for f in attrs["provenance"]["files"]],
+    }
+
+
+def run_directory(parent: str | Path, identity: dict) -> Path:
+    """parent/runs/<12 hex digits of the identity's hash>/, with the identity written beside it."""
+    text = json.dumps(identity, sort_keys=True, default=str)
+    folder = Path(parent) / "runs" / hashlib.sha256(text.encode()).hexdigest()[:12]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "identity.json").write_text(json.dumps(identity, sort_keys=True, indent=1, default=str) + "\n")
+    return folder
+
+
+def publish(run_file: str | Path, final: str | Path) -> None:
+    """Copy a run's weights file to the rule's output path atomically."""
+    with atomic_file(final) as tmp:
+        shutil.copyfile(run_file, tmp)
+        os.chmod(tmp, 0o644)

@@ -1,0 +1,177 @@
+"""Stage 1: train the shared-latent VQ autoencoder (one encoder, two decoders).
+
+The training step is written out: a generator step (reconstruction of both modalities,
+the VQ loss, the optional perceptual loss and, from `disc_start` on, the adversarial loss
+with VQGAN's adaptive weight) and then a discriminator step (hinge loss, one PatchGAN per
+modality). Everything else -- devices, DDP, bf16, checkpoints, resume, early stopping,
+logs -- is the project's one loop (training/loop.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..data.dataset import PairDataset
+from ..data.store import open_dataset, representation_of
+from ..models.autoencoder import AutoencoderConfig, VQAutoencoder
+from ..models.discriminator import (
+    DiscriminatorConfig,
+    PatchDiscriminator,
+    adaptive_weight,
+    generator_adversarial_loss,
+    hinge_d_loss,
+)
+from ..models.perceptual import PerceptualConfig, PerceptualLoss
+from .loop import Run, TrainConfig, adam, train
+
+
+@dataclass(frozen=True)
+class Stage1Losses:
+    reconstruction: str = "l1"  # "l1" | "l2", on both modalities in the [-1, 1] space
+    velocity_weight: float = 1.0  # weight of the velocity reconstruction beside the seismic one
+    disc_start: int = 50_001  # optimiser step at which the adversarial terms switch on (paper)
+    disc_weight: float = 0.5  # paper
+    perceptual_weight: float = 0.5  # paper; used only when perceptual_vgg_weights is set
+    perceptual_vgg_weights: str | None = None  # torchvision VGG16 state dict; None = no perceptual loss
+    perceptual_lpips_heads: str | None = None  # LPIPS v0.1 vgg.pth (optional)
+
+    def __post_init__(self):
+        if self.reconstruction not in ("l1", "l2"):
+            raise ValueError(f"stage1.losses.reconstruction must be 'l1' or 'l2', got {self.reconstruction!r}")
+
+
+@dataclass(frozen=True)
+class Stage1Settings:
+    """The stage1 slice of config.yaml for one variant, as the rule passes it."""
+
+    model: dict = field(default_factory=dict)  # AutoencoderConfig fields (sizes come from the data)
+    discriminator: dict = field(default_factory=dict)  # DiscriminatorConfig fields (base_channels, n_layers)
+    losses: dict = field(default_factory=dict)  # Stage1Losses fields
+    training: dict = field(default_factory=dict)  # TrainConfig fields
+
+
+def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    return F.l1_loss(prediction, target) if kind == "l1" else F.mse_loss(prediction, target)
+
+
+class Stage1Task:
+    """The Task (training/loop.py) of the VQ autoencoder with its two discriminators."""
+
+    val_metric = "val_reconstruction"
+
+    def __init__(self, model_config: AutoencoderConfig, disc: DiscriminatorConfig, losses: Stage1Losses, train_config: TrainConfig):
+        self.model_config = model_config
+        self.losses = losses
+        self.autoencoder = VQAutoencoder(model_config)
+        self.seismic_disc = PatchDiscriminator(DiscriminatorConfig(model_config.seismic_channels, disc.base_channels, disc.n_layers))
+        self.velocity_disc = PatchDiscriminator(DiscriminatorConfig(model_config.velocity_channels, disc.base_channels, disc.n_layers))
+        self.perceptual = None
+        if losses.perceptual_vgg_weights:
+            self.perceptual = PerceptualLoss(PerceptualConfig(losses.perceptual_vgg_weights, losses.perceptual_lpips_heads))
+        self.generator_optimizer = adam(self.autoencoder.parameters(), train_config)
+        self.disc_optimizer = adam(list(self.seismic_disc.parameters()) + list(self.velocity_disc.parameters()), train_config)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"autoencoder": self.autoencoder, "seismic_disc": self.seismic_disc, "velocity_disc": self.velocity_disc}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"generator": self.generator_optimizer, "discriminator": self.disc_optimizer}
+
+    def config_dict(self) -> dict:
+        return {"model": asdict(self.model_config), "losses": asdict(self.losses)}
+
+    def _reconstruction_terms(self, out, seismic, velocity):
+        kind = self.losses.reconstruction
+        rec_s = reconstruction_loss(out.seismic, seismic, kind)
+        rec_v = reconstruction_loss(out.velocity, velocity, kind)
+        if self.perceptual is not None:
+            # frozen, so not one of modules() (no DDP, not checkpointed); follows the data's
+            # device, and runs in fp32 on the reconstructions
+            self.perceptual.to(seismic.device)
+            with torch.autocast(seismic.device.type, enabled=False):
+                rec_s = rec_s + self.losses.perceptual_weight * self.perceptual(out.seismic.float(), seismic).mean()
+                rec_v = rec_v + self.losses.perceptual_weight * self.perceptual(out.velocity.float(), velocity).mean()
+        return rec_s, rec_v
+
+    def train_step(self, batch: dict, step: int, run: Run) -> dict:
+        seismic, velocity = batch["seismic"], batch["velocity"]  # (B, S, T, R), (B, 1, V, V)
+        adversarial = step >= self.losses.disc_start
+
+        # --- generator step: autoencoder through DDP, discriminators plain (their grads are zeroed below)
+        with run.autocast():
+            out = run.wrapped["autoencoder"](seismic)
+            rec_s, rec_v = self._reconstruction_terms(out, seismic, velocity)
+            loss = rec_s + self.losses.velocity_weight * rec_v + out.vq_loss
+            metrics = {"rec_seismic": rec_s.detach(), "rec_velocity": rec_v.detach(), "vq": out.vq_loss.detach()}
+            if adversarial:
+                g_s = generator_adversarial_loss(self.seismic_disc(out.seismic))
+                g_v = generator_adversarial_loss(self.velocity_disc(out.velocity))
+                w_s = adaptive_weight(rec_s, g_s, self.autoencoder.seismic_decoder.last_layer)
+                w_v = adaptive_weight(rec_v, g_v, self.autoencoder.velocity_decoder.last_layer)
+                loss = loss + self.losses.disc_weight * (w_s * g_s + w_v * g_v)
+                metrics.update(g_seismic=g_s.detach(), g_velocity=g_v.detach())
+        self.generator_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.clip_and_step(self.generator_optimizer)
+        metrics["loss"] = loss.detach()
+        for name, info in out.info.items():
+            metrics[f"perplexity_{name}"] = info.perplexity.detach()
+
+        # --- discriminator step: each discriminator once, on real and fake together (one DDP forward)
+        if adversarial:
+            with run.autocast():
+                seismic_logits = run.wrapped["seismic_disc"](torch.cat([seismic, out.seismic.detach()]))
+                velocity_logits = run.wrapped["velocity_disc"](torch.cat([velocity, out.velocity.detach()]))
+                n = seismic.shape[0]
+                d_loss = hinge_d_loss(seismic_logits[:n], seismic_logits[n:]) + hinge_d_loss(velocity_logits[:n], velocity_logits[n:])
+            self.disc_optimizer.zero_grad(set_to_none=True)
+            d_loss.backward()
+            run.clip_and_step(self.disc_optimizer)
+            metrics["d_loss"] = d_loss.detach()
+        return metrics
+
+    @torch.no_grad()
+    def validate(self, batch: dict, run: Run) -> dict:
+        seismic, velocity = batch["seismic"], batch["velocity"]
+        with run.autocast():
+            out = self.autoencoder(seismic)
+        mse_s = F.mse_loss(out.seismic.float(), seismic)
+        mse_v = F.mse_loss(out.velocity.float(), velocity)
+        return {"val_reconstruction": mse_s + mse_v, "val_mse_seismic": mse_s, "val_mse_velocity": mse_v,
+                "val_mae_velocity": (out.velocity.float() - velocity).abs().mean()}
+
+
+def only_known(values: dict, cls, key: str) -> dict:
+    """Keep the dict's keys, rejecting any that `cls` does not have (naming the config key)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{key}: unknown keys {unknown}; known: {sorted(known)}")
+    return dict(values)
+
+
+def build_task(dataset: str | Path, variant: str, settings: Stage1Settings) -> tuple[Stage1Task, TrainConfig]:
+    """The Stage-1 task for a dataset store: model input sizes come from the store."""
+    rep = representation_of(open_dataset(dataset))
+    model = AutoencoderConfig(
+        **only_known(settings.model, AutoencoderConfig, "stage1.model"),
+        variant=variant,
+        seismic_channels=len(rep.shots),
+        time_samples=rep.time_samples,
+        receivers=rep.receivers,
+        velocity_size=rep.velocity_size,
+    )
+    disc = DiscriminatorConfig(**only_known(settings.discriminator, DiscriminatorConfig, "stage1.discriminator"))
+    losses = Stage1Losses(**only_known(settings.losses, Stage1Losses, "stage1.losses"))
+    train_config = TrainConfig(**only_known(settings.training, TrainConfig, "stage1.training"))
+    return Stage1Task(model, disc, losses, train_config), train_config
+
+
+def train_stage1(dataset: str | Path, variant: str, settings: Stage1Settings, out_dir: str | Path) -> dict:
+    """Train one variant on the store's train split (validated on val); returns the loop's summary."""
+    task, train_config = build_task(dataset, variant, settings)
+    return train(task, PairDataset(dataset, "train"), PairDataset(dataset, "val"), train_config, out_dir)

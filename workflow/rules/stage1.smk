@@ -1,0 +1,31 @@
+# Stage 1: the shared-latent VQ autoencoder, one model per variant (1vq, 2vq).
+
+
+wildcard_constraints:
+    variant="1vq|2vq",
+
+
+rule train_stage1:
+    """Train the VQ autoencoder of one variant; a rerun after a crash resumes from its checkpoints."""
+    input:
+        "results/data/dataset.zarr",
+    output:
+        "results/stage1/{variant}/model.pt",
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/train_stage1/{variant}.log",
+    benchmark:
+        "benchmarks/out/train_stage1/{variant}.tsv"
+    params:
+        # sort_keys: the same settings always give the same string, whatever the YAML key order
+        settings=json.dumps({key: config["stage1"][key] for key in ("model", "discriminator", "losses", "training")}, sort_keys=True),
+    threads: 2
+    retries: 1
+    resources:
+        mem_mb=16000,
+        runtime=24 * 60,
+        gpu=1,
+    shell:
+        "wavediffusion train-stage1 --dataset {input} --variant {wildcards.variant} --settings {params.settings:q}"
+        " --threads {threads} --out {output} > {log} 2>&1"
