@@ -2,7 +2,6 @@
 # Each step is one rule in workflow/rules/<stage>.smk whose shell is one
 # `wavediffusion <command>` call (src/wavediffusion/cli.py).
 
-import json
 import os
 import sys
 

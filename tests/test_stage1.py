@@ -71,3 +71,28 @@ def test_model_sizes_come_from_the_store(store):
 def test_unknown_settings_keys_name_the_config_key(store):
     with pytest.raises(ValueError, match=r"stage1\.losses: unknown keys \['disc_strat'\]"):
         build_task(store, "1vq", Stage1Settings(model=TINY_MODEL, losses={"disc_strat": 3}))
+
+
+@pytest.mark.parametrize("variant", ["1vq", "2vq"])
+def test_encoded_latents_are_the_diffusion_latents_with_their_statistics(store, tmp_path, variant):
+    import numpy as np
+    import zarr
+
+    from wavediffusion.training.stage1 import encode_latents, load_autoencoder
+
+    train_stage1(store, variant, settings(max_steps=4), tmp_path / "run")
+    out = tmp_path / "latents.zarr"
+    stats = encode_latents(tmp_path / "run" / "final.pt", store, out, batch_size=3, samples_per_shard=4, progress=False)
+    latents = zarr.open_group(str(out), mode="r")
+    train = latents["train"]["latent"][:]
+    assert train.shape == (stats["train"]["n"], 8, 8, 8) and latents["val"]["latent"].shape[0] == stats["val"]["n"]
+    np.testing.assert_allclose(stats["train"]["channel_mean"], train.mean(axis=(0, 2, 3)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(stats["train"]["std"], train.std(), rtol=1e-4)
+    model = load_autoencoder(tmp_path / "run" / "final.pt")
+    first = torch.from_numpy(zarr.open_group(str(store), mode="r")["train"]["seismic"][:2])
+    with torch.no_grad():
+        np.testing.assert_allclose(train[:2], model.latent_for_diffusion(first).numpy(), atol=1e-5)
+    if variant == "1vq":  # every latent vector is one of the shared codebook's entries
+        vectors = torch.from_numpy(train).permute(0, 2, 3, 1).reshape(-1, 8)
+        snapped = model.quantizer.lookup(model.quantizer.nearest(torch.from_numpy(train))).permute(0, 2, 3, 1).reshape(-1, 8)
+        assert torch.allclose(vectors, snapped, atol=1e-6)

@@ -18,6 +18,8 @@ from wavediffusion.data.store import open_dataset
 from conftest import REPO
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+# `all` plus Stage 1, which is not yet part of `all`
+TARGETS = ("all", "results/stage1/1vq/latents.zarr")
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -31,7 +33,7 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 
 def scheduled(workdir: Path) -> dict[str, int]:
     """Rule -> job count of a dry run (empty when nothing would run)."""
-    output = snakemake(workdir, "--dry-run", "all", "results/stage1/1vq/model.pt").stdout
+    output = snakemake(workdir, "--dry-run", *TARGETS).stdout
     if "Nothing to be done" in output:
         return {}
     table = output.split("Job stats:")[1].split("total")[0]
@@ -47,7 +49,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, dict]:
     workdir = tmp_path_factory.mktemp("tiny")
     config = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
     write_config(workdir, config)
-    snakemake(workdir, "all", "results/stage1/1vq/model.pt")
+    snakemake(workdir, *TARGETS)
     return workdir, config
 
 
@@ -71,7 +73,7 @@ def test_tiny_dag_produces_every_output(tiny_run):
         assert deviation[(family, "openfwi", "native70")] > deviation[(family, "deepwave", "native70")]
         assert deviation[(family, "deepwave", "model64")] > deviation[(family, "deepwave", "native70")]
     assert (workdir / "results/figures/velocity_families.png").stat().st_size > 10_000
-    for log in ("preprocess.log", "pde_floor.log", "velocity_figure.log", "train_stage1/1vq.log"):
+    for log in ("preprocess.log", "pde_floor.log", "velocity_figure.log", "train_stage1/1vq.log", "encode_latents/1vq.log"):
         assert (workdir / "logs" / log).exists()
     weights = torch.load(workdir / "results/stage1/1vq/model.pt", weights_only=False)
     assert weights["step"] == config["stage1"]["training"]["max_steps"]
@@ -85,12 +87,12 @@ def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["data"]["embedded"]["synthetic_seed"] = 1  # FlatFault-B is synthetic, FlatVel-A real
     write_config(workdir, edited)
-    assert scheduled(workdir) == {"simulate": 1, "preprocess": 1, "pde_floor": 1, "velocity_figure": 1, "train_stage1": 1, "all": 1}
+    assert scheduled(workdir) == {"simulate": 1, "preprocess": 1, "pde_floor": 1, "velocity_figure": 1, "train_stage1": 1, "encode_latents": 1, "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["preprocess"]["shots"] = [0, 1, 2]
     write_config(workdir, edited)
-    assert scheduled(workdir) == {"preprocess": 1, "pde_floor": 1, "velocity_figure": 1, "train_stage1": 1, "all": 1}
+    assert scheduled(workdir) == {"preprocess": 1, "pde_floor": 1, "velocity_figure": 1, "train_stage1": 1, "encode_latents": 1, "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["physics"]["floor_samples_per_family"] = 2
@@ -100,7 +102,7 @@ def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["stage1"]["training"]["max_steps"] = 7
     write_config(workdir, edited)
-    assert scheduled(workdir) == {"train_stage1": 1}
+    assert scheduled(workdir) == {"train_stage1": 1, "encode_latents": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["scale"] = "tiny-renamed"  # a label no rule reads

@@ -91,6 +91,14 @@ def cmd_train_stage1(args) -> None:
     print(f"wrote {args.out} ({summary['steps']} steps, stop: {summary['stop_reason']}, run folder {run})")
 
 
+def cmd_encode_latents(args) -> None:
+    from .training.stage1 import encode_latents
+
+    torch_threads(args.threads)
+    stats = encode_latents(args.model, args.dataset, args.out, batch_size=args.batch_size)
+    print(f"wrote {args.out}: {stats['train']['n']} train latents, std {stats['train']['std']:.4f}")
+
+
 def torch_threads(threads: int | None) -> None:
     """Honour the rule's `threads:` (Snakemake passes it) instead of torch's guess."""
     if threads:
@@ -168,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help="the final weights file")
     p.set_defaults(run=cmd_train_stage1)
+
+    p = commands.add_parser("encode-latents", help="encode the train/val splits with a trained autoencoder (Stage 2's data)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=cmd_encode_latents)
     return parser
 
 

@@ -2,7 +2,6 @@
 
 import os
 
-
 from wavediffusion.data.families import get_family
 
 DATA = config["data"]

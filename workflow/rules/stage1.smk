@@ -1,5 +1,7 @@
 # Stage 1: the shared-latent VQ autoencoder, one model per variant (1vq, 2vq).
 
+import json
+
 
 wildcard_constraints:
     variant="1vq|2vq",
@@ -28,4 +30,27 @@ rule train_stage1:
         gpu=1,
     shell:
         "wavediffusion train-stage1 --dataset {input} --variant {wildcards.variant} --settings {params.settings:q}"
+        " --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule encode_latents:
+    """The train and val splits as latents of one variant's autoencoder: Stage 2's data."""
+    input:
+        model="results/stage1/{variant}/model.pt",
+        dataset="results/data/dataset.zarr",
+    output:
+        directory("results/stage1/{variant}/latents.zarr"),
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/encode_latents/{variant}.log",
+    benchmark:
+        "benchmarks/out/encode_latents/{variant}.tsv"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=120,
+        gpu=1,
+    shell:
+        "wavediffusion encode-latents --model {input.model} --dataset {input.dataset}"
         " --threads {threads} --out {output} > {log} 2>&1"

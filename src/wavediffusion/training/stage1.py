@@ -175,3 +175,73 @@ def train_stage1(dataset: str | Path, variant: str, settings: Stage1Settings, ou
     """Train one variant on the store's train split (validated on val); returns the loop's summary."""
     task, train_config = build_task(dataset, variant, settings)
     return train(task, PairDataset(dataset, "train"), PairDataset(dataset, "val"), train_config, out_dir)
+
+
+def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> VQAutoencoder:
+    """The trained autoencoder from a Stage-1 weights file (train_stage1's output), in eval mode."""
+    weights = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        config = AutoencoderConfig(**weights["config"]["task"]["model"])
+        state = weights["modules"]["autoencoder"]
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not a Stage-1 weights file ({error})") from None
+    model = VQAutoencoder(config)
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def encode_latents(model_path: str | Path, dataset: str | Path, out: str | Path, batch_size: int = 64,
+                   samples_per_shard: int = 256, progress: bool = True) -> dict:
+    """Encode the train and val splits into the latents Stage 2 learns (one Zarr store).
+
+    Each split holds `latent` (N, C, h, w) -- the variant's diffusion latent, see
+    VQAutoencoder.latent_for_diffusion -- and `family`. The attributes hold the train
+    latents' per-channel mean and std and their overall std, from which Stage 2 takes its
+    scale factor (latents scaled to unit variance before diffusion).
+    """
+    import hashlib
+
+    import numpy as np
+    import zarr
+    from tqdm import tqdm
+
+    from ..files import atomic_directory
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_autoencoder(model_path, device)
+    root = open_dataset(dataset)
+    latent_shape = model.config.latent_shape
+    stats = {}
+    with atomic_directory(out) as tmp:
+        store = zarr.open_group(str(tmp), mode="w")
+        for split in ("train", "val"):
+            source = root[split]
+            n = source["seismic"].shape[0]
+            group = store.create_group(split)
+            shard = max(1, min(samples_per_shard, n))
+            latents = group.create_array("latent", shape=(n, *latent_shape), chunks=(1, *latent_shape),
+                                         shards=(shard, *latent_shape), dtype="float32")
+            group.create_array("family", data=np.asarray(source["family"][:]), chunks=(max(1, n),))
+            total, total_sq = torch.zeros(latent_shape[0], dtype=torch.float64), torch.zeros(latent_shape[0], dtype=torch.float64)
+            # blocks of whole shards: each write touches only its own Zarr shards
+            block = max(shard, (batch_size // shard) * shard)
+            for start in tqdm(range(0, n, block), desc=f"encode {split}", disable=not progress):
+                seismic = torch.from_numpy(source["seismic"][start : start + block]).to(device)
+                z = torch.cat([model.latent_for_diffusion(part) for part in seismic.split(batch_size)]).float().cpu()
+                latents[start : start + len(z)] = z.numpy()
+                total += z.double().sum(dim=(0, 2, 3))
+                total_sq += (z.double() ** 2).sum(dim=(0, 2, 3))
+            count = n * latent_shape[1] * latent_shape[2]
+            mean = total / count
+            std = (total_sq / count - mean**2).clamp_min(0).sqrt()
+            overall_std = float(((total_sq.sum() / (count * latent_shape[0])) - (total.sum() / (count * latent_shape[0])) ** 2) ** 0.5)
+            stats[split] = {"n": n, "channel_mean": mean.tolist(), "channel_std": std.tolist(), "std": overall_std}
+        store.attrs.update({
+            "variant": model.config.variant,
+            "latent_shape": list(latent_shape),
+            "model_sha256": hashlib.sha256(Path(model_path).read_bytes()).hexdigest(),
+            "dataset": str(dataset),
+            "stats": stats,
+        })
+    return stats
