@@ -78,8 +78,10 @@ class _Handler(BaseHTTPRequestHandler):
         if limit is not None:  # announce the full length, send part of it, hang up
             payload = payload[:limit]
             self.close_connection = True
-        self.wfile.write(payload)
+        # recorded before writing: the client can finish reading (and the test assert)
+        # before this thread returns from write()
         record["sent"] = len(payload)
+        self.wfile.write(payload)
 
 
 class FileServer(ThreadingHTTPServer):

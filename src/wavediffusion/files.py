@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import shutil
 from contextlib import contextmanager
@@ -55,3 +56,12 @@ def write_csv(rows: list[dict], path: str | Path, columns: tuple[str, ...] | lis
             writer = csv.DictWriter(handle, fieldnames=list(columns))
             writer.writeheader()
             writer.writerows(rows)
+
+
+def sha256_of(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 4 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while piece := handle.read(1 << 22):
+            digest.update(piece)
+    return digest.hexdigest()

@@ -10,7 +10,6 @@ to put them, and that `data.openfwi_root` can point at an existing copy instead.
 from __future__ import annotations
 
 import json
-import hashlib
 import http.client
 import os
 import re
@@ -23,7 +22,7 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
-from ..files import atomic_file
+from ..files import atomic_file, sha256_of
 from .families import get_family
 from .openfwi import SPLITS, ManifestEntry, load_manifest
 
@@ -67,14 +66,6 @@ class _Interrupted(Exception):
 
 
 # --- verification --------------------------------------------------------------------------
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(CHUNK_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_file(path: str | Path, expected_size: int | None, sha256: str | None, label: str | None = None) -> None:

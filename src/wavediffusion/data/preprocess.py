@@ -9,7 +9,6 @@ Three passes over the source files, each streaming block by block:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,7 @@ from tqdm import tqdm
 
 from .families import FAMILY_NAMES, SEISMIC_SHAPE, VELOCITY_MAX, VELOCITY_MIN, VELOCITY_SHAPE
 from .openfwi import local_family_pairs
-from ..files import atomic_directory
+from ..files import atomic_directory, sha256_of
 from .store import SPLITS, create_split_arrays
 from .transforms import Representation, seismic_log_resized, seismic_to_model, velocity_to_model
 
@@ -204,14 +203,6 @@ def write_split(
         group["velocity_native"][start:stop] = velocity
 
     in_parallel(write, list(blocks(refs, block)), workers, f"write {group.basename}", progress)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for piece in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 def preprocess(root: str | Path, out: str | Path, settings: PreprocessSettings, workers: int = 1, progress: bool = True) -> Representation:

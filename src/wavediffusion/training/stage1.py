@@ -200,13 +200,11 @@ def encode_latents(model_path: str | Path, dataset: str | Path, out: str | Path,
     latents' per-channel mean and std and their overall std, from which Stage 2 takes its
     scale factor (latents scaled to unit variance before diffusion).
     """
-    import hashlib
-
     import numpy as np
     import zarr
     from tqdm import tqdm
 
-    from ..files import atomic_directory
+    from ..files import atomic_directory, sha256_of
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_autoencoder(model_path, device)
@@ -240,7 +238,7 @@ def encode_latents(model_path: str | Path, dataset: str | Path, out: str | Path,
         store.attrs.update({
             "variant": model.config.variant,
             "latent_shape": list(latent_shape),
-            "model_sha256": hashlib.sha256(Path(model_path).read_bytes()).hexdigest(),
+            "model_sha256": sha256_of(model_path),
             "dataset": str(dataset),
             "stats": stats,
         })
