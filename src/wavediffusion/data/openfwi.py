@@ -10,13 +10,13 @@ this workflow for data it simulates); it then overrides the manifest's split.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
+from ..files import atomic_file
 from .families import get_family
 
 MANIFEST_NAME = "openfwi_manifest.json"
@@ -140,9 +140,8 @@ def write_split_file(path: str | Path, family: str, pairs: Mapping[str, Sequence
     document = {"family": family}
     for split in SPLITS:
         document[split] = [list(p) for p in _checked_pairs(pairs[split], f"{path} [{split}]")]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(document, indent=1) + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(document, indent=1) + "\n")
     return path
 
 

@@ -7,8 +7,6 @@ would take as up to date.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -18,27 +16,15 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
 from ..data.families import VELOCITY_MAX, VELOCITY_MIN  # noqa: E402
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+from ..files import atomic_file  # noqa: E402
 
 
 def save_figure(figure: plt.Figure, path: str | Path, dpi: int = 120) -> Path:
-    """Save `figure` to `path` atomically (temporary file + os.replace) and close it."""
+    """Save `figure` to `path` atomically and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    os.close(descriptor)
     try:
-        figure.savefig(temporary, dpi=dpi, format=path.suffix.lstrip(".") or "png")
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it 0600; give it a normal file's mode
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        with atomic_file(path) as tmp:
+            figure.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
     finally:
         plt.close(figure)
     return path

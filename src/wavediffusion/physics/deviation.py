@@ -26,12 +26,17 @@ def simulate_in_model_space(velocity_native: torch.Tensor, rep: Representation, 
     return seismic_to_model(forward_model(velocity_native, backend=backend, batch_size=batch_size), rep)
 
 
+def per_sample_mse(seismic: torch.Tensor, simulated: torch.Tensor) -> torch.Tensor:
+    """The paper's deviation metric: MSE over (S, T, R) per sample, (B,)."""
+    return ((seismic.to(simulated) - simulated) ** 2).mean(dim=(1, 2, 3))
+
+
 def pde_deviation(
     seismic: torch.Tensor, velocity: torch.Tensor, rep: Representation, backend: str = "deepwave", batch_size: int = 64
 ) -> torch.Tensor:
     """Per-sample MSE between seismic (B, S, T, R) and F(velocity (B, 1, V, V)), both in model space."""
     simulated = simulate_in_model_space(velocity_from_model(velocity, rep), rep, backend, batch_size)
-    return ((seismic.to(simulated) - simulated) ** 2).mean(dim=(1, 2, 3))
+    return per_sample_mse(seismic, simulated)
 
 
 FLOOR_COLUMNS = ("family", "backend", "velocity_input", "n", "deviation_mean", "deviation_std", "deviation_max")
@@ -64,7 +69,7 @@ def pde_floor(
         for backend in backends:
             for name, velocity in inputs.items():
                 simulated = simulate_in_model_space(velocity, rep, backend, batch_size)
-                deviation = ((seismic - simulated) ** 2).mean(dim=(1, 2, 3)).double().cpu()
+                deviation = per_sample_mse(seismic, simulated).double().cpu()
                 rows.append(
                     {
                         "family": family,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -42,4 +41,3 @@ def publish(run_file: str | Path, final: str | Path) -> None:
     """Copy a run's weights file to the rule's output path atomically."""
     with atomic_file(final) as tmp:
         shutil.copyfile(run_file, tmp)
-        os.chmod(tmp, 0o644)

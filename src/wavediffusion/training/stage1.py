@@ -230,10 +230,10 @@ def encode_latents(model_path: str | Path, dataset: str | Path, out: str | Path,
                 latents[start : start + len(z)] = z.numpy()
                 total += z.double().sum(dim=(0, 2, 3))
                 total_sq += (z.double() ** 2).sum(dim=(0, 2, 3))
-            count = n * latent_shape[1] * latent_shape[2]
-            mean = total / count
-            std = (total_sq / count - mean**2).clamp_min(0).sqrt()
-            overall_std = float(((total_sq.sum() / (count * latent_shape[0])) - (total.sum() / (count * latent_shape[0])) ** 2) ** 0.5)
+            count = n * latent_shape[1] * latent_shape[2]  # values per channel
+            mean, mean_sq = total / count, total_sq / count
+            std = (mean_sq - mean**2).clamp_min(0).sqrt()
+            overall_std = float((mean_sq.mean() - mean.mean() ** 2).clamp_min(0).sqrt())  # channels hold equal counts
             stats[split] = {"n": n, "channel_mean": mean.tolist(), "channel_std": std.tolist(), "std": overall_std}
         store.attrs.update({
             "variant": model.config.variant,
