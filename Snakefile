@@ -15,7 +15,13 @@ if os.path.exists(os.path.join(PYTHON_BIN, "wavediffusion")):
     shell.prefix(f'set -euo pipefail; export PATH="{PYTHON_BIN}:$PATH"; ')
 
 
-configfile: "config.yaml"
+# A config file named on the command line (--configfile config/mini.yaml) REPLACES
+# config.yaml instead of being merged into it: each scale's file stands alone (the schema
+# fills in what it leaves out), so no demo value can leak into a mini or paper run.
+# `--config key=value` still overrides single keys of whichever file is used.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 config = validate_config(config, workflow.source_path("workflow/schemas/config.schema.yaml"))
@@ -25,6 +31,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/physics.smk"
 include: "workflow/rules/stage1.smk"
+include: "workflow/rules/stage2.smk"
 
 
 rule all:
@@ -32,3 +39,5 @@ rule all:
         "results/data/dataset.zarr",
         "results/physics/pde_floor.csv",
         "results/figures/velocity_families.png",
+        "results/stage1/metrics.csv",
+        expand("results/trajectory/{variant}/table5.csv", variant=config["stage1"]["variants"]),

@@ -396,3 +396,97 @@ def test_srun_style_two_processes_match_one_process(two_process_runs):
     for name in ("regression", "gan"):
         a, b = weights(root / "slurm" / name / "final.pt"), weights(root / "torchrun" / name / "final.pt")
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------------------------
+# The Stage-1 VQ autoencoder on two processes (gloo) against one.
+
+STAGE1_STEPS = 6
+# Measured on 2 CPU cores, torch 2.14.1: after 6 steps (lr 1e-3) the weights differ by at most
+# 3.4e-5 (the largest: the attention key biases, whose true gradient is 0, so Adam normalises
+# rounding noise into steps; all else <= 1.1e-5). That is float32 summation order: the same
+# 1-process run with 2 threads instead of 1 differs from it by 2.3e-5. Bound: 1e-4. Starting from
+# other initial weights, or re-initialising codes from rank 0's half batch, gives 1.6.
+STAGE1_TOLERANCE = 1e-4
+
+
+def stage1_run(out: Path) -> None:
+    """Train the tiny Stage-1 autoencoder (discriminators off) for STAGE1_STEPS steps of a
+    global batch of 4 from a fresh process's RNG state; rank 0 writes out/reinit.json, the
+    number of codes each training forward re-initialised. dead_code_steps=2 makes the
+    re-initialisation fire at step 0 (every code the first batch did not choose) and again
+    at later steps. Run in-process (1 process) and as this file's __main__ (under torchrun)."""
+    import dataclasses
+
+    from wavediffusion.models.autoencoder import AutoencoderConfig
+    from wavediffusion.models.discriminator import DiscriminatorConfig
+    from wavediffusion.models.quantizer import VectorQuantizer
+    from wavediffusion.training.distributed import rank
+    from wavediffusion.training.loop import TrainConfig
+    from wavediffusion.training.stage1 import Stage1Losses, Stage1Task
+
+    torch.seed()  # whatever the global generator's state, the initial weights must not depend on it
+    config = TrainConfig(max_steps=STAGE1_STEPS, batch_size=4, lr=1e-3, precision="fp32", early_stop_patience=None,
+                         checkpoint_every_steps=10**6, log_every_steps=1, seed=5, device="cpu", progress=False,
+                         tensorboard=False)
+    model = dataclasses.replace(AutoencoderConfig.tiny(), dead_code_steps=2)
+    task = Stage1Task(model, DiscriminatorConfig.tiny(3), Stage1Losses(disc_start=10**6), config)
+    g = torch.Generator().manual_seed(11)
+    seismic, velocity = torch.rand(8, *model.seismic_shape, generator=g) * 2 - 1, torch.rand(8, *model.velocity_shape, generator=g) * 2 - 1
+    data = [{"seismic": s, "velocity": v} for s, v in zip(seismic, velocity)]
+
+    reinitialised, expire = [], VectorQuantizer._expire_dead_codes
+
+    def recording(self, counts, flat):
+        reinitialised.append(expire(self, counts, flat))
+        return reinitialised[-1]
+
+    VectorQuantizer._expire_dead_codes = recording
+    try:
+        train(task, data, None, config, out)
+    finally:
+        VectorQuantizer._expire_dead_codes = expire
+    if rank() == 0:
+        (out / "reinit.json").write_text(json.dumps(reinitialised))
+
+
+def test_stage1_two_processes_match_one_process(tmp_path):
+    """The VQ autoencoder's DDP run follows the 1-process run: the same initial weights
+    (seeded, though each process's global generator starts elsewhere), the same codes chosen
+    and re-initialised at every step (counts summed over ranks, replacements drawn by rank 0
+    from the global batch with the 1-process RNG stream), the same logged metrics, and final
+    weights equal up to float32 summation order."""
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          __file__, str(tmp_path / "two")], check=False, capture_output=True, text=True,
+                         timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    stage1_run(tmp_path / "one")  # in this process, 1 thread (the autouse fixture)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "different initial weights" not in two.stderr
+
+    reinit = json.loads((tmp_path / "one" / "reinit.json").read_text())
+    assert json.loads((tmp_path / "two" / "reinit.json").read_text()) == reinit
+    assert len(reinit) == STAGE1_STEPS and reinit[0] > 0 and sum(reinit[1:]) > 0  # it did fire, and later too
+
+    one_log, two_log = read_log(tmp_path / "one" / "log.csv"), read_log(tmp_path / "two" / "log.csv")
+    assert len(one_log) == len(two_log) == STAGE1_STEPS
+    for a, b in zip(one_log, two_log):
+        # the perplexity comes from the usage counts summed over ranks: identical
+        assert float(b["train/perplexity_shared"]) == float(a["train/perplexity_shared"])
+        for key in ("train/loss", "train/rec_seismic", "train/rec_velocity", "train/vq"):
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-5), key
+
+    one, two_w = weights(tmp_path / "one" / "final.pt"), weights(tmp_path / "two" / "final.pt")
+    usage = "autoencoder.quantizer.steps_since_used"
+    assert torch.equal(one[usage], two_w[usage])  # the same codes chosen at every step
+    diff = max_abs_diff(one, two_w)
+    print(f"stage1: max |w_2proc - w_1proc| = {diff:.3g}")
+    assert diff <= STAGE1_TOLERANCE
+
+
+if __name__ == "__main__":  # one rank of test_stage1_two_processes_match_one_process, under torchrun
+    from wavediffusion.training import cleanup, setup
+
+    torch.set_num_threads(1)
+    setup("cpu")
+    stage1_run(Path(sys.argv[1]))
+    cleanup()

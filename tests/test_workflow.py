@@ -18,8 +18,7 @@ from wavediffusion.data.store import open_dataset
 from conftest import REPO
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-# `all` plus Stage 1, which is not yet part of `all`
-TARGETS = ("all", "results/stage1/1vq/latents.zarr")
+TARGETS = ("all",)
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -79,6 +78,37 @@ def test_tiny_dag_produces_every_output(tiny_run):
     assert weights["step"] == config["stage1"]["training"]["max_steps"]
     assert weights["config"]["task"]["model"]["time_samples"] == 64  # sizes taken from the dataset
 
+    with open(workdir / "results/stage1/metrics.csv") as handle:
+        metrics = list(csv.DictReader(handle))
+    assert [row["family"] for row in metrics] == [*config["data"]["families"], "all"]
+    for row in metrics:
+        assert row["variant"] == "1vq" and int(row["n"]) >= 1
+        assert 0 < float(row["mse_seismic"]) and 0 < float(row["pde_deviation"])
+        assert -1 <= float(row["ssim"]) <= 1
+    with open(workdir / "results/stage1/1vq/table5.csv") as handle:
+        table5 = list(csv.DictReader(handle))
+    evaluation = config["stage1"]["evaluation"]
+    assert [(row["latents"], row["weight"]) for row in table5] == [
+        ("test_reconstruction", ""), ("train_reconstruction", ""), ("random_gaussian", ""),
+        *[("interpolation", str(w)) for w in evaluation["interpolation_weights"]]]
+    assert int(table5[2]["n"]) == evaluation["random_latents"]
+    assert (workdir / "results/stage1/1vq/examples.png").stat().st_size > 10_000
+    stage2 = torch.load(workdir / "results/stage2/1vq/model.pt", weights_only=False)
+    assert stage2["step"] == config["stage2"]["training"]["max_steps"]
+    assert stage2["config"]["task"]["model"]["in_channels"] == config["stage1"]["model"]["latent_channels"]
+
+    trajectory = config["stage2"]["trajectory"]
+    with open(workdir / "results/trajectory/1vq/deviation.csv") as handle:
+        deviation = list(csv.DictReader(handle))
+    steps = {int(row["step"]) for row in deviation if row["direction"] == "backward"}
+    assert steps == {*trajectory["steps"], -1}  # -1: the noise-free end (the final sample)
+    with open(workdir / "results/trajectory/1vq/table5.csv") as handle:
+        names = [row["latents"] for row in csv.DictReader(handle)]
+    assert names[:3] == ["test_reconstruction", "train_reconstruction", "random_gaussian"]
+    assert names[-3:] == ["diffusion_ddpm", *[f"diffusion_ddim_{k}" for k in trajectory["ddim_steps"]]]
+    for figure in ("deviation.png", "trajectory_examples.png"):
+        assert (workdir / "results/trajectory/1vq" / figure).stat().st_size > 10_000
+
 
 def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
     workdir, config = tiny_run
@@ -87,12 +117,14 @@ def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["data"]["embedded"]["synthetic_seed"] = 1  # FlatFault-B is synthetic, FlatVel-A real
     write_config(workdir, edited)
-    assert scheduled(workdir) == {"simulate": 1, "preprocess": 1, "pde_floor": 1, "velocity_figure": 1, "train_stage1": 1, "encode_latents": 1, "all": 1}
+    stage1_on = {"train_stage1": 1, "encode_latents": 1, "evaluate_stage1": 1, "stage1_metrics": 1, "train_stage2": 1,
+                 "diffusion_trajectory": 1}
+    assert scheduled(workdir) == {"simulate": 1, "preprocess": 1, "pde_floor": 1, "velocity_figure": 1, **stage1_on, "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["preprocess"]["shots"] = [0, 1, 2]
     write_config(workdir, edited)
-    assert scheduled(workdir) == {"preprocess": 1, "pde_floor": 1, "velocity_figure": 1, "train_stage1": 1, "encode_latents": 1, "all": 1}
+    assert scheduled(workdir) == {"preprocess": 1, "pde_floor": 1, "velocity_figure": 1, **stage1_on, "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["physics"]["floor_samples_per_family"] = 2
@@ -102,13 +134,43 @@ def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["stage1"]["training"]["max_steps"] = 7
     write_config(workdir, edited)
-    assert scheduled(workdir) == {"train_stage1": 1, "encode_latents": 1}
+    assert scheduled(workdir) == {**stage1_on, "all": 1}
+
+    edited = yaml.safe_load(yaml.safe_dump(config))
+    edited["stage1"]["evaluation"]["random_latents"] = 3
+    write_config(workdir, edited)
+    assert scheduled(workdir) == {"evaluate_stage1": 1, "stage1_metrics": 1, "diffusion_trajectory": 1, "all": 1}
+
+    edited = yaml.safe_load(yaml.safe_dump(config))
+    edited["stage2"]["training"]["max_steps"] = 5
+    write_config(workdir, edited)
+    assert scheduled(workdir) == {"train_stage2": 1, "diffusion_trajectory": 1, "all": 1}
+
+    edited = yaml.safe_load(yaml.safe_dump(config))
+    edited["stage2"]["trajectory"]["n_forward"] = 3
+    write_config(workdir, edited)
+    assert scheduled(workdir) == {"diffusion_trajectory": 1, "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["scale"] = "tiny-renamed"  # a label no rule reads
     write_config(workdir, edited)
     assert scheduled(workdir) == {}
     write_config(workdir, config)
+
+
+def test_configfile_on_the_command_line_replaces_config_yaml(tmp_path):
+    """--configfile X uses X alone (schema defaults fill the rest): no key of config.yaml leaks in."""
+    config = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    write_config(tmp_path, config)  # config.yaml: tiny, whose stage1.model sets dead_code_steps
+    other = yaml.safe_load(yaml.safe_dump(config))
+    del other["stage1"]["model"]["dead_code_steps"]
+    other["stage1"]["model"]["codebook_size"] = 32
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    printed = snakemake(tmp_path, "--dry-run", "--printshellcmds", "--configfile", str(tmp_path / "other.yaml"),
+                        "--", "results/stage1/1vq/model.pt").stdout
+    command = next(line for line in printed.splitlines() if "wavediffusion train-stage1" in line)
+    assert '"codebook_size": 32' in command
+    assert "dead_code_steps" not in command
 
 
 def test_invalid_config_stops_the_run_naming_the_key(tmp_path):

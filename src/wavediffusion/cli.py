@@ -99,6 +99,58 @@ def cmd_encode_latents(args) -> None:
     print(f"wrote {args.out}: {stats['train']['n']} train latents, std {stats['train']['std']:.4f}")
 
 
+def cmd_train_stage2(args) -> None:
+    import json
+    from dataclasses import asdict
+
+    from .training.runs import publish, run_directory
+    from .training.stage2 import Stage2Settings, open_latents, train_stage2
+
+    torch_threads(args.threads)
+    settings = Stage2Settings(**json.loads(args.settings))
+    latents = dict(open_latents(args.latents).attrs)
+    # the latents' identity: the autoencoder that made them and what they hold
+    identity = {"settings": asdict(settings), "latents": {"model_sha256": latents["model_sha256"], "stats": latents["stats"]}}
+    run = run_directory(Path(args.out).parent, identity)
+    summary = train_stage2(args.latents, settings, run)
+    publish(summary["final"], args.out)
+    print(f"wrote {args.out} ({summary['steps']} steps, stop: {summary['stop_reason']}, run folder {run})")
+
+
+def cmd_diffusion_trajectory(args) -> None:
+    import json
+
+    from .evaluation.trajectory import TrajectorySettings, diffusion_trajectory
+
+    torch_threads(args.threads)
+    settings = TrajectorySettings.from_dict(json.loads(args.settings))
+    out = Path(args.out)
+    tables = diffusion_trajectory(args.stage1_model, args.stage2_model, args.latents, args.stage1_table5, settings,
+                                  out / "deviation.csv", out / "table5.csv", out / "ddim.csv",
+                                  out / "deviation.png", out / "trajectory_examples.png", dataset=args.dataset)
+    final = next(row for row in tables["table5"] if row["latents"] == "diffusion_ddpm")
+    print(f"wrote {out}/: DDPM samples' PDE deviation {final['deviation_mean']:.4f}")
+
+
+def cmd_evaluate_stage1(args) -> None:
+    import json
+
+    from .evaluation.stage1 import Stage1Evaluation, evaluate_stage1
+    from .training.stage1 import only_known
+
+    torch_threads(args.threads)
+    settings = Stage1Evaluation(**only_known(json.loads(args.settings), Stage1Evaluation, "stage1.evaluation"))
+    metrics, table5 = evaluate_stage1(args.model, args.dataset, args.latents, settings, args.metrics, args.table5, args.figure)
+    print(f"wrote {args.metrics}, {args.table5}, {args.figure}: test PDE deviation {metrics[-1]['pde_deviation']:.4f}, "
+          f"inversion MAE {metrics[-1]['mae']:.4f}")
+
+
+def cmd_combine_tables(args) -> None:
+    from .files import combine_csv
+
+    combine_csv(args.tables, args.out)
+
+
 def torch_threads(threads: int | None) -> None:
     """Honour the rule's `threads:` (Snakemake passes it) instead of torch's guess."""
     if threads:
@@ -169,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-family", type=int, default=4)
     p.add_argument("--out", required=True)
     p.set_defaults(run=cmd_plot_velocity_families)
+
     p = commands.add_parser("train-stage1", help="train the VQ autoencoder of one variant (resumes after a crash)")
     p.add_argument("--dataset", required=True)
     p.add_argument("--variant", required=True, choices=["1vq", "2vq"])
@@ -184,6 +237,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True)
     p.set_defaults(run=cmd_encode_latents)
+
+    p = commands.add_parser("evaluate-stage1", help="reconstruction, inversion and PDE deviation of a trained autoencoder")
+    p.add_argument("--model", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--latents", required=True, help="encode-latents' store (the training latents)")
+    p.add_argument("--settings", required=True, help="JSON of config stage1.evaluation")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--metrics", required=True, help="per-family metrics CSV to write")
+    p.add_argument("--table5", required=True, help="deviation per kind of latent, CSV to write")
+    p.add_argument("--figure", required=True, help="example pairs, PNG to write")
+    p.set_defaults(run=cmd_evaluate_stage1)
+
+    p = commands.add_parser("train-stage2", help="train the latent diffusion UNet on one variant's latents (resumes after a crash)")
+    p.add_argument("--latents", required=True, help="encode-latents' store")
+    p.add_argument("--settings", required=True, help="JSON of config stage2.{model,diffusion,training}")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True, help="the final weights file")
+    p.set_defaults(run=cmd_train_stage2)
+
+    p = commands.add_parser("diffusion-trajectory", help="PDE deviation along the forward and reverse diffusion (Fig. 5, Table 5)")
+    p.add_argument("--stage1-model", required=True)
+    p.add_argument("--stage2-model", required=True)
+    p.add_argument("--latents", required=True, help="encode-latents' store (the training latents)")
+    p.add_argument("--dataset", required=True, help="the dataset store (its representation)")
+    p.add_argument("--stage1-table5", required=True, help="evaluate-stage1's table5.csv")
+    p.add_argument("--settings", required=True, help="JSON of config stage2.trajectory")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True, help="folder for deviation.csv, table5.csv, ddim.csv and the figures")
+    p.set_defaults(run=cmd_diffusion_trajectory)
+
+    p = commands.add_parser("combine-tables", help="concatenate CSV tables with the same columns into one")
+    p.add_argument("tables", nargs="+")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=cmd_combine_tables)
     return parser
 
 

@@ -58,6 +58,20 @@ def write_csv(rows: list[dict], path: str | Path, columns: tuple[str, ...] | lis
             writer.writerows(rows)
 
 
+def combine_csv(tables: list[str | Path], out: str | Path) -> None:
+    """Concatenate CSV files that share one header into `out`, atomically."""
+    rows, columns = [], None
+    for table in tables:
+        with open(table, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if columns is None:
+                columns = reader.fieldnames
+            elif reader.fieldnames != columns:
+                raise ValueError(f"{table}: columns {reader.fieldnames} differ from {tables[0]}'s {columns}")
+            rows.extend(reader)
+    write_csv(rows, out, columns)
+
+
 def sha256_of(path: str | Path) -> str:
     """Hex sha256 of a file, read in 4 MiB pieces."""
     digest = hashlib.sha256()

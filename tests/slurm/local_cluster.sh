@@ -79,6 +79,15 @@ start() {
   hardware=$(slurmd -C | head -n 1 | sed -e 's/^NodeName=[^ ]* //' -e 's/ UpTime=.*//')
   memory=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$hardware")
   hardware=$(sed "s/RealMemory=[0-9]*/RealMemory=$((memory * 9 / 10))/" <<<"$hardware")
+  # Two fake GPUs (character devices like /dev/null) as the node's GRES, so that rules
+  # asking for `gpu` go through sbatch --gpus as on a real cluster; a job sees
+  # CUDA_VISIBLE_DEVICES but no CUDA device, and trains on the CPU. (A count-only
+  # gres.conf without device files makes the node INVAL.)
+  local gpu
+  for gpu in 0 1; do
+    [ -e "$DIR/fake-gpu$gpu" ] || mknod "$DIR/fake-gpu$gpu" c 1 3
+  done
+  echo "Name=gpu File=$DIR/fake-gpu[0-1]" > "$DIR/gres.conf"
   cat > "$DIR/slurm.conf" <<CONF
 ClusterName=wavediffusion-test
 SlurmctldHost=$NODE(127.0.0.1)
@@ -103,7 +112,8 @@ SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=500
 ReturnToService=2
 MinJobAge=600
-NodeName=$NODE NodeAddr=127.0.0.1 $hardware State=UNKNOWN
+GresTypes=gpu
+NodeName=$NODE NodeAddr=127.0.0.1 $hardware Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
   # The plugin's job step strips SLURM_CONF before its inner srun, which then reads only

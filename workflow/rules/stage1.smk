@@ -54,3 +54,49 @@ rule encode_latents:
     shell:
         "wavediffusion encode-latents --model {input.model} --dataset {input.dataset}"
         " --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule evaluate_stage1:
+    """Reconstruction, inversion metrics and PDE deviation per family; Table 5's Stage-1 rows; examples."""
+    input:
+        model="results/stage1/{variant}/model.pt",
+        dataset="results/data/dataset.zarr",
+        latents="results/stage1/{variant}/latents.zarr",
+    output:
+        metrics="results/stage1/{variant}/metrics.csv",
+        table5="results/stage1/{variant}/table5.csv",
+        figure="results/stage1/{variant}/examples.png",
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/evaluate_stage1/{variant}.log",
+    benchmark:
+        "benchmarks/out/evaluate_stage1/{variant}.tsv"
+    params:
+        settings=json.dumps(config["stage1"]["evaluation"], sort_keys=True),
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=120,
+        gpu=1,
+    shell:
+        "wavediffusion evaluate-stage1 --model {input.model} --dataset {input.dataset} --latents {input.latents}"
+        " --settings {params.settings:q} --threads {threads}"
+        " --metrics {output.metrics} --table5 {output.table5} --figure {output.figure} > {log} 2>&1"
+
+
+rule stage1_metrics:
+    """Every variant's Stage-1 metrics in one table."""
+    input:
+        expand("results/stage1/{variant}/metrics.csv", variant=config["stage1"]["variants"]),
+    output:
+        "results/stage1/metrics.csv",
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/stage1_metrics.log",
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "wavediffusion combine-tables {input} --out {output} > {log} 2>&1"

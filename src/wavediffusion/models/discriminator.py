@@ -11,8 +11,13 @@ VQGAN does (Esser et al. 2021).  This file holds:
 - :func:`adaptive_weight`: VQGAN's balance between reconstruction and adversarial
   gradients, measured at the decoder's last layer.
 
-Under DDP the adaptive weight is computed from each rank's own gradients (as taming does);
-it is a scale on one loss term, so ranks differing slightly is harmless.
+Under DDP the adaptive weight is computed from the gradients of the global batch (each
+rank's two gradients are averaged over ranks first; taming uses each rank's own), so N
+processes weigh the adversarial term as one process does.  BatchNorm normalises with
+batch statistics: the loop turns it into SyncBatchNorm on GPUs, so the statistics are
+the global batch's there; on CPU (gloo) torch has no SyncBatchNorm, each rank normalises
+with its own B/N samples, and from `disc_start` on an N-process CPU run departs from the
+1-process run (before it the discriminators are not called and do not matter).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -112,5 +118,11 @@ def adaptive_weight(
     """
     rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # the gradients of the GLOBAL batch's losses (the mean of the ranks' equal-sized
+        # batches), so that N processes weigh the adversarial term as one process does
+        grads = torch.stack([rec_grad.float(), g_grad.float()])
+        dist.all_reduce(grads)
+        rec_grad, g_grad = grads / dist.get_world_size()
     weight = rec_grad.float().norm() / (g_grad.float().norm() + 1e-4)
     return weight.clamp(0.0, max_weight).detach()

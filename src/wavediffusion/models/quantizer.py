@@ -28,7 +28,7 @@ Distributed training.  When ``torch.distributed`` is initialised with more than 
 process (and ``sync_distributed`` is on), a training-mode forward is a collective: the
 per-code usage counts are summed over all ranks (so the counters, the perplexity and the
 dead set are identical everywhere), and the replacement vectors are drawn by rank 0 from
-*its* encoder outputs and broadcast, so every rank writes the same codebook rows and the
+the encoder outputs of all ranks (the global batch) and broadcast, so every rank writes the same codebook rows and the
 replicas never drift apart (DDP only averages gradients; it would not notice a codebook
 row rewritten differently on each rank).  Consequence: every rank must run the same
 number of training-mode forwards through each quantiser, in the same order.  Eval-mode
@@ -176,7 +176,10 @@ class VectorQuantizer(nn.Module):
         """Age the counters with this step's usage; re-initialise codes unused for too long.
 
         counts (K,) usage of this step (summed over ranks under DDP); flat (N, dim) this
-        rank's encoder outputs.  Returns the number of re-initialised codes.
+        rank's encoder outputs.  Returns the number of re-initialised codes.  Under DDP,
+        rank 0 draws from all ranks' outputs concatenated in rank order -- the global batch
+        -- with the RNG stream a single process has, so N processes re-initialise exactly
+        as one process would (and their loss curves agree, not just their replicas).
         """
         self.steps_since_used += 1
         self.steps_since_used[counts > 0] = 0
@@ -185,6 +188,8 @@ class VectorQuantizer(nn.Module):
         if n_dead == 0:
             return 0
         distributed = self._distributed()
+        if distributed:  # draw from the GLOBAL batch, in rank order, as one process would
+            flat = self._gather_ranks(flat)
         if not distributed or dist.get_rank() == 0:
             if n_dead <= flat.shape[0]:
                 pick = torch.randperm(flat.shape[0], device=flat.device)[:n_dead]  # distinct encoder outputs
@@ -198,3 +203,10 @@ class VectorQuantizer(nn.Module):
         self.embedding[dead] = replacement
         self.steps_since_used[dead] = 0
         return n_dead
+
+    @staticmethod
+    def _gather_ranks(flat: torch.Tensor) -> torch.Tensor:
+        """(N, dim) on each rank -> (world_size * N, dim), rank 0's rows first (equal N on every rank)."""
+        parts = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, flat.contiguous())
+        return torch.cat(parts)

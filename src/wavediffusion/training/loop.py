@@ -30,6 +30,18 @@ Random augmentation inside a Dataset must derive from (seed, epoch, index) to re
 exactly; the loop's own draws (permutation, loader seeds, validation) never touch the
 global RNG that training steps draw from.
 
+Initial weights
+---------------
+A task builds its modules before `train()` is called, so the loop cannot seed their
+initialisation: the task must, by building them inside `seeded_init(config.seed)` (stream
+(seed, STREAM_INIT), the same on every rank). Unseeded, the weights come from whatever
+state torch's global generator is in, and a fresh process does not start from a fixed
+one (torch 2.14: `torch.initial_seed()` differs from process to process): DDP copies
+rank 0's weights to the other ranks, so the replicas agree with each other but not with
+the 1-process run (nor one run with the next). Under DDP the loop checks that all ranks
+built the same initial weights and warns if not, since that is the sign of unseeded
+initialisation.
+
 Learning rate
 -------------
 lr(step, epoch) = base_lr · min(1, (step + 1) / warmup_steps) · lr_decay ** epoch,
@@ -53,11 +65,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +90,7 @@ from .distributed import DistEnv, all_reduce_mean, all_reduce_sum, gather_object
 CHECKPOINT_FORMAT = 1
 
 # Independent random streams, each derived from (seed, stream, ...): see derive_seed.
-STREAM_TRAIN, STREAM_VAL, STREAM_PERMUTATION, STREAM_LOADER = 0, 1, 2, 3
+STREAM_TRAIN, STREAM_VAL, STREAM_PERMUTATION, STREAM_LOADER, STREAM_INIT = 0, 1, 2, 3, 4
 
 # TrainConfig fields that do not change the trained weights: a resume may change them.
 RESUME_FREE_KEYS = frozenset({
@@ -144,6 +158,22 @@ def derive_seed(seed: int, *keys: int) -> int:
     rank, epoch). SeedSequence mixes the keys, so nearby keys give unrelated streams."""
     state = np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0]
     return int(state) >> 1
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Build a task's modules inside this block: their initial weights are then a function
+    of `seed` alone (stream (seed, STREAM_INIT)), the same in every process and every run.
+
+    Needed because a fresh process's global torch generator does not start from a fixed
+    seed, and DDP only copies rank 0's weights to the other ranks: without it the N-process
+    run starts from other weights than the 1-process run. The CPU generator is forked, so
+    the caller's global RNG state is unchanged afterwards (modules are built on the CPU;
+    `train()` moves them to the device).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(derive_seed(seed, STREAM_INIT))
+        yield
 
 
 # ---------------------------------------------------------------------------------------
@@ -230,6 +260,7 @@ class Task(Protocol):
       (lower is better; return e.g. -SSIM for a higher-is-better score).
     - `modules() -> dict[str, nn.Module]` — the trained modules, by name; the loop moves
       them to the device, wraps them for DDP (in `run.wrapped`) and checkpoints them.
+      Build them inside `seeded_init(config.seed)` (see "Initial weights" above).
     - `optimizers() -> dict[str, Optimizer]` — by name; checkpointed, their lr set each
       step from the schedule (see the module docstring). Build them with `adam()` or your own.
     - `train_step(batch, step, run) -> dict[str, float | Tensor]` — ONE optimisation step,
@@ -399,6 +430,8 @@ class _Trainer:
 
         self.state = _State()
         self.resumed_from = self._resume_or_seed()
+        if env.world_size > 1 and self.resumed_from is None:
+            self._check_same_initial_weights()
 
         self.wrapped = {name: self._wrap(m) for name, m in self.modules.items()}
         self.run = Run(config, env, self.wrapped)
@@ -409,11 +442,35 @@ class _Trainer:
     # -- set-up -------------------------------------------------------------------------
 
     def _wrap(self, module: nn.Module) -> nn.Module:
-        """DDP when there are several processes and the module has something to train."""
+        """DDP (with synchronised BatchNorm on GPUs) when there are several processes and the
+        module has something to train."""
         if self.env.world_size == 1 or not any(p.requires_grad for p in module.parameters()):
             return module
+        if self.env.device.type == "cuda":
+            # BatchNorm statistics over the GLOBAL batch, as one process computes them (the
+            # BatchNorm children are replaced in place, keeping their parameters; CUDA only)
+            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
         device_ids = [self.env.device.index] if self.env.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=device_ids)
+
+    def _check_same_initial_weights(self) -> None:
+        """Warn if the ranks built different initial weights: DDP would hide it (it copies
+        rank 0's weights to the others) but it means the task's initialisation is not
+        seeded, so this run does not start where a 1-process run with this seed starts."""
+        def fingerprint(module: nn.Module) -> str:
+            digest = hashlib.sha256()
+            for key, value in module.state_dict().items():
+                digest.update(key.encode())
+                digest.update(value.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            return digest.hexdigest()
+
+        ranks = gather_objects({name: fingerprint(m) for name, m in self.modules.items()})
+        differing = sorted(name for name in self.modules if len({r[name] for r in ranks}) > 1)
+        if differing and self.main:
+            warnings.warn(
+                f"the ranks built different initial weights for {differing}: DDP starts every rank "
+                "from rank 0's, which differ from what a 1-process run with this seed starts from. "
+                "Build the task's modules inside loop.seeded_init(config.seed).", stacklevel=4)
 
     def _resume_or_seed(self) -> Path | None:
         """Continue from the newest checkpoint if there is one; else seed this rank's streams."""
@@ -553,6 +610,8 @@ class _Trainer:
                 elapsed = time.perf_counter() - window_start
                 row = {"step": st.step, "epoch": st.epoch, "lr": self._lr(),
                        "samples_per_s": window_steps * cfg.batch_size / max(elapsed, 1e-9)}
+                if env.device.type == "cuda":  # this rank's peak since the run started
+                    row["gpu_peak_gib"] = torch.cuda.max_memory_allocated(env.device) / 2**30
                 row.update({f"train/{k}": v for k, v in means.items()})
                 self._write_row(row)
                 if "loss" in means:
@@ -653,6 +712,8 @@ class _Trainer:
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
             "steps_this_call": st.step - start_step,
             "seconds_this_call": time.perf_counter() - start_time,
+            "gpu_peak_gib": (torch.cuda.max_memory_allocated(self.env.device) / 2**30
+                             if self.env.device.type == "cuda" else None),
             "final": str(self.out_dir / "final.pt"),
         }
         if self.main:

@@ -26,7 +26,7 @@ from ..models.discriminator import (
     hinge_d_loss,
 )
 from ..models.perceptual import PerceptualConfig, PerceptualLoss
-from .loop import Run, TrainConfig, adam, train
+from .loop import Run, TrainConfig, adam, seeded_init, train
 
 
 @dataclass(frozen=True)
@@ -66,12 +66,17 @@ class Stage1Task:
     def __init__(self, model_config: AutoencoderConfig, disc: DiscriminatorConfig, losses: Stage1Losses, train_config: TrainConfig):
         self.model_config = model_config
         self.losses = losses
-        self.autoencoder = VQAutoencoder(model_config)
-        self.seismic_disc = PatchDiscriminator(DiscriminatorConfig(model_config.seismic_channels, disc.base_channels, disc.n_layers))
-        self.velocity_disc = PatchDiscriminator(DiscriminatorConfig(model_config.velocity_channels, disc.base_channels, disc.n_layers))
-        self.perceptual = None
-        if losses.perceptual_vgg_weights:
-            self.perceptual = PerceptualLoss(PerceptualConfig(losses.perceptual_vgg_weights, losses.perceptual_lpips_heads))
+        # Initial weights from (seed, STREAM_INIT), not from the global generator's state: a
+        # fresh process's generator does not start from a fixed seed, and DDP copies rank 0's
+        # weights to the others, so unseeded, N processes started from other weights than one
+        # process does (the step-0 loss and perplexity already differed) -- see loop.seeded_init.
+        with seeded_init(train_config.seed):
+            self.autoencoder = VQAutoencoder(model_config)
+            self.seismic_disc = PatchDiscriminator(DiscriminatorConfig(model_config.seismic_channels, disc.base_channels, disc.n_layers))
+            self.velocity_disc = PatchDiscriminator(DiscriminatorConfig(model_config.velocity_channels, disc.base_channels, disc.n_layers))
+            self.perceptual = None
+            if losses.perceptual_vgg_weights:
+                self.perceptual = PerceptualLoss(PerceptualConfig(losses.perceptual_vgg_weights, losses.perceptual_lpips_heads))
         self.generator_optimizer = adam(self.autoencoder.parameters(), train_config)
         self.disc_optimizer = adam(list(self.seismic_disc.parameters()) + list(self.velocity_disc.parameters()), train_config)
 

@@ -1,0 +1,19 @@
+"""Stage 2's diffusion process, separate from the network that learns it: the noise
+schedule with its closed forms and the ε-prediction loss (:mod:`.schedule`), and the
+reverse-process samplers, DDPM and DDIM (:mod:`.samplers`)."""
+
+from .samplers import (
+    SampleResult,
+    ddim_sample,
+    ddim_timesteps,
+    ddpm_mean_std,
+    ddpm_sample,
+    draw_noise,
+    predict_eps,
+)
+from .schedule import LOSSES, SCHEDULE_KINDS, NoiseSchedule, make_betas
+
+__all__ = [
+    "LOSSES", "SCHEDULE_KINDS", "NoiseSchedule", "SampleResult", "ddim_sample", "ddim_timesteps", "ddpm_mean_std",
+    "ddpm_sample", "draw_noise", "make_betas", "predict_eps",
+]

@@ -1,0 +1,397 @@
+"""The paper's central experiment: the PDE deviation along the diffusion process.
+
+Rule `diffusion_trajectory` (config `stage2.trajectory`). With a trained Stage-1
+autoencoder (the decoders and the physics check) and a Stage-2 diffusion model over its
+latents:
+
+- forward: `n_forward` training latents, drawn without replacement from the latents
+  store's train split, are noised to each step t of the grid with the closed form
+  q(z_t | z_0) (in the diffusion's scaled space: z_t = q_sample(z_0 * scale, t, ε) / scale,
+  one ε per latent shared by all t), decoded and measured;
+- backward: `n_backward` samples are drawn with DDPM from pure noise; the latent entering
+  each grid step t (noise level ᾱ_t, the same as the forward row of that step) and the
+  final sample are decoded and measured;
+- DDIM (η = 0) with each number of steps in `ddim_steps`: the deviation of `n_ddim`
+  final samples, and the sampling time per sample, to trade speed for consistency.
+
+Every latent goes through `evaluation.stage1.decode_and_check` -- the quantise, decode,
+clamp and simulate path of Stage 1's Table-5 rows -- so all numbers are comparable.
+
+Step convention (deviation.csv)
+-------------------------------
+`step` is the diffusion's 0-based timestep index (diffusion/schedule.py): step t is a
+latent at noise level ᾱ_t, t = T-1 the noisiest. Both directions also get a row at
+**step = -1, the noise-free end** (ᾱ = 1; the paper's step 0): for "forward" the clean
+training latents themselves (Stage 1's reconstruction deviation of those latents), for
+"backward" the final DDPM sample (after the step at t = 0) -- the same samples as the
+"diffusion_ddpm" row of table5.csv and the "ddpm" row of ddim.csv. Rows run from the
+noisiest step to -1, forward rows first.
+
+Outputs
+-------
+- deviation.csv: step, direction ("forward" | "backward"), mean, std, n.
+- table5.csv: Stage 1's Table-5 rows (evaluate_stage1's table5.csv, unchanged) followed
+  by the diffusion rows in the same columns: latents "diffusion_ddpm" (the final DDPM
+  samples of the backward run) and "diffusion_ddim_<k>" per DDIM setting.
+- ddim.csv: sampler ("ddpm" | "ddim"), steps, n, mean, std, seconds_per_sample -- the
+  DDPM row is the backward run's final samples; seconds_per_sample is the sampler's wall
+  time only (no decoding or simulation), divided by the number of samples.
+- figure: mean ± std deviation against t for both directions (x axis from T-1 on the
+  left to -1, "clean", on the right, so the reverse process reads left to right), with
+  Stage 1's train-reconstruction and random-Gaussian rows as reference lines; beside it
+  the final deviation against the number of sampler steps (DDIM and DDPM).
+- strip figure: one backward sample at about five grid steps and at the end, each row its
+  decoded seismic (middle shot), F(decoded velocity), the difference and the decoded
+  velocity (evaluation.stage1.plot_examples).
+
+Randomness: every draw comes from CPU torch.Generators seeded from `seed` (one stream per
+part, so changing e.g. n_forward leaves the samples unchanged). The pure-noise starts are
+drawn for all samples at once and shared: backward sample i and DDIM sample i start from
+the same z_{T-1} for every k, so the DDIM rows are paired with each other and with DDPM.
+Results depend on `seed` and `batch_size` (the forward noise and DDPM's step noise are
+drawn per batch), not on the device's RNG. The UNet runs under bf16 autocast on a GPU if
+`precision` is "bf16"; decoding and the simulator run in float32.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data.store import open_dataset, representation_of
+from ..data.transforms import Representation
+from ..diffusion import NoiseSchedule, ddim_sample, ddpm_sample
+from ..files import sha256_of, write_csv
+from ..physics.forward import BACKENDS
+from ..training.stage1 import load_autoencoder, only_known
+from ..training.stage2 import load_stage2, open_latents
+from .stage1 import TABLE5_COLUMNS, decode_and_check, deviation_row, plot_examples, random_training_latents
+
+DEVIATION_COLUMNS = ("step", "direction", "mean", "std", "n")
+DDIM_COLUMNS = ("sampler", "steps", "n", "mean", "std", "seconds_per_sample")
+CLEAN_STEP = -1  # the noise-free end of the process (ᾱ = 1) in deviation.csv
+PRECISIONS = ("bf16", "fp32")
+KEY = "stage2.trajectory"
+# one independent random stream per part of the experiment
+_STREAMS = {"forward": 0, "start": 1, "ddpm": 2, "ddim": 3}
+
+
+@dataclass(frozen=True)
+class TrajectorySettings:
+    """config.yaml `stage2.trajectory`; the defaults follow the paper where it says."""
+
+    n_forward: int = 13_200  # training latents noised along the grid (paper: 13.2k)
+    n_backward: int = 1000  # DDPM samples from pure noise, decoded along the grid
+    steps: tuple[int, ...] = (0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)  # 0-based t, in [0, T-1]
+    ddim_steps: tuple[int, ...] = (10, 25, 50, 100)  # DDIM settings (η = 0), each in [1, T]
+    n_ddim: int = 1000  # samples per DDIM setting
+    batch_size: int = 64  # sampler, decoder and simulator batch
+    backend: str = "deepwave"  # forward operator of the deviation
+    precision: str = "bf16"  # the UNet under autocast on a GPU: "bf16" | "fp32" (CPU: always fp32)
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "ddim_steps"):
+            values = getattr(self, name)
+            if isinstance(values, (int, str)) or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                                         for v in values):
+                raise ValueError(f"{KEY}.{name} must be a list of integers, got {values!r}")
+            if len(values) == 0:
+                raise ValueError(f"{KEY}.{name} must not be empty")
+            if len(set(values)) != len(values):
+                raise ValueError(f"{KEY}.{name} has repeated values: {list(values)}")
+            object.__setattr__(self, name, tuple(sorted(int(v) for v in values)))
+        if self.steps[0] < 0:
+            raise ValueError(f"{KEY}.steps must be timesteps in [0, T-1], got {list(self.steps)}")
+        if self.ddim_steps[0] < 1:
+            raise ValueError(f"{KEY}.ddim_steps must be at least 1, got {list(self.ddim_steps)}")
+        for name in ("n_forward", "n_backward", "n_ddim", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{KEY}.{name} must be at least 1, got {getattr(self, name)}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"{KEY}.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"{KEY}.precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrajectorySettings:
+        """From the config's dict, rejecting unknown keys (naming stage2.trajectory)."""
+        return cls(**only_known(values, cls, KEY))
+
+    def check_schedule(self, num_steps: int) -> None:
+        """Raise if a grid step or a DDIM setting does not fit a schedule of num_steps (T)."""
+        outside = [t for t in self.steps if t > num_steps - 1]
+        if outside:
+            raise ValueError(f"{KEY}.steps {outside} lie outside [0, {num_steps - 1}] "
+                             f"(the Stage-2 model has T = {num_steps} steps)")
+        too_many = [k for k in self.ddim_steps if k > num_steps]
+        if too_many:
+            raise ValueError(f"{KEY}.ddim_steps {too_many} exceed the Stage-2 model's T = {num_steps} steps")
+
+
+# --- small pieces -----------------------------------------------------------------------------
+
+
+def _generator(seed: int, stream: str) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * len(_STREAMS) + _STREAMS[stream])
+
+
+def _stats(deviation: torch.Tensor) -> dict:
+    return {"mean": float(deviation.mean()), "std": float(deviation.std()) if len(deviation) > 1 else 0.0,
+            "n": len(deviation)}
+
+
+def _autocast(device: torch.device, precision: str):
+    if device.type == "cuda" and precision == "bf16":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return None
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _representation(dataset, latents_root) -> Representation:
+    if isinstance(dataset, Representation):
+        return dataset
+    if dataset is None:
+        dataset = latents_root.attrs.get("dataset")
+        if not dataset:
+            raise ValueError("no dataset given and the latents store records none")
+    return representation_of(open_dataset(dataset))
+
+
+def read_table5(path: str | Path, variant: str) -> list[dict]:
+    """Stage 1's table5.csv rows, checked to be this autoencoder's."""
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if tuple(reader.fieldnames or ()) != TABLE5_COLUMNS:
+            raise ValueError(f"{path}: columns {reader.fieldnames}, expected {list(TABLE5_COLUMNS)} "
+                             "(evaluate_stage1's table5.csv)")
+        rows = list(reader)
+    others = sorted({row["variant"] for row in rows} - {variant})
+    if others:
+        raise ValueError(f"{path}: rows of variant(s) {others}, but the Stage-1 model is {variant!r}")
+    return rows
+
+
+def _check_inputs(autoencoder, unet, scale: float, latents_root, stage1_model, latents_path) -> None:
+    """The three artifacts belong together: same latent shape, same autoencoder, same scale."""
+    shape = tuple(latents_root["train"]["latent"].shape[1:])
+    if shape != tuple(autoencoder.config.latent_shape):
+        raise ValueError(f"{latents_path}: latents {shape} but the Stage-1 model's are {autoencoder.config.latent_shape}")
+    unet_shape = (unet.config.in_channels, unet.config.image_size, unet.config.image_size)
+    if unet_shape != shape:
+        raise ValueError(f"the Stage-2 model generates latents {unet_shape}; the store holds {shape}")
+    recorded = latents_root.attrs.get("model_sha256")
+    if recorded and recorded != sha256_of(stage1_model):
+        raise ValueError(f"{latents_path} was encoded by another Stage-1 model than {stage1_model}")
+    std = float(latents_root.attrs["stats"]["train"]["std"])
+    if scale != 1.0 and not math.isclose(scale, 1.0 / std, rel_tol=1e-4):
+        raise ValueError(f"the Stage-2 model's scale factor {scale:.6g} is neither 1 nor 1/std of these latents "
+                         f"({1.0 / std:.6g}): it was trained on other latents")
+
+
+# --- the three measurements -------------------------------------------------------------------
+
+
+def forward_deviation(autoencoder, schedule: NoiseSchedule, scale: float, latents_root, rep: Representation,
+                      settings: TrajectorySettings, progress: bool = True) -> dict[int, torch.Tensor]:
+    """{step: per-sample deviation} of noised training latents, CLEAN_STEP the clean ones."""
+    generator = _generator(settings.seed, "forward")
+    z0_all = random_training_latents(latents_root["train"]["latent"], settings.n_forward, generator)
+    order = [*sorted(settings.steps, reverse=True), CLEAN_STEP]
+    parts: dict[int, list[torch.Tensor]] = {t: [] for t in order}
+    with tqdm(total=len(z0_all) * len(order), desc="forward (noised training latents)", unit="decode",
+              disable=not progress, dynamic_ncols=True) as bar:
+        for z0 in z0_all.split(settings.batch_size):
+            noise = torch.randn(z0.shape, generator=generator)
+            for t in order:
+                if t == CLEAN_STEP:
+                    z = z0
+                else:
+                    timesteps = torch.full((len(z0),), t, dtype=torch.long)
+                    z = schedule.q_sample(z0 * scale, timesteps, noise) / scale
+                decoded = decode_and_check(autoencoder, z, rep, settings.backend, settings.batch_size,
+                                           desc="", progress=False)
+                parts[t].append(decoded["deviation"])
+                bar.update(len(z0))
+    return {t: torch.cat(values) for t, values in parts.items()}
+
+
+def _start_noise(shape: tuple[int, ...], n: int, settings: TrajectorySettings) -> torch.Tensor:
+    """The z_{T-1} ~ N(0, I) of samples 0..n-1, shared by the DDPM and every DDIM run."""
+    return torch.randn((n, *shape), generator=_generator(settings.seed, "start"))
+
+
+def backward_deviation(autoencoder, unet, schedule: NoiseSchedule, scale: float, start: torch.Tensor,
+                       rep: Representation, settings: TrajectorySettings, device: torch.device,
+                       progress: bool = True) -> tuple[dict[int, torch.Tensor], list[dict], float]:
+    """DDPM from pure noise: ({step: per-sample deviation}, the first sample's decoded pairs
+    per step (for the strip), sampling seconds per sample)."""
+    generator = _generator(settings.seed, "ddpm")
+    autocast = _autocast(device, settings.precision)
+    T = schedule.num_steps
+    order = [*sorted(settings.steps, reverse=True), CLEAN_STEP]
+    parts: dict[int, list[torch.Tensor]] = {t: [] for t in order}
+    example: list[dict] = []
+    seconds = 0.0
+    batches = start.split(settings.batch_size)
+    with tqdm(total=len(batches) * T, desc="backward (DDPM)", unit="step", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for index, batch in enumerate(batches):
+            _synchronize(device)
+            began = time.perf_counter()
+            result = ddpm_sample(unet, schedule, generator=generator, device=device, start=(batch, T - 1),
+                                 record_at=settings.steps, callback=lambda *_: bar.update(1), autocast=autocast)
+            _synchronize(device)
+            seconds += time.perf_counter() - began
+            for t in order:
+                z = result.z0.float().cpu() if t == CLEAN_STEP else result.states[t]
+                decoded = decode_and_check(autoencoder, z / scale, rep, settings.backend, settings.batch_size,
+                                           desc="", progress=False)
+                parts[t].append(decoded["deviation"])
+                if index == 0:  # the first sample of the first batch, for the strip
+                    title = "final sample" if t == CLEAN_STEP else f"t={t}"
+                    example.append({"seismic": decoded["seismic"][0], "velocity": decoded["velocity"][0],
+                                    "simulated": decoded["simulated"][0], "title": title, "step": t})
+    return {t: torch.cat(values) for t, values in parts.items()}, example, seconds / len(start)
+
+
+def ddim_deviation(autoencoder, unet, schedule: NoiseSchedule, scale: float, start: torch.Tensor, num_steps: int,
+                   rep: Representation, settings: TrajectorySettings, device: torch.device,
+                   progress: bool = True) -> tuple[torch.Tensor, float]:
+    """(per-sample deviation of the final DDIM-num_steps samples (η = 0), sampling seconds per sample)."""
+    generator = _generator(settings.seed, "ddim")  # unused at η = 0, but the sampler takes one
+    autocast = _autocast(device, settings.precision)
+    T = schedule.num_steps
+    deviations, seconds = [], 0.0
+    batches = start.split(settings.batch_size)
+    with tqdm(total=len(batches) * num_steps, desc=f"DDIM-{num_steps}", unit="step", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for batch in batches:
+            _synchronize(device)
+            began = time.perf_counter()
+            result = ddim_sample(unet, schedule, num_steps=num_steps, eta=0.0, generator=generator, device=device,
+                                 start=(batch, T - 1), callback=lambda *_: bar.update(1), autocast=autocast)
+            _synchronize(device)
+            seconds += time.perf_counter() - began
+            decoded = decode_and_check(autoencoder, result.z0.float().cpu() / scale, rep, settings.backend,
+                                       settings.batch_size, desc="", progress=False)
+            deviations.append(decoded["deviation"])
+    return torch.cat(deviations), seconds / len(start)
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+
+def plot_trajectory(deviation_rows: list[dict], ddim_rows: list[dict], stage1_rows: list[dict], num_steps: int,
+                    path: str | Path) -> Path:
+    """Fig. 5: deviation against t, forward and backward, and the final deviation per sampler."""
+    from matplotlib.ticker import NullLocator
+
+    from .figures import plt, save_figure
+
+    figure, (ax, ax_steps) = plt.subplots(1, 2, figsize=(11, 4), width_ratios=(2, 1), layout="constrained")
+    styles = {"forward": ("tab:blue", "forward: noised training latents"),
+              "backward": ("tab:red", "backward: DDPM from pure noise")}
+    for direction, (colour, label) in styles.items():
+        rows = sorted((r for r in deviation_rows if r["direction"] == direction), key=lambda r: r["step"])
+        x = np.array([r["step"] for r in rows])
+        mean = np.array([r["mean"] for r in rows])
+        std = np.array([r["std"] for r in rows])
+        ax.plot(x, mean, "o-", color=colour, label=label, markersize=3)
+        ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
+    references = {"train_reconstruction": ("k", "Stage 1: decoded training latents"),
+                  "random_gaussian": ("tab:gray", "Stage 1: random Gaussian latents")}
+    for row in stage1_rows:
+        if row["latents"] in references and not row["weight"]:
+            colour, label = references[row["latents"]]
+            for axis in (ax, ax_steps):
+                axis.axhline(float(row["deviation_mean"]), color=colour, linestyle="--", linewidth=1,
+                             label=label if axis is ax else None)
+    ax.set_xlim(num_steps - 1 + 0.02 * num_steps, CLEAN_STEP - 0.02 * num_steps)  # reversed: noise -> data
+    ax.set_xlabel(f"diffusion step t (0-based, T = {num_steps}; {CLEAN_STEP} = noise-free end)")
+    ax.set_ylabel("PDE deviation (MSE, [-1, 1] space)")
+    ax.set_title("deviation along the diffusion process (mean ± std)", fontsize=10)
+    ax.legend(fontsize=8)
+
+    for sampler, marker in (("ddim", "s-"), ("ddpm", "D")):
+        rows = sorted((r for r in ddim_rows if r["sampler"] == sampler), key=lambda r: r["steps"])
+        if rows:
+            ax_steps.errorbar([r["steps"] for r in rows], [r["mean"] for r in rows], yerr=[r["std"] for r in rows],
+                              fmt=marker, capsize=3, markersize=4, label=sampler.upper())
+    ax_steps.set_xscale("log")
+    ax_steps.set_xticks(sorted({r["steps"] for r in ddim_rows}), [str(r) for r in sorted({r["steps"] for r in ddim_rows})])
+    ax_steps.xaxis.set_minor_locator(NullLocator())
+    ax_steps.set_xlabel("sampler steps")
+    ax_steps.set_title("final samples: deviation vs steps", fontsize=10)
+    ax_steps.legend(fontsize=8)
+    return save_figure(figure, path)
+
+
+def strip_examples(example: list[dict], count: int = 5) -> list[dict]:
+    """About `count` grid steps of one backward trajectory (evenly spaced), plus its final sample."""
+    grid, final = example[:-1], example[-1:]
+    if len(grid) > count:
+        grid = [grid[i] for i in sorted(set(np.linspace(0, len(grid) - 1, count).round().astype(int).tolist()))]
+    return grid + final
+
+
+# --- the rule's one call ---------------------------------------------------------------------
+
+
+def diffusion_trajectory(stage1_model: str | Path, stage2_model: str | Path, latents: str | Path,
+                         stage1_table5: str | Path, settings: TrajectorySettings, deviation_csv: str | Path,
+                         table5_csv: str | Path, ddim_csv: str | Path, figure: str | Path, strip_figure: str | Path,
+                         dataset: str | Path | Representation | None = None, device: str | None = None,
+                         progress: bool = True) -> dict[str, list[dict]]:
+    """Run the forward, backward and DDIM measurements and write the three CSVs and two figures.
+
+    `dataset` fixes the representation the deviation is measured in (the dataset store the
+    latents were encoded from, or a Representation); None takes the dataset path the
+    latents store records. Returns {"deviation": rows, "table5": rows, "ddim": rows}.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    autoencoder = load_autoencoder(stage1_model, device)
+    unet, schedule, scale = load_stage2(stage2_model, device)
+    latents_root = open_latents(latents)
+    settings.check_schedule(schedule.num_steps)
+    _check_inputs(autoencoder, unet, scale, latents_root, stage1_model, latents)
+    variant = autoencoder.config.variant
+    stage1_rows = read_table5(stage1_table5, variant)
+    rep = _representation(dataset, latents_root)
+
+    forward = forward_deviation(autoencoder, schedule, scale, latents_root, rep, settings, progress)
+    shape = tuple(latents_root["train"]["latent"].shape[1:])
+    start = _start_noise(shape, max(settings.n_backward, settings.n_ddim), settings)
+    backward, example, ddpm_seconds = backward_deviation(autoencoder, unet, schedule, scale,
+                                                         start[: settings.n_backward], rep, settings, device, progress)
+    ddim = {k: ddim_deviation(autoencoder, unet, schedule, scale, start[: settings.n_ddim], k, rep, settings, device,
+                              progress) for k in settings.ddim_steps}
+
+    deviation_rows = [{"step": t, "direction": direction, **_stats(values)}
+                      for direction, per_step in (("forward", forward), ("backward", backward))
+                      for t, values in per_step.items()]
+    final = backward[CLEAN_STEP]
+    ddim_rows = [{"sampler": "ddim", "steps": k, **_stats(values), "seconds_per_sample": seconds}
+                 for k, (values, seconds) in ddim.items()]
+    ddim_rows.append({"sampler": "ddpm", "steps": schedule.num_steps, **_stats(final),
+                      "seconds_per_sample": ddpm_seconds})
+    table5_rows = [*stage1_rows, deviation_row(variant, "diffusion_ddpm", None, final),
+                   *(deviation_row(variant, f"diffusion_ddim_{k}", None, values) for k, (values, _) in ddim.items())]
+
+    write_csv(deviation_rows, deviation_csv, DEVIATION_COLUMNS)
+    write_csv(table5_rows, table5_csv, TABLE5_COLUMNS)
+    write_csv(ddim_rows, ddim_csv, DDIM_COLUMNS)
+    plot_trajectory(deviation_rows, ddim_rows, stage1_rows, schedule.num_steps, figure)
+    plot_examples(strip_examples(example), strip_figure, title="One reverse-diffusion trajectory, decoded")
+    return {"deviation": deviation_rows, "table5": table5_rows, "ddim": ddim_rows}

@@ -1,0 +1,329 @@
+"""Stage 2's diffusion process and network on CPU: schedule golden values, the closed
+forms, DDPM/DDIM determinism and exactness with an oracle model, starting mid-way, and
+the UNet (shapes, zero start, overfitting one batch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from wavediffusion.diffusion import (
+    NoiseSchedule,
+    ddim_sample,
+    ddim_timesteps,
+    ddpm_mean_std,
+    ddpm_sample,
+)
+from wavediffusion.models.unet import (
+    UNet,
+    UNetConfig,
+    count_parameters,
+    timestep_embedding,
+)
+
+# ---------------------------------------------------------------------------------------
+# Schedule.
+
+
+def test_ldm_linear_schedule_golden_values():
+    schedule = NoiseSchedule()  # the paper's: 1000 steps, 0.0015 -> 0.0155, linear in sqrt(beta)
+    assert schedule.betas.dtype == torch.float64 and schedule.betas.shape == (1000,)
+    assert abs(schedule.betas[0].item() - 0.0015) < 1e-12 and abs(schedule.betas[-1].item() - 0.0155) < 1e-12
+    # independent recomputation with numpy
+    betas = np.linspace(np.sqrt(0.0015), np.sqrt(0.0155), 1000) ** 2
+    abar = np.cumprod(1.0 - betas)
+    np.testing.assert_allclose(schedule.betas.numpy(), betas, rtol=1e-12)
+    np.testing.assert_allclose(schedule.alphas_cumprod.numpy(), abar, rtol=1e-10)
+    # literal golden values (numpy float64, 2026-11): the end of the schedule is not pure noise
+    assert schedule.alphas_cumprod[-1].item() == pytest.approx(6.686651737398e-4, rel=1e-9)
+    assert schedule.alphas_cumprod[499].item() == pytest.approx(0.1510774233475671, rel=1e-9)
+    # the midpoint beta is the square of the mean of the square roots, not the mean
+    assert schedule.betas[0].item() < schedule.betas[500].item() < (0.0015 + 0.0155) / 2
+
+
+def test_plain_linear_beta_schedule():
+    schedule = NoiseSchedule(kind="linear_beta")
+    np.testing.assert_allclose(schedule.betas.numpy(), np.linspace(0.0015, 0.0155, 1000), rtol=1e-12)
+    with pytest.raises(ValueError, match="schedule kind"):
+        NoiseSchedule(kind="cosine")
+
+
+def test_posterior_matches_the_ddpm_mean_in_epsilon_form():
+    """q(z_{t-1}|z_t,z_0) mean = (z_t - β_t/sqrt(1-ᾱ_t) ε) / sqrt(α_t), with ε the noise that
+    made z_t; variance β_t (1-ᾱ_{t-1})/(1-ᾱ_t), zero at t = 0 (its log clipped to t = 1's)."""
+    schedule = NoiseSchedule()
+    gen = torch.Generator().manual_seed(0)
+    z0, eps = torch.randn(6, 2, 3, 3, generator=gen, dtype=torch.float64), torch.randn(6, 2, 3, 3, generator=gen, dtype=torch.float64)
+    t = torch.tensor([0, 1, 10, 500, 998, 999])
+    z_t = schedule.q_sample(z0, t, eps)
+    mean, variance, log_variance = schedule.posterior(z0, z_t, t)
+    b, a, abar = (schedule.betas[t].view(-1, 1, 1, 1), schedule.alphas[t].view(-1, 1, 1, 1),
+                  schedule.alphas_cumprod[t].view(-1, 1, 1, 1))
+    torch.testing.assert_close(mean, (z_t - b / (1 - abar).sqrt() * eps) / a.sqrt(), rtol=1e-10, atol=1e-10)
+    assert variance[0].item() == 0.0
+    assert log_variance[0].item() == pytest.approx(np.log(schedule.posterior_variance[1].item()))
+    assert variance[3].item() == pytest.approx(b[3].item() * (1 - schedule.alphas_cumprod[499].item()) / (1 - abar[3].item()))
+
+
+def test_q_sample_has_the_closed_form_mean_and_variance():
+    schedule = NoiseSchedule()
+    gen = torch.Generator().manual_seed(1)
+    n, t = 200_000, 300
+    z0 = torch.full((n, 1, 1, 1), 2.0)
+    z_t = schedule.q_sample(z0, torch.full((n,), t), torch.randn(n, 1, 1, 1, generator=gen))
+    abar = schedule.alphas_cumprod[t].item()
+    assert z_t.mean().item() == pytest.approx(2.0 * abar**0.5, abs=0.01)
+    assert z_t.var().item() == pytest.approx(1.0 - abar, abs=0.01)
+
+
+def test_predict_z0_from_eps_inverts_q_sample():
+    schedule = NoiseSchedule()
+    gen = torch.Generator().manual_seed(2)
+    z0, eps = torch.randn(4, 3, 5, 5, generator=gen), torch.randn(4, 3, 5, 5, generator=gen)
+    t = torch.tensor([0, 100, 700, 999])
+    z_t = schedule.q_sample(z0, t, eps)
+    torch.testing.assert_close(schedule.predict_z0_from_eps(z_t, t, eps), z0, atol=2e-4, rtol=0)
+    torch.testing.assert_close(schedule.predict_eps_from_z0(z_t, t, z0), eps, atol=2e-4, rtol=0)
+
+
+def test_training_loss_is_zero_for_the_oracle_and_one_for_a_zero_model():
+    schedule = NoiseSchedule()
+    gen = torch.Generator().manual_seed(3)
+    z0 = torch.randn(64, 2, 4, 4, generator=gen)
+    t, noise = schedule.sample_timesteps(64, "cpu", gen), torch.randn(64, 2, 4, 4, generator=gen)
+    z_t = schedule.q_sample(z0, t, noise)
+    oracle = Oracle(schedule, z0)
+    assert schedule.training_loss(oracle, z0, t=t, noise=noise).item() < 1e-8
+    assert oracle.calls == 1 and torch.equal(oracle.last_z, z_t)
+    zero = lambda z, t: torch.zeros_like(z)
+    assert schedule.training_loss(zero, z0, generator=gen).item() == pytest.approx(1.0, abs=0.05)
+    assert schedule.training_loss(zero, z0, generator=gen, loss="l1").item() == pytest.approx((2 / np.pi) ** 0.5, abs=0.05)
+
+
+# ---------------------------------------------------------------------------------------
+# Samplers.
+
+
+class Oracle:
+    """A model that knows z_0: it returns the exact noise ε = (z_t - sqrt(ᾱ_t) z_0) / sqrt(1 - ᾱ_t)."""
+
+    def __init__(self, schedule: NoiseSchedule, z0: torch.Tensor):
+        self.schedule, self.z0 = schedule, z0.double()
+        self.calls, self.timesteps, self.last_z = 0, [], None
+
+    def __call__(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.timesteps.append(int(t[0]))
+        self.last_z = z_t
+        abar = self.schedule.alphas_cumprod[t.long()].view(-1, 1, 1, 1)
+        return ((z_t.double() - abar.sqrt() * self.z0) / (1 - abar).sqrt()).to(z_t.dtype)
+
+
+def shrink(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A cheap, deterministic non-oracle 'model' for determinism tests."""
+    return 0.3 * z + 1e-3 * t.float().view(-1, 1, 1, 1)
+
+
+SHAPE = (3, 2, 4, 4)
+
+
+def test_ddim_timesteps_are_evenly_spaced_from_t_start_to_zero():
+    assert ddim_timesteps(999, 10) == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+    assert ddim_timesteps(999, 1000) == list(range(999, -1, -1))
+    assert ddim_timesteps(9, 4) == [9, 6, 3, 0] and ddim_timesteps(5, 1) == [5]
+    steps = ddim_timesteps(999, 50)
+    assert len(set(steps)) == 50 and steps[0] == 999 and steps[-1] == 0
+    with pytest.raises(ValueError):
+        ddim_timesteps(9, 11)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_samplers_are_deterministic_given_the_seed(sampler):
+    schedule = NoiseSchedule(num_steps=100)
+
+    def sample(seed):
+        gen = torch.Generator().manual_seed(seed)
+        if sampler == "ddpm":
+            return ddpm_sample(shrink, schedule, SHAPE, generator=gen).z0
+        return ddim_sample(shrink, schedule, SHAPE, num_steps=20, eta=0.5, generator=gen).z0
+
+    a, b, c = sample(0), sample(0), sample(1)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim10", "ddim50_eta1"])
+def test_oracle_model_is_recovered_exactly(sampler):
+    """With the true noise as the model's answer, every ẑ_0 is z_0 and the sample is z_0."""
+    schedule = NoiseSchedule()
+    z0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(5))
+    oracle = Oracle(schedule, z0)
+    gen = torch.Generator().manual_seed(6)
+    if sampler == "ddpm":
+        result = ddpm_sample(oracle, schedule, SHAPE, generator=gen, record_at=[999, 500, 0])
+        assert oracle.timesteps == list(range(999, -1, -1))
+    elif sampler == "ddim10":
+        result = ddim_sample(oracle, schedule, SHAPE, num_steps=10, eta=0.0, generator=gen, record_at=[999, 0])
+        assert oracle.timesteps == ddim_timesteps(999, 10)
+    else:
+        result = ddim_sample(oracle, schedule, SHAPE, num_steps=50, eta=1.0, generator=gen)
+    torch.testing.assert_close(result.z0, z0, atol=1e-4, rtol=0)
+    for t, z0_pred in result.z0_preds.items():
+        torch.testing.assert_close(z0_pred, z0, atol=1e-3, rtol=0, msg=f"t={t}")
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_starting_from_a_noised_latent_runs_only_the_remaining_steps(sampler):
+    schedule = NoiseSchedule()
+    gen = torch.Generator().manual_seed(7)
+    z0 = torch.randn(SHAPE, generator=gen)
+    t_start = 10
+    z_t = schedule.q_sample(z0, torch.full((SHAPE[0],), t_start), torch.randn(SHAPE, generator=gen))
+    oracle = Oracle(schedule, z0)
+    seen = []
+    callback = lambda t, z, z0_pred: seen.append(t)
+    if sampler == "ddpm":
+        result = ddpm_sample(oracle, schedule, generator=gen, start=(z_t, t_start), callback=callback,
+                             record_at=[t_start])
+        assert seen == list(range(10, -1, -1))
+    else:
+        result = ddim_sample(oracle, schedule, num_steps=4, generator=gen, start=(z_t, t_start),
+                             callback=callback, record_at=[t_start])
+        assert seen == [10, 7, 3, 0]
+    assert oracle.calls == len(seen)
+    assert torch.equal(result.states[t_start], z_t)  # the recorded state entering step t_start is the start
+    torch.testing.assert_close(result.z0, z0, atol=1e-5, rtol=0)
+
+
+def test_ddim_with_eta_one_and_every_step_is_ddpm():
+    """σ_t(η=1) on consecutive steps is the DDPM posterior std, and both draw their noise in
+    the same order, so the two samplers give the same trajectory from the same seed."""
+    schedule = NoiseSchedule(num_steps=50)
+    ddpm = ddpm_sample(shrink, schedule, SHAPE, generator=torch.Generator().manual_seed(8), record_at=[25])
+    ddim = ddim_sample(shrink, schedule, SHAPE, num_steps=50, eta=1.0, generator=torch.Generator().manual_seed(8),
+                       record_at=[25])
+    torch.testing.assert_close(ddim.states[25], ddpm.states[25], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ddim.z0, ddpm.z0, atol=1e-5, rtol=1e-5)
+
+
+def test_ddim_eta_zero_is_deterministic_given_the_start():
+    schedule = NoiseSchedule(num_steps=100)
+    z = torch.randn(SHAPE, generator=torch.Generator().manual_seed(9))
+    a = ddim_sample(shrink, schedule, start=(z, 99), num_steps=10, generator=torch.Generator().manual_seed(0))
+    b = ddim_sample(shrink, schedule, start=(z, 99), num_steps=10, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a.z0, b.z0)
+
+
+def test_record_at_an_unvisited_step_is_an_error():
+    schedule = NoiseSchedule(num_steps=100)
+    with pytest.raises(ValueError, match=r"record_at steps \[50\]"):
+        ddim_sample(shrink, schedule, SHAPE, num_steps=10, generator=torch.Generator(), record_at=[50])
+
+
+def test_ddpm_mean_std_gives_the_step_before_its_noise():
+    """Candidate selection builds z_{t-1} = mean + std * noise_k itself; this is DDPM's step."""
+    schedule = NoiseSchedule(num_steps=100)
+    z = torch.randn(SHAPE, generator=torch.Generator().manual_seed(10))
+    mean, std, _ = ddpm_mean_std(shrink, schedule, z, 40)
+    gen = torch.Generator().manual_seed(11)
+    stepped = ddpm_sample(shrink, schedule, start=(z, 40), generator=gen, record_at=[39]).states[39]
+    gen = torch.Generator().manual_seed(11)
+    torch.testing.assert_close(stepped, mean + std * torch.randn(SHAPE, generator=gen))
+    assert std.shape == (SHAPE[0], 1, 1, 1)
+    assert std[0].item() == pytest.approx(schedule.posterior_variance[40].item() ** 0.5, rel=1e-6)
+
+
+def test_samplers_drive_the_unet_under_autocast():
+    schedule = NoiseSchedule(num_steps=20)
+    unet = randomised(UNet(UNetConfig.tiny())).eval()
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    result = ddim_sample(unet, schedule, (2, 4, 8, 8), num_steps=5, generator=torch.Generator().manual_seed(0),
+                         autocast=autocast)
+    assert result.z0.dtype == torch.float32 and torch.isfinite(result.z0).all()
+
+
+# ---------------------------------------------------------------------------------------
+# UNet.
+
+
+def randomised(unet: UNet) -> UNet:
+    """Give the zero-initialised layers random weights, so the output depends on the input."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in unet.parameters():
+            if not p.any():
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    return unet
+
+
+def test_tiny_unet_shapes_and_zero_start():
+    torch.manual_seed(0)
+    unet = UNet(UNetConfig.tiny())
+    x = torch.randn(3, 4, 8, 8)
+    out = unet(x, torch.tensor([0, 500, 999]))
+    assert out.shape == (3, 4, 8, 8)
+    assert torch.equal(out, torch.zeros_like(out))  # zero-initialised head: ε_θ starts at 0
+    unet = randomised(unet)
+    out_long, out_float = unet(x, torch.tensor([0, 500, 999])), unet(x, torch.tensor([0.0, 500.0, 999.0]))
+    torch.testing.assert_close(out_long, out_float)
+    assert not torch.allclose(unet(x, torch.tensor([1, 500, 999]))[0], out_long[0])  # t matters
+    assert not torch.allclose(unet(x, torch.tensor([0, 500, 999]))[1:], out_long[:1].expand(2, -1, -1, -1))
+
+
+def test_paper_unet_builds_at_the_measured_size():
+    unet = UNet(UNetConfig.paper())
+    assert count_parameters(unet) == 131_214_112  # the docstring of models/unet.py quotes this
+    assert count_parameters(UNet(UNetConfig(resblock_updown=False))) == 118_858_144
+    with torch.no_grad():
+        out = unet(torch.randn(1, 32, 32, 32), torch.tensor([10]))
+    assert out.shape == (1, 32, 32, 32)
+
+
+def test_timestep_embedding_is_cos_then_sin_of_geometric_frequencies():
+    emb = timestep_embedding(torch.tensor([0.0, 3.0]), 8)
+    freqs = 10_000 ** (-np.arange(4) / 4)
+    np.testing.assert_allclose(emb[1].numpy(), np.concatenate([np.cos(3 * freqs), np.sin(3 * freqs)]), rtol=1e-6)
+    np.testing.assert_allclose(emb[0].numpy(), [1, 1, 1, 1, 0, 0, 0, 0])
+
+
+def test_unet_config_rejects_widths_that_groups_do_not_divide():
+    with pytest.raises(ValueError, match="norm_groups"):
+        UNetConfig(model_channels=24, norm_groups=32)
+
+
+def test_tiny_unet_overfits_one_batch():
+    """Fixed latents, fixed (t, ε): the ε-prediction loss must fall far below its start (1)."""
+    torch.manual_seed(0)
+    schedule = NoiseSchedule(num_steps=100)
+    unet = UNet(UNetConfig.tiny())
+    gen = torch.Generator().manual_seed(0)
+    z0 = torch.randn(4, 4, 8, 8, generator=gen)
+    t, noise = torch.tensor([5, 30, 60, 95]), torch.randn(4, 4, 8, 8, generator=gen)
+    optimizer = torch.optim.Adam(unet.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(40):
+        loss = schedule.training_loss(unet, z0, t=t, noise=noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(1.0, abs=0.2)
+    assert losses[-1] < 0.02, losses[::5]
+
+
+# ---------------------------------------------------------------------------------------
+# GPU: the same samples on the device (CPU generator) and bf16 autocast.
+
+
+@pytest.mark.gpu
+def test_cpu_generator_gives_the_same_samples_on_cuda():
+    schedule = NoiseSchedule(num_steps=50)
+    unet = randomised(UNet(UNetConfig.tiny())).eval()
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    cpu = ddpm_sample(unet, schedule, (4, 4, 8, 8), generator=torch.Generator().manual_seed(0)).z0
+    gpu = ddpm_sample(unet.cuda(), schedule, (4, 4, 8, 8), generator=torch.Generator().manual_seed(0), device="cuda").z0
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-3, rtol=1e-3)
+    autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    bf16 = ddim_sample(unet, schedule, (4, 4, 8, 8), num_steps=10, generator=torch.Generator().manual_seed(0),
+                       device="cuda", autocast=autocast).z0
+    assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()

@@ -1,0 +1,60 @@
+"""Pieces of the Stage-1 evaluation (the rule itself runs in tests/test_workflow.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from wavediffusion.evaluation.stage1 import Stage1Evaluation, interpolation_pairs, latent_moments, indices_per_family
+from wavediffusion.files import combine_csv, write_csv
+
+
+@pytest.fixture
+def latents(tmp_path):
+    values = np.random.default_rng(0).normal(size=(37, 4, 3, 3)).astype("float32") * 2 + 1
+    array = zarr.create_array(str(tmp_path / "latents.zarr"), shape=values.shape, chunks=(5, 4, 3, 3), dtype="float32")
+    array[:] = values
+    return array, values
+
+
+def test_latent_moments_stream_equals_numpy(latents):
+    array, values = latents
+    mean, std = latent_moments(array, block=8)  # blocks that do not divide N
+    np.testing.assert_allclose(mean.numpy(), values.mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std.numpy(), values.std(axis=0), rtol=1e-4, atol=1e-6)
+
+
+def test_interpolation_pairs_are_distinct_training_latents(latents):
+    array, values = latents
+    a, b = interpolation_pairs(array, 200, torch.Generator().manual_seed(0))
+    assert a.shape == b.shape == (200, 4, 3, 3)
+    assert not any(torch.equal(x, y) for x, y in zip(a, b))
+    rows = {tuple(v.ravel()) for v in values}
+    assert all(tuple(x.numpy().ravel()) in rows for x in (*a[:5], *b[:5]))
+
+
+def test_test_indices_per_family_in_order():
+    families = np.array([3, 0, 3, 0, 0, 5])
+    chosen = indices_per_family(families, per_family=2)
+    assert list(chosen) == ["FlatVel-A", "CurveVel-B", "FlatFault-B"]  # FAMILIES order, codes 0, 3, 5
+    assert chosen["FlatVel-A"].tolist() == [1, 3]
+    assert indices_per_family(families, None)["FlatVel-A"].tolist() == [1, 3, 4]
+
+
+def test_settings_name_the_config_key():
+    with pytest.raises(ValueError, match=r"stage1\.evaluation\.random_latents"):
+        Stage1Evaluation(random_latents=0)
+    with pytest.raises(ValueError, match=r"stage1\.evaluation\.interpolation_weights"):
+        Stage1Evaluation(interpolation_weights=[0.5, 1.5])
+
+
+def test_combine_csv_concatenates_and_rejects_other_columns(tmp_path):
+    write_csv([{"a": 1, "b": 2}], tmp_path / "one.csv", ["a", "b"])
+    write_csv([{"a": 3, "b": 4}], tmp_path / "two.csv", ["a", "b"])
+    combine_csv([tmp_path / "one.csv", tmp_path / "two.csv"], tmp_path / "all.csv")
+    assert (tmp_path / "all.csv").read_text().splitlines() == ["a,b", "1,2", "3,4"]
+    write_csv([{"a": 1, "c": 2}], tmp_path / "bad.csv", ["a", "c"])
+    with pytest.raises(ValueError, match="bad.csv"):
+        combine_csv([tmp_path / "one.csv", tmp_path / "bad.csv"], tmp_path / "x.csv")

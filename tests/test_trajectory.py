@@ -1,0 +1,196 @@
+"""The deviation-along-the-trajectory experiment (evaluation/trajectory.py) on tiny,
+hand-built artifacts: an untrained tiny autoencoder, its latents, an untrained tiny UNet."""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from wavediffusion.data.transforms import Representation
+from wavediffusion.evaluation.stage1 import TABLE5_COLUMNS, decode_and_check
+from wavediffusion.evaluation.trajectory import (
+    CLEAN_STEP,
+    DDIM_COLUMNS,
+    DEVIATION_COLUMNS,
+    TrajectorySettings,
+    diffusion_trajectory,
+)
+from wavediffusion.files import sha256_of, write_csv
+from wavediffusion.models.autoencoder import AutoencoderConfig, VQAutoencoder
+from wavediffusion.models.unet import UNet, UNetConfig
+from wavediffusion.training import checkpoint as ckpt
+from wavediffusion.training.stage2 import DiffusionSettings
+
+T = 50
+N_TRAIN = 3
+REP = Representation(time_samples=64, receivers=16, velocity_size=16, seismic_log_min=-4.0, seismic_log_max=4.0)
+SETTINGS = TrajectorySettings(n_forward=10, n_backward=2, steps=(25, 0, T - 1), ddim_steps=(5, 2), n_ddim=2,
+                              batch_size=2, precision="fp32", seed=3)
+STAGE1_ROWS = [
+    {"variant": "1vq", "latents": latents, "weight": weight, "n": 10, "deviation_mean": mean, "deviation_std": 0.01,
+     "deviation_median": mean}
+    for latents, weight, mean in (("test_reconstruction", "", 0.02), ("train_reconstruction", "", 0.03),
+                                  ("random_gaussian", "", 0.05), ("interpolation", 0.5, 0.04))
+]
+
+
+def write_latents(path, latents: np.ndarray, model_sha256: str):
+    """A latents store in encode_latents' format (training/stage1.py)."""
+    root = zarr.open_group(str(path), mode="w")
+    stats = {}
+    for split, z in (("train", latents), ("val", latents[:1])):
+        group = root.create_group(split)
+        shape = z.shape[1:]
+        group.create_array("latent", shape=z.shape, chunks=(1, *shape), shards=(len(z), *shape), dtype="float32")[:] = z
+        group.create_array("family", data=np.zeros(len(z), dtype=np.int64), chunks=(len(z),))
+        stats[split] = {"n": len(z), "channel_mean": z.mean(axis=(0, 2, 3)).tolist(),
+                        "channel_std": z.std(axis=(0, 2, 3)).tolist(), "std": float(z.std())}
+    root.attrs.update({"variant": "1vq", "latent_shape": list(latents.shape[1:]), "model_sha256": model_sha256,
+                       "dataset": "none", "stats": stats})
+    return path
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """Stage-1 weights, latents, Stage-2 weights and Stage 1's table5.csv, as the rule gets them."""
+    root = tmp_path_factory.mktemp("trajectory")
+    torch.manual_seed(0)
+    config = AutoencoderConfig.tiny()
+    autoencoder = VQAutoencoder(config).eval()
+    stage1 = root / "stage1.pt"
+    torch.save({"config": {"task": {"model": asdict(config)}}, "modules": {"autoencoder": autoencoder.state_dict()}},
+               stage1)
+    with torch.no_grad():  # the latents encode_latents would write: encoded (quantised) seismic
+        seismic = torch.rand(N_TRAIN, *REP.seismic_shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+        latents = autoencoder.latent_for_diffusion(seismic).numpy()
+    store = write_latents(root / "latents.zarr", latents, sha256_of(stage1))
+
+    unet_config = UNetConfig(in_channels=8, out_channels=8, image_size=8, model_channels=32, channel_mult=(1, 2),
+                             num_res_blocks=1, attention_resolutions=(4,), num_heads=2, norm_groups=8)
+    unet = UNet(unet_config)
+    with torch.no_grad():  # the head starts at zero (ε ≡ 0); give it something to say
+        for p in unet.parameters():
+            if not p.abs().sum():
+                p.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(2))
+    stage2 = root / "stage2.pt"
+    ckpt.atomic_save({"config": {"task": {"model": asdict(unet_config), "diffusion": asdict(DiffusionSettings(num_steps=T)),
+                                          "scale_factor": 1.0 / float(latents.std())}},
+                      "extra_state": {"ema": unet.state_dict()}}, stage2)
+    table5 = root / "stage1_table5.csv"
+    write_csv(STAGE1_ROWS, table5, TABLE5_COLUMNS)
+    return {"stage1": stage1, "stage2": stage2, "latents": store, "table5": table5}
+
+
+def run(artifacts, out, settings=SETTINGS):
+    paths = {name: out / name for name in ("deviation.csv", "table5.csv", "ddim.csv", "figure.png", "strip.png")}
+    diffusion_trajectory(artifacts["stage1"], artifacts["stage2"], artifacts["latents"], artifacts["table5"],
+                         settings, *paths.values(), dataset=REP, device="cpu", progress=False)
+    return paths
+
+
+def read(path):
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        return reader.fieldnames, list(reader)
+
+
+@pytest.fixture(scope="module")
+def outputs(artifacts, tmp_path_factory):
+    return run(artifacts, tmp_path_factory.mktemp("run_a"))
+
+
+def test_deviation_csv_has_every_grid_step_in_both_directions(outputs):
+    columns, rows = read(outputs["deviation.csv"])
+    assert tuple(columns) == DEVIATION_COLUMNS
+    expected_steps = [T - 1, 25, 0, CLEAN_STEP]  # from the noisiest step to the noise-free end
+    assert [(int(r["step"]), r["direction"]) for r in rows] == (
+        [(t, "forward") for t in expected_steps] + [(t, "backward") for t in expected_steps])
+    for row in rows:
+        assert int(row["n"]) == (N_TRAIN if row["direction"] == "forward" else 2)  # n_forward > the split: all of it
+        assert math.isfinite(float(row["mean"])) and float(row["mean"]) > 0 and float(row["std"]) >= 0
+
+
+def test_forward_clean_row_is_the_decoded_training_latents(artifacts, outputs):
+    from wavediffusion.training.stage1 import load_autoencoder
+
+    model = load_autoencoder(artifacts["stage1"])
+    latents = torch.from_numpy(zarr.open_group(str(artifacts["latents"]), mode="r")["train"]["latent"][:])
+    clean = decode_and_check(model, latents, REP, "deepwave", 2, desc="", progress=False)["deviation"]
+    _, rows = read(outputs["deviation.csv"])
+    forward = {int(r["step"]): float(r["mean"]) for r in rows if r["direction"] == "forward"}
+    assert forward[CLEAN_STEP] == pytest.approx(float(clean.mean()), rel=1e-9)
+    assert forward[0] == pytest.approx(forward[CLEAN_STEP], rel=0.25)  # barely noised at t = 0
+
+
+def test_table5_and_ddim_rows(outputs):
+    columns, table5 = read(outputs["table5.csv"])
+    assert tuple(columns) == TABLE5_COLUMNS
+    assert [r["latents"] for r in table5] == [r["latents"] for r in STAGE1_ROWS] + [
+        "diffusion_ddpm", "diffusion_ddim_2", "diffusion_ddim_5"]
+    assert float(table5[0]["deviation_mean"]) == 0.02  # Stage 1's rows pass through unchanged
+    diffusion = {r["latents"]: r for r in table5[len(STAGE1_ROWS):]}
+    assert all(r["variant"] == "1vq" and r["n"] == "2" and not r["weight"] for r in diffusion.values())
+
+    columns, ddim = read(outputs["ddim.csv"])
+    assert tuple(columns) == DDIM_COLUMNS
+    assert [(r["sampler"], int(r["steps"])) for r in ddim] == [("ddim", 2), ("ddim", 5), ("ddpm", T)]
+    assert all(int(r["n"]) == 2 and float(r["seconds_per_sample"]) > 0 for r in ddim)
+    # one set of final DDPM samples behind three outputs
+    _, deviation = read(outputs["deviation.csv"])
+    final = next(float(r["mean"]) for r in deviation if r["direction"] == "backward" and int(r["step"]) == CLEAN_STEP)
+    assert float(diffusion["diffusion_ddpm"]["deviation_mean"]) == pytest.approx(final)
+    assert float(ddim[-1]["mean"]) == pytest.approx(final)
+    assert float(diffusion["diffusion_ddim_5"]["deviation_mean"]) == pytest.approx(float(ddim[1]["mean"]))
+
+
+def test_figures_are_written(outputs):
+    for name in ("figure.png", "strip.png"):
+        assert outputs[name].stat().st_size > 10_000
+
+
+def test_same_seed_same_numbers(artifacts, outputs, tmp_path):
+    again = run(artifacts, tmp_path)
+    for name in ("deviation.csv", "table5.csv"):
+        assert again[name].read_text() == outputs[name].read_text()
+    strip_time = lambda rows: [{k: v for k, v in r.items() if k != "seconds_per_sample"} for r in rows]  # noqa: E731
+    assert strip_time(read(again["ddim.csv"])[1]) == strip_time(read(outputs["ddim.csv"])[1])
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"precision": "fp16"}, "precision"),
+    ({"steps": (-1, 10)}, "steps"),
+    ({"steps": (10, 10)}, "steps"),
+    ({"steps": ()}, "steps"),
+    ({"ddim_steps": (0,)}, "ddim_steps"),
+    ({"n_forward": 0}, "n_forward"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"backend": "devito"}, "backend"),
+])
+def test_bad_settings_name_their_key(change, key):
+    with pytest.raises(ValueError, match=rf"stage2\.trajectory\.{key}"):
+        TrajectorySettings(**{**asdict(SETTINGS), **change})
+
+
+def test_settings_from_config_dict():
+    settings = TrajectorySettings.from_dict({"steps": [999, 0, 500], "n_forward": 7})
+    assert settings.steps == (0, 500, 999) and settings.n_forward == 7
+    with pytest.raises(ValueError, match=r"stage2\.trajectory: unknown keys \['n_foward'\]"):
+        TrajectorySettings.from_dict({"n_foward": 7})
+
+
+def test_grid_and_inputs_are_checked_against_the_models(artifacts, tmp_path):
+    with pytest.raises(ValueError, match=rf"stage2\.trajectory\.steps \[{T}\] lie outside \[0, {T - 1}\]"):
+        run(artifacts, tmp_path, TrajectorySettings(**{**asdict(SETTINGS), "steps": (0, T)}))
+    with pytest.raises(ValueError, match=r"stage2\.trajectory\.ddim_steps"):
+        run(artifacts, tmp_path, TrajectorySettings(**{**asdict(SETTINGS), "ddim_steps": (T + 1,)}))
+    other = tmp_path / "other_table5.csv"
+    write_csv([{**STAGE1_ROWS[0], "variant": "2vq"}], other, TABLE5_COLUMNS)
+    with pytest.raises(ValueError, match="variant"):
+        run({**artifacts, "table5": other}, tmp_path)
+    assert not (tmp_path / "deviation.csv").exists()

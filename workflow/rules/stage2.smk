@@ -1,0 +1,60 @@
+# Stage 2: the latent diffusion model over one variant's latent space.
+
+
+rule train_stage2:
+    """Train the diffusion UNet (with an EMA of its weights) on one variant's training latents; resumes after a crash."""
+    input:
+        "results/stage1/{variant}/latents.zarr",
+    output:
+        "results/stage2/{variant}/model.pt",
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/train_stage2/{variant}.log",
+    benchmark:
+        "benchmarks/out/train_stage2/{variant}.tsv"
+    params:
+        settings=json.dumps({key: config["stage2"][key] for key in ("model", "diffusion", "training")}, sort_keys=True),
+    threads: 2
+    retries: 1
+    resources:
+        mem_mb=16000,
+        runtime=24 * 60,
+        gpu=1,
+    shell:
+        "wavediffusion train-stage2 --latents {input} --settings {params.settings:q}"
+        " --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule diffusion_trajectory:
+    """The paper's central experiment: PDE deviation of decoded latents along the forward and reverse diffusion, DDIM step counts, Table 5."""
+    input:
+        stage1_model="results/stage1/{variant}/model.pt",
+        stage2_model="results/stage2/{variant}/model.pt",
+        latents="results/stage1/{variant}/latents.zarr",
+        dataset="results/data/dataset.zarr",
+        stage1_table5="results/stage1/{variant}/table5.csv",
+    output:
+        deviation="results/trajectory/{variant}/deviation.csv",
+        table5="results/trajectory/{variant}/table5.csv",
+        ddim="results/trajectory/{variant}/ddim.csv",
+        figure="results/trajectory/{variant}/deviation.png",
+        examples="results/trajectory/{variant}/trajectory_examples.png",
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/diffusion_trajectory/{variant}.log",
+    benchmark:
+        "benchmarks/out/diffusion_trajectory/{variant}.tsv"
+    params:
+        settings=json.dumps(config["stage2"]["trajectory"], sort_keys=True),
+        out=subpath(output.deviation, parent=True),
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=240,
+        gpu=1,
+    shell:
+        "wavediffusion diffusion-trajectory --stage1-model {input.stage1_model} --stage2-model {input.stage2_model}"
+        " --latents {input.latents} --dataset {input.dataset} --stage1-table5 {input.stage1_table5}"
+        " --settings {params.settings:q} --threads {threads} --out {params.out} > {log} 2>&1"
