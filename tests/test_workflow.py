@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import subprocess
@@ -158,6 +159,68 @@ def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
     write_config(workdir, config)
 
 
+def test_a_training_rule_with_two_gpus_runs_two_processes(tiny_run):
+    """stage1.gpus: 2 starts the training through torchrun (two gloo processes on this CPU
+    machine) and ends where the 1-process run ends: the batch size is global."""
+    workdir, config = tiny_run
+    weights = {}
+    for gpus in (2, 1):
+        edited = yaml.safe_load(yaml.safe_dump(config))
+        edited["stage1"]["gpus"] = gpus
+        edited["stage1"]["losses"]["disc_start"] = 100  # no discriminator: CPU BatchNorm is per process
+        write_config(workdir, edited)
+        snakemake(workdir, "results/stage1/1vq/model.pt")
+        log = (workdir / "logs/train_stage1/1vq.log").read_text()
+        assert f"{gpus} process(es)" in log
+        weights[gpus] = torch.load(workdir / "results/stage1/1vq/model.pt", weights_only=False)["modules"]["autoencoder"]
+    write_config(workdir, config)
+    largest = max(float((weights[2][k].float() - weights[1][k].float()).abs().max()) for k in weights[1])
+    assert largest < 1e-4, largest
+
+
+def test_a_killed_training_job_resumes_on_rerun(tiny_run, tmp_path):
+    """SIGKILL the whole snakemake process group mid-training (a preempted or failed SLURM job),
+    then rerun as a user would (--unlock, then the same target): the training resumes from
+    its last checkpoint and ends with the weights of an uninterrupted run."""
+    import signal
+    import time
+
+    workdir, config = tiny_run
+    edited = yaml.safe_load(yaml.safe_dump(config))
+    edited["stage1"]["training"].update(max_steps=60, checkpoint_every_steps=4, early_stop_patience=None)
+    edited["stage1"]["losses"]["disc_start"] = 30
+    write_config(workdir, edited)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    command = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2",
+               "results/stage1/1vq/model.pt"]
+    before = set((workdir / "results/stage1/1vq/runs").iterdir())
+    job = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(p.name.startswith("step_") for run in
+                                             set((workdir / "results/stage1/1vq/runs").iterdir()) - before
+                                             for p in (run / "checkpoints").glob("*.pt")):
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    (run,) = set((workdir / "results/stage1/1vq/runs").iterdir()) - before
+    assert not (run / "final.pt").exists(), "the training finished before it could be killed"
+
+    snakemake(workdir, "--unlock")
+    snakemake(workdir, "--rerun-incomplete", "results/stage1/1vq/model.pt")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumed_from"] and summary["steps"] == 60
+    resumed = torch.load(workdir / "results/stage1/1vq/model.pt", weights_only=False)["modules"]["autoencoder"]
+
+    settings = {key: edited["stage1"][key] for key in ("model", "discriminator", "losses", "training")}
+    subprocess.run([Path(sys.executable).parent / "wavediffusion", "train-stage1", "--dataset",
+                    str(workdir / "results/data/dataset.zarr"), "--variant", "1vq", "--settings", json.dumps(settings),
+                    "--threads", "2", "--out", str(tmp_path / "model.pt")], check=True, capture_output=True, env=env)
+    uninterrupted = torch.load(tmp_path / "model.pt", weights_only=False)["modules"]["autoencoder"]
+    write_config(workdir, config)
+    for name in uninterrupted:
+        assert torch.equal(resumed[name], uninterrupted[name]), name
+
+
 def test_configfile_on_the_command_line_replaces_config_yaml(tmp_path):
     """--configfile X uses X alone (schema defaults fill the rest): no key of config.yaml leaks in."""
     config = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
@@ -171,6 +234,44 @@ def test_configfile_on_the_command_line_replaces_config_yaml(tmp_path):
     command = next(line for line in printed.splitlines() if "wavediffusion train-stage1" in line)
     assert '"codebook_size": 32' in command
     assert "dead_code_steps" not in command
+
+
+def test_paper_plan_through_the_slurm_profile(tmp_path):
+    """`snakemake -n --profile slurm all` on config/paper.yaml: the jobs a paper run submits,
+    and a GPU requested by exactly the rules that train, encode, decode or sample."""
+    write_config(tmp_path, yaml.safe_load((REPO / "config" / "paper.yaml").read_text()))
+    command = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+               "--profile", "slurm", "--dry-run", "all"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)  # the profile is ./slurm
+    assert result.returncode == 0, result.stderr[-3000:]
+    variants = 2  # paper: 1vq and 2vq
+    per_variant = ("train_stage1", "encode_latents", "evaluate_stage1", "train_stage2", "diffusion_trajectory")
+    table = result.stdout.split("Job stats:")[1].split("total")[0]
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.MULTILINE)}
+    assert counts == {"download_openfwi": 10, "preprocess": 1, "pde_floor": 1, "velocity_figure": 1,
+                      **{rule: variants for rule in per_variant}, "stage1_metrics": 1, "all": 1}
+    jobs = re.findall(r"^(?:local)?rule (\w+):\n(.*?)(?=^\S|\Z)", result.stdout, re.MULTILINE | re.DOTALL)
+    gpus = {}
+    for rule, body in jobs:
+        resources = re.search(r"resources: (.*)", body).group(1) if "resources:" in body else ""
+        gpus.setdefault(rule, set()).add(re.search(r"\bgpu=(\d+)", resources).group(1) if "gpu=" in resources else "0")
+    assert {rule for rule, counts_ in gpus.items() if counts_ != {"0"}} == set(per_variant)
+    assert all(gpus[rule] == {"1"} for rule in per_variant)
+
+
+def test_multi_node_training_plan(tmp_path):
+    """stage1.gpus 4 x stage1.nodes 2: one SLURM job with 8 GPUs on 2 nodes, whose command
+    is an srun of one task per GPU."""
+    config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    config["stage1"].update(gpus=4, nodes=2)
+    write_config(tmp_path, config)
+    command = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--profile", "slurm",
+               "--dry-run", "--printshellcmds", "results/stage1/1vq/model.pt"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    job = result.stdout.split("rule train_stage1:")[1]
+    assert "gpu=8, nodes=2, tasks=8, tasks_per_gpu=1, mpi=srun" in job
+    assert "srun --nodes 2 --ntasks-per-node 4 --gpus-per-task 1 wavediffusion train-stage1" in job
 
 
 def test_invalid_config_stops_the_run_naming_the_key(tmp_path):

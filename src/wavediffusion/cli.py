@@ -79,16 +79,17 @@ def cmd_train_stage1(args) -> None:
     import json
     from dataclasses import asdict
 
-    from .training.runs import dataset_identity, publish, run_directory
+    from .training.distributed import read_launch
+    from .training.runs import dataset_identity, run_directory
     from .training.stage1 import Stage1Settings, train_stage1
 
     torch_threads(args.threads)
     settings = Stage1Settings(**json.loads(args.settings))
-    identity = {"variant": args.variant, "settings": asdict(settings), "dataset": dataset_identity(args.dataset)}
+    identity = {"variant": args.variant, "settings": asdict(settings), "dataset": dataset_identity(args.dataset),
+                "processes": read_launch().world_size}  # a checkpoint resumes only with as many processes
     run = run_directory(Path(args.out).parent, identity)
     summary = train_stage1(args.dataset, args.variant, settings, run)
-    publish(summary["final"], args.out)
-    print(f"wrote {args.out} ({summary['steps']} steps, stop: {summary['stop_reason']}, run folder {run})")
+    finish_training(summary, run, args.out)
 
 
 def cmd_encode_latents(args) -> None:
@@ -99,22 +100,37 @@ def cmd_encode_latents(args) -> None:
     print(f"wrote {args.out}: {stats['train']['n']} train latents, std {stats['train']['std']:.4f}")
 
 
+def finish_training(summary: dict, run: Path, out: str) -> None:
+    """After train(): rank 0 (the one that wrote the weights) publishes them; every rank
+    then leaves the process group."""
+    from .training.distributed import barrier, cleanup, is_main
+    from .training.runs import publish
+
+    if is_main():
+        publish(summary["final"], out)
+        print(f"wrote {out} ({summary['steps']} steps, stop: {summary['stop_reason']}, "
+              f"{summary['world_size']} process(es), run folder {run})")
+    barrier()
+    cleanup()
+
+
 def cmd_train_stage2(args) -> None:
     import json
     from dataclasses import asdict
 
-    from .training.runs import publish, run_directory
+    from .training.distributed import read_launch
+    from .training.runs import run_directory
     from .training.stage2 import Stage2Settings, open_latents, train_stage2
 
     torch_threads(args.threads)
     settings = Stage2Settings(**json.loads(args.settings))
     latents = dict(open_latents(args.latents).attrs)
     # the latents' identity: the autoencoder that made them and what they hold
-    identity = {"settings": asdict(settings), "latents": {"model_sha256": latents["model_sha256"], "stats": latents["stats"]}}
+    identity = {"settings": asdict(settings), "latents": {"model_sha256": latents["model_sha256"], "stats": latents["stats"]},
+                "processes": read_launch().world_size}
     run = run_directory(Path(args.out).parent, identity)
     summary = train_stage2(args.latents, settings, run)
-    publish(summary["final"], args.out)
-    print(f"wrote {args.out} ({summary['steps']} steps, stop: {summary['stop_reason']}, run folder {run})")
+    finish_training(summary, run, args.out)
 
 
 def cmd_diffusion_trajectory(args) -> None:

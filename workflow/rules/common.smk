@@ -36,3 +36,33 @@ def root_of(family_input):
     """The OpenFWI root above a family input (a family folder or its download.json)."""
     folder = os.path.dirname(family_input) if family_input.endswith("download.json") else family_input
     return os.path.dirname(folder)
+
+
+def training_launch(stage):
+    """How a training rule starts `wavediffusion`: one process per GPU of its allocation.
+
+    config <stage>.gpus (per node) and <stage>.nodes: 1 GPU runs the command itself; several
+    GPUs on one node go through torchrun (one process per GPU); several nodes through srun
+    with one task per GPU (the training loop reads its rank and the rendezvous on the first
+    node from srun's environment). The loop's batch size is global, so the optimisation is
+    the same on any number of GPUs. On a machine without GPUs, gpus > 1 starts that many CPU
+    processes (gloo) -- the tests use this.
+    """
+    gpus, nodes = config[stage]["gpus"], config[stage]["nodes"]
+    if nodes > 1:
+        return f"srun --nodes {nodes} --ntasks-per-node {gpus} --gpus-per-task 1 wavediffusion"
+    if gpus > 1:
+        return f"torchrun --standalone --nproc-per-node {gpus} -m wavediffusion.cli"
+    return "wavediffusion"
+
+
+def training_resources(stage):
+    """SLURM resources of a training job: all its GPUs and its nodes; over several nodes
+    also one task per GPU, started by the rule's own srun (`mpi`: the SLURM plugin then
+    does not wrap the job in `srun -n1`; `tasks_per_gpu` keeps it from deriving
+    --ntasks-per-gpu from `tasks`)."""
+    gpus, nodes = config[stage]["gpus"], config[stage]["nodes"]
+    resources = {"gpu": gpus * nodes, "nodes": nodes}
+    if nodes > 1:
+        resources.update(tasks=gpus * nodes, tasks_per_gpu=1, mpi="srun")
+    return resources

@@ -20,6 +20,7 @@ rule train_stage1:
     benchmark:
         "benchmarks/out/train_stage1/{variant}.tsv"
     params:
+        launch=training_launch("stage1"),  # one process per GPU (common.smk)
         # sort_keys: the same settings always give the same string, whatever the YAML key order
         settings=json.dumps({key: config["stage1"][key] for key in ("model", "discriminator", "losses", "training")}, sort_keys=True),
     threads: 2
@@ -27,9 +28,9 @@ rule train_stage1:
     resources:
         mem_mb=16000,
         runtime=24 * 60,
-        gpu=1,
+        **training_resources("stage1"),
     shell:
-        "wavediffusion train-stage1 --dataset {input} --variant {wildcards.variant} --settings {params.settings:q}"
+        "{params.launch} train-stage1 --dataset {input} --variant {wildcards.variant} --settings {params.settings:q}"
         " --threads {threads} --out {output} > {log} 2>&1"
 
 

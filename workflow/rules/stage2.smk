@@ -14,15 +14,16 @@ rule train_stage2:
     benchmark:
         "benchmarks/out/train_stage2/{variant}.tsv"
     params:
+        launch=training_launch("stage2"),  # one process per GPU (common.smk)
         settings=json.dumps({key: config["stage2"][key] for key in ("model", "diffusion", "training")}, sort_keys=True),
     threads: 2
     retries: 1
     resources:
         mem_mb=16000,
         runtime=24 * 60,
-        gpu=1,
+        **training_resources("stage2"),
     shell:
-        "wavediffusion train-stage2 --latents {input} --settings {params.settings:q}"
+        "{params.launch} train-stage2 --latents {input} --settings {params.settings:q}"
         " --threads {threads} --out {output} > {log} 2>&1"
 
 

@@ -33,7 +33,9 @@ def run_directory(parent: str | Path, identity: dict) -> Path:
     text = json.dumps(identity, sort_keys=True, default=str)
     folder = Path(parent) / "runs" / hashlib.sha256(text.encode()).hexdigest()[:12]
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "identity.json").write_text(json.dumps(identity, sort_keys=True, indent=1, default=str) + "\n")
+    # atomic: every rank of a multi-process run writes the same file at the same time
+    with atomic_file(folder / "identity.json") as tmp:
+        tmp.write_text(json.dumps(identity, sort_keys=True, indent=1, default=str) + "\n")
     return folder
 
 
