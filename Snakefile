@@ -32,6 +32,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/physics.smk"
 include: "workflow/rules/stage1.smk"
 include: "workflow/rules/stage2.smk"
+include: "workflow/rules/sampling.smk"
 
 
 rule all:
@@ -41,3 +42,4 @@ rule all:
         "results/figures/velocity_families.png",
         "results/stage1/metrics.csv",
         expand("results/trajectory/{variant}/table5.csv", variant=config["stage1"]["variants"]),
+        expand("results/samples/{variant}/manifest.json", variant=config["stage1"]["variants"]),

@@ -63,15 +63,17 @@ def test_tiny_dag_through_sbatch_equals_a_local_run(cluster, tmp_path):
     # every job of every rule (all but the local `all`) was submitted with sbatch and left its SLURM log
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)", result.stdout + result.stderr)
     rules = sorted(re.search(r"slurm_logs/(rule_\w+)/", log).group(1) for _, log in submitted)
-    assert rules == ["rule_diffusion_trajectory", "rule_encode_latents", "rule_evaluate_stage1", "rule_pde_floor",
-                     "rule_preprocess", "rule_simulate", "rule_simulate", "rule_stage1_metrics", "rule_train_stage1",
-                     "rule_train_stage2", "rule_velocity_figure"]
+    shards = 3  # tiny: 5 pairs in shards of 2
+    assert rules == ["rule_check_shard"] * shards + ["rule_create_pairs_store", "rule_diffusion_trajectory", "rule_encode_latents",
+                     "rule_evaluate_stage1", "rule_gather_samples", "rule_pde_floor", "rule_preprocess"] + [
+                     "rule_sample_shard"] * shards + ["rule_simulate", "rule_simulate", "rule_stage1_metrics",
+                     "rule_train_stage1", "rule_train_stage2", "rule_velocity_figure"]
     for jobid, log in submitted:
         assert Path(log).name == f"{jobid}.log" and Path(log).exists()
     # the rules that declare `gpu` asked SLURM for one (the test node's GPUs are fake: the
     # job sees CUDA_VISIBLE_DEVICES, finds no CUDA device, and runs on the CPU)
     gpu_rules = {"rule_train_stage1", "rule_encode_latents", "rule_evaluate_stage1", "rule_train_stage2",
-                 "rule_diffusion_trajectory"}
+                 "rule_diffusion_trajectory", "rule_sample_shard", "rule_check_shard"}
     for jobid, log in submitted:
         job = subprocess.run(["scontrol", "show", "job", "-o", jobid], env=cluster, capture_output=True, text=True).stdout
         rule = re.search(r"slurm_logs/(rule_\w+)/", log).group(1)

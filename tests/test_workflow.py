@@ -10,9 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+import zarr
 
 from wavediffusion.data.store import open_dataset
 
@@ -110,6 +112,14 @@ def test_tiny_dag_produces_every_output(tiny_run):
     for figure in ("deviation.png", "trajectory_examples.png"):
         assert (workdir / "results/trajectory/1vq" / figure).stat().st_size > 10_000
 
+    manifest = json.loads((workdir / "results/samples/1vq/manifest.json").read_text())
+    n = config["sampling"]["num_pairs"]
+    assert manifest["n_checked"] == n and manifest["num_pairs"] == n
+    pairs = zarr.open_group(str(workdir / "results/samples/1vq/pairs.zarr"), mode="r")
+    assert pairs["seismic"].shape == pairs["seismic_simulated"].shape == (n, 3, 64, 16)
+    assert pairs["velocity"].shape == (n, 1, 16, 16)
+    assert np.isfinite(pairs["deviation"][:]).all()
+
 
 def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
     workdir, config = tiny_run
@@ -118,8 +128,10 @@ def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["data"]["embedded"]["synthetic_seed"] = 1  # FlatFault-B is synthetic, FlatVel-A real
     write_config(workdir, edited)
+    shards = -(-config["sampling"]["num_pairs"] // config["sampling"]["shard_size"])
+    sampling_on = {"sample_shard": shards, "check_shard": shards, "gather_samples": 1}
     stage1_on = {"train_stage1": 1, "encode_latents": 1, "evaluate_stage1": 1, "stage1_metrics": 1, "train_stage2": 1,
-                 "diffusion_trajectory": 1}
+                 "diffusion_trajectory": 1, "create_pairs_store": 1, **sampling_on}
     assert scheduled(workdir) == {"simulate": 1, "preprocess": 1, "pde_floor": 1, "velocity_figure": 1, **stage1_on, "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
@@ -145,7 +157,12 @@ def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["stage2"]["training"]["max_steps"] = 5
     write_config(workdir, edited)
-    assert scheduled(workdir) == {"train_stage2": 1, "diffusion_trajectory": 1, "all": 1}
+    assert scheduled(workdir) == {"train_stage2": 1, "diffusion_trajectory": 1, **sampling_on, "all": 1}
+
+    edited = yaml.safe_load(yaml.safe_dump(config))
+    edited["sampling"]["steps"] = 4
+    write_config(workdir, edited)
+    assert scheduled(workdir) == {"create_pairs_store": 1, **sampling_on, "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["stage2"]["trajectory"]["n_forward"] = 3
@@ -248,15 +265,19 @@ def test_paper_plan_through_the_slurm_profile(tmp_path):
     per_variant = ("train_stage1", "encode_latents", "evaluate_stage1", "train_stage2", "diffusion_trajectory")
     table = result.stdout.split("Job stats:")[1].split("total")[0]
     counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.MULTILINE)}
+    shards = 375_000 // 25_000  # paper: sampling.num_pairs / sampling.shard_size
     assert counts == {"download_openfwi": 10, "preprocess": 1, "pde_floor": 1, "velocity_figure": 1,
-                      **{rule: variants for rule in per_variant}, "stage1_metrics": 1, "all": 1}
+                      **{rule: variants for rule in per_variant}, "stage1_metrics": 1, "create_pairs_store": variants,
+                      "sample_shard": variants * shards, "check_shard": variants * shards, "gather_samples": variants,
+                      "all": 1}
     jobs = re.findall(r"^(?:local)?rule (\w+):\n(.*?)(?=^\S|\Z)", result.stdout, re.MULTILINE | re.DOTALL)
     gpus = {}
     for rule, body in jobs:
         resources = re.search(r"resources: (.*)", body).group(1) if "resources:" in body else ""
         gpus.setdefault(rule, set()).add(re.search(r"\bgpu=(\d+)", resources).group(1) if "gpu=" in resources else "0")
-    assert {rule for rule, counts_ in gpus.items() if counts_ != {"0"}} == set(per_variant)
-    assert all(gpus[rule] == {"1"} for rule in per_variant)
+    gpu_rules = {*per_variant, "sample_shard", "check_shard"}
+    assert {rule for rule, counts_ in gpus.items() if counts_ != {"0"}} == gpu_rules
+    assert all(gpus[rule] == {"1"} for rule in gpu_rules)
 
 
 def test_multi_node_training_plan(tmp_path):

@@ -161,6 +161,56 @@ def cmd_evaluate_stage1(args) -> None:
           f"inversion MAE {metrics[-1]['mae']:.4f}")
 
 
+def sampling_settings(text: str, seed: int):
+    import json
+
+    from .sampling import SamplingSettings
+
+    return SamplingSettings.from_dict({**json.loads(text), "seed": seed})
+
+
+def cmd_create_pairs_store(args) -> None:
+    from .sampling import create_store_for_models
+
+    settings = sampling_settings(args.settings, args.seed)
+    create_store_for_models(args.stage1_model, args.out, settings)
+    print(f"created {args.out}: {settings.num_pairs} pairs in {settings.num_shards} shards of {settings.shard_size}")
+
+
+def cmd_sample_shard(args) -> None:
+    import json
+
+    from .files import atomic_file
+    from .sampling import sample_shard
+
+    torch_threads(args.threads)
+    info = sample_shard(args.stage1_model, args.stage2_model, args.store, args.shard,
+                        sampling_settings(args.settings, args.seed))
+    with atomic_file(args.record) as tmp:  # the rule's output: this shard's record, written last
+        Path(tmp).write_text(json.dumps(info, indent=1, sort_keys=True))
+    print(f"shard {args.shard}: {info['n']} pairs at {info['pairs_per_second']:.2f} pairs/s")
+
+
+def cmd_check_shard(args) -> None:
+    import json
+
+    from .files import atomic_file
+    from .sampling import check_shard
+
+    torch_threads(args.threads)
+    info = check_shard(args.store, args.shard, args.dataset, backend=args.backend, batch_size=args.batch_size)
+    with atomic_file(args.record) as tmp:
+        Path(tmp).write_text(json.dumps(info, indent=1, sort_keys=True))
+    print(f"shard {args.shard}: PDE deviation mean {info['deviation_mean']:.4f}")
+
+
+def cmd_gather_samples(args) -> None:
+    from .sampling import write_manifest
+
+    manifest = write_manifest(args.store, args.out)
+    print(f"wrote {args.out}: {manifest['n_checked']} checked pairs")
+
+
 def cmd_combine_tables(args) -> None:
     from .files import combine_csv
 
@@ -282,6 +332,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help="folder for deviation.csv, table5.csv, ddim.csv and the figures")
     p.set_defaults(run=cmd_diffusion_trajectory)
+
+    p = commands.add_parser("create-pairs-store", help="the empty pairs store that sampling shards fill")
+    p.add_argument("--stage1-model", required=True)
+    p.add_argument("--settings", required=True, help="JSON of config sampling")
+    p.add_argument("--seed", type=int, default=0, help="the global seed (config seed)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=cmd_create_pairs_store)
+
+    p = commands.add_parser("sample-shard", help="generate and decode one shard of pairs into the pairs store")
+    p.add_argument("--stage1-model", required=True)
+    p.add_argument("--stage2-model", required=True)
+    p.add_argument("--store", required=True)
+    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--settings", required=True, help="JSON of config sampling")
+    p.add_argument("--seed", type=int, default=0, help="the global seed (config seed)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--record", required=True, help="JSON written once the shard is complete")
+    p.set_defaults(run=cmd_sample_shard)
+
+    p = commands.add_parser("check-shard", help="the wave-equation check of one shard's pairs (deepwave)")
+    p.add_argument("--store", required=True)
+    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--dataset", required=True, help="the dataset store (its representation)")
+    p.add_argument("--backend", default="deepwave")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--record", required=True, help="JSON written once the shard is checked")
+    p.set_defaults(run=cmd_check_shard)
+
+    p = commands.add_parser("gather-samples", help="manifest.json of a complete pairs store (refuses an incomplete one)")
+    p.add_argument("--store", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=cmd_gather_samples)
 
     p = commands.add_parser("combine-tables", help="concatenate CSV tables with the same columns into one")
     p.add_argument("tables", nargs="+")

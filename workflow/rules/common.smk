@@ -39,7 +39,7 @@ def root_of(family_input):
 
 
 def training_launch(stage):
-    """How a training rule starts `wavediffusion`: one process per GPU of its allocation.
+    """The command that starts `wavediffusion` in a training job, one process per GPU.
 
     config <stage>.gpus (per node) and <stage>.nodes: 1 GPU runs the command itself; several
     GPUs on one node go through torchrun (one process per GPU); several nodes through srun
@@ -58,8 +58,8 @@ def training_launch(stage):
 
 def training_resources(stage):
     """SLURM resources of a training job: all its GPUs and its nodes; over several nodes
-    also one task per GPU, started by the rule's own srun (`mpi`: the SLURM plugin then
-    does not wrap the job in `srun -n1`; `tasks_per_gpu` keeps it from deriving
+    also one task per GPU, started by the job's own srun (with `mpi` the SLURM plugin
+    does not wrap the job in `srun -n1`, and `tasks_per_gpu` keeps it from deriving
     --ntasks-per-gpu from `tasks`)."""
     gpus, nodes = config[stage]["gpus"], config[stage]["nodes"]
     resources = {"gpu": gpus * nodes, "nodes": nodes}

@@ -10,10 +10,12 @@ from .samplers import (
     ddpm_sample,
     draw_noise,
     predict_eps,
+    synchronize,
+    unet_autocast,
 )
 from .schedule import LOSSES, SCHEDULE_KINDS, NoiseSchedule, make_betas
 
 __all__ = [
     "LOSSES", "SCHEDULE_KINDS", "NoiseSchedule", "SampleResult", "ddim_sample", "ddim_timesteps", "ddpm_mean_std",
-    "ddpm_sample", "draw_noise", "make_betas", "predict_eps",
+    "ddpm_sample", "draw_noise", "make_betas", "predict_eps", "synchronize", "unet_autocast",
 ]

@@ -52,6 +52,20 @@ class SampleResult:
     z0_preds: dict[int, torch.Tensor] = field(default_factory=dict)  # the model's z_0 estimate at step t
 
 
+def unet_autocast(device: torch.device, precision: str) -> Autocast | None:
+    """The `autocast` argument of the samplers for a device and a precision setting:
+    bf16 autocast for the UNet on a GPU when precision is "bf16", else none (fp32)."""
+    if device.type == "cuda" and precision == "bf16":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return None
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU (for wall-clock timings); nothing on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def draw_noise(shape: Sequence[int], generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
     """Standard normal float32 noise from `generator` (on its device), moved to `device`."""
     return torch.randn(tuple(shape), generator=generator, device=generator.device).to(device)

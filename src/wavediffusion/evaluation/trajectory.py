@@ -67,7 +67,7 @@ from tqdm import tqdm
 
 from ..data.store import open_dataset, representation_of
 from ..data.transforms import Representation
-from ..diffusion import NoiseSchedule, ddim_sample, ddpm_sample
+from ..diffusion import NoiseSchedule, ddim_sample, ddpm_sample, synchronize, unet_autocast
 from ..files import sha256_of, write_csv
 from ..physics.forward import BACKENDS
 from ..training.stage1 import load_autoencoder, only_known
@@ -146,17 +146,6 @@ def _generator(seed: int, stream: str) -> torch.Generator:
 def _stats(deviation: torch.Tensor) -> dict:
     return {"mean": float(deviation.mean()), "std": float(deviation.std()) if len(deviation) > 1 else 0.0,
             "n": len(deviation)}
-
-
-def _autocast(device: torch.device, precision: str):
-    if device.type == "cuda" and precision == "bf16":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return None
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _representation(dataset, latents_root) -> Representation:
@@ -238,7 +227,7 @@ def backward_deviation(autoencoder, unet, schedule: NoiseSchedule, scale: float,
     """DDPM from pure noise: ({step: per-sample deviation}, the first sample's decoded pairs
     per step (for the strip), sampling seconds per sample)."""
     generator = _generator(settings.seed, "ddpm")
-    autocast = _autocast(device, settings.precision)
+    autocast = unet_autocast(device, settings.precision)
     T = schedule.num_steps
     order = [*sorted(settings.steps, reverse=True), CLEAN_STEP]
     parts: dict[int, list[torch.Tensor]] = {t: [] for t in order}
@@ -248,11 +237,11 @@ def backward_deviation(autoencoder, unet, schedule: NoiseSchedule, scale: float,
     with tqdm(total=len(batches) * T, desc="backward (DDPM)", unit="step", disable=not progress,
               dynamic_ncols=True) as bar:
         for index, batch in enumerate(batches):
-            _synchronize(device)
+            synchronize(device)
             began = time.perf_counter()
             result = ddpm_sample(unet, schedule, generator=generator, device=device, start=(batch, T - 1),
                                  record_at=settings.steps, callback=lambda *_: bar.update(1), autocast=autocast)
-            _synchronize(device)
+            synchronize(device)
             seconds += time.perf_counter() - began
             for t in order:
                 z = result.z0.float().cpu() if t == CLEAN_STEP else result.states[t]
@@ -271,18 +260,18 @@ def ddim_deviation(autoencoder, unet, schedule: NoiseSchedule, scale: float, sta
                    progress: bool = True) -> tuple[torch.Tensor, float]:
     """(per-sample deviation of the final DDIM-num_steps samples (η = 0), sampling seconds per sample)."""
     generator = _generator(settings.seed, "ddim")  # unused at η = 0, but the sampler takes one
-    autocast = _autocast(device, settings.precision)
+    autocast = unet_autocast(device, settings.precision)
     T = schedule.num_steps
     deviations, seconds = [], 0.0
     batches = start.split(settings.batch_size)
     with tqdm(total=len(batches) * num_steps, desc=f"DDIM-{num_steps}", unit="step", disable=not progress,
               dynamic_ncols=True) as bar:
         for batch in batches:
-            _synchronize(device)
+            synchronize(device)
             began = time.perf_counter()
             result = ddim_sample(unet, schedule, num_steps=num_steps, eta=0.0, generator=generator, device=device,
                                  start=(batch, T - 1), callback=lambda *_: bar.update(1), autocast=autocast)
-            _synchronize(device)
+            synchronize(device)
             seconds += time.perf_counter() - began
             decoded = decode_and_check(autoencoder, result.z0.float().cpu() / scale, rep, settings.backend,
                                        settings.batch_size, desc="", progress=False)

@@ -1,0 +1,289 @@
+"""The sampling jobs: one shard of generated pairs, its physics check, and the gather.
+
+- `sample_shard` (rule sample_shard, one job per shard): latents from the Stage-2 model
+  (DDPM or DDIM), seeded by derive_seed(seed, k) through a CPU torch.Generator -- so a
+  shard's values do not depend on the device's RNG or on other shards -- decoded by the
+  Stage-1 autoencoder, written into the shard's own rows, then marked done. Rows are
+  written batch by batch; a job killed before its marker leaves an incomplete shard that
+  is_done reports as such, and re-running rewrites all of its rows. With the same
+  settings (batch_size included: the generator's draws follow the batches) and device, a
+  re-run gives identical values (bitwise on the CPU).
+- `check_shard` (rule check_shard): the stored velocity -> 70x70 m/s -> acoustic forward
+  operator -> the model's seismic space (`seismic_simulated`), and the paper's PDE
+  deviation per sample (`deviation`, MSE against the decoded seismic). It simulates the
+  stored velocity (what a user of the store gets) rather than re-decoding the latent; on
+  the same device both are the same numbers as evaluation.stage1.decode_and_check.
+- `gather` (rule gather_samples): refuses incomplete stores (naming the shards), returns
+  the manifest (counts, seeds, checkpoint hashes, sampler, deviation statistics).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data.store import open_dataset, representation_of
+from ..data.transforms import Representation, velocity_from_model
+from ..diffusion.samplers import ddim_sample, ddpm_sample, synchronize, unet_autocast
+from ..files import atomic_file, sha256_of
+from ..physics.deviation import per_sample_mse, simulate_in_model_space
+from ..physics.forward import BACKENDS
+from ..training.loop import derive_seed
+from ..training.stage1 import load_autoencoder, only_known
+from ..training.stage2 import load_stage2
+from .store import (
+    DONE_KINDS,
+    clear_done,
+    create_pairs_store,
+    done_shards,
+    is_done,
+    mark_done,
+    num_shards,
+    open_pairs_store,
+    read_done,
+    shard_range,
+)
+
+KEY = "sampling"
+SAMPLERS = ("ddpm", "ddim")
+PRECISIONS = ("bf16", "fp32")
+QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """config.yaml `sampling`."""
+
+    num_pairs: int = 375_000  # paper
+    shard_size: int = 5000  # samples per job (= per Zarr shard)
+    sampler: str = "ddpm"  # "ddpm" (the paper's, all T steps) | "ddim"
+    steps: int = 50  # DDIM steps; ignored for ddpm
+    eta: float = 0.0  # DDIM η
+    batch_size: int = 256  # sampler and decoder batch
+    precision: str = "bf16"  # the UNet under autocast on a GPU; CPU always fp32
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("num_pairs", "shard_size", "steps", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{KEY}.{name} must be an integer of at least 1, got {value!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"{KEY}.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"{KEY}.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not 0.0 <= float(self.eta) <= 1.0:
+            raise ValueError(f"{KEY}.eta must lie in [0, 1], got {self.eta!r}")
+        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"{KEY}.seed must be a non-negative integer, got {self.seed!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SamplingSettings:
+        """From the config's dict, rejecting unknown keys (naming `sampling`)."""
+        return cls(**only_known(values, cls, KEY))
+
+    @property
+    def num_shards(self) -> int:
+        return num_shards(self.num_pairs, self.shard_size)
+
+    def sampler_name(self, num_steps: int) -> str:
+        return f"ddpm-{num_steps}" if self.sampler == "ddpm" else f"ddim-{self.steps}"
+
+
+def _device(device) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def create_store_for_models(stage1_model: str | Path, store: str | Path, settings: SamplingSettings,
+                            attrs: dict | None = None, overwrite: bool = False):
+    """The rule that runs before any shard: the empty store, shaped by the autoencoder."""
+    config = load_autoencoder(stage1_model, "cpu").config
+    return create_pairs_store(store, settings.num_pairs, settings.shard_size, config.latent_shape,
+                              config.seismic_shape, config.velocity_shape,
+                              attrs={"settings": asdict(settings), **(attrs or {})}, overwrite=overwrite)
+
+
+def _check_store(root, store, settings: SamplingSettings) -> None:
+    n, size = root.attrs["num_pairs"], root.attrs["shard_size"]
+    if (n, size) != (settings.num_pairs, settings.shard_size):
+        raise ValueError(f"{store}: made for {KEY}.num_pairs={n}, {KEY}.shard_size={size}, but the settings say "
+                         f"{settings.num_pairs} and {settings.shard_size}; recreate the store")
+
+
+def _write_rows(root, start: int, rows: dict[str, np.ndarray]) -> None:
+    """Write a block of consecutive rows starting at `start` into the named arrays."""
+    for name, values in rows.items():
+        root[name][start : start + len(values)] = values
+
+
+@torch.no_grad()
+def sample_shard(stage1_model: str | Path, stage2_model: str | Path, store: str | Path, k: int,
+                 settings: SamplingSettings, device: str | None = None, progress: bool = True) -> dict:
+    """Generate, decode and write shard k; returns (and records in its marker) its info."""
+    root = open_pairs_store(store)
+    _check_store(root, store, settings)
+    rows = shard_range(k, settings.shard_size, settings.num_pairs)
+    device = _device(device)
+    autoencoder = load_autoencoder(stage1_model, device)
+    unet, schedule, scale = load_stage2(stage2_model, device)
+    latent_shape = tuple(root.attrs["latent_shape"])
+    if tuple(autoencoder.config.latent_shape) != latent_shape:
+        raise ValueError(f"{store}: latent shape {latent_shape} differs from the autoencoder's "
+                         f"{tuple(autoencoder.config.latent_shape)}")
+    if settings.sampler == "ddim" and settings.steps > schedule.num_steps:
+        raise ValueError(f"{KEY}.steps ({settings.steps}) exceeds the Stage-2 model's T = {schedule.num_steps} steps")
+
+    # the data is about to change: neither the old sample nor its check counts any more
+    for kind in DONE_KINDS:
+        clear_done(store, kind, k)
+    seed = derive_seed(settings.seed, k)
+    generator = torch.Generator().manual_seed(seed)  # CPU: device-independent draws
+    autocast = unet_autocast(device, settings.precision)
+    synchronize(device)
+    started = time.perf_counter()
+    batches = range(rows.start, rows.stop, settings.batch_size)
+    for start in tqdm(batches, desc=f"shard {k}", unit="batch", disable=not progress):
+        count = min(settings.batch_size, rows.stop - start)
+        shape = (count, *latent_shape)
+        if settings.sampler == "ddpm":
+            z = ddpm_sample(unet, schedule, shape, generator=generator, device=device, autocast=autocast).z0
+        else:
+            z = ddim_sample(unet, schedule, shape, num_steps=settings.steps, eta=settings.eta, generator=generator,
+                            device=device, autocast=autocast).z0
+        z = z.float() / scale
+        seismic, velocity = autoencoder.decode_latent(z)
+        _write_rows(root, start, {
+            "latent": z.cpu().numpy(),
+            "seismic": seismic.float().cpu().numpy(),
+            "velocity": velocity.float().cpu().numpy(),
+            "seed": np.full(count, seed, dtype=np.int64),
+            "index_in_shard": np.arange(start - rows.start, start - rows.start + count, dtype=np.int64),
+        })
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    info = {
+        "n": len(rows), "rows": [rows.start, rows.stop], "seed": seed, "seconds": seconds,
+        "pairs_per_second": len(rows) / seconds if seconds > 0 else None,
+        "sampler": settings.sampler, "steps": settings.steps if settings.sampler == "ddim" else schedule.num_steps,
+        "eta": settings.eta if settings.sampler == "ddim" else None, "batch_size": settings.batch_size,
+        "precision": settings.precision if autocast is not None else "fp32", "device": str(device),
+        "stage1_sha256": sha256_of(stage1_model), "stage2_sha256": sha256_of(stage2_model),
+        "scale_factor": scale,
+    }
+    mark_done(store, "sample", k, info)
+    return info
+
+
+def _representation(dataset) -> Representation:
+    if isinstance(dataset, Representation):
+        return dataset
+    return representation_of(open_dataset(dataset))
+
+
+@torch.no_grad()
+def check_shard(store: str | Path, k: int, dataset: str | Path | Representation, backend: str = "deepwave",
+                batch_size: int = 64, device: str | None = None, progress: bool = True) -> dict:
+    """Simulate shard k's velocities and store seismic_simulated and the deviation.
+
+    `dataset`: the dataset store the autoencoder was trained on (for its Representation),
+    or a Representation.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    root = open_pairs_store(store)
+    rows = shard_range(k, root.attrs["shard_size"], root.attrs["num_pairs"])
+    if not is_done(store, "sample", k):
+        raise RuntimeError(f"{store}: shard {k} has not been sampled completely (no done marker); "
+                           "run sample_shard for it first")
+    rep = _representation(dataset)
+    if tuple(rep.seismic_shape) != tuple(root.attrs["seismic_shape"]):
+        raise ValueError(f"{store}: seismic shape {tuple(root.attrs['seismic_shape'])} differs from the "
+                         f"dataset representation's {tuple(rep.seismic_shape)}")
+    device = _device(device)
+    clear_done(store, "check", k)
+    synchronize(device)
+    started = time.perf_counter()
+    deviations = []
+    for start in tqdm(range(rows.start, rows.stop, batch_size), desc=f"check {k}", unit="batch", disable=not progress):
+        stop = min(start + batch_size, rows.stop)
+        seismic = torch.from_numpy(root["seismic"][start:stop]).to(device)
+        velocity = torch.from_numpy(root["velocity"][start:stop]).to(device)
+        simulated = simulate_in_model_space(velocity_from_model(velocity, rep), rep, backend, batch_size).float()
+        deviation = per_sample_mse(seismic, simulated).double().cpu().numpy()
+        _write_rows(root, start, {"seismic_simulated": simulated.cpu().numpy(), "deviation": deviation})
+        deviations.append(deviation)
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    deviation = np.concatenate(deviations)
+    info = {"n": len(rows), "rows": [rows.start, rows.stop], "backend": backend, "seconds": seconds,
+            "pairs_per_second": len(rows) / seconds if seconds > 0 else None, "device": str(device),
+            "sample_seed": read_done(store, "sample", k)["seed"], **_stats(deviation)}
+    if not np.isfinite(deviation).all():
+        raise FloatingPointError(f"{store}: shard {k} has non-finite deviations")
+    mark_done(store, "check", k, info)
+    return info
+
+
+def _stats(deviation: np.ndarray) -> dict:
+    return {
+        "deviation_mean": float(deviation.mean()),
+        "deviation_std": float(deviation.std(ddof=1)) if len(deviation) > 1 else 0.0,
+        "deviation_min": float(deviation.min()),
+        "deviation_max": float(deviation.max()),
+        "deviation_quantiles": {str(q): float(v) for q, v in zip(QUANTILES, np.quantile(deviation, QUANTILES))},
+    }
+
+
+def gather(store: str | Path) -> dict:
+    """The manifest of a complete store; raises naming the shards not sampled or not checked."""
+    root = open_pairs_store(store, mode="r")
+    n, size = root.attrs["num_pairs"], root.attrs["shard_size"]
+    count = num_shards(n, size)
+    done = {kind: done_shards(store, kind, count) for kind in DONE_KINDS}
+    missing = {kind: sorted(set(range(count)) - set(shards)) for kind, shards in done.items()}
+    if any(missing.values()):
+        parts = [f"{kind}: shards {shards}" for kind, shards in missing.items() if shards]
+        raise RuntimeError(f"{store}: incomplete, {count} shards expected; not done -- " + "; ".join(parts))
+    samples = [read_done(store, "sample", k) for k in range(count)]
+    checks = [read_done(store, "check", k) for k in range(count)]
+    stale = [k for k, (s, c) in enumerate(zip(samples, checks)) if c.get("sample_seed") != s["seed"]]
+    if stale:
+        raise RuntimeError(f"{store}: the check of shards {stale} does not belong to their current samples")
+    common = {}
+    for key in ("stage1_sha256", "stage2_sha256", "sampler", "steps", "eta", "batch_size", "precision", "scale_factor"):
+        values = {json.dumps(s[key]) for s in samples}
+        if len(values) > 1:
+            raise RuntimeError(f"{store}: shards disagree on {key} ({sorted(values)}); resample the odd ones")
+        common[key] = samples[0][key]
+    deviation = np.asarray(root["deviation"][:], dtype=np.float64)
+    return {
+        "store": str(store),
+        "num_pairs": n,
+        "shard_size": size,
+        "num_shards": count,
+        "shards_done": {kind: len(shards) for kind, shards in done.items()},
+        "n_checked": int(np.isfinite(deviation).sum()),
+        "seeds": [s["seed"] for s in samples],
+        **common,
+        "backend": checks[0]["backend"],
+        "sample_seconds": float(sum(s["seconds"] for s in samples)),
+        "check_seconds": float(sum(c["seconds"] for c in checks)),
+        **_stats(deviation),
+        "attrs": {key: value for key, value in root.attrs.items()},
+    }
+
+
+def write_manifest(store: str | Path, out: str | Path) -> dict:
+    """gather(store), written as JSON to `out` atomically."""
+    manifest = gather(store)
+    with atomic_file(out) as tmp:
+        Path(tmp).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return manifest

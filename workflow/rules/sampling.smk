@@ -1,0 +1,106 @@
+# Sampling: N generated pairs per variant into one sharded Zarr store, each shard one job
+# (one GPU on a cluster), each shard then checked against the wave equation.
+
+from wavediffusion.sampling import num_shards
+
+SAMPLING = config["sampling"]
+SHARDS = range(num_shards(SAMPLING["num_pairs"], SAMPLING["shard_size"]))
+
+
+wildcard_constraints:
+    shard=r"\d+",
+
+
+rule create_pairs_store:
+    """The empty store, created once before any shard writes (a settings edit recreates it, so every shard reruns)."""
+    input:
+        stage1_model="results/stage1/{variant}/model.pt",
+    output:
+        directory("results/samples/{variant}/pairs.zarr"),
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/create_pairs_store/{variant}.log",
+    params:
+        settings=json.dumps(SAMPLING, sort_keys=True),
+        seed=config["seed"],
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    shell:
+        "wavediffusion create-pairs-store --stage1-model {input.stage1_model} --settings {params.settings:q}"
+        " --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule sample_shard:
+    """Generate and decode shard {shard}: writes only its own Zarr shards; its record appears last."""
+    input:
+        stage1_model="results/stage1/{variant}/model.pt",
+        stage2_model="results/stage2/{variant}/model.pt",
+        store="results/samples/{variant}/pairs.zarr",
+    output:
+        "results/samples/{variant}/shards/sample-{shard}.json",
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/sample_shard/{variant}-{shard}.log",
+    benchmark:
+        "benchmarks/out/sample_shard/{variant}-{shard}.tsv"
+    params:
+        settings=json.dumps(SAMPLING, sort_keys=True),
+        seed=config["seed"],
+    threads: 2
+    retries: 1
+    resources:
+        mem_mb=16000,
+        runtime=240,
+        gpu=1,
+    shell:
+        "wavediffusion sample-shard --stage1-model {input.stage1_model} --stage2-model {input.stage2_model}"
+        " --store {input.store} --shard {wildcards.shard} --settings {params.settings:q} --seed {params.seed}"
+        " --threads {threads} --record {output} > {log} 2>&1"
+
+
+rule check_shard:
+    """The physics check of shard {shard}: F(decoded velocity) with deepwave, stored beside the decoded seismic, and the PDE deviation."""
+    input:
+        sampled="results/samples/{variant}/shards/sample-{shard}.json",
+        store="results/samples/{variant}/pairs.zarr",
+        dataset="results/data/dataset.zarr",
+    output:
+        "results/samples/{variant}/shards/check-{shard}.json",
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/check_shard/{variant}-{shard}.log",
+    benchmark:
+        "benchmarks/out/check_shard/{variant}-{shard}.tsv"
+    params:
+        batch_size=config["physics"]["batch_size"],
+    threads: 2
+    retries: 1
+    resources:
+        mem_mb=16000,
+        runtime=120,
+        gpu=1,
+    shell:
+        "wavediffusion check-shard --store {input.store} --shard {wildcards.shard} --dataset {input.dataset}"
+        " --backend deepwave --batch-size {params.batch_size} --threads {threads} --record {output} > {log} 2>&1"
+
+
+rule gather_samples:
+    """manifest.json of one variant's pairs: counts, seeds, checkpoint hashes, sampler, deviation statistics."""
+    input:
+        checked=expand("results/samples/{{variant}}/shards/check-{shard}.json", shard=SHARDS),
+        store="results/samples/{variant}/pairs.zarr",
+    output:
+        "results/samples/{variant}/manifest.json",
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/gather_samples/{variant}.log",
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    shell:
+        "wavediffusion gather-samples --store {input.store} --out {output} > {log} 2>&1"
