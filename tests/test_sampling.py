@@ -16,8 +16,6 @@ import zarr
 
 from wavediffusion.data.transforms import Representation
 from wavediffusion.evaluation.stage1 import decode_and_check
-from wavediffusion.models.autoencoder import AutoencoderConfig, VQAutoencoder
-from wavediffusion.models.unet import UNet, UNetConfig
 from wavediffusion.physics.deviation import per_sample_mse
 from wavediffusion.sampling import shard as shard_module
 from wavediffusion.sampling import (
@@ -35,10 +33,10 @@ from wavediffusion.sampling import (
     shard_range,
     write_manifest,
 )
-from wavediffusion.training import checkpoint as ckpt
 from wavediffusion.training.loop import derive_seed
 from wavediffusion.training.stage1 import load_autoencoder
-from wavediffusion.training.stage2 import DiffusionSettings
+
+from tiny_models import save_tiny_autoencoder, save_tiny_stage2
 
 T = 50
 REP = Representation(time_samples=64, receivers=16, velocity_size=16, seismic_log_min=-4.0, seismic_log_max=4.0)
@@ -51,23 +49,10 @@ K = num_shards(7, 3)  # 3 shards: rows 0-2, 3-5, 6
 def artifacts(tmp_path_factory):
     """Stage-1 and Stage-2 weights files in the format load_autoencoder / load_stage2 read."""
     root = tmp_path_factory.mktemp("sampling")
-    torch.manual_seed(0)
-    config = AutoencoderConfig.tiny()
-    autoencoder = VQAutoencoder(config).eval()
     stage1 = root / "stage1.pt"
-    torch.save({"config": {"task": {"model": asdict(config)}}, "modules": {"autoencoder": autoencoder.state_dict()}},
-               stage1)
-    unet_config = UNetConfig(in_channels=8, out_channels=8, image_size=8, model_channels=32, channel_mult=(1, 2),
-                             num_res_blocks=1, attention_resolutions=(4,), num_heads=2, norm_groups=8)
-    unet = UNet(unet_config)
-    with torch.no_grad():  # the head starts at zero (ε ≡ 0); give it something to say
-        for p in unet.parameters():
-            if not p.abs().sum():
-                p.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(2))
+    save_tiny_autoencoder(stage1)
     stage2 = root / "stage2.pt"
-    ckpt.atomic_save({"config": {"task": {"model": asdict(unet_config), "diffusion": asdict(DiffusionSettings(num_steps=T)),
-                                          "scale_factor": 2.0}},
-                      "extra_state": {"ema": unet.state_dict()}}, stage2)
+    save_tiny_stage2(stage2, num_steps=T, scale_factor=2.0)
     # a minimal dataset store: only its representation attribute is read by check_shard
     dataset = root / "dataset.zarr"
     zarr.open_group(str(dataset), mode="w").attrs["representation"] = REP.to_attrs()

@@ -22,10 +22,8 @@ from wavediffusion.evaluation.trajectory import (
     diffusion_trajectory,
 )
 from wavediffusion.files import sha256_of, write_csv
-from wavediffusion.models.autoencoder import AutoencoderConfig, VQAutoencoder
-from wavediffusion.models.unet import UNet, UNetConfig
-from wavediffusion.training import checkpoint as ckpt
-from wavediffusion.training.stage2 import DiffusionSettings
+
+from tiny_models import save_tiny_autoencoder, save_tiny_stage2
 
 T = 50
 N_TRAIN = 3
@@ -60,28 +58,15 @@ def write_latents(path, latents: np.ndarray, model_sha256: str):
 def artifacts(tmp_path_factory):
     """Stage-1 weights, latents, Stage-2 weights and Stage 1's table5.csv, as the rule gets them."""
     root = tmp_path_factory.mktemp("trajectory")
-    torch.manual_seed(0)
-    config = AutoencoderConfig.tiny()
-    autoencoder = VQAutoencoder(config).eval()
     stage1 = root / "stage1.pt"
-    torch.save({"config": {"task": {"model": asdict(config)}}, "modules": {"autoencoder": autoencoder.state_dict()}},
-               stage1)
+    autoencoder = save_tiny_autoencoder(stage1)
     with torch.no_grad():  # the latents encode_latents would write: encoded (quantised) seismic
         seismic = torch.rand(N_TRAIN, *REP.seismic_shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
         latents = autoencoder.latent_for_diffusion(seismic).numpy()
     store = write_latents(root / "latents.zarr", latents, sha256_of(stage1))
 
-    unet_config = UNetConfig(in_channels=8, out_channels=8, image_size=8, model_channels=32, channel_mult=(1, 2),
-                             num_res_blocks=1, attention_resolutions=(4,), num_heads=2, norm_groups=8)
-    unet = UNet(unet_config)
-    with torch.no_grad():  # the head starts at zero (ε ≡ 0); give it something to say
-        for p in unet.parameters():
-            if not p.abs().sum():
-                p.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(2))
     stage2 = root / "stage2.pt"
-    ckpt.atomic_save({"config": {"task": {"model": asdict(unet_config), "diffusion": asdict(DiffusionSettings(num_steps=T)),
-                                          "scale_factor": 1.0 / float(latents.std())}},
-                      "extra_state": {"ema": unet.state_dict()}}, stage2)
+    save_tiny_stage2(stage2, num_steps=T, scale_factor=1.0 / float(latents.std()))
     table5 = root / "stage1_table5.csv"
     write_csv(STAGE1_ROWS, table5, TABLE5_COLUMNS)
     return {"stage1": stage1, "stage2": stage2, "latents": store, "table5": table5}

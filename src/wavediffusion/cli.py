@@ -178,29 +178,23 @@ def cmd_create_pairs_store(args) -> None:
 
 
 def cmd_sample_shard(args) -> None:
-    import json
-
-    from .files import atomic_file
+    from .files import write_json
     from .sampling import sample_shard
 
     torch_threads(args.threads)
     info = sample_shard(args.stage1_model, args.stage2_model, args.store, args.shard,
                         sampling_settings(args.settings, args.seed))
-    with atomic_file(args.record) as tmp:  # the rule's output: this shard's record, written last
-        Path(tmp).write_text(json.dumps(info, indent=1, sort_keys=True))
+    write_json(info, args.record)  # the rule's output: this shard's record, written last
     print(f"shard {args.shard}: {info['n']} pairs at {info['pairs_per_second']:.2f} pairs/s")
 
 
 def cmd_check_shard(args) -> None:
-    import json
-
-    from .files import atomic_file
+    from .files import write_json
     from .sampling import check_shard
 
     torch_threads(args.threads)
     info = check_shard(args.store, args.shard, args.dataset, backend=args.backend, batch_size=args.batch_size)
-    with atomic_file(args.record) as tmp:
-        Path(tmp).write_text(json.dumps(info, indent=1, sort_keys=True))
+    write_json(info, args.record)
     print(f"shard {args.shard}: PDE deviation mean {info['deviation_mean']:.4f}")
 
 

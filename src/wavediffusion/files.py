@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import shutil
 from contextlib import contextmanager
@@ -56,6 +57,12 @@ def write_csv(rows: list[dict], path: str | Path, columns: tuple[str, ...] | lis
             writer = csv.DictWriter(handle, fieldnames=list(columns))
             writer.writeheader()
             writer.writerows(rows)
+
+
+def write_json(data: dict, path: str | Path) -> None:
+    """Write `data` as indented, key-sorted JSON, atomically (records, markers, manifests)."""
+    with atomic_file(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def combine_csv(tables: list[str | Path], out: str | Path) -> None:

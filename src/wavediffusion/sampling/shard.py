@@ -31,7 +31,7 @@ from tqdm import tqdm
 from ..data.store import open_dataset, representation_of
 from ..data.transforms import Representation, velocity_from_model
 from ..diffusion.samplers import ddim_sample, ddpm_sample, synchronize, unet_autocast
-from ..files import atomic_file, sha256_of
+from ..files import sha256_of, write_json
 from ..physics.deviation import per_sample_mse, simulate_in_model_space
 from ..physics.forward import BACKENDS
 from ..training.loop import derive_seed
@@ -284,6 +284,5 @@ def gather(store: str | Path) -> dict:
 def write_manifest(store: str | Path, out: str | Path) -> dict:
     """gather(store), written as JSON to `out` atomically."""
     manifest = gather(store)
-    with atomic_file(out) as tmp:
-        Path(tmp).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    write_json(manifest, out)
     return manifest

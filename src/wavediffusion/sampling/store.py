@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from ..files import atomic_file
+from ..files import write_json
 
 FORMAT = "wavediffusion-pairs-v1"
 DONE_DIR = "done"
@@ -119,8 +119,7 @@ def read_done(store: str | Path, kind: str, k: int) -> dict:
 def mark_done(store: str | Path, kind: str, k: int, info: dict) -> None:
     """Record shard k's `kind` job as complete (atomically; call after its data is written)."""
     marker = _marker(store, kind, k)
-    with atomic_file(marker) as tmp:
-        Path(tmp).write_text(json.dumps({"shard": int(k), "kind": kind, **info}, indent=1, sort_keys=True))
+    write_json({"shard": int(k), "kind": kind, **info}, marker)
 
 
 def clear_done(store: str | Path, kind: str, k: int) -> None:
