@@ -33,6 +33,8 @@ include: "workflow/rules/physics.smk"
 include: "workflow/rules/stage1.smk"
 include: "workflow/rules/stage2.smk"
 include: "workflow/rules/sampling.smk"
+include: "workflow/rules/fid.smk"
+include: "workflow/rules/inversion.smk"
 
 
 rule all:
@@ -42,4 +44,9 @@ rule all:
         "results/figures/velocity_families.png",
         "results/stage1/metrics.csv",
         expand("results/trajectory/{variant}/table5.csv", variant=config["stage1"]["variants"]),
-        expand("results/samples/{variant}/manifest.json", variant=config["stage1"]["variants"]),
+        expand("results/samples/{variant}/physics_report.csv", variant=config["stage1"]["variants"]),
+        expand("results/export/{variant}/openfwi", variant=config["stage1"]["variants"]),
+        "results/fid_table.csv",
+        "results/inversionnet/table2.csv",
+        "results/refine/table9.csv",
+        "results/refine/table7.csv",

@@ -2,7 +2,9 @@
 # The mini-scale DAG on the GPU machine, for runs longer than one device call (10 min).
 #
 #   bash benchmarks/h100_mini_dag.sh start OUTDIR TARGET...   install, launch snakemake in
-#        its own process session (it outlives the call), then follow it until the call's end
+#        its own process session (it outlives the call), then follow it until the call's end;
+#        with PLAN=script.sh, run that script there instead (a sequence of snakemake calls
+#        and benchmarks; `mini_snakemake TARGET...` is defined for it)
 #   bash benchmarks/h100_mini_dag.sh follow OUTDIR             follow it until it finishes,
 #        then copy the results worth keeping (CSV, figures, logs, rule times) into OUTDIR
 #
@@ -31,7 +33,13 @@ if [ "$MODE" = start ]; then
     python3 -m pip install -q --no-index --no-deps --no-build-isolation . || exit 1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
     rm -f "$DONE"
-    setsid bash -c "python3 -m snakemake --configfile config/mini.yaml --cores 16 --set-threads preprocess=16 train_stage1=8 encode_latents=8 evaluate_stage1=8 -- $* > $LOG 2>&1; echo \$? > $DONE" &
+    # GPU rules one at a time (--resources gpu=1), so each job's throughput is its own
+    MINI="python3 -m snakemake --configfile \${CONFIG:-config/mini.yaml} --cores 16 --resources gpu=1 --set-threads preprocess=16 train_stage1=8 encode_latents=8 evaluate_stage1=8"
+    if [ -n "${PLAN:-}" ]; then
+        setsid bash -c "mini_snakemake() { $MINI -- \"\$@\"; }; export -f mini_snakemake; source $PLAN > $LOG 2>&1; echo \$? > $DONE" &
+    else
+        setsid bash -c "$MINI -- $* > $LOG 2>&1; echo \$? > $DONE" &
+    fi
     follow
 else
     follow

@@ -4,20 +4,25 @@ tests/test_trajectory.py): completeness, determinism, crash recovery, concurrenc
 
 from __future__ import annotations
 
+import csv
 import json
 import multiprocessing
 import shutil
 from dataclasses import asdict
 
+import h5py
 import numpy as np
 import pytest
 import torch
 import zarr
 
-from wavediffusion.data.transforms import Representation
+from wavediffusion.data.transforms import Representation, velocity_from_model
 from wavediffusion.evaluation.stage1 import decode_and_check
 from wavediffusion.physics.deviation import per_sample_mse
-from wavediffusion.sampling import shard as shard_module
+from wavediffusion.physics.forward import forward_model
+from wavediffusion.sampling import ExportSettings, apply_physics_filter, export_openfwi, physics_report
+from wavediffusion.sampling.physics_filter import REPORT_COLUMNS
+from wavediffusion.sampling.store import BlockWriter, default_block
 from wavediffusion.sampling import (
     ARRAYS,
     SamplingSettings,
@@ -40,8 +45,9 @@ from tiny_models import save_tiny_autoencoder, save_tiny_stage2
 
 T = 50
 REP = Representation(time_samples=64, receivers=16, velocity_size=16, seismic_log_min=-4.0, seismic_log_max=4.0)
-SETTINGS = SamplingSettings(num_pairs=7, shard_size=3, sampler="ddim", steps=3, eta=0.5, batch_size=2,
-                            precision="fp32", seed=11)
+# store_block 1 < batch_size 2 < shard_size 3: a batch spans blocks and a job writes several blocks
+SETTINGS = SamplingSettings(num_pairs=7, shard_size=3, store_block=1, sampler="ddim", steps=3, eta=0.5,
+                            batch_size=2, precision="fp32", seed=11)
 K = num_shards(7, 3)  # 3 shards: rows 0-2, 3-5, 6
 
 
@@ -68,7 +74,7 @@ def sample_all(artifacts, store, shards=range(K), check=True):
 
 
 def new_store(artifacts, path):
-    create_store_for_models(artifacts["stage1"], path, SETTINGS, attrs={"config_sha256": "abc"})
+    create_store_for_models(artifacts["stage1"], path, SETTINGS, attrs={"note": "abc"})
     return path
 
 
@@ -96,12 +102,13 @@ def test_layout_markers_and_deviation(artifacts, reference):
     assert sorted(name for name, _ in root.arrays()) == sorted(ARRAYS)
     assert [name for name, _ in root.groups()] == ["done"]  # the markers' folder
     shapes = {"latent": (8, 8, 8), "seismic": REP.seismic_shape, "velocity": REP.velocity_shape,
-              "seismic_simulated": REP.seismic_shape, "deviation": (), "seed": (), "index_in_shard": ()}
+              "seismic_simulated": REP.seismic_shape, "deviation": (), "seed": (), "index_in_shard": (),
+              "valid": ()}
     for name, sample_shape in shapes.items():
         array = root[name]
         assert array.shape == (7, *sample_shape), name
-        assert array.shards == (3, *sample_shape), name  # one sampling shard = one Zarr shard
-        assert array.chunks == ((1, *sample_shape) if sample_shape else (3,)), name
+        assert array.shards == (1, *sample_shape), name  # one block (store_block rows) = one Zarr shard
+        assert array.chunks == (1, *sample_shape), name
     values = arrays(reference)
     for name in ("latent", "seismic", "velocity", "seismic_simulated", "deviation"):
         assert np.isfinite(values[name]).all(), name  # every row written, the partial last shard too
@@ -129,7 +136,8 @@ def test_layout_markers_and_deviation(artifacts, reference):
     manifest = gather(reference)
     assert manifest["num_pairs"] == 7 and manifest["num_shards"] == 3 and manifest["n_checked"] == 7
     assert manifest["shards_done"] == {"sample": 3, "check": 3} and manifest["seeds"] == seeds
-    assert manifest["attrs"]["config_sha256"] == "abc" and manifest["attrs"]["settings"]["seed"] == 11
+    assert manifest["attrs"]["note"] == "abc" and manifest["attrs"]["settings"]["seed"] == 11
+    assert manifest["config_sha256"] == SETTINGS.sha256() != SamplingSettings(seed=12).sha256()
     assert manifest["deviation_mean"] == pytest.approx(values["deviation"].mean())
     assert manifest["deviation_quantiles"]["0.5"] == pytest.approx(np.median(values["deviation"]))
 
@@ -155,19 +163,20 @@ def test_rerun_is_identical_and_shards_differ(artifacts, reference, tmp_path):
 def test_crash_mid_shard_is_detected_and_redone(artifacts, reference, tmp_path, monkeypatch):
     store = new_store(artifacts, tmp_path / "pairs.zarr")
     sample_all(artifacts, store, shards=[0, 2], check=False)
-    real, calls = shard_module._write_rows, []
+    real, calls = BlockWriter._write, []
 
-    def dies_after_first_batch(root, start, rows):
+    def dies_after_first_block(writer, count):
         if calls:
             raise KeyboardInterrupt("killed")
-        calls.append(start)
-        real(root, start, rows)
+        calls.append(writer.position)
+        real(writer, count)
 
-    monkeypatch.setattr(shard_module, "_write_rows", dies_after_first_batch)
+    monkeypatch.setattr(BlockWriter, "_write", dies_after_first_block)
     with pytest.raises(KeyboardInterrupt):
         sample_shard(artifacts["stage1"], artifacts["stage2"], store, 1, SETTINGS, device="cpu", progress=False)
-    monkeypatch.setattr(shard_module, "_write_rows", real)
-    assert calls == [3] and np.isfinite(arrays(store)["latent"][3:5]).all()  # half a shard on disk ...
+    monkeypatch.setattr(BlockWriter, "_write", real)
+    latent = arrays(store)["latent"]
+    assert calls == [3] and np.isfinite(latent[3]).all() and np.isnan(latent[4]).all()  # a third of a shard ...
     assert not is_done(store, "sample", 1)  # ... but never counted as complete
     with pytest.raises(RuntimeError, match=r"check_shard|not been sampled"):
         check_shard(store, 1, REP, "deepwave", batch_size=2, device="cpu", progress=False)
@@ -214,6 +223,31 @@ def test_store_creation_refuses_to_overwrite(artifacts, reference, tmp_path):
         shard_range(3, 2, 5)
 
 
+def test_every_zarr_shard_is_written_once_whole(artifacts, tmp_path, monkeypatch):
+    """Writes go a whole block (Zarr shard) at a time, whatever the batch size: Zarr never
+    has to read back and rewrite a shard file."""
+    settings = SamplingSettings(**{**asdict(SETTINGS), "num_pairs": 14, "shard_size": 6, "store_block": 2,
+                                   "batch_size": 3})
+    store = tmp_path / "pairs.zarr"
+    create_store_for_models(artifacts["stage1"], store, settings)
+    assert zarr.open_array(str(store / "seismic"), mode="r").shards[0] == 2
+    real, writes = BlockWriter._write, []
+
+    def recorded(writer, count):
+        writes.append((writer.position, count))
+        real(writer, count)
+
+    monkeypatch.setattr(BlockWriter, "_write", recorded)
+    for k in range(num_shards(14, 6)):
+        sample_shard(artifacts["stage1"], artifacts["stage2"], store, k, settings, device="cpu", progress=False)
+    assert writes == [(0, 2), (2, 2), (4, 2), (6, 2), (8, 2), (10, 2), (12, 2)]
+    assert np.isfinite(arrays(store)["seismic"]).all()
+    assert [default_block(s) for s in (7, 8, 5000, 25000, 300)] == [7, 8, 250, 250, 150]
+    with pytest.raises(ValueError, match=r"sampling\.store_block \(4\) must be a positive divisor of "
+                                         r"sampling\.shard_size \(6\)"):
+        SamplingSettings(**{**asdict(settings), "store_block": 4})
+
+
 def test_settings_must_match_the_store(artifacts, reference, tmp_path):
     store = tmp_path / "pairs.zarr"
     shutil.copytree(reference, store)
@@ -241,3 +275,69 @@ def test_bad_settings_name_their_key(change, key):
         SamplingSettings(**{**asdict(SETTINGS), **change})
     with pytest.raises(ValueError, match=r"sampling: unknown keys \['shards'\]"):
         SamplingSettings.from_dict({"shards": 3})
+
+
+def floor_csv(path):
+    path.write_text("family,backend,velocity_input,n,deviation_mean,deviation_std,deviation_max\n"
+                    "A,deepwave,model64,4,0.001,0,0\nB,deepwave,model64,12,0.003,0,0\nA,openfwi,model64,4,9,0,0\n")
+    return path
+
+
+def test_physics_filter_marks_valid_pairs_and_reports(artifacts, reference, tmp_path):
+    store = tmp_path / "pairs.zarr"
+    shutil.copytree(reference, store)
+    deviation = arrays(store)["deviation"]
+    epsilon = float(np.median(deviation))
+    row = physics_report(store, "1vq", epsilon, floor_csv(tmp_path / "floor.csv"), tmp_path / "report.csv",
+                         tmp_path / "histogram.png")
+    valid = arrays(store)["valid"]
+    np.testing.assert_array_equal(valid, deviation <= epsilon)
+    assert row["n_valid"] == 4 and row["acceptance_rate"] == pytest.approx(4 / 7)
+    assert row["data_floor"] == pytest.approx((4 * 0.001 + 12 * 0.003) / 16)  # deepwave/model64 rows only
+    with open(tmp_path / "report.csv") as handle:
+        assert handle.readline().strip().split(",") == list(REPORT_COLUMNS)
+    assert (tmp_path / "histogram.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match=r"physics\.max_deviation must be positive"):
+        apply_physics_filter(store, 0.0)
+    # an incomplete store is refused, naming the shards
+    incomplete = new_store(artifacts, tmp_path / "incomplete.zarr")
+    sample_all(artifacts, incomplete, shards=[0])
+    with pytest.raises(RuntimeError, match=r"sample: shards \[1, 2\]"):
+        apply_physics_filter(incomplete, epsilon)
+
+
+def test_export_writes_openfwi_files_of_accepted_pairs(artifacts, reference, tmp_path):
+    store = tmp_path / "pairs.zarr"
+    shutil.copytree(reference, store)
+    dataset = tmp_path / "dataset.zarr"
+    shutil.copytree(artifacts["dataset"], dataset)
+    out = tmp_path / "openfwi"
+    settings = ExportSettings(max_pairs=3, samples_per_file=2, hdf5=True, batch_size=2)
+    with pytest.raises(RuntimeError, match="run the physics_report rule first"):
+        export_openfwi(store, dataset, out, settings, device="cpu", progress=False)
+    assert not out.exists()  # nothing half-written under the final name
+    deviation = arrays(store)["deviation"]
+    apply_physics_filter(store, float(np.median(deviation)))
+    accepted = np.flatnonzero(arrays(store)["valid"])
+    info = export_openfwi(store, dataset, out, settings, device="cpu", progress=False)
+    assert info["num_exported"] == 3 and info["num_files"] == 2 and info["num_accepted"] == 4
+    models = [np.load(out / f"model{n}.npy") for n in (1, 2)]
+    data = [np.load(out / f"data{n}.npy") for n in (1, 2)]
+    assert [m.shape for m in models] == [(2, 1, 70, 70), (1, 1, 70, 70)]
+    assert [d.shape for d in data] == [(2, 5, 1000, 70), (1, 5, 1000, 70)]
+    model = np.concatenate(models)
+    # the velocity is the store's, in m/s on OpenFWI's grid; the data is its simulation
+    expected = velocity_from_model(torch.from_numpy(arrays(store)["velocity"][accepted[:3]]), REP)
+    np.testing.assert_allclose(model, expected.numpy(), rtol=1e-6)
+    assert 1500 <= model.min() and model.max() <= 4500
+    np.testing.assert_allclose(data[1], forward_model(torch.from_numpy(models[1])).numpy(), rtol=1e-5, atol=1e-7)
+    with open(out / "index.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["store_row"]) for r in rows] == accepted[:3].tolist()
+    assert [(r["file"], r["row_in_file"]) for r in rows] == [("1", "0"), ("1", "1"), ("2", "0")]
+    with h5py.File(out / "pairs.h5", "r") as h5:
+        np.testing.assert_array_equal(h5["model"][:], model)
+        np.testing.assert_array_equal(h5["data"][:], np.concatenate(data))
+        assert h5["store_row"][:].tolist() == accepted[:3].tolist()
+    with pytest.raises(ValueError, match=r"export\.max_pairs"):
+        ExportSettings(max_pairs=0)

@@ -17,6 +17,7 @@ import yaml
 import zarr
 
 from wavediffusion.data.store import open_dataset
+from wavediffusion.evaluation.inversion_experiments import SEISMIC_KINDS, ExperimentSettings, arm_names, parse_arm
 
 from conftest import REPO
 
@@ -33,13 +34,17 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
-def scheduled(workdir: Path) -> dict[str, int]:
+def scheduled(workdir: Path, *args: str) -> dict[str, int]:
     """Rule -> job count of a dry run (empty when nothing would run)."""
-    output = snakemake(workdir, "--dry-run", *TARGETS).stdout
+    output = snakemake(workdir, "--dry-run", *args, *TARGETS).stdout
     if "Nothing to be done" in output:
         return {}
     table = output.split("Job stats:")[1].split("total")[0]
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.MULTILINE)}
+
+
+def num_shards_of(config) -> int:
+    return -(-config["sampling"]["num_pairs"] // config["sampling"]["shard_size"])
 
 
 def write_config(workdir: Path, config: dict) -> None:
@@ -114,35 +119,89 @@ def test_tiny_dag_produces_every_output(tiny_run):
 
     manifest = json.loads((workdir / "results/samples/1vq/manifest.json").read_text())
     n = config["sampling"]["num_pairs"]
-    assert manifest["n_checked"] == n and manifest["num_pairs"] == n
+    assert manifest["n_checked"] == n and manifest["num_pairs"] == n and len(manifest["config_sha256"]) == 64
     pairs = zarr.open_group(str(workdir / "results/samples/1vq/pairs.zarr"), mode="r")
     assert pairs["seismic"].shape == pairs["seismic_simulated"].shape == (n, 3, 64, 16)
     assert pairs["velocity"].shape == (n, 1, 16, 16)
     assert np.isfinite(pairs["deviation"][:]).all()
 
+    # the physics filter and the export of the accepted pairs in OpenFWI's layout
+    with open(workdir / "results/samples/1vq/physics_report.csv") as handle:
+        report = next(csv.DictReader(handle))
+    valid = pairs["valid"][:]
+    assert int(report["n_valid"]) == valid.sum() and float(report["max_deviation"]) == 0.005
+    np.testing.assert_array_equal(valid, pairs["deviation"][:] <= 0.005)
+    export = json.loads((workdir / "results/export/1vq/openfwi/export.json").read_text())
+    assert export["num_exported"] == valid.sum()
+
+    # FID: both modalities, the diffusion samples and the Stage-1 baseline, with the weights' hash
+    with open(workdir / "results/fid_table.csv") as handle:
+        fid = list(csv.DictReader(handle))
+    assert [(r["source"], r["modality"]) for r in fid] == [
+        (source, modality) for source in ("diffusion", "stage1-random-latents") for modality in ("seismic", "velocity")]
+    assert all(float(r["fid"]) > 0 and r["weights_sha256"].startswith("7ff4a85c") for r in fid)
+    assert [int(r["n_generated"]) for r in fid] == [n, n, config["fid"]["num_baseline"], config["fid"]["num_baseline"]]
+    for modality in ("seismic", "velocity"):
+        assert (workdir / f"results/fid/1vq/tsne_{modality}.png").stat().st_size > 10_000
+
+    # the InversionNet tables: every arm, each family of the real test split and "all"
+    families = [*config["data"]["families"], "all"]
+    tables = {}
+    for table in ("table2", "table3", "table4"):
+        with open(workdir / f"results/inversionnet/{table}.csv") as handle:
+            tables[table] = list(csv.DictReader(handle))
+    assert [r["arm"] for r in tables["table2"] if r["family"] == "all"] == ["real", "gen-1vq-simulated"]
+    assert [r["arm"] for r in tables["table3"] if r["family"] == "all"] == ["real-50pct", "gen-1vq-simulated+real-50pct"]
+    assert [r["family"] for r in tables["table2"] if r["arm"] == "real"] == [*families, "hard-test 1vq-simulated"]
+    assert {r["arm"] for r in tables["table4"]} == {"real", "finetune-real", "finetune-1vq-simulated"}
+    n_train = {r["arm"]: int(r["n_train"]) for r in tables["table2"] + tables["table3"]}
+    assert n_train["gen-1vq-simulated+real-50pct"] == n_train["gen-1vq-simulated"] + n_train["real-50pct"]
+    assert (workdir / "results/inversionnet/predictions.png").stat().st_size > 5_000
+    # diffusion-refined inversion beside Stage 1 alone and InversionNet; the ablation
+    for table, methods in (("table9", ["inversionnet", "stage1", "refined"]), ("table7", ["stage1", "perturbed", "refined"])):
+        with open(workdir / f"results/refine/{table}.csv") as handle:
+            rows = list(csv.DictReader(handle))
+        assert [r["method"] for r in rows if r["family"] == "all"] == methods
+
+
+def after_sampling(config) -> dict[str, int]:
+    """The jobs downstream of a variant's pairs store (tiny: one variant)."""
+    inversion = config["inversionnet"]
+    seismic = inversion.get("seismic", list(SEISMIC_KINDS))
+    arms = sum(arm_names(config["stage1"]["variants"], ExperimentSettings.from_dict(
+        {"seismic": seismic, "real_percents": inversion["real_percents"]})).values(), [])
+    generated = sum(1 for arm in arms if parse_arm(arm).variant)
+    return {"physics_report": 1, "export_openfwi": 1, "fid_variant": 1, "fid_table": 1,
+            "hardest_generated": len(seismic), "train_inversionnet": generated,
+            # + `real` and `finetune-real`, which are also measured on the hardest generated pairs
+            "evaluate_inversionnet": generated + 2, "inversionnet_tables": 1}
+
 
 def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
     workdir, config = tiny_run
     assert scheduled(workdir) == {}
+    whole_dag = scheduled(workdir, "--forceall")
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["data"]["embedded"]["synthetic_seed"] = 1  # FlatFault-B is synthetic, FlatVel-A real
     write_config(workdir, edited)
-    shards = -(-config["sampling"]["num_pairs"] // config["sampling"]["shard_size"])
-    sampling_on = {"sample_shard": shards, "check_shard": shards, "gather_samples": 1}
-    stage1_on = {"train_stage1": 1, "encode_latents": 1, "evaluate_stage1": 1, "stage1_metrics": 1, "train_stage2": 1,
-                 "diffusion_trajectory": 1, "create_pairs_store": 1, **sampling_on}
-    assert scheduled(workdir) == {"simulate": 1, "preprocess": 1, "pde_floor": 1, "velocity_figure": 1, **stage1_on, "all": 1}
+    assert scheduled(workdir) == {**whole_dag, "simulate": 1}  # one of the two families
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["preprocess"]["shots"] = [0, 1, 2]
     write_config(workdir, edited)
-    assert scheduled(workdir) == {"preprocess": 1, "pde_floor": 1, "velocity_figure": 1, **stage1_on, "all": 1}
+    assert scheduled(workdir) == {rule: n for rule, n in whole_dag.items() if rule != "simulate"}
+
+    sampling_on = {"sample_shard": num_shards_of(config), "check_shard": num_shards_of(config), "gather_samples": 1,
+                   **after_sampling(config)}
+    refine_on = {"refine_inversion": 1, "refine_table9": 1, "refine_table7": 1}
+    stage1_on = {"train_stage1": 1, "encode_latents": 1, "evaluate_stage1": 1, "stage1_metrics": 1, "train_stage2": 1,
+                 "diffusion_trajectory": 1, "create_pairs_store": 1, **sampling_on, **refine_on}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["physics"]["floor_samples_per_family"] = 2
     write_config(workdir, edited)
-    assert scheduled(workdir) == {"pde_floor": 1, "all": 1}
+    assert scheduled(workdir) == {"pde_floor": 1, "physics_report": 1, "export_openfwi": 1, "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["stage1"]["training"]["max_steps"] = 7
@@ -157,7 +216,7 @@ def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["stage2"]["training"]["max_steps"] = 5
     write_config(workdir, edited)
-    assert scheduled(workdir) == {"train_stage2": 1, "diffusion_trajectory": 1, **sampling_on, "all": 1}
+    assert scheduled(workdir) == {"train_stage2": 1, "diffusion_trajectory": 1, **sampling_on, **refine_on, "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["sampling"]["steps"] = 4
@@ -168,6 +227,28 @@ def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
     edited["stage2"]["trajectory"]["n_forward"] = 3
     write_config(workdir, edited)
     assert scheduled(workdir) == {"diffusion_trajectory": 1, "all": 1}
+
+    edited = yaml.safe_load(yaml.safe_dump(config))
+    edited["physics"]["max_deviation"] = 0.5
+    write_config(workdir, edited)
+    assert scheduled(workdir) == {"physics_report": 1, "export_openfwi": 1, "all": 1}
+
+    edited = yaml.safe_load(yaml.safe_dump(config))
+    edited["fid"]["num_baseline"] = 3  # the real data's features stay
+    write_config(workdir, edited)
+    assert scheduled(workdir) == {"fid_variant": 1, "fid_table": 1, "all": 1}
+
+    edited = yaml.safe_load(yaml.safe_dump(config))
+    edited["inversionnet"]["hard_train_fraction"] = 0.75  # only Table 4 and its hard sets
+    write_config(workdir, edited)
+    hard = len(config["inversionnet"].get("seismic", SEISMIC_KINDS))
+    assert scheduled(workdir) == {"hardest_generated": hard, "train_inversionnet": hard,
+                                  "evaluate_inversionnet": hard + 2, "inversionnet_tables": 1, "all": 1}
+
+    edited = yaml.safe_load(yaml.safe_dump(config))
+    edited["refine"]["candidates"] = 2
+    write_config(workdir, edited)
+    assert scheduled(workdir) == {**refine_on, "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["scale"] = "tiny-renamed"  # a label no rule reads
@@ -266,16 +347,21 @@ def test_paper_plan_through_the_slurm_profile(tmp_path):
     table = result.stdout.split("Job stats:")[1].split("total")[0]
     counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.MULTILINE)}
     shards = 375_000 // 25_000  # paper: sampling.num_pairs / sampling.shard_size
+    arms = 1 + 4 + 2 + 4 * 2 + 1 + 4  # Table 2: real + 2 variants x 2 seismic; Table 3: x 2 percents; Table 4
+    after_samples = ("physics_report", "export_openfwi", "fid_variant", "refine_inversion")
     assert counts == {"download_openfwi": 10, "preprocess": 1, "pde_floor": 1, "velocity_figure": 1,
                       **{rule: variants for rule in per_variant}, "stage1_metrics": 1, "create_pairs_store": variants,
                       "sample_shard": variants * shards, "check_shard": variants * shards, "gather_samples": variants,
-                      "all": 1}
+                      **{rule: variants for rule in after_samples}, "fid_reference": 1, "fid_table": 1,
+                      "train_inversionnet": arms, "evaluate_inversionnet": arms, "hardest_generated": 4,
+                      "inversionnet_tables": 1, "refine_table9": 1, "refine_table7": 1, "all": 1}
     jobs = re.findall(r"^(?:local)?rule (\w+):\n(.*?)(?=^\S|\Z)", result.stdout, re.MULTILINE | re.DOTALL)
     gpus = {}
     for rule, body in jobs:
         resources = re.search(r"resources: (.*)", body).group(1) if "resources:" in body else ""
         gpus.setdefault(rule, set()).add(re.search(r"\bgpu=(\d+)", resources).group(1) if "gpu=" in resources else "0")
-    gpu_rules = {*per_variant, "sample_shard", "check_shard"}
+    gpu_rules = {*per_variant, "sample_shard", "check_shard", "export_openfwi", "fid_reference", "fid_variant",
+                 "train_inversionnet", "hardest_generated", "evaluate_inversionnet", "refine_inversion"}
     assert {rule for rule, counts_ in gpus.items() if counts_ != {"0"}} == gpu_rules
     assert all(gpus[rule] == {"1"} for rule in gpu_rules)
 

@@ -205,6 +205,141 @@ def cmd_gather_samples(args) -> None:
     print(f"wrote {args.out}: {manifest['n_checked']} checked pairs")
 
 
+def cmd_physics_report(args) -> None:
+    from .sampling import physics_report
+
+    row = physics_report(args.store, args.variant, args.max_deviation, args.floor, args.out, args.figure)
+    print(f"wrote {args.out}: {row['n_valid']} of {row['n']} pairs within physics.max_deviation "
+          f"{args.max_deviation:g} ({row['acceptance_rate']:.1%})")
+
+
+def cmd_export_openfwi(args) -> None:
+    import json
+
+    from .sampling import ExportSettings, export_openfwi
+
+    torch_threads(args.threads)
+    info = export_openfwi(args.store, args.dataset, args.out, ExportSettings.from_dict(json.loads(args.settings)))
+    print(f"wrote {args.out}: {info['num_exported']} accepted pairs in {info['num_files']} pairs of OpenFWI files")
+
+
+def fid_settings(text: str, seed: int):
+    import json
+
+    from .evaluation.fid_table import FIDSettings
+
+    return FIDSettings.from_dict({**json.loads(text), "seed": seed})
+
+
+def cmd_fid_reference(args) -> None:
+    from .evaluation.fid_table import reference_features
+
+    torch_threads(args.threads)
+    info = reference_features(args.dataset, fid_settings(args.settings, args.seed), args.out)
+    print(f"wrote {args.out}: {info['n']} real samples, Inception weights from {info['source']}")
+
+
+def cmd_fid_variant(args) -> None:
+    from .evaluation.fid_table import variant_fid
+
+    torch_threads(args.threads)
+    rows = variant_fid(args.variant, args.store, args.stage1_model, args.latents, args.reference,
+                       fid_settings(args.settings, args.seed), args.out, args.figures)
+    for row in rows:
+        print(f"{row['variant']} {row['source']} {row['modality']}: FID {row['fid']:.2f}")
+
+
+def experiment_settings(text: str, seed: int):
+    import json
+
+    from .evaluation.inversion_experiments import ExperimentSettings
+
+    return ExperimentSettings.from_dict({**json.loads(text), "seed": seed})
+
+
+def cmd_train_inversionnet(args) -> None:
+    from .evaluation.inversion_experiments import arm_identity, train_arm
+    from .files import write_json
+    from .training.distributed import is_main, read_launch
+    from .training.runs import run_directory
+
+    torch_threads(args.threads)
+    settings = experiment_settings(args.settings, args.seed)
+    identity = arm_identity(args.arm, settings, args.dataset, args.store, args.hard, args.init_weights,
+                            read_launch().world_size)
+    run = run_directory(Path(args.out).parent, identity)
+    summary, record = train_arm(args.arm, args.dataset, settings, run, args.store, args.hard, args.init_weights)
+    if is_main():
+        write_json(record, args.record)
+    finish_training(summary, run, args.out)
+
+
+def cmd_hardest_generated(args) -> None:
+    from .evaluation.inversion_experiments import hard_sets
+
+    torch_threads(args.threads)
+    info = hard_sets(args.model, args.store, args.seismic, experiment_settings(args.settings, args.seed), args.out)
+    print(f"wrote {args.out}: {info['n_hard']} hardest of {info['n_store']} generated pairs "
+          f"({info['n_train']} to fine-tune on, {info['n_test']} to test on)")
+
+
+def cmd_evaluate_inversionnet(args) -> None:
+    from .evaluation.inversion_experiments import evaluate_arm
+
+    torch_threads(args.threads)
+    hard_tests = {}
+    for item in args.hard_test or []:
+        name, store, npz = item.split(",")
+        hard_tests[name] = (store, npz)
+    rows = evaluate_arm(args.model, args.record, args.dataset, experiment_settings(args.settings, args.seed),
+                        args.out, hard_tests)
+    print(f"wrote {args.out}: test MAE {[r['mae'] for r in rows if r['family'] == 'all'][0]:.4f}")
+
+
+def cmd_inversionnet_tables(args) -> None:
+    from .evaluation.inversion_experiments import plot_predictions, write_tables
+
+    torch_threads(args.threads)
+    counts = write_tables(args.metrics, Path(args.table2).parent)
+    models = {Path(path).parent.name: path for path in args.models}
+    plot_predictions(models, args.dataset, args.figure)
+    print(f"wrote {counts} rows and {args.figure}")
+
+
+def cmd_refine_inversion(args) -> None:
+    import json
+
+    import numpy as np
+
+    from .data.store import open_dataset
+    from .evaluation.refine import COLUMNS, RefineSettings, evaluate_refinement, plot_refinement
+    from .evaluation.stage1 import indices_per_family
+    from .files import write_csv, write_json
+    from .training.inversionnet import evaluate_inversionnet
+
+    torch_threads(args.threads)
+    values = json.loads(args.settings)
+    per_family = values.pop("per_family", None)
+    settings = RefineSettings.from_dict({**values, "seed": args.seed})
+    rows, info, examples = evaluate_refinement(args.stage1_model, args.stage2_model, args.dataset, settings,
+                                               per_family=per_family)
+    # InversionNet (trained on all real pairs) on exactly the samples refined, for Table 9
+    chosen = indices_per_family(np.asarray(open_dataset(args.dataset)["test"]["family"][:]), per_family)
+    indices = np.sort(np.concatenate(list(chosen.values())))
+    rows["inversionnet"] = [{"method": "inversionnet", **row, "seismic_l2": float("nan")}
+                            for row in evaluate_inversionnet(args.inversionnet, args.dataset, indices=indices)]
+    variant = {"variant": args.variant}
+    columns = ("variant", *COLUMNS)
+    table9 = [{**variant, **row} for method in ("inversionnet", "stage1", "refined") for row in rows[method]]
+    table7 = [{**variant, **row} for method in ("stage1", "perturbed", "refined") for row in rows[method]]
+    write_csv(table9, args.table9, columns)
+    write_csv(table7, args.table7, columns)
+    write_json(info, args.info)
+    plot_refinement(examples, args.figure)
+    all_rows = {row["method"]: row["mae"] for row in table9 + table7 if row["family"] == "all"}
+    print(f"wrote {args.table9}, {args.table7}: MAE (all) {all_rows}")
+
+
 def cmd_combine_tables(args) -> None:
     from .files import combine_csv
 
@@ -359,6 +494,102 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(run=cmd_gather_samples)
+
+    p = commands.add_parser("physics-report", help="the physics filter: valid mask, acceptance rate, deviation histogram")
+    p.add_argument("--store", required=True)
+    p.add_argument("--variant", required=True)
+    p.add_argument("--max-deviation", type=float, required=True, help="config physics.max_deviation")
+    p.add_argument("--floor", required=True, help="pde_floor.csv (the data set's own deviation)")
+    p.add_argument("--out", required=True, help="physics_report.csv to write")
+    p.add_argument("--figure", required=True, help="histogram PNG to write")
+    p.set_defaults(run=cmd_physics_report)
+
+    p = commands.add_parser("export-openfwi", help="accepted pairs as OpenFWI files (model{n}.npy, data{n}.npy)")
+    p.add_argument("--store", required=True)
+    p.add_argument("--dataset", required=True, help="the dataset store (its representation)")
+    p.add_argument("--settings", required=True, help="JSON of config export")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True, help="the folder to write (replaced atomically)")
+    p.set_defaults(run=cmd_export_openfwi)
+
+    p = commands.add_parser("fid-reference", help="Inception features of the real data, both modalities")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--settings", required=True, help="JSON of config fid")
+    p.add_argument("--seed", type=int, default=0, help="the global seed (config seed)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True, help=".npz to write")
+    p.set_defaults(run=cmd_fid_reference)
+
+    p = commands.add_parser("fid-variant", help="FID of one variant's samples and its Stage-1 random latents (Table 1)")
+    p.add_argument("--variant", required=True)
+    p.add_argument("--store", required=True, help="the variant's pairs store")
+    p.add_argument("--stage1-model", required=True)
+    p.add_argument("--latents", required=True, help="encode-latents' store (for the random-latent baseline)")
+    p.add_argument("--reference", required=True, help="fid-reference's .npz")
+    p.add_argument("--settings", required=True, help="JSON of config fid")
+    p.add_argument("--seed", type=int, default=0, help="the global seed (config seed)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True, help="fid.csv to write")
+    p.add_argument("--figures", required=True, help="folder for tsne_seismic.png and tsne_velocity.png")
+    p.set_defaults(run=cmd_fid_variant)
+
+    p = commands.add_parser("train-inversionnet", help="train InversionNet for one arm of Tables 2-4 (resumes after a crash)")
+    p.add_argument("--arm", required=True, help="the arm's name (evaluation/inversion_experiments.py)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--store", default=None, help="the variant's pairs store (arms with generated pairs)")
+    p.add_argument("--hard", default=None, help="hardest-generated's .npz (fine-tuning on generated pairs)")
+    p.add_argument("--init-weights", default=None, help="weights to fine-tune (arm real's model)")
+    p.add_argument("--settings", required=True, help="JSON of config inversionnet")
+    p.add_argument("--seed", type=int, default=0, help="the global seed (config seed)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--record", required=True, help="JSON of what the arm trained on, to write")
+    p.add_argument("--out", required=True, help="the weights file to write")
+    p.set_defaults(run=cmd_train_inversionnet)
+
+    p = commands.add_parser("hardest-generated", help="the generated pairs a model predicts worst, split train/test (Table 4)")
+    p.add_argument("--model", required=True, help="InversionNet weights (arm real)")
+    p.add_argument("--store", required=True)
+    p.add_argument("--seismic", required=True, choices=["decoded", "simulated"])
+    p.add_argument("--settings", required=True, help="JSON of config inversionnet")
+    p.add_argument("--seed", type=int, default=0, help="the global seed (config seed)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True, help=".npz (train, test) to write")
+    p.set_defaults(run=cmd_hardest_generated)
+
+    p = commands.add_parser("evaluate-inversionnet", help="one arm's MAE/RMSE/SSIM per family on the real test split")
+    p.add_argument("--model", required=True)
+    p.add_argument("--record", required=True, help="train-inversionnet's record of the arm")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--hard-test", action="append", help="NAME,STORE,NPZ: also the MAE on a hardest-generated test set")
+    p.add_argument("--settings", required=True, help="JSON of config inversionnet")
+    p.add_argument("--seed", type=int, default=0, help="the global seed (config seed)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True, help="metrics CSV to write")
+    p.set_defaults(run=cmd_evaluate_inversionnet)
+
+    p = commands.add_parser("inversionnet-tables", help="Tables 2-4 from every arm's metrics, and the predictions figure")
+    p.add_argument("--metrics", nargs="+", required=True)
+    p.add_argument("--models", nargs="+", required=True, help="weights of the arms shown in the figure")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--table2", required=True, help="table2.csv (table3.csv and table4.csv are written beside it)")
+    p.add_argument("--figure", required=True)
+    p.set_defaults(run=cmd_inversionnet_tables)
+
+    p = commands.add_parser("refine-inversion", help="diffusion-refined inversion and its ablation (Tables 9 and 7)")
+    p.add_argument("--variant", required=True)
+    p.add_argument("--stage1-model", required=True)
+    p.add_argument("--stage2-model", required=True)
+    p.add_argument("--inversionnet", required=True, help="InversionNet trained on all real pairs (arm real)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--settings", required=True, help="JSON of config refine")
+    p.add_argument("--seed", type=int, default=0, help="the global seed (config seed)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--table9", required=True)
+    p.add_argument("--table7", required=True)
+    p.add_argument("--info", required=True, help="JSON with throughput and settings")
+    p.add_argument("--figure", required=True)
+    p.set_defaults(run=cmd_refine_inversion)
 
     p = commands.add_parser("combine-tables", help="concatenate CSV tables with the same columns into one")
     p.add_argument("tables", nargs="+")

@@ -3,6 +3,7 @@
 import os
 
 from wavediffusion.data.families import get_family
+from wavediffusion.evaluation.inversion_experiments import ExperimentSettings, arm_names, parse_arm
 
 DATA = config["data"]
 
@@ -66,3 +67,53 @@ def training_resources(stage):
     if nodes > 1:
         resources.update(tasks=gpus * nodes, tasks_per_gpu=1, mpi="srun")
     return resources
+
+
+# The inversion experiments (workflow/rules/inversion.smk). The science of the experiments
+# is config inversionnet without the jobs' GPU counts, which stay out of their params.
+INVERSION = {key: value for key, value in config["inversionnet"].items() if key not in ("gpus", "nodes")}
+VARIANTS = config["stage1"]["variants"]
+ARMS = arm_names(VARIANTS, ExperimentSettings.from_dict(INVERSION))
+HARD_SETS = [f"{variant}-{seismic}" for variant in VARIANTS for seismic in INVERSION["seismic"]]
+
+
+def inversion_slice(*keys):
+    """The keys of config inversionnet that a job depends on (its params), so that editing another key does not rerun it."""
+    return json.dumps({key: INVERSION[key] for key in keys}, sort_keys=True)
+
+
+def arm_inputs(wildcards):
+    """What an arm trains on: the dataset, and the pairs store, `real`'s weights and the
+    hardest-pairs split when the arm uses them."""
+    arm = parse_arm(wildcards.arm)
+    inputs = {"dataset": "results/data/dataset.zarr"}
+    if arm.variant:
+        inputs["store"] = f"results/samples/{arm.variant}/pairs.zarr"
+        inputs["manifest"] = f"results/samples/{arm.variant}/manifest.json"
+    if arm.finetune:
+        inputs["init_weights"] = "results/inversionnet/real/model.pt"
+    if arm.finetune and arm.variant:
+        inputs["hard"] = f"results/inversionnet/hard/{arm.variant}-{arm.seismic}.npz"
+    return inputs
+
+
+def optional_argument(flag, name):
+    """`--flag {input.name}` when the arm has that input, else nothing."""
+    return lambda wildcards, input: f"{flag} {input[name]}" if name in input.keys() else ""
+
+
+def hard_tests(wildcards):
+    """Table 4's arms (and `real`, their starting point) are also measured on every hardest-pairs test set."""
+    if wildcards.arm not in ("real", *ARMS["table4"]):
+        return {}
+    return {f"hard_{name}": f"results/inversionnet/hard/{name}.npz" for name in HARD_SETS}
+
+
+def hard_test_arguments(wildcards, input):
+    """`--hard-test NAME,STORE,NPZ` for each hardest-pairs test set the arm is measured on."""
+    arguments = []
+    for name in HARD_SETS:
+        if f"hard_{name}" in input.keys():
+            variant = name.rsplit("-", 1)[0]
+            arguments.append(f"--hard-test {name},results/samples/{variant}/pairs.zarr,{input[f'hard_{name}']}")
+    return " ".join(arguments)

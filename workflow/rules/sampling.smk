@@ -104,3 +104,53 @@ rule gather_samples:
         runtime=30,
     shell:
         "wavediffusion gather-samples --store {input.store} --out {output} > {log} 2>&1"
+
+
+rule physics_report:
+    """The physics filter: `valid` = deviation <= physics.max_deviation in the store, the acceptance rate and a histogram."""
+    input:
+        manifest="results/samples/{variant}/manifest.json",
+        store="results/samples/{variant}/pairs.zarr",
+        floor="results/physics/pde_floor.csv",
+    output:
+        report="results/samples/{variant}/physics_report.csv",
+        figure="results/samples/{variant}/deviation_histogram.png",
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/physics_report/{variant}.log",
+    params:
+        max_deviation=config["physics"]["max_deviation"],
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    shell:
+        "wavediffusion physics-report --store {input.store} --variant {wildcards.variant}"
+        " --max-deviation {params.max_deviation} --floor {input.floor} --out {output.report}"
+        " --figure {output.figure} > {log} 2>&1"
+
+
+rule export_openfwi:
+    """Accepted pairs in OpenFWI's own layout: model{n}.npy (m/s) and data{n}.npy simulated with deepwave."""
+    input:
+        report="results/samples/{variant}/physics_report.csv",
+        store="results/samples/{variant}/pairs.zarr",
+        dataset="results/data/dataset.zarr",
+    output:
+        directory("results/export/{variant}/openfwi"),
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/export_openfwi/{variant}.log",
+    benchmark:
+        "benchmarks/out/export_openfwi/{variant}.tsv"
+    params:
+        settings=json.dumps(config["export"], sort_keys=True),
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=240,
+        gpu=1,
+    shell:
+        "wavediffusion export-openfwi --store {input.store} --dataset {input.dataset} --settings {params.settings:q}"
+        " --threads {threads} --out {output} > {log} 2>&1"

@@ -4,8 +4,9 @@
   (DDPM or DDIM), seeded by derive_seed(seed, k) through a CPU torch.Generator -- so a
   shard's values do not depend on the device's RNG or on other shards -- decoded by the
   Stage-1 autoencoder, written into the shard's own rows, then marked done. Rows are
-  written batch by batch; a job killed before its marker leaves an incomplete shard that
-  is_done reports as such, and re-running rewrites all of its rows. With the same
+  written a whole Zarr shard (store block) at a time (store.BlockWriter); a job killed
+  before its marker leaves an incomplete shard that is_done reports as such, and
+  re-running rewrites all of its rows. With the same
   settings (batch_size included: the generator's draws follow the batches) and device, a
   re-run gives identical values (bitwise on the CPU).
 - `check_shard` (rule check_shard): the stored velocity -> 70x70 m/s -> acoustic forward
@@ -19,6 +20,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -39,6 +41,8 @@ from ..training.stage1 import load_autoencoder, only_known
 from ..training.stage2 import load_stage2
 from .store import (
     DONE_KINDS,
+    BlockWriter,
+    check_block,
     clear_done,
     create_pairs_store,
     done_shards,
@@ -61,7 +65,8 @@ class SamplingSettings:
     """config.yaml `sampling`."""
 
     num_pairs: int = 375_000  # paper
-    shard_size: int = 5000  # samples per job (= per Zarr shard)
+    shard_size: int = 5000  # samples per job
+    store_block: int | None = None  # samples per Zarr shard (a divisor of shard_size); None: store.default_block
     sampler: str = "ddpm"  # "ddpm" (the paper's, all T steps) | "ddim"
     steps: int = 50  # DDIM steps; ignored for ddpm
     eta: float = 0.0  # DDIM η
@@ -74,6 +79,8 @@ class SamplingSettings:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{KEY}.{name} must be an integer of at least 1, got {value!r}")
+        if self.store_block is not None:
+            check_block(self.store_block, self.shard_size)
         if self.sampler not in SAMPLERS:
             raise ValueError(f"{KEY}.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.precision not in PRECISIONS:
@@ -92,6 +99,10 @@ class SamplingSettings:
     def num_shards(self) -> int:
         return num_shards(self.num_pairs, self.shard_size)
 
+    def sha256(self) -> str:
+        """Identifies these settings (the manifest's config hash; the models have their own)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
     def sampler_name(self, num_steps: int) -> str:
         return f"ddpm-{num_steps}" if self.sampler == "ddpm" else f"ddim-{self.steps}"
 
@@ -105,8 +116,9 @@ def create_store_for_models(stage1_model: str | Path, store: str | Path, setting
     """The rule that runs before any shard: the empty store, shaped by the autoencoder."""
     config = load_autoencoder(stage1_model, "cpu").config
     return create_pairs_store(store, settings.num_pairs, settings.shard_size, config.latent_shape,
-                              config.seismic_shape, config.velocity_shape,
-                              attrs={"settings": asdict(settings), **(attrs or {})}, overwrite=overwrite)
+                              config.seismic_shape, config.velocity_shape, block=settings.store_block,
+                              attrs={"settings": asdict(settings), "config_sha256": settings.sha256(), **(attrs or {})},
+                              overwrite=overwrite)
 
 
 def _check_store(root, store, settings: SamplingSettings) -> None:
@@ -114,12 +126,6 @@ def _check_store(root, store, settings: SamplingSettings) -> None:
     if (n, size) != (settings.num_pairs, settings.shard_size):
         raise ValueError(f"{store}: made for {KEY}.num_pairs={n}, {KEY}.shard_size={size}, but the settings say "
                          f"{settings.num_pairs} and {settings.shard_size}; recreate the store")
-
-
-def _write_rows(root, start: int, rows: dict[str, np.ndarray]) -> None:
-    """Write a block of consecutive rows starting at `start` into the named arrays."""
-    for name, values in rows.items():
-        root[name][start : start + len(values)] = values
 
 
 @torch.no_grad()
@@ -147,6 +153,7 @@ def sample_shard(stage1_model: str | Path, stage2_model: str | Path, store: str 
     autocast = unet_autocast(device, settings.precision)
     synchronize(device)
     started = time.perf_counter()
+    writer = BlockWriter(root, rows)
     batches = range(rows.start, rows.stop, settings.batch_size)
     for start in tqdm(batches, desc=f"shard {k}", unit="batch", disable=not progress):
         count = min(settings.batch_size, rows.stop - start)
@@ -158,13 +165,14 @@ def sample_shard(stage1_model: str | Path, stage2_model: str | Path, store: str 
                             device=device, autocast=autocast).z0
         z = z.float() / scale
         seismic, velocity = autoencoder.decode_latent(z)
-        _write_rows(root, start, {
+        writer.append({
             "latent": z.cpu().numpy(),
             "seismic": seismic.float().cpu().numpy(),
             "velocity": velocity.float().cpu().numpy(),
             "seed": np.full(count, seed, dtype=np.int64),
             "index_in_shard": np.arange(start - rows.start, start - rows.start + count, dtype=np.int64),
         })
+    writer.close()
     synchronize(device)
     seconds = time.perf_counter() - started
     info = {
@@ -212,14 +220,16 @@ def check_shard(store: str | Path, k: int, dataset: str | Path | Representation,
     synchronize(device)
     started = time.perf_counter()
     deviations = []
+    writer = BlockWriter(root, rows)
     for start in tqdm(range(rows.start, rows.stop, batch_size), desc=f"check {k}", unit="batch", disable=not progress):
         stop = min(start + batch_size, rows.stop)
         seismic = torch.from_numpy(root["seismic"][start:stop]).to(device)
         velocity = torch.from_numpy(root["velocity"][start:stop]).to(device)
         simulated = simulate_in_model_space(velocity_from_model(velocity, rep), rep, backend, batch_size).float()
         deviation = per_sample_mse(seismic, simulated).double().cpu().numpy()
-        _write_rows(root, start, {"seismic_simulated": simulated.cpu().numpy(), "deviation": deviation})
+        writer.append({"seismic_simulated": simulated.cpu().numpy(), "deviation": deviation})
         deviations.append(deviation)
+    writer.close()
     synchronize(device)
     seconds = time.perf_counter() - started
     deviation = np.concatenate(deviations)
@@ -266,6 +276,7 @@ def gather(store: str | Path) -> dict:
     deviation = np.asarray(root["deviation"][:], dtype=np.float64)
     return {
         "store": str(store),
+        "config_sha256": root.attrs.get("config_sha256"),
         "num_pairs": n,
         "shard_size": size,
         "num_shards": count,

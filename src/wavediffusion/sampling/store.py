@@ -1,18 +1,26 @@
 """The pairs store: one Zarr v3 group of generated pairs, written shard by shard.
 
-Layout (N = num_pairs, s = shard_size; every array's Zarr shard along axis 0 holds exactly
-s samples, so sampling shard k = Zarr shard k of every array = one writer):
+Layout (N = num_pairs, s = shard_size = rows per sampling job, b = block = rows per Zarr
+shard; b divides s, so sampling shard k owns Zarr shards [k s/b, (k+1) s/b) of every array,
+and no two jobs ever write the same file):
 
-    latent            (N, C, h, w)  float32  chunks (1, C, h, w)  shards (s, C, h, w)   z / scale_factor
-    seismic           (N, S, T, R)  float32  chunks (1, S, T, R)  shards (s, S, T, R)   decoded, [-1, 1]
-    velocity          (N, 1, V, V)  float32  chunks (1, 1, V, V)  shards (s, 1, V, V)   decoded, [-1, 1]
-    seismic_simulated (N, S, T, R)  float32  chunks (1, S, T, R)  shards (s, S, T, R)   F(velocity), model space
-    deviation         (N,)          float64  chunks (s,)          shards (s,)           PDE deviation (MSE)
-    seed              (N,)          int64    chunks (s,)          shards (s,)           the shard's seed
-    index_in_shard    (N,)          int64    chunks (s,)          shards (s,)           row - k * s
+    latent            (N, C, h, w)  float32  chunks (1, C, h, w)  shards (b, C, h, w)   z / scale_factor
+    seismic           (N, S, T, R)  float32  chunks (1, S, T, R)  shards (b, S, T, R)   decoded, [-1, 1]
+    velocity          (N, 1, V, V)  float32  chunks (1, 1, V, V)  shards (b, 1, V, V)   decoded, [-1, 1]
+    seismic_simulated (N, S, T, R)  float32  chunks (1, S, T, R)  shards (b, S, T, R)   F(velocity), model space
+    deviation         (N,)          float64  chunks (b,)          shards (b,)           PDE deviation (MSE)
+    seed              (N,)          int64    chunks (b,)          shards (b,)           the shard's seed
+    index_in_shard    (N,)          int64    chunks (b,)          shards (b,)           row - k * s
+    valid             (N,)          bool     chunks (b,)          shards (b,)           deviation <= physics.max_deviation
 
-Float arrays are filled with NaN and integer arrays with -1 until written. The last shard
-may be partial (N not a multiple of s).
+Float arrays are filled with NaN, integer arrays with -1 and `valid` with False until
+written. The last shard may be partial (N not a multiple of s).
+
+Why a block smaller than the job: Zarr rewrites a whole shard file whenever any part of it
+changes, so a job that wrote its rows batch by batch into one shard of s rows would rewrite
+that file s / batch times (at the paper's s = 25 000, a 20 GB seismic file, hundreds of
+times). Jobs therefore write through `BlockWriter`, which buffers rows and writes each
+block of b rows once, whole (about 200 MB of seismic at b = 256).
 
 Completion: `done/<kind>-<k:05d>.json` inside the store (`done` is an empty Zarr group, so
 the root's member listing stays clean), one small file per shard and job kind ("sample",
@@ -45,7 +53,9 @@ ARRAYS = {
     "deviation": (None, "float64", np.nan),
     "seed": (None, "int64", -1),
     "index_in_shard": (None, "int64", -1),
+    "valid": (None, "bool", False),
 }
+MAX_BLOCK = 256  # rows per Zarr shard when the config leaves it to us (~200 MB of seismic)
 
 
 def num_shards(n: int, shard_size: int) -> int:
@@ -63,13 +73,27 @@ def shard_range(k: int, shard_size: int, n: int) -> range:
     return range(k * shard_size, min((k + 1) * shard_size, n))
 
 
+def default_block(shard_size: int, largest: int = MAX_BLOCK) -> int:
+    """The largest divisor of shard_size that is at most `largest` rows."""
+    return max(b for b in range(1, min(shard_size, largest) + 1) if shard_size % b == 0)
+
+
+def check_block(block: int, shard_size: int, key: str = "sampling.store_block") -> int:
+    if block < 1 or shard_size % block:
+        raise ValueError(f"{key} ({block}) must be a positive divisor of sampling.shard_size ({shard_size}), "
+                         "so that every sampling job owns whole Zarr shards")
+    return block
+
+
 def create_pairs_store(path: str | Path, n_pairs: int, shard_size: int, latent_shape, seismic_shape, velocity_shape,
-                       attrs: dict | None = None, overwrite: bool = False) -> zarr.Group:
-    """Create the empty store (all arrays, no done markers). Refuses an existing path
-    unless `overwrite` (which deletes it, done markers included)."""
+                       block: int | None = None, attrs: dict | None = None, overwrite: bool = False) -> zarr.Group:
+    """Create the empty store (all arrays, no done markers). `block`: rows per Zarr shard
+    (a divisor of shard_size; default: default_block). Refuses an existing path unless
+    `overwrite` (which deletes it, done markers included)."""
     path = Path(path)
     if n_pairs < 1 or shard_size < 1:
         raise ValueError(f"n_pairs and shard_size must be at least 1, got {n_pairs} and {shard_size}")
+    block = check_block(block, shard_size) if block is not None else default_block(shard_size)
     if path.exists():
         if not overwrite:
             raise FileExistsError(f"{path} exists; refusing to overwrite a pairs store (pass overwrite=True)")
@@ -79,16 +103,65 @@ def create_pairs_store(path: str | Path, n_pairs: int, shard_size: int, latent_s
     root = zarr.open_group(str(path), mode="w-")
     for name, (shape_key, dtype, fill) in ARRAYS.items():
         sample_shape = shapes[shape_key] if shape_key else ()
-        inner = (1, *sample_shape) if sample_shape else (shard_size,)
-        root.create_array(name, shape=(n_pairs, *sample_shape), chunks=inner, shards=(shard_size, *sample_shape),
+        inner = (1, *sample_shape) if sample_shape else (block,)
+        root.create_array(name, shape=(n_pairs, *sample_shape), chunks=inner, shards=(block, *sample_shape),
                           dtype=dtype, fill_value=fill)
     root.attrs.update({**(attrs or {}), "format": FORMAT, "num_pairs": int(n_pairs), "shard_size": int(shard_size),
+                       "block": int(block),
                        "num_shards": num_shards(n_pairs, shard_size),
                        **{key: list(value) for key, value in shapes.items()}})
     # a (Zarr) group of its own, so that listing the store's members does not trip over it
     root.create_group(DONE_DIR, attributes={"description": "completion markers <kind>-<shard>.json, one per "
                                             "shard and job kind, written after the shard's data"})
     return root
+
+
+class BlockWriter:
+    """Writes one job's consecutive rows [start, stop) a whole Zarr shard (block) at a time.
+
+    `append` takes any number of rows (a sampler batch) and writes every block it completes;
+    `close` writes the last, possibly partial, block (the store's final rows). Each block is
+    written once, whole, so Zarr never reads back and rewrites a shard file.
+    """
+
+    def __init__(self, root: zarr.Group, rows: range):
+        self.root = root
+        self.block = int(root.attrs["block"])
+        if rows.start % self.block:
+            raise ValueError(f"rows start at {rows.start}, not at a block boundary (block {self.block})")
+        self.rows = rows
+        self.position = rows.start  # the first row not yet written
+        self.buffer: dict[str, list[np.ndarray]] = {}
+        self.buffered = 0
+
+    def append(self, rows: dict[str, np.ndarray]) -> None:
+        counts = {len(values) for values in rows.values()}
+        if len(counts) != 1:
+            raise ValueError(f"arrays of different lengths {sorted(counts)} appended together")
+        count = counts.pop()
+        if self.position + self.buffered + count > self.rows.stop:
+            raise ValueError(f"{count} more rows would pass the end of rows {self.rows.start}..{self.rows.stop}")
+        if self.buffer and set(rows) != set(self.buffer):
+            raise ValueError(f"appended arrays {sorted(rows)} differ from the earlier {sorted(self.buffer)}")
+        for name, values in rows.items():
+            self.buffer.setdefault(name, []).append(values)
+        self.buffered += count
+        while self.buffered >= self.block:
+            self._write(self.block)
+
+    def close(self) -> None:
+        if self.position + self.buffered != self.rows.stop:
+            raise RuntimeError(f"closing at row {self.position + self.buffered}, expected {self.rows.stop}")
+        if self.buffered:
+            self._write(self.buffered)
+
+    def _write(self, count: int) -> None:
+        for name, parts in self.buffer.items():
+            values = np.concatenate(parts)
+            self.root[name][self.position : self.position + count] = values[:count]
+            self.buffer[name] = [values[count:]]
+        self.position += count
+        self.buffered -= count
 
 
 def open_pairs_store(path: str | Path, mode: str = "r+") -> zarr.Group:

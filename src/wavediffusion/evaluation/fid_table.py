@@ -1,0 +1,168 @@
+"""The paper's Table 1: FID of generated seismic and velocity against real data, per variant,
+beside the Stage-1 random-latent baseline; and the t-SNE of Inception features (Fig. 6).
+
+Two steps, two rules:
+- `reference_features`: Inception features of the real data (one split of the dataset
+  store; a seeded subset when fid.num_reference caps it), both modalities, computed once
+  and shared by every variant.
+- `variant_fid`: features of the variant's generated pairs (the first fid.num_generated
+  rows of its pairs store: rows are i.i.d. draws, so the first n are a random sample) and
+  of fid.num_baseline Stage-1 "random latents" -- latents drawn from the diagonal Gaussian
+  fitted to the training latents, quantised and decoded, the same random latents as Table 5
+  -- then FID against the reference, per modality.
+
+How data becomes Inception images is evaluation.fid.to_inception_images: seismic's 3 shots
+are the 3 colour channels, velocity is replicated to grey; both mapped from [-1, 1] to [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.store import open_dataset
+from ..files import atomic_file, write_csv
+from ..sampling.store import open_pairs_store
+from ..training.loop import derive_seed
+from ..training.stage1 import load_autoencoder, only_known
+from ..training.stage2 import open_latents
+from .fid import fid_from_features, inception_features, load_fid_inception, to_inception_images, tsne_figure
+from .stage1 import gaussian_latents
+
+KEY = "fid"
+MODALITIES = ("seismic", "velocity")
+SOURCES = ("diffusion", "stage1-random-latents")
+COLUMNS = ("variant", "source", "modality", "fid", "n_generated", "n_reference", "reference_split",
+           "weights_source", "weights_sha256")
+
+
+@dataclass(frozen=True)
+class FIDSettings:
+    """config.yaml `fid`."""
+
+    reference_split: str = "train"
+    num_reference: int | None = None  # real samples (None: the whole split)
+    num_generated: int | None = None  # generated pairs per variant (None: the whole store)
+    num_baseline: int = 1000  # Stage-1 random latents per variant
+    weights: str | None = None  # the official pt_inception-2015-12-05-6726825d.pth, or None (see load_fid_inception)
+    batch_size: int = 50
+    tsne_points: int = 2000  # per set in the t-SNE figure
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.reference_split not in ("train", "val", "test"):
+            raise ValueError(f"{KEY}.reference_split must be train, val or test, got {self.reference_split!r}")
+        for name in ("num_reference", "num_generated"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 2):
+                raise ValueError(f"{KEY}.{name} must be null or an integer of at least 2 (FID needs a covariance), "
+                                 f"got {value!r}")
+        for name in ("num_baseline", "batch_size", "tsne_points"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (2 if name == "num_baseline" else 1):
+                raise ValueError(f"{KEY}.{name} must be a positive integer (num_baseline at least 2), got {value!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> FIDSettings:
+        return cls(**only_known(values, cls, KEY))
+
+
+def _device(device) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _features(model, arrays: dict, rows: np.ndarray, settings: FIDSettings, device, desc: str) -> dict[str, np.ndarray]:
+    """Inception features per modality of the given rows of {modality: Zarr or numpy array}
+    (read batch by batch: a paper-scale store does not fit in memory)."""
+    out = {}
+    for modality in MODALITIES:
+        array = arrays[modality]
+        batches = (to_inception_images(array[rows[start : start + settings.batch_size]], modality)
+                   for start in range(0, len(rows), settings.batch_size))
+        print(f"{desc}: {modality}, {len(rows)} images", flush=True)
+        out[modality] = inception_features(model, batches, device=device)
+    return out
+
+
+def reference_features(dataset: str | Path, settings: FIDSettings, out: str | Path, device: str | None = None) -> dict:
+    """Write the real data's features to `out` (.npz: seismic, velocity, rows, weights info)."""
+    device = _device(device)
+    split = open_dataset(dataset)[settings.reference_split]
+    n = split["velocity"].shape[0]
+    if n < 2:
+        raise ValueError(f"{dataset}: split {settings.reference_split!r} has {n} samples; FID needs at least 2")
+    rows = np.arange(n)
+    if settings.num_reference is not None and settings.num_reference < n:
+        rng = np.random.default_rng(derive_seed(settings.seed, 0))
+        rows = np.sort(rng.choice(n, settings.num_reference, replace=False))  # all families, not the first ones
+    model, weights = load_fid_inception(settings.weights, device=device)
+    features = _features(model, {m: split[m] for m in MODALITIES}, rows, settings, device, "reference")
+    with atomic_file(out) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, rows=rows, split=settings.reference_split, weights_source=weights["source"],
+                 weights_sha256=weights["sha256"], **features)
+    return {"n": len(rows), **weights}
+
+
+def load_reference(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    with np.load(path) as npz:
+        features = {m: npz[m] for m in MODALITIES}
+        info = {"n": len(npz["rows"]), "split": str(npz["split"]), "weights_source": str(npz["weights_source"]),
+                "weights_sha256": str(npz["weights_sha256"])}
+    return features, info
+
+
+@torch.no_grad()
+def stage1_random_pairs(stage1_model: str | Path, latents: str | Path, n: int, seed: int, device,
+                        batch_size: int = 64) -> dict[str, np.ndarray]:
+    """n pairs decoded from Gaussian latents fitted to the training latents: the baseline."""
+    model = load_autoencoder(stage1_model, device)
+    z = gaussian_latents(open_latents(latents)["train"]["latent"], n, torch.Generator().manual_seed(seed))
+    pairs = {m: [] for m in MODALITIES}
+    for start in range(0, n, batch_size):
+        seismic, velocity = model.decode_latent(z[start : start + batch_size].to(device))
+        pairs["seismic"].append(seismic.float().cpu().numpy())
+        pairs["velocity"].append(velocity.float().cpu().numpy())
+    return {m: np.concatenate(parts) for m, parts in pairs.items()}
+
+
+def variant_fid(variant: str, store: str | Path, stage1_model: str | Path, latents: str | Path,
+                reference: str | Path, settings: FIDSettings, out_csv: str | Path, tsne_dir: str | Path,
+                device: str | None = None) -> list[dict]:
+    """FID rows of one variant (diffusion samples and the Stage-1 baseline, both modalities),
+    and tsne_dir/tsne_{modality}.png."""
+    device = _device(device)
+    reference_feats, reference_info = load_reference(reference)
+    model, weights = load_fid_inception(settings.weights, device=device)
+    if weights["sha256"] != reference_info["weights_sha256"]:
+        raise ValueError(f"{reference}: features were made with Inception weights {reference_info['weights_sha256']}, "
+                         f"but this run loads {weights['sha256']} ({weights['path']}); rerun the reference features")
+    root = open_pairs_store(store, mode="r")
+    n_store = root["velocity"].shape[0]
+    n_generated = n_store if settings.num_generated is None else min(settings.num_generated, n_store)
+    generated = _features(model, {m: root[m] for m in MODALITIES}, np.arange(n_generated), settings, device,
+                          f"{variant} diffusion samples")
+    baseline_pairs = stage1_random_pairs(stage1_model, latents, settings.num_baseline,
+                                         derive_seed(settings.seed, 1), device)
+    baseline = _features(model, baseline_pairs,
+                         np.arange(settings.num_baseline), settings, device, f"{variant} Stage-1 random latents")
+    rows = []
+    for source, features in zip(SOURCES, (generated, baseline)):
+        for modality in MODALITIES:
+            rows.append({
+                "variant": variant, "source": source, "modality": modality,
+                "fid": fid_from_features(features[modality], reference_feats[modality]),
+                "n_generated": len(features[modality]), "n_reference": reference_info["n"],
+                "reference_split": reference_info["split"], "weights_source": weights["source"],
+                "weights_sha256": weights["sha256"],
+            })
+    write_csv(rows, out_csv, COLUMNS)
+    for modality in MODALITIES:
+        tsne_figure(reference_feats[modality], {"WaveDiffusion": generated[modality],
+                                                 "Stage-1 random latents": baseline[modality]},
+                    Path(tsne_dir) / f"tsne_{modality}.png", seed=settings.seed, max_points=settings.tsne_points,
+                    title=f"{variant}: t-SNE of Inception features, {modality} "
+                          f"(real: {reference_info['split']} split)")
+    return rows

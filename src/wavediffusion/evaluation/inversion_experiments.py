@@ -1,0 +1,325 @@
+"""The InversionNet augmentation experiments (the paper's Tables 2-4) as named *arms*.
+
+An arm is one InversionNet training run, named by what it trains on; the name is the
+{arm} wildcard of rules train_inversionnet and evaluate_inversionnet, so every arm is its
+own job and its own folder results/inversionnet/<arm>/:
+
+    real                            all real training pairs                   (Table 2)
+    gen-<variant>-<seismic>         generated pairs alone                     (Table 2)
+    real-<p>pct                     a fixed p % subset of the real pairs      (Table 3)
+    gen-<variant>-<seismic>+real-<p>pct   generated + that same p % subset    (Table 3)
+    finetune-real                   `real`'s model, fine-tuned on real pairs  (Table 4)
+    finetune-<variant>-<seismic>    `real`'s model, fine-tuned on the hardest generated pairs
+
+<seismic> is "decoded" (the paper's joint pairs: the decoder's seismic) or "simulated"
+(F(decoded velocity) from the physics check): the alternative a user would try.
+
+Real subsets come from training.inversionnet.real_subset with one seed for every arm, so
+all arms that name p % train on the same real pairs, and the 1 % subset lies inside the
+10 % one. The generated arms take inversionnet.generated_size pairs (default: as many as
+the real training set, or the whole store if it holds fewer) from the store's first rows.
+The hardest generated pairs (Table 4) are those `real`'s model predicts worst: the top
+inversionnet.hard_fraction of the store, split train / test by hard_train_fraction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset
+
+from ..data.store import open_dataset, representation_of
+from ..files import atomic_file, sha256_of, write_csv
+from ..training.inversionnet import (
+    GeneratedPairs,
+    InversionNetSettings,
+    RealPairs,
+    evaluate_inversionnet,
+    hardest_generated,
+    load_inversionnet,
+    per_sample_mae,
+    predict,
+    real_subset,
+    split_by_fraction,
+    train_inversionnet,
+)
+from ..sampling.store import open_pairs_store
+from ..training.runs import dataset_identity
+from ..training.stage1 import only_known
+
+KEY = "inversionnet"
+SEISMIC_KINDS = ("decoded", "simulated")
+METRIC_COLUMNS = ("arm", "table", "train_data", "variant", "seismic", "real_percent", "n_train", "family", "n",
+                  "mae", "rmse", "ssim")
+TABLE4_COLUMNS = ("arm", "variant", "seismic", "hard_set", "family", "n", "mae", "rmse", "ssim")
+
+
+@dataclass(frozen=True)
+class ExperimentSettings:
+    """config.yaml `inversionnet` (the model and training slices go to InversionNetSettings)."""
+
+    model: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    finetune_training: dict = field(default_factory=dict)  # TrainConfig overrides for Table 4's fine-tuning
+    real_percents: tuple[float, ...] = (10.0, 1.0)  # Table 3
+    seismic: tuple[str, ...] = SEISMIC_KINDS
+    generated_size: int | None = None  # None: as many as the real training pairs
+    hard_fraction: float = 65 / 375  # Table 4: the paper's 65k hardest of 375k
+    hard_train_fraction: float = 55 / 65  # of which 55k train, 10k test
+    eval_batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "real_percents", tuple(float(p) for p in self.real_percents))
+        object.__setattr__(self, "seismic", tuple(self.seismic))
+        if not all(0 < p < 100 for p in self.real_percents):
+            raise ValueError(f"{KEY}.real_percents must lie in (0, 100), got {list(self.real_percents)}")
+        unknown = sorted(set(self.seismic) - set(SEISMIC_KINDS))
+        if unknown or not self.seismic:
+            raise ValueError(f"{KEY}.seismic must be a non-empty list of {SEISMIC_KINDS}, got {list(self.seismic)}")
+        for name in ("hard_fraction", "hard_train_fraction"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{KEY}.{name} must lie in (0, 1), got {getattr(self, name)!r}")
+        if self.generated_size is not None and self.generated_size < 1:
+            raise ValueError(f"{KEY}.generated_size must be null or at least 1, got {self.generated_size!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ExperimentSettings:
+        return cls(**only_known(values, cls, KEY))
+
+    def network(self, finetune: bool = False) -> InversionNetSettings:
+        training = {**self.training, **(self.finetune_training if finetune else {})}
+        return InversionNetSettings(model=self.model, training=training)
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    real_percent: float | None  # 100 for all real pairs, None for none
+    variant: str | None = None
+    seismic: str | None = None
+    finetune: bool = False
+
+    @property
+    def table(self) -> str:
+        if self.finetune:
+            return "table4"
+        partial = self.real_percent is not None and self.real_percent < 100
+        return "table3" if partial else "table2"
+
+    @property
+    def train_data(self) -> str:
+        """In words, for the tables."""
+        generated = f"generated {self.variant} ({self.seismic} seismic)" if self.variant else None
+        if self.finetune:
+            return "`real` fine-tuned on " + (f"hardest {generated}" if generated else "real")
+        real = None
+        if self.real_percent is not None:
+            real = "real" if self.real_percent == 100 else f"{self.real_percent:g} % real"
+        return " + ".join(part for part in (generated, real) if part)
+
+
+def _percent_name(percent: float) -> str:
+    return f"{percent:g}pct"
+
+
+def _generated(text: str, name: str) -> tuple[str, str]:
+    variant, _, seismic = text.rpartition("-")
+    if not variant or seismic not in SEISMIC_KINDS:
+        raise ValueError(f"InversionNet arm {name!r}: {text!r} is not <variant>-<seismic> with seismic one of "
+                         f"{SEISMIC_KINDS}")
+    return variant, seismic
+
+
+def parse_arm(name: str) -> Arm:
+    """The Arm an {arm} wildcard names (see the module docstring); ValueError naming it otherwise."""
+    if name.startswith("finetune-"):
+        rest = name[len("finetune-"):]
+        if rest == "real":
+            return Arm(name, 100.0, finetune=True)
+        return Arm(name, None, *_generated(rest, name), finetune=True)
+    real = variant = seismic = None
+    for part in name.split("+"):
+        if part == "real" and real is None:
+            real = 100.0
+        elif part.startswith("real-") and part.endswith("pct") and real is None:
+            try:
+                real = float(part[len("real-"):-len("pct")])
+            except ValueError:
+                raise ValueError(f"InversionNet arm {name!r}: {part!r} is not real-<percent>pct") from None
+        elif part.startswith("gen-") and variant is None:
+            variant, seismic = _generated(part[len("gen-"):], name)
+        else:
+            raise ValueError(f"unknown InversionNet arm {name!r}: parts are real, real-<p>pct, gen-<variant>-<seismic>")
+    return Arm(name, real, variant, seismic)
+
+
+def arm_names(variants, settings: ExperimentSettings) -> dict[str, list[str]]:
+    """Every arm of every table, for the configured variants, seismic kinds and percents."""
+    generated = [f"gen-{v}-{s}" for v in variants for s in settings.seismic]
+    percents = [_percent_name(p) for p in settings.real_percents]
+    return {
+        "table2": ["real", *generated],
+        "table3": [f"real-{p}" for p in percents] + [f"{g}+real-{p}" for g in generated for p in percents],
+        "table4": ["finetune-real", *[f"finetune-{g[4:]}" for g in generated]],
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Training an arm.
+
+
+def hard_sets(model: str | Path, store: str | Path, seismic: str, settings: ExperimentSettings, out: str | Path,
+              device=None) -> dict:
+    """The hardest generated pairs for `model` (real's): train and test store indices, .npz."""
+    n = len(GeneratedPairs(store, seismic=seismic))
+    count = max(2, round(settings.hard_fraction * n))
+    hardest = hardest_generated(model, store, count, seismic=seismic, batch_size=settings.eval_batch_size,
+                                device=device)
+    train, test = split_by_fraction(hardest, settings.hard_train_fraction, settings.seed)
+    with atomic_file(out) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, train=train, test=test)
+    return {"n_store": n, "n_hard": count, "n_train": len(train), "n_test": len(test)}
+
+
+def training_data(arm: Arm, dataset: str | Path, settings: ExperimentSettings, store: str | Path | None = None,
+                  hard: str | Path | None = None):
+    """(train dataset, description) of an arm."""
+    parts, n_real_all = [], len(RealPairs(dataset, "train"))
+    if arm.finetune and arm.variant:
+        with np.load(hard) as sets:
+            parts.append(GeneratedPairs(store, indices=sets["train"], seismic=arm.seismic))
+    elif arm.variant:
+        n_store = len(GeneratedPairs(store, seismic=arm.seismic))
+        size = min(settings.generated_size or n_real_all, n_store)
+        parts.append(GeneratedPairs(store, indices=np.arange(size), seismic=arm.seismic))
+    if arm.real_percent == 100:
+        parts.append(RealPairs(dataset, "train"))
+    elif arm.real_percent is not None:
+        indices = real_subset(n_real_all, arm.real_percent / 100, settings.seed)
+        parts.append(RealPairs(dataset, "train", indices=indices))
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
+def arm_identity(name: str, settings: ExperimentSettings, dataset: str | Path, store: str | Path | None,
+                 hard: str | Path | None, init_weights: str | Path | None, processes: int) -> dict:
+    """What an arm's training depends on, for its run folder (training/runs.py)."""
+    arm = parse_arm(name)
+    generated = None
+    if store is not None:
+        attrs = open_pairs_store(store, mode="r").attrs
+        generated = {"config_sha256": attrs.get("config_sha256"), "seismic": arm.seismic,
+                     "done": sorted(p.name for p in (Path(store) / "done").glob("*.json"))}
+    return {"arm": name, "network": asdict(settings.network(arm.finetune)), "dataset": dataset_identity(dataset),
+            "generated": generated, "generated_size": settings.generated_size, "seed": settings.seed,
+            "hard_sha256": sha256_of(hard) if hard else None,
+            "init_sha256": sha256_of(init_weights) if init_weights else None, "processes": processes}
+
+
+def train_arm(name: str, dataset: str | Path, settings: ExperimentSettings, run_dir: str | Path,
+              store: str | Path | None = None, hard: str | Path | None = None,
+              init_weights: str | Path | None = None) -> tuple[dict, dict]:
+    """Train one arm in run_dir; returns (the loop's summary, whose "final" is the weights to
+    publish: the best validation epoch's when there is a validation split, as OpenFWI keeps;
+    the arm's record: what it trained on)."""
+    arm = parse_arm(name)
+    if (arm.variant is not None) != (store is not None):
+        raise ValueError(f"arm {name!r}: a pairs store is needed exactly when the arm uses generated pairs")
+    if arm.finetune and init_weights is None:
+        raise ValueError(f"arm {name!r}: fine-tuning needs the weights of arm 'real' (init_weights)")
+    if arm.finetune and arm.variant and hard is None:
+        raise ValueError(f"arm {name!r}: fine-tuning on the hardest generated pairs needs their .npz (hard)")
+    train = training_data(arm, dataset, settings, store, hard)
+    network = settings.network(arm.finetune)
+    batch = network.train_config().batch_size
+    if len(train) < batch:
+        raise ValueError(f"arm {name!r}: {len(train)} training pairs, fewer than one batch "
+                         f"(inversionnet.training.batch_size = {batch}); the loop drops incomplete batches")
+    val = RealPairs(dataset, "val")
+    rep = representation_of(open_dataset(dataset))
+    summary = train_inversionnet(train, val if len(val) else None, network, rep.seismic_shape,
+                                 rep.velocity_size, run_dir, init_weights=init_weights)
+    best = Path(run_dir) / "best.pt"
+    if best.exists():
+        summary = {**summary, "final": str(best)}
+    record = {"arm": name, "table": arm.table, "train_data": arm.train_data, "variant": arm.variant,
+              "seismic": arm.seismic, "real_percent": arm.real_percent, "n_train": len(train),
+              "init_weights": str(init_weights) if init_weights else None, "steps": summary["steps"],
+              "best_val": summary["best_val"], "published": summary["final"]}
+    return summary, record
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluating an arm, and the tables.
+
+
+def evaluate_arm(model: str | Path, record: str | Path, dataset: str | Path, settings: ExperimentSettings,
+                 out: str | Path, hard_tests: dict[str, tuple[str, str]] | None = None, device=None) -> list[dict]:
+    """The real test split per family (+ "all"), and for each hard test set named in
+    hard_tests {name: (store, npz)} a row on it; written to out."""
+    info = json.loads(Path(record).read_text())
+    base = {key: info[key] for key in ("arm", "table", "train_data", "variant", "seismic", "real_percent", "n_train")}
+    rows = [{**base, **row} for row in evaluate_inversionnet(model, dataset, batch_size=settings.eval_batch_size,
+                                                             device=device)]
+    model_net = load_inversionnet(model, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    for name, (store, npz) in (hard_tests or {}).items():
+        seismic = name.rsplit("-", 1)[1]
+        with np.load(npz) as sets:
+            test = GeneratedPairs(store, indices=sets["test"], seismic=seismic)
+        errors = per_sample_mae(model_net, test, settings.eval_batch_size, device)
+        rows.append({**base, "family": f"hard-test {name}", "n": len(test), "mae": float(errors.double().mean()),
+                     "rmse": float("nan"), "ssim": float("nan")})
+    write_csv(rows, out, METRIC_COLUMNS)
+    return rows
+
+
+def write_tables(metrics: list[str | Path], out_dir: str | Path) -> dict[str, int]:
+    """table2.csv, table3.csv, table4.csv from every arm's metrics.csv (long format: one row
+    per arm and family; each table sorted as arm_names lists its arms)."""
+    import csv
+
+    rows = []
+    for path in metrics:
+        with open(path, newline="") as handle:
+            rows.extend(csv.DictReader(handle))
+    counts = {}
+    for table in ("table2", "table3", "table4"):
+        selected = [row for row in rows if row["table"] == table]
+        if table == "table4":  # the starting point of fine-tuning, for reference
+            selected = [row for row in rows if row["arm"] == "real"] + selected
+        write_csv(selected, Path(out_dir) / f"{table}.csv", METRIC_COLUMNS)
+        counts[table] = len(selected)
+    return counts
+
+
+def plot_predictions(models: dict[str, str | Path], dataset: str | Path, path: str | Path, device=None) -> Path:
+    """The paper's Fig. 9: one test sample per family, the true velocity and each arm's prediction."""
+    from .figures import plt, save_figure
+
+    real = RealPairs(dataset, "test", with_family=True)
+    first = {}
+    for i, code in enumerate(real.family_codes.tolist()):
+        first.setdefault(code, i)
+    samples = [real[i] for i in first.values()]
+    seismic = torch.stack([s["seismic"] for s in samples])
+    columns = {"true": torch.stack([s["velocity"] for s in samples])}
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    for name, weights in models.items():
+        columns[name] = predict(load_inversionnet(weights, device), [seismic], device)
+    figure, axes = plt.subplots(len(samples), len(columns), figsize=(1.7 * len(columns), 1.7 * len(samples)),
+                                squeeze=False, layout="constrained")
+    for row, code in enumerate(first):
+        for col, (name, maps) in enumerate(columns.items()):
+            axis = axes[row, col]
+            axis.imshow(maps[row, 0].numpy(), cmap="jet", vmin=-1, vmax=1)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(name, fontsize=7)
+            if col == 0:
+                axis.set_ylabel(real.family_names[code], fontsize=7)
+    return save_figure(figure, path)

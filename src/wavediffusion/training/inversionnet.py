@@ -1,0 +1,453 @@
+"""InversionNet for the paper's augmentation experiments (Tables 2-4): training on generated
+pairs, real pairs or both, fine-tuning from earlier weights, and OpenFWI's evaluation.
+
+The arms of Tables 2-3 are datasets combined with torch's ConcatDataset:
+`GeneratedPairs` (a pairs store; its decoded seismic, or F(velocity) from the physics
+check), `RealPairs` (a split of the dataset store, optionally a `real_subset` of it: the
+10 % / 1 % arms). Every sample is {"seismic": (S, T, R), "velocity": (1, V, V)} float32 in
+the normalised [-1, 1] model space, so the arms mix freely.
+
+Training recipe (lanl/OpenFWI train.py with its README's `-g2v 0`): AdamW, betas (0.9,
+0.999), weight decay 1e-4, L1 loss, 256 samples per process per step, lr 1e-4 x world
+size, constant lr (no milestones, no warm-up), no gradient clipping, 120 epochs (3 blocks
+of 40), the weights with the best validation loss kept. Our loop's batch is GLOBAL
+(training/loop.py), so OpenFWI's "lr 1e-4 x world size at 256 per process" is "1e-4 per
+256 samples of global batch": unless the settings give `lr`, it is 1e-4 x batch_size / 256
+-- OpenFWI's value on W GPUs at batch 256 W, and independent of how many processes share
+the batch. Everything else -- devices, DDP, bf16, checkpoints, exact resume, logs -- is
+the project's one loop.
+
+Fine-tuning (Table 4) starts from `init_weights`, a weights file of an earlier
+`train_inversionnet` run; its sha256 is part of the task's configuration, so it travels in
+every checkpoint and a resume against another initial model is refused.
+
+Evaluation follows OpenFWI: MAE and RMSE on the [-1, 1] maps, SSIM on x/2 + 0.5
+(evaluation/metrics.py), per family and over all samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import zarr
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from ..data.store import SPLITS, open_dataset, representation_of
+from ..evaluation.metrics import inversion_metrics, mae
+from ..files import sha256_of
+from ..models.inversionnet import InversionNet, InversionNetConfig
+from ..sampling.store import is_done, open_pairs_store
+from . import checkpoint as ckpt
+from .loop import Run, TrainConfig, derive_seed, seeded_init, train
+from .stage1 import only_known
+
+MODULE = "inversionnet"  # the task's module name in weights files
+# InversionNetConfig fields that the data fix; settings may not set them
+FROM_DATA = ("seismic_shape", "velocity_size")
+OPENFWI_LR_PER_256 = 1e-4  # OpenFWI: lr 1e-4 per process of 256 samples
+OPENFWI_BATCH = 256
+# OpenFWI's recipe where it differs from TrainConfig's (the paper's Stage-1/2) defaults
+OPENFWI_TRAINING = {
+    "batch_size": OPENFWI_BATCH,
+    "max_epochs": 120,  # epoch_block 40 x num_block 3
+    "weight_decay": 1e-4,
+    "betas": (0.9, 0.999),
+    "lr_decay": 1.0,  # no milestones: constant lr
+    "warmup_steps": 0,
+    "grad_clip": 0.0,  # OpenFWI does not clip
+    "early_stop_patience": None,  # it trains all epochs and keeps the best validation loss
+}
+STREAM_REAL_SUBSET = 101  # random stream of real_subset, apart from the loop's streams (0-4)
+STREAM_FINETUNE_SPLIT = 102  # random stream of split_by_fraction
+GENERATED_SEISMIC = {"decoded": ("seismic", "sample"), "simulated": ("seismic_simulated", "check")}
+
+
+@dataclass(frozen=True)
+class InversionNetSettings:
+    """The inversionnet slice of config.yaml, as a rule passes it."""
+
+    model: dict = field(default_factory=dict)  # InversionNetConfig fields except the shapes (from the data)
+    training: dict = field(default_factory=dict)  # TrainConfig fields over OpenFWI's recipe (OPENFWI_TRAINING)
+
+    def model_config(self, seismic_shape, velocity_size: int) -> InversionNetConfig:
+        model = only_known(self.model, InversionNetConfig, "inversionnet.model")
+        fixed = sorted(set(model) & set(FROM_DATA))
+        if fixed:
+            raise ValueError(f"inversionnet.model: {fixed} come from the data; remove them")
+        return InversionNetConfig(**model, seismic_shape=tuple(seismic_shape), velocity_size=int(velocity_size))
+
+    def train_config(self) -> TrainConfig:
+        """OpenFWI's recipe, overridden by the settings; lr defaults to 1e-4 per 256 samples of global batch."""
+        values = {**OPENFWI_TRAINING, **only_known(self.training, TrainConfig, "inversionnet.training")}
+        values.setdefault("lr", OPENFWI_LR_PER_256 * values["batch_size"] / OPENFWI_BATCH)
+        return TrainConfig(**values)
+
+
+# ---------------------------------------------------------------------------------------
+# The data: real pairs, generated pairs, subsets.
+
+
+def _checked_indices(indices, n: int, where: str) -> np.ndarray:
+    """indices as int64, each in [0, n); all of [0, n) when None."""
+    if indices is None:
+        return np.arange(n, dtype=np.int64)
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if indices.size and (indices.min() < 0 or indices.max() >= n):
+        raise IndexError(f"{where}: indices must lie in [0, {n}), got [{indices.min()}, {indices.max()}]")
+    return indices
+
+
+class RealPairs(Dataset):
+    """Samples `indices` (default: all) of one split of the dataset store:
+    {"seismic": (S, T, R), "velocity": (1, V, V)} float32 in [-1, 1], and "family" (the
+    index into the store's attrs["families"]) when `with_family` -- off by default, so that
+    real and generated arms, which have no family, collate together.
+
+    Each DataLoader worker opens the store itself on first use (Zarr handles are not shared
+    across processes) and reads one sample per __getitem__.
+    """
+
+    def __init__(self, dataset_zarr: str | Path, split: str, indices=None, with_family: bool = False):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.path = Path(dataset_zarr)
+        self.split = split
+        root = open_dataset(self.path)  # fail early, in the main process
+        rep = representation_of(root)
+        self.seismic_shape, self.velocity_size = rep.seismic_shape, rep.velocity_size
+        self.family_names = list(root.attrs["families"])
+        n = root[split]["seismic"].shape[0]
+        self.indices = _checked_indices(indices, n, f"{self.path}[{split}]")
+        # read once here: the family array is one chunk, which each per-sample read would decompress
+        self.family_codes = np.asarray(root[split]["family"][:], dtype=np.int64)[self.indices]
+        self.with_family = with_family
+        self._group = None  # opened lazily in each worker
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if self._group is None:
+            self._group = open_dataset(self.path)[self.split]
+        index = int(self.indices[i])
+        sample = {"seismic": torch.from_numpy(self._group["seismic"][index]),
+                  "velocity": torch.from_numpy(self._group["velocity"][index])}
+        if self.with_family:
+            sample["family"] = torch.tensor(int(self.family_codes[i]))
+        return sample
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_group"] = None  # each worker process opens its own handle
+        return state
+
+
+class GeneratedPairs(Dataset):
+    """Pairs `indices` (default: all) of a pairs store (sampling/store.py):
+    {"seismic": (S, T, R), "velocity": (1, V, V)} float32 in [-1, 1].
+
+    `seismic="decoded"` takes the Stage-1 decoder's seismic (array `seismic`);
+    `"simulated"` takes F(velocity) from the physics check (array `seismic_simulated`), i.e.
+    the generated velocity with physically exact data. Unwritten rows hold NaN, so every
+    shard that holds a requested index must carry its completion marker ("sample" for the
+    decoded seismic, "check" for the simulated one); otherwise construction fails, naming them.
+    """
+
+    def __init__(self, pairs_zarr: str | Path, indices=None, seismic: str = "decoded"):
+        if seismic not in GENERATED_SEISMIC:
+            raise ValueError(f"seismic must be one of {sorted(GENERATED_SEISMIC)}, got {seismic!r}")
+        self.path = Path(pairs_zarr)
+        self.seismic = seismic
+        self.seismic_array, done_kind = GENERATED_SEISMIC[seismic]
+        root = open_pairs_store(self.path, mode="r")
+        self.seismic_shape = tuple(root.attrs["seismic_shape"])
+        self.velocity_size = int(root.attrs["velocity_shape"][-1])
+        n, shard_size = int(root.attrs["num_pairs"]), int(root.attrs["shard_size"])
+        self.indices = _checked_indices(indices, n, str(self.path))
+        missing = [int(k) for k in np.unique(self.indices // shard_size) if not is_done(self.path, done_kind, k)]
+        if missing:
+            raise ValueError(f"{self.path}: shards {missing} have no {done_kind!r} marker, so their "
+                             f"{self.seismic_array!r} rows are not (all) written; finish those jobs first")
+        self._root = None  # opened lazily in each worker
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if self._root is None:
+            self._root = zarr.open_group(str(self.path), mode="r")
+        index = int(self.indices[i])
+        return {"seismic": torch.from_numpy(self._root[self.seismic_array][index]),
+                "velocity": torch.from_numpy(self._root["velocity"][index])}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_root"] = None  # each worker process opens its own handle
+        return state
+
+
+def real_subset(n: int, fraction: float, seed: int) -> np.ndarray:
+    """A fixed subset of round(fraction * n) (at least 1) of the indices 0..n-1, sorted.
+
+    One seeded permutation of 0..n-1 and its first k entries: every arm that asks with the
+    same (n, fraction, seed) gets the same samples, and with the same seed the smaller
+    fraction's subset lies inside the larger one's (1 % real is part of 10 % real), so the
+    arms of Tables 2-3 differ only by what is added.
+    """
+    if n < 1:
+        raise ValueError(f"real_subset needs n >= 1, got {n}")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    count = max(1, round(fraction * n))
+    order = np.random.default_rng(derive_seed(seed, STREAM_REAL_SUBSET)).permutation(n)
+    return np.sort(order[:count])
+
+
+def split_by_fraction(indices, train_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test): a seeded random round(train_fraction * n) of `indices` and the rest,
+    each sorted -- e.g. Table 4's 65k hardest generated pairs into 55k to fine-tune on and
+    10k to test on (train_fraction 55/65)."""
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if not 0.0 <= train_fraction <= 1.0:
+        raise ValueError(f"train_fraction must be in [0, 1], got {train_fraction}")
+    count = round(train_fraction * len(indices))
+    order = np.random.default_rng(derive_seed(seed, STREAM_FINETUNE_SPLIT)).permutation(len(indices))
+    return np.sort(indices[order[:count]]), np.sort(indices[order[count:]])
+
+
+def _leaves(dataset: Dataset) -> Iterator[Dataset]:
+    """The datasets a ConcatDataset (or Subset) is made of, recursively."""
+    if isinstance(dataset, ConcatDataset):
+        for part in dataset.datasets:
+            yield from _leaves(part)
+    elif isinstance(dataset, Subset):
+        yield from _leaves(dataset.dataset)
+    else:
+        yield dataset
+
+
+def check_shapes(dataset: Dataset, seismic_shape, velocity_size: int, name: str) -> None:
+    """Fail early, naming the arm, when a dataset's samples do not have the network's shapes
+    (e.g. a pairs store made with another representation than the real data)."""
+    expected = (tuple(seismic_shape), (1, velocity_size, velocity_size))
+    for part in _leaves(dataset):
+        if len(part) == 0:
+            continue
+        sample = part[0]
+        found = (tuple(sample["seismic"].shape), tuple(sample["velocity"].shape))
+        if found != expected:
+            where = getattr(part, "path", type(part).__name__)
+            raise ValueError(f"{name} dataset {where}: samples are seismic {found[0]}, velocity {found[1]}; "
+                             f"the network expects {expected[0]}, {expected[1]}")
+
+
+# ---------------------------------------------------------------------------------------
+# Weights files.
+
+
+def read_weights(path: str | Path) -> tuple[InversionNetConfig, dict]:
+    """(config, state dict) of an InversionNet weights file (train_inversionnet's final.pt / best.pt)."""
+    weights = ckpt.load(path)
+    try:
+        config = InversionNetConfig(**weights["config"]["task"]["model"])
+        state = weights["modules"][MODULE]
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not an InversionNet weights file ({error})") from None
+    return config, state
+
+
+def load_inversionnet(path: str | Path, device: str | torch.device = "cpu") -> InversionNet:
+    """The trained InversionNet of a weights file, in eval mode."""
+    config, state = read_weights(path)
+    model = InversionNet(config)
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------
+# The task.
+
+
+class InversionNetTask:
+    """The Task (training/loop.py) of InversionNet: one AdamW step on the L1 loss."""
+
+    val_metric = "val_mae"  # = the L1 loss on the validation set
+
+    def __init__(self, model_config: InversionNetConfig, train_config: TrainConfig,
+                 init_weights: str | Path | None = None):
+        self.model_config = model_config
+        with seeded_init(train_config.seed):  # the same initial weights in every process (loop.seeded_init)
+            self.model = InversionNet(model_config)
+        self.init_weights_sha256 = None
+        if init_weights is not None:
+            self.load_initial_weights(init_weights)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=train_config.lr, betas=train_config.betas,
+                                           weight_decay=train_config.weight_decay)
+
+    def load_initial_weights(self, path: str | Path) -> None:
+        """Start from an earlier run's weights (fine-tuning); the architecture must match."""
+        config, state = read_weights(path)
+        if config != self.model_config:
+            differing = sorted(k for k, v in asdict(config).items() if asdict(self.model_config)[k] != v)
+            raise ValueError(f"init_weights {path}: its network differs from this run's in {differing}")
+        self.model.load_state_dict(state)
+        self.init_weights_sha256 = sha256_of(path)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {MODULE: self.model}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {MODULE: self.optimizer}
+
+    def config_dict(self) -> dict:
+        # the initial weights' hash makes a fine-tuning from other weights another run
+        return {"model": asdict(self.model_config), "loss": "l1", "init_weights_sha256": self.init_weights_sha256}
+
+    def train_step(self, batch: dict, step: int, run: Run) -> dict:
+        seismic, velocity = batch["seismic"], batch["velocity"]  # (B, S, T, R), (B, 1, V, V)
+        with run.autocast():
+            prediction = run.wrapped[MODULE](seismic)  # (B, 1, V, V)
+        loss = F.l1_loss(prediction.float(), velocity)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = run.clip_and_step(self.optimizer)
+        return {"loss": loss.detach(), "grad_norm": grad_norm}
+
+    @torch.no_grad()
+    def validate(self, batch: dict, run: Run) -> dict:
+        with run.autocast():
+            prediction = self.model(batch["seismic"])
+        metrics = inversion_metrics(prediction.float(), batch["velocity"])
+        return {f"val_{name}": values.mean() for name, values in metrics.items()}
+
+
+def build_task(settings: InversionNetSettings, seismic_shape, velocity_size: int,
+               init_weights: str | Path | None = None) -> tuple[InversionNetTask, TrainConfig]:
+    """The task for data of the given shapes, and its TrainConfig (OpenFWI's recipe + settings)."""
+    train_config = settings.train_config()
+    model_config = settings.model_config(seismic_shape, velocity_size)
+    return InversionNetTask(model_config, train_config, init_weights), train_config
+
+
+def train_inversionnet(train_dataset: Dataset, val_dataset: Dataset | None, settings: InversionNetSettings,
+                       seismic_shape, velocity_size: int, out_dir: str | Path,
+                       init_weights: str | Path | None = None) -> dict:
+    """Train InversionNet on `train_dataset` (validated on `val_dataset`), from `init_weights`
+    when given; returns the loop's summary. Writes out_dir/final.pt and best.pt (weights +
+    config), log.csv, checkpoints, summary.json; rerunning resumes."""
+    check_shapes(train_dataset, seismic_shape, velocity_size, "training")
+    if val_dataset is not None:
+        check_shapes(val_dataset, seismic_shape, velocity_size, "validation")
+    task, train_config = build_task(settings, seismic_shape, velocity_size, init_weights)
+    return train(task, train_dataset, val_dataset, train_config, out_dir)
+
+
+# ---------------------------------------------------------------------------------------
+# Prediction and evaluation.
+
+
+def _device(device) -> torch.device:
+    return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+@torch.no_grad()
+def predict(model: InversionNet, seismic_batches: Iterable[torch.Tensor], device=None) -> torch.Tensor:
+    """Velocity maps (N, 1, V, V) on the CPU for seismic batches (B, S, T, R), in the model's mode."""
+    device = _device(device)
+    model = model.to(device)
+    return torch.cat([model(seismic.to(device)).float().cpu() for seismic in seismic_batches])
+
+
+@torch.no_grad()
+def predicted_batches(model: InversionNet, dataset: Dataset, batch_size: int, device=None, num_workers: int = 0,
+                      progress: bool = True, desc: str = "predict") -> Iterator[tuple[torch.Tensor, dict]]:
+    """(prediction (B, 1, V, V), batch) on the CPU for the dataset in order, batch by batch:
+    callers reduce each batch (metrics, per-sample errors) instead of holding every map."""
+    device = _device(device)
+    model = model.to(device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    for batch in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True):
+        yield model(batch["seismic"].to(device)).float().cpu(), batch
+
+
+def predict_dataset(model: InversionNet, dataset: Dataset, batch_size: int = 64, device=None, num_workers: int = 0,
+                    progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(prediction, target) (N, 1, V, V) and the family codes (N,) -- None when the dataset's
+    samples carry no "family" (RealPairs(..., with_family=True) do) -- in dataset order."""
+    predictions, targets, families = [], [], []
+    for prediction, batch in predicted_batches(model, dataset, batch_size, device, num_workers, progress):
+        predictions.append(prediction)
+        targets.append(batch["velocity"])
+        if "family" in batch:
+            families.append(batch["family"])
+    family = torch.cat(families) if families else None
+    return torch.cat(predictions), torch.cat(targets), family
+
+
+def _metric_row(name: str, metrics: dict[str, torch.Tensor], selected: torch.Tensor) -> dict:
+    return {"family": name, "n": int(selected.sum()),
+            **{key: float(values[selected].double().mean()) for key, values in metrics.items()}}
+
+
+def evaluate_inversionnet(model_path: str | Path, dataset_zarr: str | Path, split: str = "test", batch_size: int = 64,
+                          device=None, families: Iterable[str] | None = None, num_workers: int = 0,
+                          progress: bool = True, indices=None) -> list[dict]:
+    """OpenFWI's metrics of a trained InversionNet on one split: a row per family
+    ({"family", "n", "mae", "rmse", "ssim"}, means over the family's samples), then an "all"
+    row over every evaluated sample. `indices` restricts it to those samples of the split
+    (e.g. the ones another method was evaluated on); `families` (names from the store's
+    attrs["families"]) to those families, in that order; default: every family present."""
+    model = load_inversionnet(model_path, _device(device))
+    dataset = RealPairs(dataset_zarr, split, indices=indices, with_family=True)
+    names = dataset.family_names
+    if families is None:
+        codes = sorted(set(dataset.family_codes.tolist()))
+    else:
+        unknown = [f for f in families if f not in names]
+        if unknown:
+            raise ValueError(f"{dataset_zarr}: unknown families {unknown}; the store has {names}")
+        codes = [names.index(f) for f in families]
+        keep = np.flatnonzero(np.isin(dataset.family_codes, codes))
+        dataset = RealPairs(dataset_zarr, split, indices=dataset.indices[keep], with_family=True)
+    if len(dataset) == 0:
+        raise ValueError(f"{dataset_zarr}[{split}]: no samples to evaluate")
+
+    parts: dict[str, list[torch.Tensor]] = {}
+    family_parts = []
+    for prediction, batch in predicted_batches(model, dataset, batch_size, device, num_workers, progress,
+                                               desc=f"evaluate {split}"):
+        for key, values in inversion_metrics(prediction, batch["velocity"]).items():
+            parts.setdefault(key, []).append(values)
+        family_parts.append(batch["family"])
+    metrics = {key: torch.cat(values) for key, values in parts.items()}
+    family = torch.cat(family_parts)
+    rows = [_metric_row(names[code], metrics, family == code) for code in codes]
+    rows.append(_metric_row("all", metrics, torch.ones_like(family, dtype=torch.bool)))
+    return rows
+
+
+def per_sample_mae(model: InversionNet, dataset: Dataset, batch_size: int = 64, device=None, num_workers: int = 0,
+                   progress: bool = True) -> torch.Tensor:
+    """MAE (N,) of each of the dataset's samples, in dataset order."""
+    return torch.cat([mae(prediction, batch["velocity"])
+                      for prediction, batch in predicted_batches(model, dataset, batch_size, device, num_workers,
+                                                                 progress, desc="per-sample MAE")])
+
+
+def hardest_generated(model_path: str | Path, pairs_zarr: str | Path, count: int, seismic: str = "decoded",
+                      batch_size: int = 64, device=None, num_workers: int = 0, progress: bool = True) -> np.ndarray:
+    """The pairs-store indices of the `count` generated pairs the model predicts worst: by
+    per-sample MAE, largest first, equal MAEs in index order (Table 4's fine-tuning set)."""
+    dataset = GeneratedPairs(pairs_zarr, seismic=seismic)
+    if not 1 <= count <= len(dataset):
+        raise ValueError(f"count must be in [1, {len(dataset)}] (the store's pairs), got {count}")
+    model = load_inversionnet(model_path, _device(device))
+    errors = per_sample_mae(model, dataset, batch_size, device, num_workers, progress).double().numpy()
+    order = np.lexsort((dataset.indices, -errors))  # last key first: MAE descending, then index
+    return dataset.indices[order[:count]]

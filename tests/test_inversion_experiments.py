@@ -1,0 +1,94 @@
+"""The InversionNet experiment arms (Tables 2-4): names, what each trains on, the identical
+real subsets across arms, Table 4's hardest pairs, and the evaluation rows."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from wavediffusion.evaluation.inversion_experiments import (
+    Arm,
+    ExperimentSettings,
+    arm_names,
+    evaluate_arm,
+    hard_sets,
+    parse_arm,
+    train_arm,
+    training_data,
+    write_tables,
+)
+from wavediffusion.files import write_json
+from wavediffusion.training.inversionnet import GeneratedPairs, RealPairs
+
+from test_inversionnet import TINY_MODEL, pairs, store  # noqa: F401  (module fixtures)
+
+SETTINGS = ExperimentSettings(
+    model=TINY_MODEL,
+    training={"max_steps": 2, "batch_size": 4, "precision": "fp32", "device": "cpu", "progress": False,
+              "tensorboard": False, "checkpoint_every_steps": 2},
+    finetune_training={"max_steps": 1, "batch_size": 2},
+    real_percents=(50, 25), hard_fraction=0.4, hard_train_fraction=0.5, eval_batch_size=4)
+
+
+def test_arm_names_parse_back_to_what_they_train_on():
+    names = arm_names(["1vq", "2vq"], SETTINGS)
+    assert names["table2"] == ["real", "gen-1vq-decoded", "gen-1vq-simulated", "gen-2vq-decoded", "gen-2vq-simulated"]
+    assert names["table3"][:2] == ["real-50pct", "real-25pct"]
+    assert "gen-2vq-simulated+real-25pct" in names["table3"] and len(names["table3"]) == 2 + 4 * 2
+    assert names["table4"] == ["finetune-real", "finetune-1vq-decoded", "finetune-1vq-simulated",
+                               "finetune-2vq-decoded", "finetune-2vq-simulated"]
+    assert parse_arm("real") == Arm("real", 100.0)
+    assert parse_arm("gen-1vq-simulated+real-1pct") == Arm("gen-1vq-simulated+real-1pct", 1.0, "1vq", "simulated")
+    assert parse_arm("finetune-2vq-decoded") == Arm("finetune-2vq-decoded", None, "2vq", "decoded", True)
+    assert parse_arm("finetune-real").table == "table4" and parse_arm("real-10pct").table == "table3"
+    for name in names["table2"] + names["table3"] + names["table4"]:
+        assert parse_arm(name).name == name
+    for bad in ("gen-1vq-painted", "real+real", "real-xpct", "sim-1vq", "gen-1vq-decoded+gen-2vq-decoded"):
+        with pytest.raises(ValueError, match="arm"):
+            parse_arm(bad)
+    with pytest.raises(ValueError, match=r"inversionnet\.seismic"):
+        ExperimentSettings(seismic=("painted",))
+
+
+def test_real_subsets_are_the_same_pairs_in_every_arm(store, pairs):  # noqa: F811
+    alone = training_data(parse_arm("real-50pct"), store, SETTINGS)
+    mixed = training_data(parse_arm("gen-1vq-decoded+real-50pct"), store, SETTINGS, store=pairs[0])
+    generated, real = mixed.datasets
+    assert isinstance(real, RealPairs) and isinstance(generated, GeneratedPairs)
+    np.testing.assert_array_equal(real.indices, alone.indices)
+    quarter = training_data(parse_arm("real-25pct"), store, SETTINGS)
+    assert set(quarter.indices) < set(alone.indices)  # the smaller subset lies inside the larger
+    # generated arms take as many pairs as the real training set has, at most the store's
+    n_real = len(RealPairs(store, "train"))
+    assert len(training_data(parse_arm("gen-1vq-simulated"), store, SETTINGS, store=pairs[0])) == min(n_real, 10)
+
+
+def test_table4_fine_tunes_real_on_its_hardest_pairs_and_measures_them(store, pairs, tmp_path):  # noqa: F811
+    summary, record = train_arm("real", store, SETTINGS, tmp_path / "real")
+    real = tmp_path / "real.pt"
+    real.write_bytes(open(summary["final"], "rb").read())
+    info = hard_sets(real, pairs[0], "decoded", SETTINGS, tmp_path / "hard.npz", device="cpu")
+    assert info == {"n_store": 10, "n_hard": 4, "n_train": 2, "n_test": 2}
+    with np.load(tmp_path / "hard.npz") as sets:
+        assert not set(sets["train"]) & set(sets["test"])
+    with pytest.raises(ValueError, match="needs the weights of arm 'real'"):
+        train_arm("finetune-1vq-decoded", store, SETTINGS, tmp_path / "ft", store=pairs[0], hard=tmp_path / "hard.npz")
+    summary, record = train_arm("finetune-1vq-decoded", store, SETTINGS, tmp_path / "ft", store=pairs[0],
+                                hard=tmp_path / "hard.npz", init_weights=real)
+    assert record["n_train"] == 2 and record["table"] == "table4" and summary["steps"] == 1
+    write_json(record, tmp_path / "ft.json")
+    rows = evaluate_arm(summary["final"], tmp_path / "ft.json", store, SETTINGS, tmp_path / "metrics.csv",
+                        {"1vq-decoded": (str(pairs[0]), str(tmp_path / "hard.npz"))}, device="cpu")
+    assert [r["family"] for r in rows] == ["FlatVel-A", "CurveFault-A", "all", "hard-test 1vq-decoded"]
+    assert rows[-1]["n"] == 2 and rows[-1]["mae"] > 0
+    write_tables([tmp_path / "metrics.csv"], tmp_path)
+    with open(tmp_path / "table4.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 4
+    with open(tmp_path / "table2.csv") as handle:
+        assert list(csv.DictReader(handle)) == []
+    # an arm with fewer pairs than one batch would not train at all: refused, naming the key
+    with pytest.raises(ValueError, match=r"inversionnet\.training\.batch_size"):
+        train_arm("finetune-1vq-decoded", store, ExperimentSettings(**{**SETTINGS.__dict__, "finetune_training": {}}),
+                  tmp_path / "ft2", store=pairs[0], hard=tmp_path / "hard.npz", init_weights=real)

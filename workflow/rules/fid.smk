@@ -1,0 +1,81 @@
+# FID (the paper's Table 1) and the t-SNE of Inception features (Fig. 6).
+
+FID = config["fid"]
+
+
+rule fid_reference:
+    """Inception features of the real data (both modalities), shared by every variant."""
+    input:
+        "results/data/dataset.zarr",
+    output:
+        "results/fid/reference_features.npz",
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/fid_reference.log",
+    benchmark:
+        "benchmarks/out/fid_reference.tsv"
+    params:
+        # the reference's own settings: the generated side's (num_generated, ...) do not rerun it
+        settings=json.dumps({key: FID[key] for key in ("reference_split", "num_reference", "weights", "batch_size")},
+                            sort_keys=True),
+        seed=config["seed"],
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1,
+    shell:
+        "wavediffusion fid-reference --dataset {input} --settings {params.settings:q} --seed {params.seed}"
+        " --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule fid_variant:
+    """FID of one variant's generated pairs and of its Stage-1 random latents, per modality; t-SNE figures."""
+    input:
+        manifest="results/samples/{variant}/manifest.json",
+        store="results/samples/{variant}/pairs.zarr",
+        stage1_model="results/stage1/{variant}/model.pt",
+        latents="results/stage1/{variant}/latents.zarr",
+        reference="results/fid/reference_features.npz",
+    output:
+        table="results/fid/{variant}/fid.csv",
+        tsne_seismic="results/fid/{variant}/tsne_seismic.png",
+        tsne_velocity="results/fid/{variant}/tsne_velocity.png",
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/fid_variant/{variant}.log",
+    benchmark:
+        "benchmarks/out/fid_variant/{variant}.tsv"
+    params:
+        settings=json.dumps(FID, sort_keys=True),
+        seed=config["seed"],
+        figures=subpath(output.table, parent=True),
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=120,
+        gpu=1,
+    shell:
+        "wavediffusion fid-variant --variant {wildcards.variant} --store {input.store}"
+        " --stage1-model {input.stage1_model} --latents {input.latents} --reference {input.reference}"
+        " --settings {params.settings:q} --seed {params.seed} --threads {threads} --out {output.table}"
+        " --figures {params.figures} > {log} 2>&1"
+
+
+rule fid_table:
+    """results/fid_table.csv: every variant's FID rows in one table."""
+    input:
+        expand("results/fid/{variant}/fid.csv", variant=config["stage1"]["variants"]),
+    output:
+        "results/fid_table.csv",
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/fid_table.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "wavediffusion combine-tables {input} --out {output} > {log} 2>&1"

@@ -1,0 +1,185 @@
+# The inversion experiments: InversionNet augmentation (Tables 2-4, one job per arm) and the
+# diffusion-refined inversion (Tables 9 and 7). Arm names: evaluation/inversion_experiments.py;
+# INVERSION, ARMS, HARD_SETS and the input functions: workflow/rules/common.smk.
+
+
+wildcard_constraints:
+    arm=r"[\w.+-]+",
+    hard_set=r"[\w.]+-(decoded|simulated)",
+
+
+rule train_inversionnet:
+    """Train InversionNet for arm {arm} (one arm of Tables 2-4)."""
+    input:
+        unpack(arm_inputs),
+    output:
+        model="results/inversionnet/{arm}/model.pt",
+        record="results/inversionnet/{arm}/train.json",
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/train_inversionnet/{arm}.log",
+    benchmark:
+        "benchmarks/out/train_inversionnet/{arm}.tsv"
+    params:
+        settings=inversion_slice("model", "training", "finetune_training", "generated_size"),
+        seed=config["seed"],
+        store=optional_argument("--store", "store"),
+        hard=optional_argument("--hard", "hard"),
+        init_weights=optional_argument("--init-weights", "init_weights"),
+        launch=training_launch("inversionnet"),
+    threads: 2
+    retries: 2
+    resources:
+        **training_resources("inversionnet"),
+        mem_mb=32000,
+        runtime=1440,
+    shell:
+        "{params.launch} train-inversionnet --arm {wildcards.arm} --dataset {input.dataset} {params.store}"
+        " {params.hard} {params.init_weights} --settings {params.settings:q} --seed {params.seed}"
+        " --threads {threads} --record {output.record} --out {output.model} > {log} 2>&1"
+
+
+rule hardest_generated:
+    """The generated pairs that `real`'s InversionNet predicts worst, split to fine-tune and test (Table 4)."""
+    input:
+        model="results/inversionnet/real/model.pt",
+        store=lambda wildcards: f"results/samples/{wildcards.hard_set.rsplit('-', 1)[0]}/pairs.zarr",
+        manifest=lambda wildcards: f"results/samples/{wildcards.hard_set.rsplit('-', 1)[0]}/manifest.json",
+    output:
+        "results/inversionnet/hard/{hard_set}.npz",
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/hardest_generated/{hard_set}.log",
+    params:
+        settings=inversion_slice("hard_fraction", "hard_train_fraction", "eval_batch_size"),
+        seed=config["seed"],
+        seismic=lambda wildcards: wildcards.hard_set.rsplit("-", 1)[1],
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=120,
+        gpu=1,
+    shell:
+        "wavediffusion hardest-generated --model {input.model} --store {input.store} --seismic {params.seismic}"
+        " --settings {params.settings:q} --seed {params.seed} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule evaluate_inversionnet:
+    """MAE, RMSE and SSIM of arm {arm} per family on the real test split (and on the hardest generated pairs for Table 4)."""
+    input:
+        unpack(hard_tests),
+        model="results/inversionnet/{arm}/model.pt",
+        record="results/inversionnet/{arm}/train.json",
+        dataset="results/data/dataset.zarr",
+    output:
+        "results/inversionnet/{arm}/metrics.csv",
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/evaluate_inversionnet/{arm}.log",
+    params:
+        settings=inversion_slice("eval_batch_size"),
+        seed=config["seed"],
+        hard_tests=hard_test_arguments,
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=60,
+        gpu=1,
+    shell:
+        "wavediffusion evaluate-inversionnet --model {input.model} --record {input.record} --dataset {input.dataset}"
+        " {params.hard_tests} --settings {params.settings:q} --seed {params.seed} --threads {threads}"
+        " --out {output} > {log} 2>&1"
+
+
+rule inversionnet_tables:
+    """Tables 2, 3 and 4 from every arm's metrics, and a figure of each Table-2 arm's predictions (Fig. 9)."""
+    input:
+        metrics=expand("results/inversionnet/{arm}/metrics.csv", arm=sum(ARMS.values(), [])),
+        models=expand("results/inversionnet/{arm}/model.pt", arm=ARMS["table2"]),
+        dataset="results/data/dataset.zarr",
+    output:
+        table2="results/inversionnet/table2.csv",
+        table3="results/inversionnet/table3.csv",
+        table4="results/inversionnet/table4.csv",
+        figure="results/inversionnet/predictions.png",
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/inversionnet_tables.log",
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    shell:
+        "wavediffusion inversionnet-tables --metrics {input.metrics} --models {input.models} --dataset {input.dataset}"
+        " --threads {threads} --table2 {output.table2} --figure {output.figure} > {log} 2>&1"
+
+
+rule refine_inversion:
+    """Diffusion-refined inversion of the test seismic for one variant, beside Stage 1 alone, InversionNet and the perturbation ablation."""
+    input:
+        stage1_model="results/stage1/{variant}/model.pt",
+        stage2_model="results/stage2/{variant}/model.pt",
+        inversionnet="results/inversionnet/real/model.pt",
+        dataset="results/data/dataset.zarr",
+    output:
+        table9="results/refine/{variant}/table9.csv",
+        table7="results/refine/{variant}/table7.csv",
+        info="results/refine/{variant}/info.json",
+        figure="results/refine/{variant}/examples.png",
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/refine_inversion/{variant}.log",
+    benchmark:
+        "benchmarks/out/refine_inversion/{variant}.tsv"
+    params:
+        settings=json.dumps(config["refine"], sort_keys=True),
+        seed=config["seed"],
+    threads: 2
+    resources:
+        mem_mb=32000,
+        runtime=720,
+        gpu=1,
+    shell:
+        "wavediffusion refine-inversion --variant {wildcards.variant} --stage1-model {input.stage1_model}"
+        " --stage2-model {input.stage2_model} --inversionnet {input.inversionnet} --dataset {input.dataset}"
+        " --settings {params.settings:q} --seed {params.seed} --threads {threads} --table9 {output.table9}"
+        " --table7 {output.table7} --info {output.info} --figure {output.figure} > {log} 2>&1"
+
+
+rule refine_table9:
+    """results/refine/table9.csv: every variant's Table-9 rows."""
+    input:
+        expand("results/refine/{variant}/table9.csv", variant=VARIANTS),
+    output:
+        "results/refine/table9.csv",
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/refine_table9.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "wavediffusion combine-tables {input} --out {output} > {log} 2>&1"
+
+
+rule refine_table7:
+    """results/refine/table7.csv: every variant's Table-7 rows (the perturbation ablation)."""
+    input:
+        expand("results/refine/{variant}/table7.csv", variant=VARIANTS),
+    output:
+        "results/refine/table7.csv",
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/refine_table7.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "wavediffusion combine-tables {input} --out {output} > {log} 2>&1"
