@@ -265,12 +265,12 @@ def evaluate_arm(model: str | Path, record: str | Path, dataset: str | Path, set
     base = {key: info[key] for key in ("arm", "table", "train_data", "variant", "seismic", "real_percent", "n_train")}
     rows = [{**base, **row} for row in evaluate_inversionnet(model, dataset, batch_size=settings.eval_batch_size,
                                                              device=device)]
-    model_net = load_inversionnet(model, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    network = load_inversionnet(model, device or ("cuda" if torch.cuda.is_available() else "cpu")) if hard_tests else None
     for name, (store, npz) in (hard_tests or {}).items():
         seismic = name.rsplit("-", 1)[1]
         with np.load(npz) as sets:
             test = GeneratedPairs(store, indices=sets["test"], seismic=seismic)
-        errors = per_sample_mae(model_net, test, settings.eval_batch_size, device)
+        errors = per_sample_mae(network, test, settings.eval_batch_size, device)
         rows.append({**base, "family": f"hard-test {name}", "n": len(test), "mae": float(errors.double().mean()),
                      "rmse": float("nan"), "ssim": float("nan")})
     write_csv(rows, out, METRIC_COLUMNS)
