@@ -161,12 +161,18 @@ def cmd_evaluate_stage1(args) -> None:
           f"inversion MAE {metrics[-1]['mae']:.4f}")
 
 
-def sampling_settings(text: str, seed: int):
+def settings_from_json(cls, text: str, seed: int):
+    """A rule's --settings JSON (its config slice) with the global seed, as `cls` (whose
+    from_dict rejects unknown keys, naming the config section)."""
     import json
 
+    return cls.from_dict({**json.loads(text), "seed": seed})
+
+
+def sampling_settings(text: str, seed: int):
     from .sampling import SamplingSettings
 
-    return SamplingSettings.from_dict({**json.loads(text), "seed": seed})
+    return settings_from_json(SamplingSettings, text, seed)
 
 
 def cmd_create_pairs_store(args) -> None:
@@ -224,11 +230,9 @@ def cmd_export_openfwi(args) -> None:
 
 
 def fid_settings(text: str, seed: int):
-    import json
-
     from .evaluation.fid_table import FIDSettings
 
-    return FIDSettings.from_dict({**json.loads(text), "seed": seed})
+    return settings_from_json(FIDSettings, text, seed)
 
 
 def cmd_fid_reference(args) -> None:
@@ -250,11 +254,9 @@ def cmd_fid_variant(args) -> None:
 
 
 def experiment_settings(text: str, seed: int):
-    import json
-
     from .evaluation.inversion_experiments import ExperimentSettings
 
-    return ExperimentSettings.from_dict({**json.loads(text), "seed": seed})
+    return settings_from_json(ExperimentSettings, text, seed)
 
 
 def cmd_train_inversionnet(args) -> None:
@@ -319,7 +321,7 @@ def cmd_refine_inversion(args) -> None:
 
     torch_threads(args.threads)
     values = json.loads(args.settings)
-    per_family = values.pop("per_family", None)
+    per_family = values.pop("per_family", None)  # which samples, not how: not a RefineSettings field
     settings = RefineSettings.from_dict({**values, "seed": args.seed})
     rows, info, examples = evaluate_refinement(args.stage1_model, args.stage2_model, args.dataset, settings,
                                                per_family=per_family)

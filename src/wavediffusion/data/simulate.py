@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..devices import resolve_device
 from ..files import atomic_directory
 from ..physics.forward import forward_model
 from .embedded import EMBEDDED_REAL, load_real_velocity
@@ -55,7 +56,7 @@ def simulate_family(
 ) -> Path:
     """Write `out_root/<family folder>/` in OpenFWI's layout; return that folder."""
     spec = get_family(family)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     final = Path(out_root) / spec.directory
     with atomic_directory(final) as tmp:
         tmp.mkdir(parents=True)

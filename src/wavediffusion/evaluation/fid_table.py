@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..data.store import open_dataset
+from ..devices import resolve_device
 from ..files import atomic_file, write_csv
 from ..sampling.store import open_pairs_store
 from ..training.loop import derive_seed
@@ -71,7 +72,7 @@ class FIDSettings:
 
 
 def _device(device) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return resolve_device(device)
 
 
 def _features(model, arrays: dict, rows: np.ndarray, settings: FIDSettings, device, desc: str) -> dict[str, np.ndarray]:

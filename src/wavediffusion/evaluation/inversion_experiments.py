@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import ConcatDataset
 
 from ..data.store import open_dataset, representation_of
+from ..devices import resolve_device
 from ..files import atomic_file, sha256_of, write_csv
 from ..training.inversionnet import (
     GeneratedPairs,
@@ -265,7 +266,7 @@ def evaluate_arm(model: str | Path, record: str | Path, dataset: str | Path, set
     base = {key: info[key] for key in ("arm", "table", "train_data", "variant", "seismic", "real_percent", "n_train")}
     rows = [{**base, **row} for row in evaluate_inversionnet(model, dataset, batch_size=settings.eval_batch_size,
                                                              device=device)]
-    network = load_inversionnet(model, device or ("cuda" if torch.cuda.is_available() else "cpu")) if hard_tests else None
+    network = load_inversionnet(model, resolve_device(device)) if hard_tests else None
     for name, (store, npz) in (hard_tests or {}).items():
         seismic = name.rsplit("-", 1)[1]
         with np.load(npz) as sets:
@@ -307,7 +308,7 @@ def plot_predictions(models: dict[str, str | Path], dataset: str | Path, path: s
     samples = [real[i] for i in first.values()]
     seismic = torch.stack([s["seismic"] for s in samples])
     columns = {"true": torch.stack([s["velocity"] for s in samples])}
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     for name, weights in models.items():
         columns[name] = predict(load_inversionnet(weights, device), [seismic], device)
     figure, axes = plt.subplots(len(samples), len(columns), figsize=(1.7 * len(columns), 1.7 * len(samples)),

@@ -79,6 +79,7 @@ from tqdm import tqdm
 
 from ..data.families import FAMILY_NAMES
 from ..data.store import open_dataset
+from ..devices import resolve_device
 from ..diffusion.samplers import ddpm_mean_std, draw_noise, synchronize, unet_autocast
 from ..diffusion.schedule import NoiseSchedule
 from ..files import sha256_of
@@ -369,7 +370,7 @@ def evaluate_refinement(stage1_model: str | Path, stage2_model: str | Path, data
     """
     if per_family is not None and (not _is_int(per_family) or per_family < 1):
         raise ValueError(f"per_family must be a positive integer or None, got {per_family!r}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     autoencoder = load_autoencoder(stage1_model, device)
     unet, schedule, scale = load_stage2(stage2_model, device)
     _check_models(autoencoder, unet, settings, schedule)

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from ..data.families import FAMILY_NAMES
 from ..data.store import open_dataset, representation_of
 from ..data.transforms import Representation, velocity_from_model
+from ..devices import resolve_device
 from ..files import write_csv
 from ..models.autoencoder import VQAutoencoder
 from ..physics.deviation import per_sample_mse, simulate_in_model_space
@@ -255,7 +256,7 @@ def evaluate_stage1(model_path: str | Path, dataset: str | Path, latents_path: s
                     metrics_out: str | Path, table5_out: str | Path, figure_out: str | Path,
                     device: str | None = None, progress: bool = True) -> tuple[list[dict], list[dict]]:
     """Write metrics.csv (per family), table5.csv (deviation per kind of latent) and the figure."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     model = load_autoencoder(model_path, device)
     variant = model.config.variant
     rep = representation_of(open_dataset(dataset))

@@ -67,6 +67,7 @@ from tqdm import tqdm
 
 from ..data.store import open_dataset, representation_of
 from ..data.transforms import Representation
+from ..devices import resolve_device
 from ..diffusion import NoiseSchedule, ddim_sample, ddpm_sample, synchronize, unet_autocast
 from ..files import sha256_of, write_csv
 from ..physics.forward import BACKENDS
@@ -349,7 +350,7 @@ def diffusion_trajectory(stage1_model: str | Path, stage2_model: str | Path, lat
     latents were encoded from, or a Representation); None takes the dataset path the
     latents store records. Returns {"deviation": rows, "table5": rows, "ddim": rows}.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     autoencoder = load_autoencoder(stage1_model, device)
     unet, schedule, scale = load_stage2(stage2_model, device)
     latents_root = open_latents(latents)

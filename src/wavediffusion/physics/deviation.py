@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ..data.families import FAMILY_NAMES
 from ..data.store import open_dataset, representation_of
 from ..data.transforms import Representation, seismic_to_model, velocity_from_model
+from ..devices import resolve_device
 from .forward import forward_model
 
 
@@ -51,7 +52,7 @@ def pde_floor(
     "model64": the stored 64x64 map taken back to 70x70, the path every generated pair takes
     through the physics check, so it is the floor those numbers are read against.
     """
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     root = open_dataset(dataset)
     rep = representation_of(root)
     test = root["test"]

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from ..data.store import open_dataset, representation_of
 from ..data.transforms import velocity_from_model
+from ..devices import resolve_device
 from ..files import atomic_directory, write_csv
 from ..physics.acquisition import OPENFWI_ACQUISITION
 from ..physics.forward import forward_model
@@ -79,7 +80,7 @@ def export_openfwi(store: str | Path, dataset: str | Path, out: str | Path, sett
                    backend: str = "deepwave", device: str | None = None, progress: bool = True) -> dict:
     """Write the accepted pairs as OpenFWI files into the directory `out` (atomically: the
     directory appears complete or not at all). Returns what export.json records."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     rows = accepted_rows(store, settings.max_pairs)
     root = open_pairs_store(store, mode="r")
     rep = representation_of(open_dataset(dataset))

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from ..data.store import open_dataset, representation_of
 from ..data.transforms import Representation, velocity_from_model
+from ..devices import resolve_device
 from ..diffusion.samplers import ddim_sample, ddpm_sample, synchronize, unet_autocast
 from ..files import sha256_of, write_json
 from ..physics.deviation import per_sample_mse, simulate_in_model_space
@@ -108,7 +109,7 @@ class SamplingSettings:
 
 
 def _device(device) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return resolve_device(device)
 
 
 def create_store_for_models(stage1_model: str | Path, store: str | Path, settings: SamplingSettings,

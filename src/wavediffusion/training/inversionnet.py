@@ -39,6 +39,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from ..data.store import SPLITS, open_dataset, representation_of
+from ..devices import resolve_device
 from ..evaluation.metrics import inversion_metrics, mae
 from ..files import sha256_of
 from ..models.inversionnet import InversionNet, InversionNetConfig
@@ -353,7 +354,7 @@ def train_inversionnet(train_dataset: Dataset, val_dataset: Dataset | None, sett
 
 
 def _device(device) -> torch.device:
-    return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    return resolve_device(device)
 
 
 @torch.no_grad()
