@@ -1,52 +1,69 @@
 #!/usr/bin/env bash
 # The mini-scale DAG on the GPU machine, for runs longer than one device call (10 min).
 #
-#   bash benchmarks/h100_mini_dag.sh start OUTDIR TARGET...   install, launch snakemake in
-#        its own process session (it outlives the call), then follow it until the call's end;
-#        with PLAN=script.sh, run that script there instead (a sequence of snakemake calls
-#        and benchmarks; `mini_snakemake TARGET...` is defined for it)
-#   bash benchmarks/h100_mini_dag.sh follow OUTDIR             follow it until it finishes,
-#        then copy the results worth keeping (CSV, figures, logs, rule times) into OUTDIR
+#   bash benchmarks/h100_mini_dag.sh install OUTDIR     install the wheels (.whl/) and the
+#        package; keep .fid/part1, the first part of the FID weights file, in /root/fid
+#   bash benchmarks/h100_mini_dag.sh start OUTDIR        join .fid/part2 onto it (the file
+#        travels in two calls: it is larger than one call may carry beside the wheels),
+#        then run the plan script $PLAN (default benchmarks/h100_mini_plan.sh) in its own
+#        process session (it outlives the call), and follow it until the call's end
+#   bash benchmarks/h100_mini_dag.sh follow OUTDIR       follow it until it finishes or
+#        FOLLOW_SECONDS pass
+# start and follow end by copying what is done so far worth keeping (CSV, figures, logs,
+# rule times) into OUTDIR: a machine lost between calls loses only the calls after it.
 #
-# The second call must reach the same warm machine (it is held for ~30 s after a call).
-# Wheels for deepwave, zarr, snakemake in .whl/ (see ../shared/device/README.md).
+# Each call must reach the same warm machine (it is held for ~30 s after a call). The
+# plan calls `mini_snakemake [OPTIONS] -- TARGET...`: Snakemake on config/mini.yaml (or
+# $CONFIG) with every GPU of the machine as the `gpu` resource, so on a machine of several
+# GPUs the GPU jobs run side by side, each on its own GPU (devices.claim_local_gpu).
 set -uo pipefail
-MODE=${1:?start|follow}
+MODE=${1:?install|start|follow}
 OUT=${2:?output folder}
-shift 2
 mkdir -p "$OUT"
 LOG=/root/mini_dag.log
 DONE=/root/mini_dag.exit
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 FOLLOW_SECONDS=${FOLLOW_SECONDS:-540}
+FID_SHA256=7ff4a85c
 
-follow() {  # print progress until snakemake exits or FOLLOW_SECONDS pass
-    local start=$(date +%s)
-    while [ ! -f "$DONE" ] && [ $(( $(date +%s) - start )) -lt "$FOLLOW_SECONDS" ]; do
-        sleep 20
-        echo "[$(date +%T)] $(grep -c 'Finished job' "$LOG") jobs finished; $(tail -c 300 logs/train_stage1/*.log 2>/dev/null | tr '\r' '\n' | tail -1)"
-    done
-}
-
-if [ "$MODE" = start ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-    python3 -m pip install -q --no-index --no-deps --no-build-isolation . || exit 1
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-    rm -f "$DONE"
-    # GPU rules one at a time (--resources gpu=1), so each job's throughput is its own
-    MINI="python3 -m snakemake --configfile \${CONFIG:-config/mini.yaml} --cores 16 --resources gpu=1 --set-threads preprocess=16 train_stage1=8 encode_latents=8 evaluate_stage1=8"
-    if [ -n "${PLAN:-}" ]; then
-        setsid bash -c "mini_snakemake() { $MINI -- \"\$@\"; }; export -f mini_snakemake; source $PLAN > $LOG 2>&1; echo \$? > $DONE" &
-    else
-        setsid bash -c "$MINI -- $* > $LOG 2>&1; echo \$? > $DONE" &
-    fi
-    follow
-else
-    follow
-    echo "snakemake exit: $(cat "$DONE" 2>/dev/null || echo 'still running')"
+collect() {  # what is done so far, into OUTDIR
+    echo "plan exit: $(cat "$DONE" 2>/dev/null || echo 'still running')"
     tail -15 "$LOG"
     cp "$LOG" "$OUT/snakemake.log"
     for f in benchmarks/out/*.tsv benchmarks/out/*/*.tsv; do printf '%s\t%s\n' "$f" "$(tail -1 "$f")"; done > "$OUT/rule_times.tsv" 2>/dev/null
-    tar czf "$OUT/results.tgz" --exclude='*.zarr' --exclude='*.pt' --exclude='checkpoints' --exclude='embedded' results logs 2>/dev/null
+    tar czf "$OUT/results.tgz" --exclude='*.zarr' --exclude='*.pt' --exclude='checkpoints' --exclude='embedded' \
+        --exclude='*.npy' --exclude='*.h5' results logs 2>/dev/null
     ls -la "$OUT"
-fi
+}
+
+follow() {  # print progress and each GPU's load until the plan exits or FOLLOW_SECONDS pass
+    local start=$(date +%s)
+    while [ ! -f "$DONE" ] && [ $(( $(date +%s) - start )) -lt "$FOLLOW_SECONDS" ]; do
+        sleep 30
+        echo "[$(date +%T)] $(grep -c 'Finished job' "$LOG") jobs finished; running: $(grep -o 'rule [a-z_0-9]*:' "$LOG" | tail -4 | tr '\n' ' ')"
+        nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader | tr '\n' ';'; echo
+    done
+}
+
+case "$MODE" in
+install)
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+    python3 -m pip install -q --no-index --no-deps --no-build-isolation . || exit 1
+    mkdir -p /root/fid && cp .fid/part1 /root/fid/part1 || exit 1
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+    ;;
+start)
+    cat /root/fid/part1 .fid/part2 > /root/fid/default_1.pt || exit 1
+    sha256sum /root/fid/default_1.pt | grep -q "^$FID_SHA256" || { echo "FID weights: wrong sha256"; exit 1; }
+    rm -f "$DONE"
+    GPUS=$(nvidia-smi -L | grep -c '^GPU ')
+    MINI="python3 -m snakemake --configfile \${CONFIG:-config/mini.yaml} --cores all --resources gpu=$GPUS --set-threads preprocess=16 train_stage1=8 encode_latents=8 evaluate_stage1=8"
+    setsid bash -c "mini_snakemake() { $MINI \"\$@\"; }; export -f mini_snakemake; export GPUS=$GPUS; bash ${PLAN:-benchmarks/h100_mini_plan.sh} > $LOG 2>&1; echo \$? > $DONE" &
+    follow
+    collect
+    ;;
+follow)
+    follow
+    collect
+    ;;
+esac

@@ -10,6 +10,11 @@ fp32 twin start from the same noise and their difference is bf16's alone.
 
 Writes OUT/sampling_throughput.csv and prints a markdown table; the extrapolation to the
 paper's 375 000 pairs is pairs / (pairs per second) / 3600 GPU-hours (sampling + check).
+
+`--untrained` measures speed alone, on a bare machine: it saves untrained networks of the
+paper's sizes (AutoencoderConfig.paper(), UNetConfig.paper()) and runs sample_shard only
+(no check, which needs the dataset store). The work per pair does not depend on the
+weights' values, so the pairs/s are those of trained networks; deviations are not recorded.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 import torch
 import zarr
 
+from wavediffusion.devices import claim_local_gpu
 from wavediffusion.sampling import SamplingSettings, check_shard, create_store_for_models, sample_shard
 
 PAPER_PAIRS = 375_000
@@ -37,20 +43,42 @@ CONFIGS = [  # (sampler, steps, precision)
 ]
 
 
+def save_untrained(folder: Path) -> tuple[Path, Path]:
+    """Untrained Stage-1 and Stage-2 weights files of the paper's sizes, as the rules save them."""
+    from dataclasses import asdict
+
+    from wavediffusion.models.autoencoder import AutoencoderConfig, VQAutoencoder
+    from wavediffusion.models.unet import UNet, UNetConfig
+    from wavediffusion.training.stage2 import DiffusionSettings
+
+    torch.manual_seed(0)
+    ae_config, unet_config = AutoencoderConfig.paper(), UNetConfig.paper()
+    stage1, stage2 = folder / "untrained_stage1.pt", folder / "untrained_stage2.pt"
+    torch.save({"config": {"task": {"model": asdict(ae_config)}},
+                "modules": {"autoencoder": VQAutoencoder(ae_config).state_dict()}}, stage1)
+    torch.save({"config": {"task": {"model": asdict(unet_config), "diffusion": asdict(DiffusionSettings()),
+                                    "scale_factor": 1.0}},
+                "extra_state": {"ema": UNet(unet_config).state_dict()}}, stage2)
+    return stage1, stage2
+
+
 def run(args, sampler: str, steps: int, precision: str, folder: Path) -> tuple[dict, Path]:
     settings = SamplingSettings(num_pairs=args.n, shard_size=args.n, sampler=sampler, steps=steps,
-                                batch_size=args.batch_size, precision=precision, seed=args.seed)
+                                batch_size=args.batch_size, precision=precision, compile=args.compile, seed=args.seed)
     store = folder / f"{sampler}-{steps}-{precision}.zarr"
     create_store_for_models(args.stage1, store, settings)
     sample = sample_shard(args.stage1, args.stage2, store, 0, settings)
+    row = {"sampler": sampler, "steps": steps if sampler == "ddim" else sample["steps"], "precision": sample["precision"],
+           "n": args.n, "batch_size": args.batch_size, "compiled": sample["compiled"],
+           "weights": "untrained" if args.untrained else "trained",
+           "sample_pairs_per_s": sample["pairs_per_second"],
+           "sample_gpu_hours": PAPER_PAIRS / sample["pairs_per_second"] / 3600}
+    if args.untrained:
+        return row, store
     check = check_shard(store, 0, args.dataset, "deepwave", batch_size=args.check_batch_size)
-    row = {
-        "sampler": sampler, "steps": steps if sampler == "ddim" else sample["steps"], "precision": sample["precision"],
-        "n": args.n, "batch_size": args.batch_size, "sample_pairs_per_s": sample["pairs_per_second"],
-        "check_pairs_per_s": check["pairs_per_second"], "deviation_mean": check["deviation_mean"],
-        "deviation_median": check["deviation_quantiles"]["0.5"],
-        "paper_gpu_hours": PAPER_PAIRS / sample["pairs_per_second"] / 3600 + PAPER_PAIRS / check["pairs_per_second"] / 3600,
-    }
+    row.update({"check_pairs_per_s": check["pairs_per_second"], "deviation_mean": check["deviation_mean"],
+                "deviation_median": check["deviation_quantiles"]["0.5"],
+                "paper_gpu_hours": row["sample_gpu_hours"] + PAPER_PAIRS / check["pairs_per_second"] / 3600})
     return row, store
 
 
@@ -66,9 +94,11 @@ def compare(bf16: Path, fp32: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage1", required=True)
-    parser.add_argument("--stage2", required=True)
-    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--stage1", help="Stage-1 weights file (train_stage1's model.pt)")
+    parser.add_argument("--stage2", help="Stage-2 weights file (train_stage2's model.pt)")
+    parser.add_argument("--dataset", help="the dataset store, for the physics check")
+    parser.add_argument("--untrained", action="store_true", help="speed only: untrained paper-size networks, no check")
+    parser.add_argument("--compile", action="store_true", help="sampling.compile: torch.compile the UNet")
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--check-batch-size", type=int, default=500)
@@ -76,6 +106,9 @@ def main() -> None:
     parser.add_argument("--configs", default="all", help="comma-separated indices into CONFIGS, or all")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    if not args.untrained and not (args.stage1 and args.stage2 and args.dataset):
+        parser.error("--stage1, --stage2 and --dataset are needed unless --untrained")
+    claim_local_gpu()  # beside a running DAG on a machine of several GPUs: a GPU of its own
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     chosen = CONFIGS if args.configs == "all" else [CONFIGS[int(i)] for i in args.configs.split(",")]
@@ -83,6 +116,8 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="sampling-bench-"))
     rows, stores = [], {}
     try:
+        if args.untrained:
+            args.stage1, args.stage2 = save_untrained(folder)
         for sampler, steps, precision in chosen:
             row, stores[(sampler, steps, precision)] = run(args, sampler, steps, precision, folder)
             rows.append({"device": device, **row})
@@ -91,12 +126,14 @@ def main() -> None:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        print("| sampler | steps | precision | pairs/s (sample) | pairs/s (check) | deviation mean | "
-              "GPU-h for 375k |\n|---|---|---|---|---|---|---|")
+        print("| sampler | steps | precision | batch | pairs/s (sample) | pairs/s (check) | deviation mean | "
+              "GPU-h for 375k (sample + check) |\n|---|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['sampler']} | {r['steps']} | {r['precision']} | {r['sample_pairs_per_s']:.1f} | "
-                  f"{r['check_pairs_per_s']:.1f} | {r['deviation_mean']:.5f} | {r['paper_gpu_hours']:.2f} |")
-        if ("ddim", 50, "bf16") in stores and ("ddim", 50, "fp32") in stores:
+            check = (f"{r['check_pairs_per_s']:.1f} | {r['deviation_mean']:.5f} | {r['paper_gpu_hours']:.2f}"
+                     if "check_pairs_per_s" in r else f"– | – | {r['sample_gpu_hours']:.2f} (sampling only)")
+            print(f"| {r['sampler']} | {r['steps']} | {r['precision']} | {r['batch_size']} | "
+                  f"{r['sample_pairs_per_s']:.1f} | {check} |")
+        if not args.untrained and ("ddim", 50, "bf16") in stores and ("ddim", 50, "fp32") in stores:
             difference = compare(stores[("ddim", 50, "bf16")], stores[("ddim", 50, "fp32")])
             print("bf16 vs fp32 (DDIM-50, same noise):", difference)
             (out / "bf16_vs_fp32.txt").write_text(repr(difference) + "\n")

@@ -198,7 +198,7 @@ def test_real_pairs_read_the_requested_rows(store):
     assert sample["seismic"].dtype == torch.float32 and int(sample["family"]) == int(group["family"][4])
     assert set(RealPairs(store, "test")[0]) == {"seismic", "velocity"}  # collates with generated pairs
     clone = pickle.loads(pickle.dumps(dataset))  # what a DataLoader worker receives
-    assert clone._group is None and torch.equal(clone[1]["velocity"], dataset[1]["velocity"])
+    assert clone._arrays is None and torch.equal(clone[1]["velocity"], dataset[1]["velocity"])
     with pytest.raises(IndexError):
         RealPairs(store, "test", indices=[6])
 

@@ -268,6 +268,7 @@ def test_settings_must_match_the_store(artifacts, reference, tmp_path):
     ({"eta": 2.0}, "eta"),
     ({"batch_size": 0}, "batch_size"),
     ({"precision": "fp16"}, "precision"),
+    ({"compile": "yes"}, "compile"),
     ({"seed": -1}, "seed"),
 ])
 def test_bad_settings_name_their_key(change, key):

@@ -425,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", required=True, help="JSON of config stage1.{model,discriminator,losses,training}")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help="the final weights file")
-    p.set_defaults(run=cmd_train_stage1)
+    p.set_defaults(run=cmd_train_stage1, claims_gpu=True)
 
     p = commands.add_parser("encode-latents", help="encode the train/val splits with a trained autoencoder (Stage 2's data)")
     p.add_argument("--model", required=True)
@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True)
-    p.set_defaults(run=cmd_encode_latents)
+    p.set_defaults(run=cmd_encode_latents, claims_gpu=True)
 
     p = commands.add_parser("evaluate-stage1", help="reconstruction, inversion and PDE deviation of a trained autoencoder")
     p.add_argument("--model", required=True)
@@ -444,14 +444,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", required=True, help="per-family metrics CSV to write")
     p.add_argument("--table5", required=True, help="deviation per kind of latent, CSV to write")
     p.add_argument("--figure", required=True, help="example pairs, PNG to write")
-    p.set_defaults(run=cmd_evaluate_stage1)
+    p.set_defaults(run=cmd_evaluate_stage1, claims_gpu=True)
 
     p = commands.add_parser("train-stage2", help="train the latent diffusion UNet on one variant's latents (resumes after a crash)")
     p.add_argument("--latents", required=True, help="encode-latents' store")
     p.add_argument("--settings", required=True, help="JSON of config stage2.{model,diffusion,training}")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help="the final weights file")
-    p.set_defaults(run=cmd_train_stage2)
+    p.set_defaults(run=cmd_train_stage2, claims_gpu=True)
 
     p = commands.add_parser("diffusion-trajectory", help="PDE deviation along the forward and reverse diffusion (Fig. 5, Table 5)")
     p.add_argument("--stage1-model", required=True)
@@ -462,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", required=True, help="JSON of config stage2.trajectory")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help="folder for deviation.csv, table5.csv, ddim.csv and the figures")
-    p.set_defaults(run=cmd_diffusion_trajectory)
+    p.set_defaults(run=cmd_diffusion_trajectory, claims_gpu=True)
 
     p = commands.add_parser("create-pairs-store", help="the empty pairs store that sampling shards fill")
     p.add_argument("--stage1-model", required=True)
@@ -480,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the global seed (config seed)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--record", required=True, help="JSON written once the shard is complete")
-    p.set_defaults(run=cmd_sample_shard)
+    p.set_defaults(run=cmd_sample_shard, claims_gpu=True)
 
     p = commands.add_parser("check-shard", help="the wave-equation check of one shard's pairs (deepwave)")
     p.add_argument("--store", required=True)
@@ -490,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--record", required=True, help="JSON written once the shard is checked")
-    p.set_defaults(run=cmd_check_shard)
+    p.set_defaults(run=cmd_check_shard, claims_gpu=True)
 
     p = commands.add_parser("gather-samples", help="manifest.json of a complete pairs store (refuses an incomplete one)")
     p.add_argument("--store", required=True)
@@ -512,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", required=True, help="JSON of config export")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help="the folder to write (replaced atomically)")
-    p.set_defaults(run=cmd_export_openfwi)
+    p.set_defaults(run=cmd_export_openfwi, claims_gpu=True)
 
     p = commands.add_parser("fid-reference", help="Inception features of the real data, both modalities")
     p.add_argument("--dataset", required=True)
@@ -520,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the global seed (config seed)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help=".npz to write")
-    p.set_defaults(run=cmd_fid_reference)
+    p.set_defaults(run=cmd_fid_reference, claims_gpu=True)
 
     p = commands.add_parser("fid-variant", help="FID of one variant's samples and its Stage-1 random latents (Table 1)")
     p.add_argument("--variant", required=True)
@@ -533,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help="fid.csv to write")
     p.add_argument("--figures", required=True, help="folder for tsne_seismic.png and tsne_velocity.png")
-    p.set_defaults(run=cmd_fid_variant)
+    p.set_defaults(run=cmd_fid_variant, claims_gpu=True)
 
     p = commands.add_parser("train-inversionnet", help="train InversionNet for one arm of Tables 2-4 (resumes after a crash)")
     p.add_argument("--arm", required=True, help="the arm's name (evaluation/inversion_experiments.py)")
@@ -546,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--record", required=True, help="JSON of what the arm trained on, to write")
     p.add_argument("--out", required=True, help="the weights file to write")
-    p.set_defaults(run=cmd_train_inversionnet)
+    p.set_defaults(run=cmd_train_inversionnet, claims_gpu=True)
 
     p = commands.add_parser("hardest-generated", help="the generated pairs a model predicts worst, split train/test (Table 4)")
     p.add_argument("--model", required=True, help="InversionNet weights (arm real)")
@@ -556,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the global seed (config seed)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help=".npz (train, test) to write")
-    p.set_defaults(run=cmd_hardest_generated)
+    p.set_defaults(run=cmd_hardest_generated, claims_gpu=True)
 
     p = commands.add_parser("evaluate-inversionnet", help="one arm's MAE/RMSE/SSIM per family on the real test split")
     p.add_argument("--model", required=True)
@@ -567,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the global seed (config seed)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help="metrics CSV to write")
-    p.set_defaults(run=cmd_evaluate_inversionnet)
+    p.set_defaults(run=cmd_evaluate_inversionnet, claims_gpu=True)
 
     p = commands.add_parser("inversionnet-tables", help="Tables 2-4 from every arm's metrics, and the predictions figure")
     p.add_argument("--metrics", nargs="+", required=True)
@@ -591,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table7", required=True)
     p.add_argument("--info", required=True, help="JSON with throughput and settings")
     p.add_argument("--figure", required=True)
-    p.set_defaults(run=cmd_refine_inversion)
+    p.set_defaults(run=cmd_refine_inversion, claims_gpu=True)
 
     p = commands.add_parser("combine-tables", help="concatenate CSV tables with the same columns into one")
     p.add_argument("tables", nargs="+")
@@ -604,6 +604,12 @@ def main(argv: list[str] | None = None) -> int:
     from .data.download import DownloadError
 
     args = build_parser().parse_args(argv)
+    if getattr(args, "claims_gpu", False):
+        # the commands of the rules that ask for a GPU: on a machine of several GPUs, each
+        # concurrent job takes its own (devices.claim_local_gpu); before anything starts CUDA
+        from .devices import claim_local_gpu
+
+        claim_local_gpu()
     try:
         args.run(args)
     except (ValueError, FileNotFoundError, DownloadError) as error:

@@ -110,8 +110,8 @@ class RealPairs(Dataset):
     index into the store's attrs["families"]) when `with_family` -- off by default, so that
     real and generated arms, which have no family, collate together.
 
-    Each DataLoader worker opens the store itself on first use (Zarr handles are not shared
-    across processes) and reads one sample per __getitem__.
+    Each DataLoader worker opens the store's arrays itself on first use (Zarr handles are not
+    shared across processes) and reads one sample per __getitem__.
     """
 
     def __init__(self, dataset_zarr: str | Path, split: str, indices=None, with_family: bool = False):
@@ -128,24 +128,27 @@ class RealPairs(Dataset):
         # read once here: the family array is one chunk, which each per-sample read would decompress
         self.family_codes = np.asarray(root[split]["family"][:], dtype=np.int64)[self.indices]
         self.with_family = with_family
-        self._group = None  # opened lazily in each worker
+        self._arrays = None  # (seismic, velocity), opened lazily in each worker
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if self._group is None:
-            self._group = open_dataset(self.path)[self.split]
+        if self._arrays is None:
+            # the array handles, not the group: group["name"] rereads the array's metadata on
+            # every access, which tripled the time of a one-sample read
+            group = open_dataset(self.path)[self.split]
+            self._arrays = (group["seismic"], group["velocity"])
+        seismic, velocity = self._arrays
         index = int(self.indices[i])
-        sample = {"seismic": torch.from_numpy(self._group["seismic"][index]),
-                  "velocity": torch.from_numpy(self._group["velocity"][index])}
+        sample = {"seismic": torch.from_numpy(seismic[index]), "velocity": torch.from_numpy(velocity[index])}
         if self.with_family:
             sample["family"] = torch.tensor(int(self.family_codes[i]))
         return sample
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_group"] = None  # each worker process opens its own handle
+        state["_arrays"] = None  # each worker process opens its own handles
         return state
 
 
@@ -175,21 +178,22 @@ class GeneratedPairs(Dataset):
         if missing:
             raise ValueError(f"{self.path}: shards {missing} have no {done_kind!r} marker, so their "
                              f"{self.seismic_array!r} rows are not (all) written; finish those jobs first")
-        self._root = None  # opened lazily in each worker
+        self._arrays = None  # (seismic, velocity), opened lazily in each worker (see RealPairs)
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if self._root is None:
-            self._root = zarr.open_group(str(self.path), mode="r")
+        if self._arrays is None:
+            root = zarr.open_group(str(self.path), mode="r")
+            self._arrays = (root[self.seismic_array], root["velocity"])
+        seismic, velocity = self._arrays
         index = int(self.indices[i])
-        return {"seismic": torch.from_numpy(self._root[self.seismic_array][index]),
-                "velocity": torch.from_numpy(self._root["velocity"][index])}
+        return {"seismic": torch.from_numpy(seismic[index]), "velocity": torch.from_numpy(velocity[index])}
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_root"] = None  # each worker process opens its own handle
+        state["_arrays"] = None  # each worker process opens its own handles
         return state
 
 
