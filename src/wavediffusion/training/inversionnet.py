@@ -38,7 +38,8 @@ import zarr
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from ..data.store import SPLITS, open_dataset, representation_of
+from ..data.dataset import PairDataset, checked_indices
+from ..data.store import open_dataset, representation_of
 from ..devices import resolve_device
 from ..evaluation.metrics import inversion_metrics, mae
 from ..files import sha256_of
@@ -94,62 +95,14 @@ class InversionNetSettings:
 # The data: real pairs, generated pairs, subsets.
 
 
-def _checked_indices(indices, n: int, where: str) -> np.ndarray:
-    """indices as int64, each in [0, n); all of [0, n) when None."""
-    if indices is None:
-        return np.arange(n, dtype=np.int64)
-    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-    if indices.size and (indices.min() < 0 or indices.max() >= n):
-        raise IndexError(f"{where}: indices must lie in [0, {n}), got [{indices.min()}, {indices.max()}]")
-    return indices
-
-
-class RealPairs(Dataset):
-    """Samples `indices` (default: all) of one split of the dataset store:
-    {"seismic": (S, T, R), "velocity": (1, V, V)} float32 in [-1, 1], and "family" (the
-    index into the store's attrs["families"]) when `with_family` -- off by default, so that
-    real and generated arms, which have no family, collate together.
-
-    Each DataLoader worker opens the store's arrays itself on first use (Zarr handles are not
-    shared across processes) and reads one sample per __getitem__.
-    """
+class RealPairs(PairDataset):
+    """PairDataset with "family" off by default, so that real and generated arms, which have
+    no family, collate together; with the data's representation (seismic_shape, velocity_size)."""
 
     def __init__(self, dataset_zarr: str | Path, split: str, indices=None, with_family: bool = False):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        self.path = Path(dataset_zarr)
-        self.split = split
-        root = open_dataset(self.path)  # fail early, in the main process
-        rep = representation_of(root)
+        super().__init__(dataset_zarr, split, indices=indices, with_family=with_family)
+        rep = representation_of(open_dataset(self.path))
         self.seismic_shape, self.velocity_size = rep.seismic_shape, rep.velocity_size
-        self.family_names = list(root.attrs["families"])
-        n = root[split]["seismic"].shape[0]
-        self.indices = _checked_indices(indices, n, f"{self.path}[{split}]")
-        # read once here: the family array is one chunk, which each per-sample read would decompress
-        self.family_codes = np.asarray(root[split]["family"][:], dtype=np.int64)[self.indices]
-        self.with_family = with_family
-        self._arrays = None  # (seismic, velocity), opened lazily in each worker
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if self._arrays is None:
-            # the array handles, not the group: group["name"] rereads the array's metadata on
-            # every access, which tripled the time of a one-sample read
-            group = open_dataset(self.path)[self.split]
-            self._arrays = (group["seismic"], group["velocity"])
-        seismic, velocity = self._arrays
-        index = int(self.indices[i])
-        sample = {"seismic": torch.from_numpy(seismic[index]), "velocity": torch.from_numpy(velocity[index])}
-        if self.with_family:
-            sample["family"] = torch.tensor(int(self.family_codes[i]))
-        return sample
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_arrays"] = None  # each worker process opens its own handles
-        return state
 
 
 class GeneratedPairs(Dataset):
@@ -173,7 +126,7 @@ class GeneratedPairs(Dataset):
         self.seismic_shape = tuple(root.attrs["seismic_shape"])
         self.velocity_size = int(root.attrs["velocity_shape"][-1])
         n, shard_size = int(root.attrs["num_pairs"]), int(root.attrs["shard_size"])
-        self.indices = _checked_indices(indices, n, str(self.path))
+        self.indices = checked_indices(indices, n, str(self.path))
         missing = [int(k) for k in np.unique(self.indices // shard_size) if not is_done(self.path, done_kind, k)]
         if missing:
             raise ValueError(f"{self.path}: shards {missing} have no {done_kind!r} marker, so their "
