@@ -30,7 +30,11 @@ import torch
 import zarr
 
 from wavediffusion.devices import claim_local_gpu
+from wavediffusion.models.autoencoder import AutoencoderConfig, VQAutoencoder
+from wavediffusion.models.unet import UNet, UNetConfig
 from wavediffusion.sampling import SamplingSettings, check_shard, create_store_for_models, sample_shard
+from wavediffusion.training.stage1 import save_autoencoder
+from wavediffusion.training.stage2 import DiffusionSettings, save_stage2
 
 PAPER_PAIRS = 375_000
 CONFIGS = [  # (sampler, steps, precision)
@@ -44,21 +48,11 @@ CONFIGS = [  # (sampler, steps, precision)
 
 
 def save_untrained(folder: Path) -> tuple[Path, Path]:
-    """Untrained Stage-1 and Stage-2 weights files of the paper's sizes, as the rules save them."""
-    from dataclasses import asdict
-
-    from wavediffusion.models.autoencoder import AutoencoderConfig, VQAutoencoder
-    from wavediffusion.models.unet import UNet, UNetConfig
-    from wavediffusion.training.stage2 import DiffusionSettings
-
+    """Untrained Stage-1 and Stage-2 weights files of the paper's sizes, as the rules read them."""
     torch.manual_seed(0)
-    ae_config, unet_config = AutoencoderConfig.paper(), UNetConfig.paper()
     stage1, stage2 = folder / "untrained_stage1.pt", folder / "untrained_stage2.pt"
-    torch.save({"config": {"task": {"model": asdict(ae_config)}},
-                "modules": {"autoencoder": VQAutoencoder(ae_config).state_dict()}}, stage1)
-    torch.save({"config": {"task": {"model": asdict(unet_config), "diffusion": asdict(DiffusionSettings()),
-                                    "scale_factor": 1.0}},
-                "extra_state": {"ema": UNet(unet_config).state_dict()}}, stage2)
+    save_autoencoder(VQAutoencoder(AutoencoderConfig.paper()), stage1)
+    save_stage2(UNet(UNetConfig.paper()), DiffusionSettings(), 1.0, stage2)
     return stage1, stage2
 
 

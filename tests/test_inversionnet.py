@@ -12,7 +12,6 @@ import torch.nn.functional as F
 import zarr
 from torch.utils.data import ConcatDataset
 
-from wavediffusion.data.preprocess import PreprocessSettings, preprocess
 from wavediffusion.evaluation.metrics import mae
 from wavediffusion.models.inversionnet import InversionNet, InversionNetConfig
 from wavediffusion.sampling.store import create_pairs_store, mark_done, num_shards
@@ -33,7 +32,7 @@ from wavediffusion.training.inversionnet import (
 )
 from wavediffusion.training.loop import train_batches
 
-from test_preprocess import make_family
+from test_preprocess import make_small_store
 
 SEISMIC_SHAPE, VELOCITY_SIZE = (3, 64, 16), 16  # the tiny representation (config/tiny.yaml)
 TINY_MODEL = {"channels": [4, 8, 8, 16, 16], "decoder_start": 1}
@@ -56,12 +55,7 @@ def count_parameters(model: torch.nn.Module) -> int:
 def store(tmp_path_factory):
     """A dataset store at the tiny representation: train 16, val 4, test 6 (3 per family)."""
     root = tmp_path_factory.mktemp("openfwi")
-    make_family(root, "FlatVel-A", {"train": [10], "test": [3]}, seed=0)
-    make_family(root, "CurveFault-A", {"train": [10], "test": [3]}, seed=50)
-    out = root.parent / "dataset.zarr"
-    preprocess(root, out, PreprocessSettings(families=("FlatVel-A", "CurveFault-A"), time_samples=64, receivers=16,
-                                             velocity_size=16, samples_per_shard=4, val_fraction=0.2), progress=False)
-    return out
+    return make_small_store(root, root.parent / "dataset.zarr", test_per_family=3)
 
 
 def make_pairs(path, n: int, shard_size: int, seed: int, done=("sample", "check")) -> dict[str, np.ndarray]:

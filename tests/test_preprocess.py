@@ -48,6 +48,16 @@ def make_family(root: Path, family: str, files: dict[str, list[int]], seed: int 
     return folder
 
 
+def make_small_store(root: Path, out: Path, test_per_family: int) -> Path:
+    """A dataset store of two families (10 train maps each, `test_per_family` test maps) at a
+    small representation: 64 time samples, 16 receivers, 16 x 16 velocity; val 20 %."""
+    make_family(root, "FlatVel-A", {"train": [10], "test": [test_per_family]}, seed=0)
+    make_family(root, "CurveFault-A", {"train": [10], "test": [test_per_family]}, seed=50)
+    preprocess(root, out, PreprocessSettings(families=("FlatVel-A", "CurveFault-A"), time_samples=64, receivers=16,
+                                             velocity_size=16, samples_per_shard=4, val_fraction=0.2), progress=False)
+    return out
+
+
 @pytest.fixture
 def tree(tmp_path) -> Path:
     root = tmp_path / "openfwi"

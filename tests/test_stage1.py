@@ -8,10 +8,9 @@ import math
 import pytest
 import torch
 
-from wavediffusion.data.preprocess import PreprocessSettings, preprocess
 from wavediffusion.training.stage1 import Stage1Settings, build_task, train_stage1
 
-from test_preprocess import make_family
+from test_preprocess import make_small_store
 
 TINY_MODEL = dict(
     latent_channels=8, codebook_dim=8, latent_height=8, latent_width=8, base_channels=16, channel_mult=(1, 2, 2, 2),
@@ -33,12 +32,7 @@ def settings(**training) -> Stage1Settings:
 def store(tmp_path_factory):
     """A small dataset store at a small representation (64 time samples, 16 receivers, 16x16 velocity)."""
     root = tmp_path_factory.mktemp("openfwi")
-    make_family(root, "FlatVel-A", {"train": [10], "test": [2]}, seed=0)
-    make_family(root, "CurveFault-A", {"train": [10], "test": [2]}, seed=50)
-    out = root.parent / "stage1.zarr"
-    preprocess(root, out, PreprocessSettings(families=("FlatVel-A", "CurveFault-A"), time_samples=64, receivers=16,
-                                             velocity_size=16, samples_per_shard=4, val_fraction=0.2), progress=False)
-    return out
+    return make_small_store(root, root.parent / "stage1.zarr", test_per_family=2)
 
 
 @pytest.mark.parametrize("variant", ["1vq", "2vq"])

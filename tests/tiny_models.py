@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from wavediffusion.models.autoencoder import AutoencoderConfig, VQAutoencoder
 from wavediffusion.models.unet import UNet, UNetConfig
-from wavediffusion.training import checkpoint as ckpt
-from wavediffusion.training.stage2 import DiffusionSettings
+from wavediffusion.training.stage1 import save_autoencoder
+from wavediffusion.training.stage2 import DiffusionSettings, save_stage2
 
 
 def save_tiny_autoencoder(path: Path) -> VQAutoencoder:
@@ -19,8 +18,7 @@ def save_tiny_autoencoder(path: Path) -> VQAutoencoder:
     torch.manual_seed(0)
     config = AutoencoderConfig.tiny()
     autoencoder = VQAutoencoder(config).eval()
-    torch.save({"config": {"task": {"model": asdict(config)}}, "modules": {"autoencoder": autoencoder.state_dict()}},
-               path)
+    save_autoencoder(autoencoder, path)
     return autoencoder
 
 
@@ -33,7 +31,4 @@ def save_tiny_stage2(path: Path, num_steps: int, scale_factor: float) -> None:
         for p in unet.parameters():
             if not p.abs().sum():
                 p.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(2))
-    diffusion = DiffusionSettings(num_steps=num_steps)
-    ckpt.atomic_save({"config": {"task": {"model": asdict(unet_config), "diffusion": asdict(diffusion),
-                                          "scale_factor": scale_factor}},
-                      "extra_state": {"ema": unet.state_dict()}}, path)
+    save_stage2(unet, DiffusionSettings(num_steps=num_steps), scale_factor, path)

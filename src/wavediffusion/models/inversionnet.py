@@ -106,51 +106,40 @@ class InversionNetConfig:
         return self.decoder_start * 2**DECODER_DOUBLINGS
 
 
-class ConvBlock(nn.Module):
+class _ConvNormActivation(nn.Module):
+    """A convolution -> BatchNorm -> an activation: the one pattern of OpenFWI's blocks."""
+
+    def __init__(self, conv: nn.Module, out_channels: int, activation: nn.Module):
+        super().__init__()
+        self.layers = nn.Sequential(conv, nn.BatchNorm2d(out_channels), activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class ConvBlock(_ConvNormActivation):
     """Conv2d -> BatchNorm -> LeakyReLU (OpenFWI's ConvBlock with norm='bn')."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=1,
                  negative_slope: float = 0.2):
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding),
-            nn.BatchNorm2d(out_channels),
-            nn.LeakyReLU(negative_slope),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        super().__init__(nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding),
+                         out_channels, nn.LeakyReLU(negative_slope))
 
 
-class DeconvBlock(nn.Module):
+class DeconvBlock(_ConvNormActivation):
     """ConvTranspose2d -> BatchNorm -> LeakyReLU(0.2) (OpenFWI's DeconvBlock)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 2, padding: int = 0,
                  negative_slope: float = 0.2):
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding),
-            nn.BatchNorm2d(out_channels),
-            nn.LeakyReLU(negative_slope),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        super().__init__(nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding),
+                         out_channels, nn.LeakyReLU(negative_slope))
 
 
-class ConvTanhBlock(nn.Module):
+class ConvTanhBlock(_ConvNormActivation):
     """Conv2d -> BatchNorm -> Tanh: the output layer, bounded to the velocity's [-1, 1]."""
 
     def __init__(self, in_channels: int, out_channels: int):
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 3, stride=1, padding=1),
-            nn.BatchNorm2d(out_channels),
-            nn.Tanh(),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        super().__init__(nn.Conv2d(in_channels, out_channels, 3, stride=1, padding=1), out_channels, nn.Tanh())
 
 
 class InversionNet(nn.Module):

@@ -26,6 +26,7 @@ from ..models.discriminator import (
     hinge_d_loss,
 )
 from ..models.perceptual import PerceptualConfig, PerceptualLoss
+from . import checkpoint as ckpt
 from .loop import Run, TrainConfig, adam, seeded_init, train
 
 
@@ -180,6 +181,13 @@ def train_stage1(dataset: str | Path, variant: str, settings: Stage1Settings, ou
     """Train one variant on the store's train split (validated on val); returns the loop's summary."""
     task, train_config = build_task(dataset, variant, settings)
     return train(task, PairDataset(dataset, "train"), PairDataset(dataset, "val"), train_config, out_dir)
+
+
+def save_autoencoder(model: VQAutoencoder, path: str | Path) -> None:
+    """The part of a Stage-1 weights file that load_autoencoder reads (train_stage1 writes
+    whole checkpoints): networks made outside training -- test fixtures, speed benchmarks."""
+    ckpt.atomic_save({"config": {"task": {"model": asdict(model.config)}},
+                      "modules": {"autoencoder": model.state_dict()}}, path)
 
 
 def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> VQAutoencoder:

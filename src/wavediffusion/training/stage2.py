@@ -241,6 +241,14 @@ def train_stage2(latents: str | Path, settings: Stage2Settings, out_dir: str | P
     return train(task, LatentDataset(latents, "train"), val if len(val) else None, train_config, out_dir)
 
 
+def save_stage2(unet: UNet, diffusion: DiffusionSettings, scale_factor: float, path: str | Path) -> None:
+    """The part of a Stage-2 weights file that load_stage2 reads, with `unet` as the EMA
+    weights (train_stage2 writes whole checkpoints): networks made outside training."""
+    ckpt.atomic_save({"config": {"task": {"model": asdict(unet.config), "diffusion": asdict(diffusion),
+                                          "scale_factor": float(scale_factor)}},
+                      "extra_state": {"ema": unet.state_dict()}}, path)
+
+
 def load_stage2(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, NoiseSchedule, float]:
     """(EMA UNet in eval mode, its NoiseSchedule, latent scale factor) from a Stage-2 weights
     file (train_stage2's final.pt or best.pt). Generated latents are z / scale_factor."""
