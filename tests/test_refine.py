@@ -25,7 +25,6 @@ from wavediffusion.evaluation.refine import (
     METHODS,
     RefineSettings,
     best_of_candidates,
-    decode_seismic_of_latent,
     evaluate_refinement,
     perturb_latents,
     plot_refinement,
@@ -115,16 +114,6 @@ def test_settings_from_dict_rejects_unknown_keys_and_checks_the_schedule(models)
 
 
 # --- decoding and selection ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("variant", ["1vq", "2vq"])
-def test_seismic_decoding_is_decode_latents_seismic(variant):
-    torch.manual_seed(3)
-    autoencoder = VQAutoencoder(AutoencoderConfig.tiny(variant)).eval()
-    z = 0.02 * torch.randn(4, *autoencoder.config.latent_shape, generator=torch.Generator().manual_seed(4))
-    with torch.no_grad():
-        torch.testing.assert_close(decode_seismic_of_latent(autoencoder, z), autoencoder.decode_latent(z)[0],
-                                   rtol=0, atol=0)
 
 
 def test_selection_keeps_each_observations_closest_candidate(models):

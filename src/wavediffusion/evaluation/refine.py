@@ -159,24 +159,12 @@ class RefineTrace:
 # --- decoding and scoring ----------------------------------------------------------------------
 
 
-def decode_seismic_of_latent(autoencoder: VQAutoencoder, z: torch.Tensor) -> torch.Tensor:
-    """Seismic (N, S, T, R) in [-1, 1] of latents (N, C, h, w): `VQAutoencoder.decode_latent`'s
-    seismic half alone (quantise per variant, decode, clamp).  Scoring candidates needs
-    only the seismic, and the seismic decoder is by far the larger cost; the velocity
-    decoder runs once per observation, on the latent that is kept."""
-    if autoencoder.config.variant == "1vq":
-        quantizer = autoencoder.quantizer
-    else:
-        quantizer = autoencoder.seismic_quantizer
-    return autoencoder.decode_seismic(quantizer.lookup(quantizer.nearest(z))).clamp(-1.0, 1.0)
-
-
 @torch.no_grad()
 def score_latents(autoencoder: VQAutoencoder, z: torch.Tensor, observed: torch.Tensor,
                   batch_size: int) -> torch.Tensor:
     """Decoded-seismic MSE to the observation of each latent: z (N, C, h, w) latents (the
     autoencoder's space, not scaled), observed (N, S, T, R) -> (N,) float32, in chunks."""
-    scores = [per_sample_mse(decode_seismic_of_latent(autoencoder, part.float()), target.float())
+    scores = [per_sample_mse(autoencoder.decode_latent_seismic(part.float()), target.float())
               for part, target in zip(z.split(batch_size), observed.split(batch_size))]
     return torch.cat(scores)
 
@@ -202,7 +190,7 @@ def best_of_candidates(autoencoder: VQAutoencoder, center: torch.Tensor, std: to
         owner = flat // count  # (n,) the observation each candidate belongs to
         noise = draw_noise((len(flat), *center.shape[1:]), generator, device)  # (n, C, h, w)
         z = center[owner] + std[owner] * noise  # (n, C, h, w) scaled
-        score = per_sample_mse(decode_seismic_of_latent(autoencoder, z / scale), observed[owner].float())  # (n,)
+        score = per_sample_mse(autoencoder.decode_latent_seismic(z / scale), observed[owner].float())  # (n,)
         for b in owner.unique().tolist():
             positions = torch.nonzero(owner == b).squeeze(1)
             i = positions[score[positions].argmin()]

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import self_attention
 from .quantizer import QuantizerInfo, VectorQuantizer
 
 VARIANTS = ("1vq", "2vq")
@@ -212,10 +213,8 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, H, W)
         b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, 1, c, h * w).transpose(3, 4)  # (B, 3, 1 head, HW, C)
-        # 4-D (B, heads, L, E) inputs let SDPA pick its fused kernels on the GPU (3-D falls back to math)
-        out = F.scaled_dot_product_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2])  # (B, 1, HW, C)
-        return x + self.proj(out.squeeze(1).transpose(1, 2).reshape(b, c, h, w))
+        qkv = self.qkv(self.norm(x)).reshape(b, 3 * c, h * w)  # (B, 3C, HW)
+        return x + self.proj(self_attention(qkv, num_heads=1).reshape(b, c, h, w))
 
 
 class MidBlock(nn.Module):
@@ -475,12 +474,18 @@ class VQAutoencoder(nn.Module):
         own codebook's nearest codes), decodes, and clamps to the data range.  No side
         effects on the codebooks.  This is the entry point for diffusion samples.
         """
-        if self.config.variant == "1vq":
-            z_s = z_v = self.quantizer.lookup(self.quantizer.nearest(z))
-        else:
-            z_s = self.seismic_quantizer.lookup(self.seismic_quantizer.nearest(z))
-            z_v = self.velocity_quantizer.lookup(self.velocity_quantizer.nearest(z))
-        return self.decode_seismic(z_s).clamp(-1.0, 1.0), self.decode_velocity(z_v).clamp(-1.0, 1.0)
+        return self.decode_latent_seismic(z), self.decode_latent_velocity(z)
+
+    def decode_latent_seismic(self, z: torch.Tensor) -> torch.Tensor:
+        """decode_latent's seismic alone, (B, C, h, w) -> (B, S, T, R) in [-1, 1] (scoring
+        candidates needs only the seismic, by far the larger decoder)."""
+        quantizer = self.quantizer if self.config.variant == "1vq" else self.seismic_quantizer
+        return self.decode_seismic(quantizer.lookup(quantizer.nearest(z))).clamp(-1.0, 1.0)
+
+    def decode_latent_velocity(self, z: torch.Tensor) -> torch.Tensor:
+        """decode_latent's velocity alone, (B, C, h, w) -> (B, 1, V, V) in [-1, 1]."""
+        quantizer = self.quantizer if self.config.variant == "1vq" else self.velocity_quantizer
+        return self.decode_velocity(quantizer.lookup(quantizer.nearest(z))).clamp(-1.0, 1.0)
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per part, for the report (the codebooks included)."""

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import self_attention
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -181,10 +183,7 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         b, c, hgt, wid = x.shape
         qkv = self.qkv(self.norm(x).reshape(b, c, hgt * wid))  # (B, 3C, N)
-        # (B, 3C, N) -> 3 x (B, heads, N, C/heads)
-        q, k, v = qkv.reshape(b, 3, self.num_heads, c // self.num_heads, hgt * wid).permute(1, 0, 2, 4, 3)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, C/heads)
-        out = out.permute(0, 1, 3, 2).reshape(b, c, hgt * wid)
+        out = self_attention(qkv, self.num_heads)  # (B, C, N)
         return x + self.proj(out).reshape(b, c, hgt, wid)
 
 
