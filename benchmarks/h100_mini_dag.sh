@@ -16,6 +16,9 @@
 # plan calls `mini_snakemake [OPTIONS] -- TARGET...`: Snakemake on config/mini.yaml (or
 # $CONFIG) with every GPU of the machine as the `gpu` resource, so on a machine of several
 # GPUs the GPU jobs run side by side, each on its own GPU (devices.claim_local_gpu).
+# GPU_JOBS=N makes the `gpu` resource N instead: on a machine of one GPU (where no job
+# claims one) up to N GPU jobs then share it -- worth it for the data-bound InversionNet
+# arms and FID beside the training jobs; each job's memory is in docs/results.md.
 set -uo pipefail
 MODE=${1:?install|start|follow}
 OUT=${2:?output folder}
@@ -57,7 +60,7 @@ start)
     sha256sum /root/fid/default_1.pt | grep -q "^$FID_SHA256" || { echo "FID weights: wrong sha256"; exit 1; }
     rm -f "$DONE"
     GPUS=$(nvidia-smi -L | grep -c '^GPU ')
-    MINI="python3 -m snakemake --configfile \${CONFIG:-config/mini.yaml} --cores all --resources gpu=$GPUS --set-threads preprocess=16 train_stage1=8 encode_latents=8 evaluate_stage1=8"
+    MINI="python3 -m snakemake --configfile \${CONFIG:-config/mini.yaml} --cores all --resources gpu=${GPU_JOBS:-$GPUS} --set-threads preprocess=16 train_stage1=8 encode_latents=8 evaluate_stage1=8"
     setsid bash -c "mini_snakemake() { $MINI \"\$@\"; }; export -f mini_snakemake; export GPUS=$GPUS; bash ${PLAN:-benchmarks/h100_mini_plan.sh} > $LOG 2>&1; echo \$? > $DONE" &
     follow
     collect

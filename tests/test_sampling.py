@@ -133,7 +133,17 @@ def test_layout_markers_and_deviation(artifacts, reference):
         assert info["n"] == len(shard_range(k, 3, 7)) and info["seed"] == seeds[k]
         assert (info["sampler"], info["steps"], info["precision"]) == ("ddim", 3, "fp32")
         assert len(info["stage1_sha256"]) == 64 and info["scale_factor"] == 2.0
+        # where the shard's time went: its parts, none longer than the whole job
+        check = read_done(reference, "check", k)
+        for record, parts in ((info, {"denoise", "decode", "write"}), (check, {"read", "simulate", "write"})):
+            assert set(record["seconds_by_part"]) == parts
+            assert all(s > 0 for s in record["seconds_by_part"].values())
+            assert sum(record["seconds_by_part"].values()) <= record["seconds"]
     manifest = gather(reference)
+    for kind in ("sample", "check"):
+        parts = [read_done(reference, kind, k)["seconds_by_part"] for k in range(K)]
+        assert manifest[f"{kind}_seconds_by_part"] == pytest.approx(
+            {name: sum(p[name] for p in parts) for name in parts[0]})
     assert manifest["num_pairs"] == 7 and manifest["num_shards"] == 3 and manifest["n_checked"] == 7
     assert manifest["shards_done"] == {"sample": 3, "check": 3} and manifest["seeds"] == seeds
     assert manifest["attrs"]["note"] == "abc" and manifest["attrs"]["settings"]["seed"] == 11
@@ -187,6 +197,23 @@ def test_crash_mid_shard_is_detected_and_redone(artifacts, reference, tmp_path, 
         check_shard(store, k, REP, "deepwave", batch_size=2, device="cpu", progress=False)
     assert_stores_equal(store, reference)
     assert gather(store)["seeds"] == gather(reference)["seeds"]
+
+
+@pytest.mark.gpu
+def test_gpu_shard_reruns_identically_and_matches_the_cpu_statistically(artifacts, reference, tmp_path):
+    """On a GPU the shard's noise comes from a generator of its own on the GPU: a re-run
+    gives the same pairs; the CPU run (other draws from the same seed) the same statistics."""
+    runs = []
+    for name in ("first", "second"):
+        store = new_store(artifacts, tmp_path / f"{name}.zarr")
+        for k in range(K):
+            sample_shard(artifacts["stage1"], artifacts["stage2"], store, k, SETTINGS, device="cuda", progress=False)
+        runs.append(arrays(store))
+    for name in ("latent", "seismic", "velocity"):
+        np.testing.assert_allclose(runs[0][name], runs[1][name], rtol=0, atol=1e-6, err_msg=name)
+    cpu = arrays(reference)["latent"]
+    assert not np.allclose(runs[0]["latent"], cpu)  # other draws ...
+    assert abs(runs[0]["latent"].std() - cpu.std()) < 0.1 * cpu.std()  # ... of the same distribution
 
 
 def _worker(stage1, stage2, store, k):

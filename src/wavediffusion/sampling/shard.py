@@ -1,8 +1,9 @@
 """The sampling jobs: one shard of generated pairs, its physics check, and the gather.
 
 - `sample_shard` (rule sample_shard, one job per shard): latents from the Stage-2 model
-  (DDPM or DDIM), seeded by derive_seed(seed, k) through a CPU torch.Generator -- so a
-  shard's values do not depend on the device's RNG or on other shards -- decoded by the
+  (DDPM or DDIM), seeded by derive_seed(seed, k) through a torch.Generator of its own on
+  the sampling device -- so a shard's values do not depend on the global RNG or on other
+  shards (a GPU draws other numbers than the CPU from the same seed) -- decoded by the
   Stage-1 autoencoder, written into the shard's own rows, then marked done. Rows are
   written a whole Zarr shard (store block) at a time (store.BlockWriter); a job killed
   before its marker leaves an incomplete shard that is_done reports as such, and
@@ -20,6 +21,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -115,6 +117,24 @@ def _device(device) -> torch.device:
     return resolve_device(device)
 
 
+class PartTimer:
+    """Wall-clock seconds a job spends in each of its parts (denoising, decoding, writing,
+    ...), waiting for the GPU at each part's edges so that its work is counted where it is
+    launched. Recorded in the shard's marker: where a shard's time goes."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def part(self, name: str):
+        synchronize(self.device)
+        started = time.perf_counter()
+        yield
+        synchronize(self.device)
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+
 def create_store_for_models(stage1_model: str | Path, store: str | Path, settings: SamplingSettings,
                             attrs: dict | None = None, overwrite: bool = False):
     """The rule that runs before any shard: the empty store, shaped by the autoencoder."""
@@ -153,7 +173,9 @@ def sample_shard(stage1_model: str | Path, stage2_model: str | Path, store: str 
     for kind in DONE_KINDS:
         clear_done(store, kind, k)
     seed = derive_seed(settings.seed, k)
-    generator = torch.Generator().manual_seed(seed)  # CPU: device-independent draws
+    # a generator of the shard's own on the sampling device: DDPM draws a batch of noise every
+    # step (16M normals at batch 500, ~0.1 s on one CPU core -- as long as a compiled UNet step)
+    generator = torch.Generator(device=device).manual_seed(seed)
     autocast = unet_autocast(device, settings.precision)
     compiled = settings.compile and device.type == "cuda"
     if compiled:
@@ -162,31 +184,36 @@ def sample_shard(stage1_model: str | Path, stage2_model: str | Path, store: str 
         unet = torch.compile(unet)
     synchronize(device)
     started = time.perf_counter()
+    timer = PartTimer(device)
     writer = BlockWriter(root, rows)
     batches = range(rows.start, rows.stop, settings.batch_size)
     for start in tqdm(batches, desc=f"shard {k}", unit="batch", disable=not progress):
         count = min(settings.batch_size, rows.stop - start)
         shape = (count, *latent_shape)
-        if settings.sampler == "ddpm":
-            z = ddpm_sample(unet, schedule, shape, generator=generator, device=device, autocast=autocast).z0
-        else:
-            z = ddim_sample(unet, schedule, shape, num_steps=settings.steps, eta=settings.eta, generator=generator,
-                            device=device, autocast=autocast).z0
-        z = z.float() / scale
-        seismic, velocity = autoencoder.decode_latent(z)
-        writer.append({
-            "latent": z.cpu().numpy(),
-            "seismic": seismic.float().cpu().numpy(),
-            "velocity": velocity.float().cpu().numpy(),
-            "seed": np.full(count, seed, dtype=np.int64),
-            "index_in_shard": np.arange(start - rows.start, start - rows.start + count, dtype=np.int64),
-        })
-    writer.close()
+        with timer.part("denoise"):
+            if settings.sampler == "ddpm":
+                z = ddpm_sample(unet, schedule, shape, generator=generator, device=device, autocast=autocast).z0
+            else:
+                z = ddim_sample(unet, schedule, shape, num_steps=settings.steps, eta=settings.eta,
+                                generator=generator, device=device, autocast=autocast).z0
+            z = z.float() / scale
+        with timer.part("decode"):
+            seismic, velocity = autoencoder.decode_latent(z)
+        with timer.part("write"):  # the copies to host memory and the Zarr writes
+            writer.append({
+                "latent": z.cpu().numpy(),
+                "seismic": seismic.float().cpu().numpy(),
+                "velocity": velocity.float().cpu().numpy(),
+                "seed": np.full(count, seed, dtype=np.int64),
+                "index_in_shard": np.arange(start - rows.start, start - rows.start + count, dtype=np.int64),
+            })
+    with timer.part("write"):
+        writer.close()
     synchronize(device)
     seconds = time.perf_counter() - started
     info = {
         "n": len(rows), "rows": [rows.start, rows.stop], "seed": seed, "seconds": seconds,
-        "pairs_per_second": len(rows) / seconds if seconds > 0 else None,
+        "pairs_per_second": len(rows) / seconds if seconds > 0 else None, "seconds_by_part": timer.seconds,
         "sampler": settings.sampler, "steps": settings.steps if settings.sampler == "ddim" else schedule.num_steps,
         "eta": settings.eta if settings.sampler == "ddim" else None, "batch_size": settings.batch_size,
         "precision": settings.precision if autocast is not None else "fp32", "compiled": compiled,
@@ -229,23 +256,28 @@ def check_shard(store: str | Path, k: int, dataset: str | Path | Representation,
     clear_done(store, "check", k)
     synchronize(device)
     started = time.perf_counter()
+    timer = PartTimer(device)
     deviations = []
     writer = BlockWriter(root, rows)
     for start in tqdm(range(rows.start, rows.stop, batch_size), desc=f"check {k}", unit="batch", disable=not progress):
         stop = min(start + batch_size, rows.stop)
-        seismic = torch.from_numpy(root["seismic"][start:stop]).to(device)
-        velocity = torch.from_numpy(root["velocity"][start:stop]).to(device)
-        simulated = simulate_in_model_space(velocity_from_model(velocity, rep), rep, backend, batch_size).float()
-        deviation = per_sample_mse(seismic, simulated).double().cpu().numpy()
-        writer.append({"seismic_simulated": simulated.cpu().numpy(), "deviation": deviation})
+        with timer.part("read"):
+            seismic = torch.from_numpy(root["seismic"][start:stop]).to(device)
+            velocity = torch.from_numpy(root["velocity"][start:stop]).to(device)
+        with timer.part("simulate"):
+            simulated = simulate_in_model_space(velocity_from_model(velocity, rep), rep, backend, batch_size).float()
+            deviation = per_sample_mse(seismic, simulated).double().cpu().numpy()
+        with timer.part("write"):
+            writer.append({"seismic_simulated": simulated.cpu().numpy(), "deviation": deviation})
         deviations.append(deviation)
-    writer.close()
+    with timer.part("write"):
+        writer.close()
     synchronize(device)
     seconds = time.perf_counter() - started
     deviation = np.concatenate(deviations)
     info = {"n": len(rows), "rows": [rows.start, rows.stop], "backend": backend, "seconds": seconds,
-            "pairs_per_second": len(rows) / seconds if seconds > 0 else None, "device": str(device),
-            "sample_seed": read_done(store, "sample", k)["seed"], **_stats(deviation)}
+            "pairs_per_second": len(rows) / seconds if seconds > 0 else None, "seconds_by_part": timer.seconds,
+            "device": str(device), "sample_seed": read_done(store, "sample", k)["seed"], **_stats(deviation)}
     if not np.isfinite(deviation).all():
         raise FloatingPointError(f"{store}: shard {k} has non-finite deviations")
     mark_done(store, "check", k, info)
@@ -260,6 +292,15 @@ def _stats(deviation: np.ndarray) -> dict:
         "deviation_max": float(deviation.max()),
         "deviation_quantiles": {str(q): float(v) for q, v in zip(QUANTILES, np.quantile(deviation, QUANTILES))},
     }
+
+
+def _sum_parts(records: list[dict]) -> dict[str, float]:
+    """Every shard's seconds_by_part added up (shards recorded before it existed add none)."""
+    total: dict[str, float] = {}
+    for record in records:
+        for name, seconds in record.get("seconds_by_part", {}).items():
+            total[name] = total.get(name, 0.0) + seconds
+    return total
 
 
 def gather(store: str | Path) -> dict:
@@ -297,6 +338,8 @@ def gather(store: str | Path) -> dict:
         "backend": checks[0]["backend"],
         "sample_seconds": float(sum(s["seconds"] for s in samples)),
         "check_seconds": float(sum(c["seconds"] for c in checks)),
+        "sample_seconds_by_part": _sum_parts(samples),
+        "check_seconds_by_part": _sum_parts(checks),
         **_stats(deviation),
         "attrs": {key: value for key, value in root.attrs.items()},
     }
