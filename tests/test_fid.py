@@ -297,20 +297,23 @@ def test_fid_of_sampled_gaussians_matches_the_closed_form():
     assert fid.fid_from_features(a, b) == pytest.approx(closed, abs=0.05)
 
 
-def test_frechet_distance_equals_pytorch_fids_reference():
+@pytest.mark.parametrize("n", [300, 20])  # full-rank covariances; fewer samples than dimensions
+def test_frechet_distance_equals_pytorch_fids_reference(n):
     rng = np.random.default_rng(3)
-    a, b = rng.standard_normal((300, 32)), rng.standard_normal((300, 32)) @ rng.normal(size=(32, 32)) * 0.3 + 1
+    a = rng.standard_normal((n, 32)) ** 2  # ReLU-like
+    b = (rng.standard_normal((n, 32)) @ rng.normal(size=(32, 32)) * 0.3 + 1) ** 2
     (mu1, sigma1), (mu2, sigma2) = fid.feature_statistics(a), fid.feature_statistics(b)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # its sqrtm(disp=False), deprecated in SciPy 1.16
         reference = calculate_frechet_distance(mu1, sigma1, mu2, sigma2)
-    assert fid.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(reference, rel=1e-12)
+    # pytorch-fid's sqrtm of a singular product carries round-off of its own (~1e-7 relative at D = 2048)
+    assert fid.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(reference, rel=1e-12 if n > 32 else 1e-6)
 
 
 def test_frechet_distance_of_singular_covariances_stays_finite_and_small():
     features = np.random.default_rng(4).standard_normal((20, 64))  # fewer samples than dimensions
     value = fid.fid_from_features(features, features)
-    assert np.isfinite(value) and abs(value) < 1e-3
+    assert np.isfinite(value) and abs(value) < 1e-4  # round-off of the clipped null space (~3e-6)
 
 
 def test_feature_statistics_and_shape_checks():
