@@ -66,11 +66,15 @@ def run(args, sampler: str, steps: int, precision: str, folder: Path) -> tuple[d
            "n": args.n, "batch_size": args.batch_size, "compiled": sample["compiled"],
            "weights": "untrained" if args.untrained else "trained",
            "sample_pairs_per_s": sample["pairs_per_second"],
-           "sample_gpu_hours": PAPER_PAIRS / sample["pairs_per_second"] / 3600}
+           "sample_gpu_hours": PAPER_PAIRS / sample["pairs_per_second"] / 3600,
+           **{f"sample_ms_per_pair_{part}": 1000 * seconds / args.n
+              for part, seconds in sample["seconds_by_part"].items()}}  # denoise, decode, write
     if args.untrained:
         return row, store
     check = check_shard(store, 0, args.dataset, "deepwave", batch_size=args.check_batch_size)
-    row.update({"check_pairs_per_s": check["pairs_per_second"], "deviation_mean": check["deviation_mean"],
+    row.update({**{f"check_ms_per_pair_{part}": 1000 * seconds / args.n
+                   for part, seconds in check["seconds_by_part"].items()},  # read, simulate, write
+                "check_pairs_per_s": check["pairs_per_second"], "deviation_mean": check["deviation_mean"],
                 "deviation_median": check["deviation_quantiles"]["0.5"],
                 "paper_gpu_hours": row["sample_gpu_hours"] + PAPER_PAIRS / check["pairs_per_second"] / 3600})
     return row, store
