@@ -437,8 +437,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     round-off's small negative eigenvalues are clipped to zero). pytorch-fid takes
     scipy.linalg.sqrtm of the non-symmetric product instead: the same number to ~1e-15
     (relative) for full-rank covariances and to ~1e-7 for singular ones (fewer samples than
-    dimensions, where sqrtm's own round-off is the larger), and 5-8x slower -- 25-39 s per
-    FID at D = 2048 on the 2-core dev box against 4-5 s (docs/results.md).
+    dimensions, where sqrtm's own round-off is the larger), and 6-9x slower -- 25-39 s per
+    FID at D = 2048 on the 2-core dev box against 4 s (benchmarks/frechet_distance.py).
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
