@@ -56,6 +56,11 @@ def save_untrained(folder: Path) -> tuple[Path, Path]:
     return stage1, stage2
 
 
+def ms_per_pair(kind: str, record: dict, n: int) -> dict[str, float]:
+    """A shard record's seconds_by_part as milliseconds per pair, one column per part."""
+    return {f"{kind}_ms_per_pair_{part}": 1000 * seconds / n for part, seconds in record["seconds_by_part"].items()}
+
+
 def run(args, sampler: str, steps: int, precision: str, folder: Path) -> tuple[dict, Path]:
     settings = SamplingSettings(num_pairs=args.n, shard_size=args.n, sampler=sampler, steps=steps,
                                 batch_size=args.batch_size, precision=precision, compile=args.compile, seed=args.seed)
@@ -67,13 +72,11 @@ def run(args, sampler: str, steps: int, precision: str, folder: Path) -> tuple[d
            "weights": "untrained" if args.untrained else "trained",
            "sample_pairs_per_s": sample["pairs_per_second"],
            "sample_gpu_hours": PAPER_PAIRS / sample["pairs_per_second"] / 3600,
-           **{f"sample_ms_per_pair_{part}": 1000 * seconds / args.n
-              for part, seconds in sample["seconds_by_part"].items()}}  # denoise, decode, write
+           **ms_per_pair("sample", sample, args.n)}  # denoise, decode, write
     if args.untrained:
         return row, store
     check = check_shard(store, 0, args.dataset, "deepwave", batch_size=args.check_batch_size)
-    row.update({**{f"check_ms_per_pair_{part}": 1000 * seconds / args.n
-                   for part, seconds in check["seconds_by_part"].items()},  # read, simulate, write
+    row.update({**ms_per_pair("check", check, args.n),  # read, simulate, write
                 "check_pairs_per_s": check["pairs_per_second"], "deviation_mean": check["deviation_mean"],
                 "deviation_median": check["deviation_quantiles"]["0.5"],
                 "paper_gpu_hours": row["sample_gpu_hours"] + PAPER_PAIRS / check["pairs_per_second"] / 3600})

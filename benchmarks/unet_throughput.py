@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from wavediffusion.diffusion.samplers import synchronize
 from wavediffusion.models import attention
 from wavediffusion.models.unet import UNet, UNetConfig
 
@@ -41,11 +42,6 @@ def attention_layout(layout: str):
         yield
     finally:
         attention.split_heads = current
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def measure(model, x, t, iters: int, bf16: bool, layout: str) -> float:

@@ -474,18 +474,23 @@ class VQAutoencoder(nn.Module):
         own codebook's nearest codes), decodes, and clamps to the data range.  No side
         effects on the codebooks.  This is the entry point for diffusion samples.
         """
-        return self.decode_latent_seismic(z), self.decode_latent_velocity(z)
+        z_s = self._codes_for(z, "seismic")
+        z_v = z_s if self.config.variant == "1vq" else self._codes_for(z, "velocity")  # 1vq: one lookup
+        return self.decode_seismic(z_s).clamp(-1.0, 1.0), self.decode_velocity(z_v).clamp(-1.0, 1.0)
 
     def decode_latent_seismic(self, z: torch.Tensor) -> torch.Tensor:
         """decode_latent's seismic alone, (B, C, h, w) -> (B, S, T, R) in [-1, 1] (scoring
         candidates needs only the seismic, by far the larger decoder)."""
-        quantizer = self.quantizer if self.config.variant == "1vq" else self.seismic_quantizer
-        return self.decode_seismic(quantizer.lookup(quantizer.nearest(z))).clamp(-1.0, 1.0)
+        return self.decode_seismic(self._codes_for(z, "seismic")).clamp(-1.0, 1.0)
 
     def decode_latent_velocity(self, z: torch.Tensor) -> torch.Tensor:
         """decode_latent's velocity alone, (B, C, h, w) -> (B, 1, V, V) in [-1, 1]."""
-        quantizer = self.quantizer if self.config.variant == "1vq" else self.velocity_quantizer
-        return self.decode_velocity(quantizer.lookup(quantizer.nearest(z))).clamp(-1.0, 1.0)
+        return self.decode_velocity(self._codes_for(z, "velocity")).clamp(-1.0, 1.0)
+
+    def _codes_for(self, z: torch.Tensor, modality: str) -> torch.Tensor:
+        """z snapped to the codes the `modality` decoder reads (1vq: the shared codebook's)."""
+        quantizer = self.quantizer if self.config.variant == "1vq" else self.quantizers()[modality]
+        return quantizer.lookup(quantizer.nearest(z))
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per part, for the report (the codebooks included)."""

@@ -118,13 +118,20 @@ def _device(device) -> torch.device:
 
 
 class PartTimer:
-    """Wall-clock seconds a job spends in each of its parts (denoising, decoding, writing,
-    ...), waiting for the GPU at each part's edges so that its work is counted where it is
-    launched. Recorded in the shard's marker: where a shard's time goes."""
+    """Wall-clock seconds of a job, in all (`elapsed`, from the timer's creation) and in each
+    of its parts (denoising, decoding, writing, ...), waiting for the GPU at each edge so
+    that its work is counted where it is launched. Recorded in the shard's marker: where a
+    shard's time goes."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.seconds: dict[str, float] = {}
+        synchronize(device)
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        synchronize(self.device)
+        return time.perf_counter() - self.started
 
     @contextlib.contextmanager
     def part(self, name: str):
@@ -182,8 +189,6 @@ def sample_shard(stage1_model: str | Path, stage2_model: str | Path, store: str 
         # fuses the normalisation, attention and elementwise work that bounds the eager UNet;
         # the first batch pays for the compilation (counted in pairs_per_second)
         unet = torch.compile(unet)
-    synchronize(device)
-    started = time.perf_counter()
     timer = PartTimer(device)
     writer = BlockWriter(root, rows)
     batches = range(rows.start, rows.stop, settings.batch_size)
@@ -209,8 +214,7 @@ def sample_shard(stage1_model: str | Path, stage2_model: str | Path, store: str 
             })
     with timer.part("write"):
         writer.close()
-    synchronize(device)
-    seconds = time.perf_counter() - started
+    seconds = timer.elapsed()
     info = {
         "n": len(rows), "rows": [rows.start, rows.stop], "seed": seed, "seconds": seconds,
         "pairs_per_second": len(rows) / seconds if seconds > 0 else None, "seconds_by_part": timer.seconds,
@@ -254,8 +258,6 @@ def check_shard(store: str | Path, k: int, dataset: str | Path | Representation,
                          f"dataset representation's {tuple(rep.seismic_shape)}")
     device = _device(device)
     clear_done(store, "check", k)
-    synchronize(device)
-    started = time.perf_counter()
     timer = PartTimer(device)
     deviations = []
     writer = BlockWriter(root, rows)
@@ -272,8 +274,7 @@ def check_shard(store: str | Path, k: int, dataset: str | Path | Representation,
         deviations.append(deviation)
     with timer.part("write"):
         writer.close()
-    synchronize(device)
-    seconds = time.perf_counter() - started
+    seconds = timer.elapsed()
     deviation = np.concatenate(deviations)
     info = {"n": len(rows), "rows": [rows.start, rows.stop], "backend": backend, "seconds": seconds,
             "pairs_per_second": len(rows) / seconds if seconds > 0 else None, "seconds_by_part": timer.seconds,
