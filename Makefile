@@ -14,7 +14,7 @@ install: $(VENV)/.installed
 
 # The whole DAG on the embedded default config (offline, CPU).
 demo: install
-	$(VENV)/bin/snakemake --cores $(CORES) all
+	$(VENV)/bin/snakemake --cores $(CORES) --show-failed-logs all
 
 test: install
 	$(VENV)/bin/pytest -q

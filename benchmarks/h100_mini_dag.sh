@@ -23,7 +23,8 @@
 # GPU_JOBS=N makes the `gpu` resource N instead: on a machine of one GPU (where no job
 # claims one) up to N GPU jobs then share it -- worth it for the data-bound InversionNet
 # arms and FID beside the training jobs; each job's memory is in docs/results.md.
-# --keep-going: a failed job stops only what needs it, so one bad arm costs no other table.
+# --keep-going: a failed job stops only what needs it, so one bad arm costs no other table;
+# --show-failed-logs: its log goes into the run's log (Snakemake deletes it before a retry).
 set -uo pipefail
 MODE=${1:?start|follow}
 OUT=${2:?output folder}
@@ -72,7 +73,7 @@ start)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
     rm -f "$DONE"
     GPUS=$(nvidia-smi -L | grep -c '^GPU ')
-    MINI="python3 -m snakemake --configfile \${CONFIG:-config/mini.yaml} --cores all --keep-going --resources gpu=${GPU_JOBS:-$GPUS} --set-threads preprocess=16 train_stage1=8 encode_latents=8 evaluate_stage1=8"
+    MINI="python3 -m snakemake --configfile \${CONFIG:-config/mini.yaml} --cores all --keep-going --show-failed-logs --resources gpu=${GPU_JOBS:-$GPUS} --set-threads preprocess=16 train_stage1=8 encode_latents=8 evaluate_stage1=8"
     setsid bash -c "mini_snakemake() { $MINI \"\$@\"; }; export -f mini_snakemake; export GPUS=$GPUS; bash ${PLAN:-benchmarks/h100_mini_plan.sh} > $LOG 2>&1; echo \$? > $DONE" &
     follow
     collect

@@ -1,7 +1,7 @@
 # What the mini-scale GPU run does (run by `h100_mini_dag.sh start`; GPUS is the
 # machine's GPU count):
-# 1. the UNet benchmark (old vs new attention layout, eager), about a minute, first, so that
-#    it has the GPU to itself;
+# 1. the UNet benchmark (old vs new attention layout, eager) and Stage-2 training alone at
+#    batch 64, about two minutes, first, so that they have the GPU to themselves;
 # 2. one Snakemake call from the data to $PLAN_TARGETS (default: the physics report, the
 #    export, the FID table, the inversion tables and the refinement tables), with Stage 2
 #    trained on all the GPUs (the batch size is global, so the recipe is the one-GPU
@@ -11,7 +11,8 @@
 #    what bf16 changes; its speeds share the GPU with the DAG) and the GPU-marked tests.
 # ONE_GPU_SESSION=1 cuts the mini config to what fits one H200 in one 30-minute device
 # session (half the training maps, 3 000 Stage-2 steps, 6 000 pairs, 6 refined sections per
-# family); docs/results.md says so beside every number from such a run.
+# family) and samples one shard at a time; docs/results.md says so beside every number
+# from such a run.
 set -x
 mkdir -p logs results
 python3 -c "
@@ -26,6 +27,11 @@ if '${ONE_GPU_SESSION:-0}' == '1':
     config['refine']['per_family'] = 6
 yaml.safe_dump(config, open('/root/mini_gpu.yaml', 'w'))"
 python3 benchmarks/unet_throughput.py --paper-only --eager-only --compare-strided > logs/benchmark_unet.log 2>&1
+# Stage-2 training alone at the mini batch (random latents in memory, one epoch of 200 steps
+# so no epoch-end checkpoint falls inside the timing): is the loop bound by the GPU?
+python3 benchmarks/ddp_scaling.py run --model stage2 --steps 200 --batch-size 64 --samples 12800 \
+    --out /root/benchmark_stage2 > logs/benchmark_stage2.log 2>&1 &&
+    python3 benchmarks/ddp_scaling.py compare /root/benchmark_stage2 --machine "1x H200, alone" >> logs/benchmark_stage2.log 2>&1
 if [ "${PLAN_EXTRAS:-1}" = 1 ]; then
     (
         while [ ! -f results/samples/1vq/manifest.json ]; do sleep 10; done
@@ -36,12 +42,16 @@ if [ "${PLAN_EXTRAS:-1}" = 1 ]; then
     ) &
     extras=$!
 fi
+# on one shared GPU, one sampling shard at a time (2 of GPU_JOBS=3 "gpu" units): three at
+# batch 500 beside the refinement most likely ran out of GPU memory on 2026-12-01
+ONE_GPU_OPTIONS=""
+[ "${ONE_GPU_SESSION:-0}" = 1 ] && ONE_GPU_OPTIONS="--set-resources sample_shard:gpu=2"
 TARGETS=${PLAN_TARGETS:-"results/samples/1vq/physics_report.csv results/export/1vq/openfwi results/fid_table.csv
     results/inversionnet/table2.csv results/refine/table9.csv results/refine/table7.csv"}
-CONFIG=/root/mini_gpu.yaml mini_snakemake --prioritize results/samples/1vq/manifest.json -- $TARGETS
+CONFIG=/root/mini_gpu.yaml mini_snakemake $ONE_GPU_OPTIONS --prioritize results/samples/1vq/manifest.json -- $TARGETS
 # a second pass redoes only what failed (the FID jobs, if the weights came too late; a
 # job that failed twice, as one sample_shard did on 2026-12-01 with three beside it)
-CONFIG=/root/mini_gpu.yaml mini_snakemake -- $TARGETS
+CONFIG=/root/mini_gpu.yaml mini_snakemake $ONE_GPU_OPTIONS -- $TARGETS
 status=$?
 # the extras wait for a pairs store that targets without sampling never make
 [ -f results/samples/1vq/manifest.json ] || kill ${extras:-} 2>/dev/null

@@ -32,7 +32,7 @@ import zarr
 from wavediffusion.devices import claim_local_gpu
 from wavediffusion.models.autoencoder import AutoencoderConfig, VQAutoencoder
 from wavediffusion.models.unet import UNet, UNetConfig
-from wavediffusion.sampling import SamplingSettings, check_shard, create_store_for_models, sample_shard
+from wavediffusion.sampling.shard import SamplingSettings, check_shard, create_store_for_models, sample_shard
 from wavediffusion.training.stage1 import save_autoencoder
 from wavediffusion.training.stage2 import DiffusionSettings, save_stage2
 

@@ -8,17 +8,8 @@ import csv
 import numpy as np
 import pytest
 
-from wavediffusion.evaluation.inversion_experiments import (
-    Arm,
-    ExperimentSettings,
-    arm_names,
-    evaluate_arm,
-    hard_sets,
-    parse_arm,
-    train_arm,
-    training_data,
-    write_tables,
-)
+from wavediffusion.evaluation.arms import Arm, ExperimentSettings, arm_names, parse_arm
+from wavediffusion.evaluation.inversion_experiments import evaluate_arm, hard_sets, train_arm, training_data, write_tables
 from wavediffusion.files import write_json
 from wavediffusion.training.inversionnet import GeneratedPairs, RealPairs
 

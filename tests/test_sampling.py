@@ -20,23 +20,26 @@ from wavediffusion.data.transforms import Representation, velocity_from_model
 from wavediffusion.evaluation.stage1 import decode_and_check
 from wavediffusion.physics.deviation import per_sample_mse
 from wavediffusion.physics.forward import forward_model
-from wavediffusion.sampling import ExportSettings, apply_physics_filter, export_openfwi, physics_report
-from wavediffusion.sampling.physics_filter import REPORT_COLUMNS
-from wavediffusion.sampling.store import BlockWriter, default_block
-from wavediffusion.sampling import (
-    ARRAYS,
+from wavediffusion.sampling.export import ExportSettings, export_openfwi
+from wavediffusion.sampling.physics_filter import REPORT_COLUMNS, apply_physics_filter, physics_report
+from wavediffusion.sampling.shard import (
     SamplingSettings,
     check_shard,
-    create_pairs_store,
     create_store_for_models,
     gather,
+    sample_shard,
+    write_manifest,
+)
+from wavediffusion.sampling.store import (
+    ARRAYS,
+    BlockWriter,
+    create_pairs_store,
+    default_block,
     is_done,
     mark_done,
     num_shards,
     read_done,
-    sample_shard,
     shard_range,
-    write_manifest,
 )
 from wavediffusion.training.loop import derive_seed
 from wavediffusion.training.stage1 import load_autoencoder
@@ -303,6 +306,32 @@ def test_bad_settings_name_their_key(change, key):
         SamplingSettings(**{**asdict(SETTINGS), **change})
     with pytest.raises(ValueError, match=r"sampling: unknown keys \['shards'\]"):
         SamplingSettings.from_dict({"shards": 3})
+
+
+def test_out_of_gpu_memory_names_the_batch_key_and_writes_no_record(tmp_path, monkeypatch, capsys):
+    """An out-of-memory error in a shard job: one line naming sampling.batch_size, exit 3,
+    no record (so the job counts as not done); other errors keep their traceback."""
+    from wavediffusion import cli
+    from wavediffusion.sampling import shard
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(shard, "sample_shard", out_of_memory)
+    record = tmp_path / "sample-0.json"
+    args = ["sample-shard", "--stage1-model", "s1.pt", "--stage2-model", "s2.pt", "--store", "pairs.zarr",
+            "--shard", "0", "--settings", json.dumps(asdict(SETTINGS)), "--record", str(record)]
+    assert cli.main(args) == 3
+    error = capsys.readouterr().err
+    assert "out of GPU memory; lower sampling.batch_size" in error and "Tried to allocate 2.00 GiB" in error
+    assert not record.exists()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("not a memory problem")
+
+    monkeypatch.setattr(shard, "sample_shard", broken)
+    with pytest.raises(RuntimeError, match="not a memory problem"):
+        cli.main(args)
 
 
 def floor_csv(path):

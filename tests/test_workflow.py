@@ -17,7 +17,7 @@ import yaml
 import zarr
 
 from wavediffusion.data.store import open_dataset
-from wavediffusion.evaluation.inversion_experiments import SEISMIC_KINDS, ExperimentSettings, arm_names, parse_arm
+from wavediffusion.evaluation.arms import SEISMIC_KINDS, ExperimentSettings, arm_names, parse_arm
 
 from conftest import REPO
 
@@ -387,6 +387,20 @@ def test_invalid_config_stops_the_run_naming_the_key(tmp_path):
     write_config(tmp_path, config)
     with pytest.raises(AssertionError, match=r"data\.families\[1\]: 'FlatVel-Z' is not one of"):
         snakemake(tmp_path, "--dry-run", "all")
+
+
+def test_the_snakefile_imports_no_torch():
+    """Every Snakemake process parses the Snakefile, a SLURM job's included: the modules it
+    imports must not pull in torch (about 5 s a process on the dev box)."""
+    sources = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
+    imports = [line.strip() for path in sources for line in path.read_text().splitlines()
+               if re.match(r"\s*(from|import) wavediffusion", line)]
+    assert imports, "no wavediffusion import found in the Snakefile"
+    code = "\n".join([*(line.split("#")[0] for line in imports), "import sys", "print(sorted(m for m in sys.modules "
+                      "if m.split('.')[0] in ('torch', 'deepwave')))"])
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", f"the Snakefile's imports {imports} load {result.stdout.strip()[:200]}"
 
 
 def test_lint_is_clean():

@@ -152,7 +152,7 @@ def cmd_evaluate_stage1(args) -> None:
     import json
 
     from .evaluation.stage1 import Stage1Evaluation, evaluate_stage1
-    from .training.stage1 import only_known
+    from .config import only_known
 
     torch_threads(args.threads)
     settings = Stage1Evaluation(**only_known(json.loads(args.settings), Stage1Evaluation, "stage1.evaluation"))
@@ -170,13 +170,13 @@ def settings_from_json(cls, text: str, seed: int):
 
 
 def sampling_settings(text: str, seed: int):
-    from .sampling import SamplingSettings
+    from .sampling.shard import SamplingSettings
 
     return settings_from_json(SamplingSettings, text, seed)
 
 
 def cmd_create_pairs_store(args) -> None:
-    from .sampling import create_store_for_models
+    from .sampling.shard import create_store_for_models
 
     settings = sampling_settings(args.settings, args.seed)
     create_store_for_models(args.stage1_model, args.out, settings)
@@ -185,7 +185,7 @@ def cmd_create_pairs_store(args) -> None:
 
 def cmd_sample_shard(args) -> None:
     from .files import write_json
-    from .sampling import sample_shard
+    from .sampling.shard import sample_shard
 
     torch_threads(args.threads)
     info = sample_shard(args.stage1_model, args.stage2_model, args.store, args.shard,
@@ -196,7 +196,7 @@ def cmd_sample_shard(args) -> None:
 
 def cmd_check_shard(args) -> None:
     from .files import write_json
-    from .sampling import check_shard
+    from .sampling.shard import check_shard
 
     torch_threads(args.threads)
     info = check_shard(args.store, args.shard, args.dataset, backend=args.backend, batch_size=args.batch_size)
@@ -205,14 +205,14 @@ def cmd_check_shard(args) -> None:
 
 
 def cmd_gather_samples(args) -> None:
-    from .sampling import write_manifest
+    from .sampling.shard import write_manifest
 
     manifest = write_manifest(args.store, args.out)
     print(f"wrote {args.out}: {manifest['n_checked']} checked pairs")
 
 
 def cmd_physics_report(args) -> None:
-    from .sampling import physics_report
+    from .sampling.physics_filter import physics_report
 
     row = physics_report(args.store, args.variant, args.max_deviation, args.floor, args.out, args.figure)
     print(f"wrote {args.out}: {row['n_valid']} of {row['n']} pairs within physics.max_deviation "
@@ -222,7 +222,7 @@ def cmd_physics_report(args) -> None:
 def cmd_export_openfwi(args) -> None:
     import json
 
-    from .sampling import ExportSettings, export_openfwi
+    from .sampling.export import ExportSettings, export_openfwi
 
     torch_threads(args.threads)
     info = export_openfwi(args.store, args.dataset, args.out, ExportSettings.from_dict(json.loads(args.settings)))
@@ -254,7 +254,7 @@ def cmd_fid_variant(args) -> None:
 
 
 def experiment_settings(text: str, seed: int):
-    from .evaluation.inversion_experiments import ExperimentSettings
+    from .evaluation.arms import ExperimentSettings
 
     return settings_from_json(ExperimentSettings, text, seed)
 
@@ -425,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", required=True, help="JSON of config stage1.{model,discriminator,losses,training}")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help="the final weights file")
-    p.set_defaults(run=cmd_train_stage1, claims_gpu=True)
+    p.set_defaults(run=cmd_train_stage1, claims_gpu=True, batch_key="stage1.training.batch_size")
 
     p = commands.add_parser("encode-latents", help="encode the train/val splits with a trained autoencoder (Stage 2's data)")
     p.add_argument("--model", required=True)
@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", required=True, help="JSON of config stage2.{model,diffusion,training}")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help="the final weights file")
-    p.set_defaults(run=cmd_train_stage2, claims_gpu=True)
+    p.set_defaults(run=cmd_train_stage2, claims_gpu=True, batch_key="stage2.training.batch_size")
 
     p = commands.add_parser("diffusion-trajectory", help="PDE deviation along the forward and reverse diffusion (Fig. 5, Table 5)")
     p.add_argument("--stage1-model", required=True)
@@ -480,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the global seed (config seed)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--record", required=True, help="JSON written once the shard is complete")
-    p.set_defaults(run=cmd_sample_shard, claims_gpu=True)
+    p.set_defaults(run=cmd_sample_shard, claims_gpu=True, batch_key="sampling.batch_size")
 
     p = commands.add_parser("check-shard", help="the wave-equation check of one shard's pairs (deepwave)")
     p.add_argument("--store", required=True)
@@ -490,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--record", required=True, help="JSON written once the shard is checked")
-    p.set_defaults(run=cmd_check_shard, claims_gpu=True)
+    p.set_defaults(run=cmd_check_shard, claims_gpu=True, batch_key="physics.batch_size")
 
     p = commands.add_parser("gather-samples", help="manifest.json of a complete pairs store (refuses an incomplete one)")
     p.add_argument("--store", required=True)
@@ -520,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the global seed (config seed)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help=".npz to write")
-    p.set_defaults(run=cmd_fid_reference, claims_gpu=True)
+    p.set_defaults(run=cmd_fid_reference, claims_gpu=True, batch_key="fid.batch_size")
 
     p = commands.add_parser("fid-variant", help="FID of one variant's samples and its Stage-1 random latents (Table 1)")
     p.add_argument("--variant", required=True)
@@ -533,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help="fid.csv to write")
     p.add_argument("--figures", required=True, help="folder for tsne_seismic.png and tsne_velocity.png")
-    p.set_defaults(run=cmd_fid_variant, claims_gpu=True)
+    p.set_defaults(run=cmd_fid_variant, claims_gpu=True, batch_key="fid.batch_size")
 
     p = commands.add_parser("train-inversionnet", help="train InversionNet for one arm of Tables 2-4 (resumes after a crash)")
     p.add_argument("--arm", required=True, help="the arm's name (evaluation/inversion_experiments.py)")
@@ -546,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--record", required=True, help="JSON of what the arm trained on, to write")
     p.add_argument("--out", required=True, help="the weights file to write")
-    p.set_defaults(run=cmd_train_inversionnet, claims_gpu=True)
+    p.set_defaults(run=cmd_train_inversionnet, claims_gpu=True, batch_key="inversionnet.training.batch_size")
 
     p = commands.add_parser("hardest-generated", help="the generated pairs a model predicts worst, split train/test (Table 4)")
     p.add_argument("--model", required=True, help="InversionNet weights (arm real)")
@@ -556,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the global seed (config seed)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help=".npz (train, test) to write")
-    p.set_defaults(run=cmd_hardest_generated, claims_gpu=True)
+    p.set_defaults(run=cmd_hardest_generated, claims_gpu=True, batch_key="inversionnet.eval_batch_size")
 
     p = commands.add_parser("evaluate-inversionnet", help="one arm's MAE/RMSE/SSIM per family on the real test split")
     p.add_argument("--model", required=True)
@@ -567,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the global seed (config seed)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help="metrics CSV to write")
-    p.set_defaults(run=cmd_evaluate_inversionnet, claims_gpu=True)
+    p.set_defaults(run=cmd_evaluate_inversionnet, claims_gpu=True, batch_key="inversionnet.eval_batch_size")
 
     p = commands.add_parser("inversionnet-tables", help="Tables 2-4 from every arm's metrics, and the predictions figure")
     p.add_argument("--metrics", nargs="+", required=True)
@@ -591,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table7", required=True)
     p.add_argument("--info", required=True, help="JSON with throughput and settings")
     p.add_argument("--figure", required=True)
-    p.set_defaults(run=cmd_refine_inversion, claims_gpu=True)
+    p.set_defaults(run=cmd_refine_inversion, claims_gpu=True, batch_key="refine.batch_size or refine.candidate_batch")
 
     p = commands.add_parser("combine-tables", help="concatenate CSV tables with the same columns into one")
     p.add_argument("tables", nargs="+")
@@ -616,6 +616,17 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input: one clear line naming the file or key, not a traceback.
         print(f"wavediffusion {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        torch = sys.modules.get("torch")  # imported by the command if it raised torch's error
+        if torch is None or not isinstance(error, torch.OutOfMemoryError):
+            raise
+        # The batch is the knob: name its config key. A job writes its outputs last, so none
+        # is left under its final name and the rerun after lowering the key redoes the job.
+        key = getattr(args, "batch_key", None)
+        knob = f"lower {key}" if key else "lower this step's batch size"
+        print(f"wavediffusion {args.command}: error: out of GPU memory; {knob} (other jobs on the same GPU "
+              f"use its memory too)\n{error}", file=sys.stderr)
+        return 3
     return 0
 
 

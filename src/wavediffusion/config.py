@@ -8,6 +8,7 @@ validated config it uses. Errors name the offending key as a dotted path
 from __future__ import annotations
 
 import copy
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,16 @@ import yaml
 
 class ConfigError(ValueError):
     """A config value that the schema rejects; the message names the key."""
+
+
+def only_known(values: dict, cls, key: str) -> dict:
+    """A config slice for dataclass `cls`: the dict's keys, rejecting any that `cls` does
+    not have (the error names the config key)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{key}: unknown keys {unknown}; known: {sorted(known)}")
+    return dict(values)
 
 
 def key_path(path) -> str:

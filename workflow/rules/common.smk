@@ -3,7 +3,7 @@
 import os
 
 from wavediffusion.data.families import get_family
-from wavediffusion.evaluation.inversion_experiments import ExperimentSettings, arm_names, parse_arm
+from wavediffusion.evaluation.arms import ExperimentSettings, arm_names, parse_arm  # no torch: see arms.py
 
 DATA = config["data"]
 

@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import only_known
 from ..data.store import open_dataset
 from ..devices import resolve_device
 from ..files import atomic_file, write_csv
 from ..sampling.store import open_pairs_store
 from ..training.loop import derive_seed
-from ..training.stage1 import load_autoencoder, only_known
+from ..training.stage1 import load_autoencoder
 from ..training.stage2 import open_latents
 from .fid import fid_from_features, inception_features, load_fid_inception, to_inception_images, tsne_figure
 from .stage1 import gaussian_latents

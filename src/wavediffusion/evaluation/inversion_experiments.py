@@ -1,18 +1,5 @@
-"""The InversionNet augmentation experiments (the paper's Tables 2-4) as named *arms*.
-
-An arm is one InversionNet training run, named by what it trains on; the name is the
-{arm} wildcard of rules train_inversionnet and evaluate_inversionnet, so every arm is its
-own job and its own folder results/inversionnet/<arm>/:
-
-    real                            all real training pairs                   (Table 2)
-    gen-<variant>-<seismic>         generated pairs alone                     (Table 2)
-    real-<p>pct                     a fixed p % subset of the real pairs      (Table 3)
-    gen-<variant>-<seismic>+real-<p>pct   generated + that same p % subset    (Table 3)
-    finetune-real                   `real`'s model, fine-tuned on real pairs  (Table 4)
-    finetune-<variant>-<seismic>    `real`'s model, fine-tuned on the hardest generated pairs
-
-<seismic> is "decoded" (the paper's joint pairs: the decoder's seismic) or "simulated"
-(F(decoded velocity) from the physics check): the alternative a user would try.
+"""Training, evaluating and tabulating the InversionNet arms of the paper's Tables 2-4
+(evaluation/arms.py names them).
 
 Real subsets come from training.inversionnet.real_subset with one seed for every arm, so
 all arms that name p % train on the same real pairs, and the 1 % subset lies inside the
@@ -25,7 +12,7 @@ inversionnet.hard_fraction of the store, split train / test by hard_train_fracti
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -50,124 +37,17 @@ from ..training.inversionnet import (
 )
 from ..sampling.store import open_pairs_store
 from ..training.runs import dataset_identity
-from ..training.stage1 import only_known
+from .arms import Arm, ExperimentSettings, parse_arm
 
-KEY = "inversionnet"
-SEISMIC_KINDS = ("decoded", "simulated")
 METRIC_COLUMNS = ("arm", "table", "train_data", "variant", "seismic", "real_percent", "n_train", "family", "n",
                   "mae", "rmse", "ssim")
 TABLE4_COLUMNS = ("arm", "variant", "seismic", "hard_set", "family", "n", "mae", "rmse", "ssim")
 
 
-@dataclass(frozen=True)
-class ExperimentSettings:
-    """config.yaml `inversionnet` (the model and training slices go to InversionNetSettings)."""
-
-    model: dict = field(default_factory=dict)
-    training: dict = field(default_factory=dict)
-    finetune_training: dict = field(default_factory=dict)  # TrainConfig overrides for Table 4's fine-tuning
-    real_percents: tuple[float, ...] = (10.0, 1.0)  # Table 3
-    seismic: tuple[str, ...] = SEISMIC_KINDS
-    generated_size: int | None = None  # None: as many as the real training pairs
-    hard_fraction: float = 65 / 375  # Table 4: the paper's 65k hardest of 375k
-    hard_train_fraction: float = 55 / 65  # of which 55k train, 10k test
-    eval_batch_size: int = 64
-    seed: int = 0
-
-    def __post_init__(self):
-        object.__setattr__(self, "real_percents", tuple(float(p) for p in self.real_percents))
-        object.__setattr__(self, "seismic", tuple(self.seismic))
-        if not all(0 < p < 100 for p in self.real_percents):
-            raise ValueError(f"{KEY}.real_percents must lie in (0, 100), got {list(self.real_percents)}")
-        unknown = sorted(set(self.seismic) - set(SEISMIC_KINDS))
-        if unknown or not self.seismic:
-            raise ValueError(f"{KEY}.seismic must be a non-empty list of {SEISMIC_KINDS}, got {list(self.seismic)}")
-        for name in ("hard_fraction", "hard_train_fraction"):
-            if not 0 < getattr(self, name) < 1:
-                raise ValueError(f"{KEY}.{name} must lie in (0, 1), got {getattr(self, name)!r}")
-        if self.generated_size is not None and self.generated_size < 1:
-            raise ValueError(f"{KEY}.generated_size must be null or at least 1, got {self.generated_size!r}")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> ExperimentSettings:
-        return cls(**only_known(values, cls, KEY))
-
-    def network(self, finetune: bool = False) -> InversionNetSettings:
-        training = {**self.training, **(self.finetune_training if finetune else {})}
-        return InversionNetSettings(model=self.model, training=training)
-
-
-@dataclass(frozen=True)
-class Arm:
-    name: str
-    real_percent: float | None  # 100 for all real pairs, None for none
-    variant: str | None = None
-    seismic: str | None = None
-    finetune: bool = False
-
-    @property
-    def table(self) -> str:
-        if self.finetune:
-            return "table4"
-        partial = self.real_percent is not None and self.real_percent < 100
-        return "table3" if partial else "table2"
-
-    @property
-    def train_data(self) -> str:
-        """In words, for the tables."""
-        generated = f"generated {self.variant} ({self.seismic} seismic)" if self.variant else None
-        if self.finetune:
-            return "`real` fine-tuned on " + (f"hardest {generated}" if generated else "real")
-        real = None
-        if self.real_percent is not None:
-            real = "real" if self.real_percent == 100 else f"{self.real_percent:g} % real"
-        return " + ".join(part for part in (generated, real) if part)
-
-
-def _percent_name(percent: float) -> str:
-    return f"{percent:g}pct"
-
-
-def _generated(text: str, name: str) -> tuple[str, str]:
-    variant, _, seismic = text.rpartition("-")
-    if not variant or seismic not in SEISMIC_KINDS:
-        raise ValueError(f"InversionNet arm {name!r}: {text!r} is not <variant>-<seismic> with seismic one of "
-                         f"{SEISMIC_KINDS}")
-    return variant, seismic
-
-
-def parse_arm(name: str) -> Arm:
-    """The Arm an {arm} wildcard names (see the module docstring); ValueError naming it otherwise."""
-    if name.startswith("finetune-"):
-        rest = name[len("finetune-"):]
-        if rest == "real":
-            return Arm(name, 100.0, finetune=True)
-        return Arm(name, None, *_generated(rest, name), finetune=True)
-    real = variant = seismic = None
-    for part in name.split("+"):
-        if part == "real" and real is None:
-            real = 100.0
-        elif part.startswith("real-") and part.endswith("pct") and real is None:
-            try:
-                real = float(part[len("real-"):-len("pct")])
-            except ValueError:
-                raise ValueError(f"InversionNet arm {name!r}: {part!r} is not real-<percent>pct") from None
-        elif part.startswith("gen-") and variant is None:
-            variant, seismic = _generated(part[len("gen-"):], name)
-        else:
-            raise ValueError(f"unknown InversionNet arm {name!r}: parts are real, real-<p>pct, gen-<variant>-<seismic>")
-    return Arm(name, real, variant, seismic)
-
-
-def arm_names(variants, settings: ExperimentSettings) -> dict[str, list[str]]:
-    """Every arm of every table, for the configured variants, seismic kinds and percents."""
-    generated = [f"gen-{v}-{s}" for v in variants for s in settings.seismic]
-    percents = [_percent_name(p) for p in settings.real_percents]
-    return {
-        "table2": ["real", *generated],
-        "table3": [f"real-{p}" for p in percents] + [f"{g}+real-{p}" for g in generated for p in percents],
-        "table4": ["finetune-real", *[f"finetune-{g[4:]}" for g in generated]],
-    }
+def network_settings(settings: ExperimentSettings, finetune: bool = False) -> InversionNetSettings:
+    """The InversionNet model and training settings of an arm (Table 4's fine-tuning overrides)."""
+    training = {**settings.training, **(settings.finetune_training if finetune else {})}
+    return InversionNetSettings(model=settings.model, training=training)
 
 
 # ---------------------------------------------------------------------------------------
@@ -215,7 +95,7 @@ def arm_identity(name: str, settings: ExperimentSettings, dataset: str | Path, s
         attrs = open_pairs_store(store, mode="r").attrs
         generated = {"config_sha256": attrs.get("config_sha256"), "seismic": arm.seismic,
                      "done": sorted(p.name for p in (Path(store) / "done").glob("*.json"))}
-    return {"arm": name, "network": asdict(settings.network(arm.finetune)), "dataset": dataset_identity(dataset),
+    return {"arm": name, "network": asdict(network_settings(settings, arm.finetune)), "dataset": dataset_identity(dataset),
             "generated": generated, "generated_size": settings.generated_size, "seed": settings.seed,
             "hard_sha256": sha256_of(hard) if hard else None,
             "init_sha256": sha256_of(init_weights) if init_weights else None, "processes": processes}
@@ -235,7 +115,7 @@ def train_arm(name: str, dataset: str | Path, settings: ExperimentSettings, run_
     if arm.finetune and arm.variant and hard is None:
         raise ValueError(f"arm {name!r}: fine-tuning on the hardest generated pairs needs their .npz (hard)")
     train = training_data(arm, dataset, settings, store, hard)
-    network = settings.network(arm.finetune)
+    network = network_settings(settings, arm.finetune)
     batch = network.train_config().batch_size
     if len(train) < batch:
         raise ValueError(f"arm {name!r}: {len(train)} training pairs, fewer than one batch "

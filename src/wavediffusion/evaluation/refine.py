@@ -77,6 +77,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..config import only_known
 from ..data.families import FAMILY_NAMES
 from ..data.store import open_dataset
 from ..devices import resolve_device
@@ -86,7 +87,7 @@ from ..files import sha256_of
 from ..models.autoencoder import VQAutoencoder
 from ..physics.deviation import per_sample_mse
 from ..training.loop import derive_seed
-from ..training.stage1 import load_autoencoder, only_known
+from ..training.stage1 import load_autoencoder
 from ..training.stage2 import load_stage2
 from .metrics import inversion_metrics
 from .stage1 import indices_per_family

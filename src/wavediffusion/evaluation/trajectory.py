@@ -65,13 +65,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..config import only_known
 from ..data.store import open_dataset, representation_of
 from ..data.transforms import Representation
 from ..devices import resolve_device
 from ..diffusion import NoiseSchedule, ddim_sample, ddpm_sample, synchronize, unet_autocast
 from ..files import sha256_of, write_csv
 from ..physics.forward import BACKENDS
-from ..training.stage1 import load_autoencoder, only_known
+from ..training.stage1 import load_autoencoder
 from ..training.stage2 import load_stage2, open_latents
 from .stage1 import TABLE5_COLUMNS, decode_and_check, deviation_row, plot_examples, random_training_latents
 

@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..config import only_known
 from ..data.store import open_dataset, representation_of
 from ..data.transforms import velocity_from_model
 from ..devices import resolve_device
 from ..files import atomic_directory, write_csv
 from ..physics.acquisition import OPENFWI_ACQUISITION
 from ..physics.forward import forward_model
-from ..training.stage1 import only_known
 from .store import open_pairs_store
 
 KEY = "export"

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..config import only_known
 from ..data.store import open_dataset, representation_of
 from ..data.transforms import Representation, velocity_from_model
 from ..devices import resolve_device
@@ -40,7 +41,7 @@ from ..files import sha256_of, write_json
 from ..physics.deviation import per_sample_mse, simulate_in_model_space
 from ..physics.forward import BACKENDS
 from ..training.loop import derive_seed
-from ..training.stage1 import load_autoencoder, only_known
+from ..training.stage1 import load_autoencoder
 from ..training.stage2 import load_stage2
 from .store import (
     DONE_KINDS,

@@ -38,6 +38,7 @@ import zarr
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from ..config import only_known
 from ..data.dataset import PairDataset, checked_indices
 from ..data.store import open_dataset, representation_of
 from ..devices import resolve_device
@@ -47,7 +48,6 @@ from ..models.inversionnet import InversionNet, InversionNetConfig
 from ..sampling.store import is_done, open_pairs_store
 from . import checkpoint as ckpt
 from .loop import Run, TrainConfig, derive_seed, seeded_init, train
-from .stage1 import only_known
 
 MODULE = "inversionnet"  # the task's module name in weights files
 # InversionNetConfig fields that the data fix; settings may not set them

@@ -9,12 +9,13 @@ logs -- is the project's one loop (training/loop.py).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..config import only_known
 from ..data.dataset import PairDataset
 from ..data.store import open_dataset, representation_of
 from ..models.autoencoder import AutoencoderConfig, VQAutoencoder
@@ -149,15 +150,6 @@ class Stage1Task:
         mse_v = F.mse_loss(out.velocity.float(), velocity)
         return {"val_reconstruction": mse_s + mse_v, "val_mse_seismic": mse_s, "val_mse_velocity": mse_v,
                 "val_mae_velocity": (out.velocity.float() - velocity).abs().mean()}
-
-
-def only_known(values: dict, cls, key: str) -> dict:
-    """Keep the dict's keys, rejecting any that `cls` does not have (naming the config key)."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{key}: unknown keys {unknown}; known: {sorted(known)}")
-    return dict(values)
 
 
 def build_task(dataset: str | Path, variant: str, settings: Stage1Settings) -> tuple[Stage1Task, TrainConfig]:

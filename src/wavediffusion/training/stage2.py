@@ -25,11 +25,11 @@ import torch
 import zarr
 from torch.utils.data import Dataset
 
+from ..config import only_known
 from ..diffusion.schedule import LOSSES, NoiseSchedule
 from ..models.unet import UNet, UNetConfig
 from . import checkpoint as ckpt
 from .loop import Run, TrainConfig, adam, seeded_init, train
-from .stage1 import only_known
 
 # UNetConfig fields that the latents fix; settings may not set them
 FROM_LATENTS = ("in_channels", "out_channels", "image_size")

@@ -1,0 +1,138 @@
+"""The InversionNet augmentation experiments (the paper's Tables 2-4) as named *arms*.
+
+An arm is one InversionNet training run, named by what it trains on; the name is the
+{arm} wildcard of rules train_inversionnet and evaluate_inversionnet, so every arm is its
+own job and its own folder results/inversionnet/<arm>/:
+
+    real                            all real training pairs                   (Table 2)
+    gen-<variant>-<seismic>         generated pairs alone                     (Table 2)
+    real-<p>pct                     a fixed p % subset of the real pairs      (Table 3)
+    gen-<variant>-<seismic>+real-<p>pct   generated + that same p % subset    (Table 3)
+    finetune-real                   `real`'s model, fine-tuned on real pairs  (Table 4)
+    finetune-<variant>-<seismic>    `real`'s model, fine-tuned on the hardest generated pairs
+
+<seismic> is "decoded" (the paper's joint pairs: the decoder's seismic) or "simulated"
+(F(decoded velocity) from the physics check): the alternative a user would try.
+
+This module names the arms and reads the config; it imports no torch, because the
+Snakefile imports it (workflow/rules/common.smk) and every Snakemake process, a SLURM
+job's included, would otherwise pay torch's import. evaluation/inversion_experiments.py
+trains, evaluates and tabulates them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import only_known
+
+KEY = "inversionnet"
+SEISMIC_KINDS = ("decoded", "simulated")
+
+
+@dataclass(frozen=True)
+class ExperimentSettings:
+    """config.yaml `inversionnet` (its model and training slices become InversionNetSettings:
+    inversion_experiments.network_settings)."""
+
+    model: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    finetune_training: dict = field(default_factory=dict)  # TrainConfig overrides for Table 4's fine-tuning
+    real_percents: tuple[float, ...] = (10.0, 1.0)  # Table 3
+    seismic: tuple[str, ...] = SEISMIC_KINDS
+    generated_size: int | None = None  # None: as many as the real training pairs
+    hard_fraction: float = 65 / 375  # Table 4: the paper's 65k hardest of 375k
+    hard_train_fraction: float = 55 / 65  # of which 55k train, 10k test
+    eval_batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "real_percents", tuple(float(p) for p in self.real_percents))
+        object.__setattr__(self, "seismic", tuple(self.seismic))
+        if not all(0 < p < 100 for p in self.real_percents):
+            raise ValueError(f"{KEY}.real_percents must lie in (0, 100), got {list(self.real_percents)}")
+        unknown = sorted(set(self.seismic) - set(SEISMIC_KINDS))
+        if unknown or not self.seismic:
+            raise ValueError(f"{KEY}.seismic must be a non-empty list of {SEISMIC_KINDS}, got {list(self.seismic)}")
+        for name in ("hard_fraction", "hard_train_fraction"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{KEY}.{name} must lie in (0, 1), got {getattr(self, name)!r}")
+        if self.generated_size is not None and self.generated_size < 1:
+            raise ValueError(f"{KEY}.generated_size must be null or at least 1, got {self.generated_size!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ExperimentSettings:
+        return cls(**only_known(values, cls, KEY))
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    real_percent: float | None  # 100 for all real pairs, None for none
+    variant: str | None = None
+    seismic: str | None = None
+    finetune: bool = False
+
+    @property
+    def table(self) -> str:
+        if self.finetune:
+            return "table4"
+        partial = self.real_percent is not None and self.real_percent < 100
+        return "table3" if partial else "table2"
+
+    @property
+    def train_data(self) -> str:
+        """In words, for the tables."""
+        generated = f"generated {self.variant} ({self.seismic} seismic)" if self.variant else None
+        if self.finetune:
+            return "`real` fine-tuned on " + (f"hardest {generated}" if generated else "real")
+        real = None
+        if self.real_percent is not None:
+            real = "real" if self.real_percent == 100 else f"{self.real_percent:g} % real"
+        return " + ".join(part for part in (generated, real) if part)
+
+
+def _percent_name(percent: float) -> str:
+    return f"{percent:g}pct"
+
+
+def _generated(text: str, name: str) -> tuple[str, str]:
+    variant, _, seismic = text.rpartition("-")
+    if not variant or seismic not in SEISMIC_KINDS:
+        raise ValueError(f"InversionNet arm {name!r}: {text!r} is not <variant>-<seismic> with seismic one of "
+                         f"{SEISMIC_KINDS}")
+    return variant, seismic
+
+
+def parse_arm(name: str) -> Arm:
+    """The Arm an {arm} wildcard names (see the module docstring); ValueError naming it otherwise."""
+    if name.startswith("finetune-"):
+        rest = name[len("finetune-"):]
+        if rest == "real":
+            return Arm(name, 100.0, finetune=True)
+        return Arm(name, None, *_generated(rest, name), finetune=True)
+    real = variant = seismic = None
+    for part in name.split("+"):
+        if part == "real" and real is None:
+            real = 100.0
+        elif part.startswith("real-") and part.endswith("pct") and real is None:
+            try:
+                real = float(part[len("real-"):-len("pct")])
+            except ValueError:
+                raise ValueError(f"InversionNet arm {name!r}: {part!r} is not real-<percent>pct") from None
+        elif part.startswith("gen-") and variant is None:
+            variant, seismic = _generated(part[len("gen-"):], name)
+        else:
+            raise ValueError(f"unknown InversionNet arm {name!r}: parts are real, real-<p>pct, gen-<variant>-<seismic>")
+    return Arm(name, real, variant, seismic)
+
+
+def arm_names(variants, settings: ExperimentSettings) -> dict[str, list[str]]:
+    """Every arm of every table, for the configured variants, seismic kinds and percents."""
+    generated = [f"gen-{v}-{s}" for v in variants for s in settings.seismic]
+    percents = [_percent_name(p) for p in settings.real_percents]
+    return {
+        "table2": ["real", *generated],
+        "table3": [f"real-{p}" for p in percents] + [f"{g}+real-{p}" for g in generated for p in percents],
+        "table4": ["finetune-real", *[f"finetune-{g[4:]}" for g in generated]],
+    }
