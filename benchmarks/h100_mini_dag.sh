@@ -40,10 +40,11 @@ collect() {  # what is done so far, into OUTDIR
     tail -15 "$LOG"
     cp "$LOG" "$OUT/snakemake.log"
     for f in benchmarks/out/*.tsv benchmarks/out/*/*.tsv; do printf '%s\t%s\n' "$f" "$(tail -1 "$f")"; done > "$OUT/rule_times.tsv" 2>/dev/null
-    # files under 2 MB (tables, figures, logs, records): models and stores stay behind
-    find results logs -type f -size -2M -not -path '*.zarr/*' -not -path 'results/embedded/*' -print0 2>/dev/null |
+    # files under 2 MiB (tables, figures, logs, records): models and stores stay behind. In
+    # KiB, since find rounds sizes up to its unit (-size -2M would mean 1 MiB at most)
+    find results logs -type f -size -2048k -not -path '*.zarr/*' -not -path 'results/embedded/*' -print0 2>/dev/null |
         tar czf "$OUT/results.tgz" --null -T -
-    find results -type f -size +2M -printf '%s\t%p\n' > "$OUT/large_files.tsv" 2>/dev/null
+    find results -type f -size +2047k -printf '%s\t%p\n' > "$OUT/large_files.tsv" 2>/dev/null
     ls -la "$OUT"
 }
 
