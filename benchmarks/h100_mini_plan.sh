@@ -9,6 +9,8 @@
 # 3. beside it, once the pairs store is complete (PLAN_EXTRAS=0 leaves these out): the
 #    sampling benchmark on the trained models (DDIM-50 fp32 vs bf16 from the same noise:
 #    what bf16 changes; its speeds share the GPU with the DAG) and the GPU-marked tests.
+# PLAN_BENCHMARKS=0 leaves out step 1; STAGE2_STEPS=N overrides the Stage-2 steps (after
+# the cut below).
 # ONE_GPU_SESSION=1 cuts the mini config to what fits one H200 in one 30-minute device
 # session (half the training maps, 3 000 Stage-2 steps, 6 000 pairs, 6 refined sections per
 # family) and samples one shard at a time; docs/results.md says so beside every number
@@ -25,13 +27,17 @@ if '${ONE_GPU_SESSION:-0}' == '1':
     config['stage2']['training']['max_steps'] = 3000
     config['sampling'].update(num_pairs=6000, shard_size=2000)
     config['refine']['per_family'] = 6
+if '${STAGE2_STEPS:-}':
+    config['stage2']['training']['max_steps'] = int('${STAGE2_STEPS:-0}')
 yaml.safe_dump(config, open('/root/mini_gpu.yaml', 'w'))"
-python3 benchmarks/unet_throughput.py --paper-only --eager-only --compare-strided > logs/benchmark_unet.log 2>&1
-# Stage-2 training alone at the mini batch (random latents in memory, one epoch of 200 steps
-# so no epoch-end checkpoint falls inside the timing): is the loop bound by the GPU?
-python3 benchmarks/ddp_scaling.py run --model stage2 --steps 200 --batch-size 64 --samples 12800 \
-    --out /root/benchmark_stage2 > logs/benchmark_stage2.log 2>&1 &&
-    python3 benchmarks/ddp_scaling.py compare /root/benchmark_stage2 --machine "1x H200, alone" >> logs/benchmark_stage2.log 2>&1
+if [ "${PLAN_BENCHMARKS:-1}" = 1 ]; then
+    python3 benchmarks/unet_throughput.py --paper-only --eager-only --compare-strided > logs/benchmark_unet.log 2>&1
+    # Stage-2 training alone at the mini batch (random latents in memory, one epoch of 200
+    # steps so no epoch-end checkpoint falls inside the timing): is the loop bound by the GPU?
+    python3 benchmarks/ddp_scaling.py run --model stage2 --steps 200 --batch-size 64 --samples 12800 \
+        --out /root/benchmark_stage2 > logs/benchmark_stage2.log 2>&1 &&
+        python3 benchmarks/ddp_scaling.py compare /root/benchmark_stage2 --machine "1x H200, alone" >> logs/benchmark_stage2.log 2>&1
+fi
 if [ "${PLAN_EXTRAS:-1}" = 1 ]; then
     (
         while [ ! -f results/samples/1vq/manifest.json ]; do sleep 10; done

@@ -135,6 +135,22 @@ def test_ema_follows_ldm_warmup_then_the_decay():
     assert task.ema_decay() == 0.99
 
 
+def test_the_ema_update_is_the_lerp_of_every_weight():
+    from wavediffusion.training.stage2 import DiffusionSettings
+
+    task = Stage2Task.__new__(Stage2Task)  # only the update is exercised
+    task.diffusion = DiffusionSettings(ema_decay=0.9, ema_warmup=False)
+    task.ema_updates = 0
+    task.unet = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.GroupNorm(2, 4))
+    task.ema = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.GroupNorm(2, 4)).requires_grad_(False)
+    before = {k: v.clone() for k, v in task.ema.state_dict().items()}
+    task.update_ema()
+    for key, weight in task.unet.state_dict().items():
+        expected = before[key] + 0.1 * (weight - before[key])
+        assert torch.allclose(task.ema.state_dict()[key], expected, atol=1e-7), key
+    assert task.ema_updates == 1
+
+
 class Interrupted(RuntimeError):
     pass
 

@@ -184,9 +184,12 @@ class Stage2Task:
     def update_ema(self) -> None:
         """ema <- decay · ema + (1 - decay) · weights, after each optimiser step."""
         decay = self.ema_decay()
-        self.ema.to(next(self.unet.parameters()).device)
-        for ema_p, p in zip(self.ema.parameters(), self.unet.parameters()):
-            ema_p.lerp_(p.detach(), 1.0 - decay)
+        weights = [p.detach() for p in self.unet.parameters()]
+        if next(self.ema.parameters()).device != weights[0].device:  # once: the loop moves only the UNet
+            self.ema.to(weights[0].device)
+        # one fused update for all ~400 tensors of the paper's UNet rather than a kernel launch
+        # for each (the same lerp, element by element)
+        torch._foreach_lerp_(list(self.ema.parameters()), weights, 1.0 - decay)
         for ema_b, b in zip(self.ema.buffers(), self.unet.buffers()):
             ema_b.copy_(b)
         self.ema_updates += 1
