@@ -28,7 +28,7 @@ if '${ONE_GPU_SESSION:-0}' == '1':
     config['sampling'].update(num_pairs=6000, shard_size=2000)
     config['refine']['per_family'] = 6
 if '${STAGE2_STEPS:-}':
-    config['stage2']['training']['max_steps'] = int('${STAGE2_STEPS:-0}')
+    config['stage2']['training']['max_steps'] = int('${STAGE2_STEPS:-}')
 yaml.safe_dump(config, open('/root/mini_gpu.yaml', 'w'))"
 if [ "${PLAN_BENCHMARKS:-1}" = 1 ]; then
     python3 benchmarks/unet_throughput.py --paper-only --eager-only --compare-strided > logs/benchmark_unet.log 2>&1

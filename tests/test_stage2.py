@@ -15,6 +15,7 @@ from wavediffusion.models.unet import UNet
 from wavediffusion.training import checkpoint as ckpt
 from wavediffusion.training import train
 from wavediffusion.training.stage2 import (
+    DiffusionSettings,
     LatentDataset,
     Stage2Settings,
     Stage2Task,
@@ -123,8 +124,6 @@ def test_train_stage2_writes_weights_that_load_for_sampling(latents, tmp_path):
 
 def test_ema_follows_ldm_warmup_then_the_decay():
     task = Stage2Task.__new__(Stage2Task)  # only the decay rule is exercised
-    from wavediffusion.training.stage2 import DiffusionSettings
-
     task.diffusion = DiffusionSettings(ema_decay=0.9999)
     task.ema_updates = 0
     assert task.ema_decay() == pytest.approx(0.1)
@@ -136,8 +135,6 @@ def test_ema_follows_ldm_warmup_then_the_decay():
 
 
 def test_the_ema_update_is_the_lerp_of_every_weight():
-    from wavediffusion.training.stage2 import DiffusionSettings
-
     task = Stage2Task.__new__(Stage2Task)  # only the update is exercised
     task.diffusion = DiffusionSettings(ema_decay=0.9, ema_warmup=False)
     task.ema_updates = 0

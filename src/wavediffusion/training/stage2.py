@@ -180,13 +180,18 @@ class Stage2Task:
             return min(self.diffusion.ema_decay, (1 + n) / (10 + n))
         return self.diffusion.ema_decay
 
+    def _ema_on(self, device: torch.device) -> None:
+        """Move the EMA to the training device the first time (the loop moves only the UNet;
+        Module.to walks every tensor, too slow to repeat on each step)."""
+        if next(self.ema.parameters()).device != device:
+            self.ema.to(device)
+
     @torch.no_grad()
     def update_ema(self) -> None:
         """ema <- decay · ema + (1 - decay) · weights, after each optimiser step."""
         decay = self.ema_decay()
         weights = [p.detach() for p in self.unet.parameters()]
-        if next(self.ema.parameters()).device != weights[0].device:  # once: the loop moves only the UNet
-            self.ema.to(weights[0].device)
+        self._ema_on(weights[0].device)
         # one fused update for all ~400 tensors of the paper's UNet rather than a kernel launch
         # for each (the same lerp, element by element)
         torch._foreach_lerp_(list(self.ema.parameters()), weights, 1.0 - decay)
@@ -208,7 +213,7 @@ class Stage2Task:
     def validate(self, batch: dict, run: Run) -> dict:
         z0 = batch["latent"] * self.scale_factor
         t, noise = per_sample_draws(batch["latent"], self.schedule.num_steps)
-        self.ema.to(z0.device)
+        self._ema_on(z0.device)
         metrics = {}
         for name, model in (("val_loss", self.unet), ("val_loss_ema", self.ema)):
             with run.autocast():
