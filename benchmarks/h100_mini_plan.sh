@@ -1,7 +1,7 @@
 # What the mini-scale GPU run does (run by `h100_mini_dag.sh start`; GPUS is the
 # machine's GPU count):
-# 1. the UNet benchmark (old vs new attention layout, eager) and Stage-2 training alone at
-#    batch 64, about two minutes, first, so that they have the GPU to themselves;
+# 1. Stage-2 training alone at batch 64, about a minute, first, so that it has the GPU to
+#    itself;
 # 2. one Snakemake call from the data to $PLAN_TARGETS (default: the physics report, the
 #    export, the FID table, the inversion tables and the refinement tables), with Stage 2
 #    trained on all the GPUs (the batch size is global, so the recipe is the one-GPU
@@ -31,7 +31,6 @@ if '${STAGE2_STEPS:-}':
     config['stage2']['training']['max_steps'] = int('${STAGE2_STEPS:-}')
 yaml.safe_dump(config, open('/root/mini_gpu.yaml', 'w'))"
 if [ "${PLAN_BENCHMARKS:-1}" = 1 ]; then
-    python3 benchmarks/unet_throughput.py --paper-only --eager-only --compare-strided > logs/benchmark_unet.log 2>&1
     # Stage-2 training alone at the mini batch (random latents in memory, one epoch of 200
     # steps so no epoch-end checkpoint falls inside the timing): is the loop bound by the GPU?
     python3 benchmarks/ddp_scaling.py run --model stage2 --steps 200 --batch-size 64 --samples 12800 \

@@ -1,5 +1,6 @@
 """Self-attention of the UNet and the autoencoder: the same numbers as attention written
-out by hand, computed through SDPA's fused kernels (not its math fallback)."""
+out by hand, computed through SDPA's fused kernels (not its math fallback), in either
+memory format."""
 
 from __future__ import annotations
 
@@ -56,11 +57,20 @@ def test_attention_blocks_match_attention_by_hand_through_a_fused_kernel(name, m
 
 def test_split_heads_gives_unit_feature_stride_and_the_trained_channel_split():
     b, c, n, heads = 2, 12, 5, 3
-    qkv = torch.arange(b * 3 * c * n, dtype=torch.float32).reshape(b, 3 * c, n)
+    qkv = torch.arange(b * n * 3 * c, dtype=torch.float32).reshape(b, n, 3 * c)  # tokens (B, N, 3C)
     q, k, v = split_heads(qkv, heads)
     assert q.shape == k.shape == v.shape == (b, heads, n, c // heads)
     assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+    assert q.data_ptr() == qkv.data_ptr()  # views, no copy
     d = c // heads
     for s, part in enumerate((q, k, v)):
         for h in range(heads):
-            torch.testing.assert_close(part[:, h], qkv[:, s * c + h * d: s * c + (h + 1) * d].transpose(1, 2))
+            torch.testing.assert_close(part[:, h], qkv[:, :, s * c + h * d: s * c + (h + 1) * d])
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_attention_takes_either_memory_format(memory_format):
+    block = randomised(unet.AttentionBlock(32, unet.UNetConfig.tiny()))
+    x = torch.randn(2, 32, 4, 4, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(block(x.contiguous(memory_format=memory_format)), block(x))

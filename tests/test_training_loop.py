@@ -187,6 +187,12 @@ def test_max_steps_stops_mid_epoch_validates_and_checkpoints(tmp_path):
     assert (state["epoch"], state["batch_in_epoch"], state["finished"]) == (1, 5, True)
 
 
+def test_a_training_set_smaller_than_one_batch_is_an_error_not_endless_epochs(tmp_path):
+    config = toy.toy_config(batch_size=128)  # the toy training set has 96 samples
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        train(*toy.build("regression", config), config, tmp_path)
+
+
 def test_resume_with_changed_config_is_refused_naming_the_keys(tmp_path):
     config = toy.toy_config(max_epochs=1)
     train(*toy.build("regression", config), config, tmp_path)

@@ -212,9 +212,7 @@ class AttentionBlock(nn.Module):
         self.proj = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, H, W)
-        b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3 * c, h * w)  # (B, 3C, HW)
-        return x + self.proj(self_attention(qkv, num_heads=1).reshape(b, c, h, w))
+        return x + self_attention(self.norm(x), self.qkv, self.proj, num_heads=1)
 
 
 class MidBlock(nn.Module):
@@ -398,6 +396,10 @@ class AutoencoderOutput:
 
 class VQAutoencoder(nn.Module):
     """Encoder -> vector quantiser(s) -> seismic decoder and velocity decoder."""
+
+    # what gpu_speed.compile_module compiles: the blocks, not the quantiser (its
+    # dead-code bookkeeping is data-dependent and, under DDP, a collective)
+    compile_regions = (ResnetBlock, AttentionBlock, Upsample)
 
     def __init__(self, config: AutoencoderConfig):
         super().__init__()

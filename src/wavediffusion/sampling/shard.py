@@ -5,14 +5,16 @@
   the sampling device -- so a shard's values do not depend on the global RNG or on other
   shards (a GPU draws other numbers than the CPU from the same seed) -- decoded by the
   Stage-1 autoencoder, written into the shard's own rows, then marked done. Rows are
-  written a whole Zarr shard (store block) at a time (store.BlockWriter); a job killed
+  written a whole Zarr shard (store block) at a time (store.BlockWriter), from a thread
+  of their own while the GPU denoises the next batch (store.BackgroundWriter); a job killed
   before its marker leaves an incomplete shard that is_done reports as such, and
   re-running rewrites all of its rows. With the same
   settings (batch_size included: the generator's draws follow the batches) and device, a
   re-run gives identical values (bitwise on the CPU).
 - `check_shard` (rule check_shard): the stored velocity -> 70x70 m/s -> acoustic forward
   operator -> the model's seismic space (`seismic_simulated`), and the paper's PDE
-  deviation per sample (`deviation`, MSE against the decoded seismic). It simulates the
+  deviation per sample (`deviation`, MSE against the decoded seismic); the next batch is
+  read and the last one written by threads while the GPU simulates. It simulates the
   stored velocity (what a user of the store gets) rather than re-decoding the latent; on
   the same device both are the same numbers as evaluation.stage1.decode_and_check.
 - `gather` (rule gather_samples): refuses incomplete stores (naming the shards), returns
@@ -25,6 +27,7 @@ import contextlib
 import hashlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +41,7 @@ from ..data.transforms import Representation, velocity_from_model
 from ..devices import resolve_device
 from ..diffusion.samplers import ddim_sample, ddpm_sample, synchronize, unet_autocast
 from ..files import sha256_of, write_json
+from ..gpu_speed import compile_module
 from ..physics.deviation import per_sample_mse, simulate_in_model_space
 from ..physics.forward import BACKENDS
 from ..training.loop import derive_seed
@@ -45,6 +49,7 @@ from ..training.stage1 import load_autoencoder
 from ..training.stage2 import load_stage2
 from .store import (
     DONE_KINDS,
+    BackgroundWriter,
     BlockWriter,
     check_block,
     clear_done,
@@ -187,11 +192,13 @@ def sample_shard(stage1_model: str | Path, stage2_model: str | Path, store: str 
     autocast = unet_autocast(device, settings.precision)
     compiled = settings.compile and device.type == "cuda"
     if compiled:
-        # fuses the normalisation, attention and elementwise work that bounds the eager UNet;
-        # the first batch pays for the compilation (counted in pairs_per_second)
-        unet = torch.compile(unet)
+        # fuses the normalisation, attention and elementwise work that bounds the eager
+        # networks; the first batch pays for the compilation (counted in pairs_per_second)
+        compile_module(unet)
+        compile_module(autoencoder)
     timer = PartTimer(device)
-    writer = BlockWriter(root, rows)
+    # the Zarr writes (compression) run in a thread of their own, beside the next batch
+    writer = BackgroundWriter(BlockWriter(root, rows))
     batches = range(rows.start, rows.stop, settings.batch_size)
     for start in tqdm(batches, desc=f"shard {k}", unit="batch", disable=not progress):
         count = min(settings.batch_size, rows.stop - start)
@@ -205,7 +212,7 @@ def sample_shard(stage1_model: str | Path, stage2_model: str | Path, store: str 
             z = z.float() / scale
         with timer.part("decode"):
             seismic, velocity = autoencoder.decode_latent(z)
-        with timer.part("write"):  # the copies to host memory and the Zarr writes
+        with timer.part("write"):  # the copies to host memory; waiting for the writer thread
             writer.append({
                 "latent": z.cpu().numpy(),
                 "seismic": seismic.float().cpu().numpy(),
@@ -219,6 +226,7 @@ def sample_shard(stage1_model: str | Path, stage2_model: str | Path, store: str 
     info = {
         "n": len(rows), "rows": [rows.start, rows.stop], "seed": seed, "seconds": seconds,
         "pairs_per_second": len(rows) / seconds if seconds > 0 else None, "seconds_by_part": timer.seconds,
+        "writer_thread_seconds": writer.busy_seconds,
         "sampler": settings.sampler, "steps": settings.steps if settings.sampler == "ddim" else schedule.num_steps,
         "eta": settings.eta if settings.sampler == "ddim" else None, "batch_size": settings.batch_size,
         "precision": settings.precision if autocast is not None else "fp32", "compiled": compiled,
@@ -261,24 +269,37 @@ def check_shard(store: str | Path, k: int, dataset: str | Path | Representation,
     clear_done(store, "check", k)
     timer = PartTimer(device)
     deviations = []
-    writer = BlockWriter(root, rows)
-    for start in tqdm(range(rows.start, rows.stop, batch_size), desc=f"check {k}", unit="batch", disable=not progress):
+    # reading the next batch and writing the last one run in threads, beside the simulation
+    writer = BackgroundWriter(BlockWriter(root, rows))
+    starts = range(rows.start, rows.stop, batch_size)
+    arrays = (root["seismic"], root["velocity"])
+
+    def read(start: int) -> tuple[np.ndarray, np.ndarray]:
         stop = min(start + batch_size, rows.stop)
-        with timer.part("read"):
-            seismic = torch.from_numpy(root["seismic"][start:stop]).to(device)
-            velocity = torch.from_numpy(root["velocity"][start:stop]).to(device)
+        return arrays[0][start:stop], arrays[1][start:stop]
+
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-reader")
+    next_read = reader.submit(read, starts[0])
+    for i, start in enumerate(tqdm(starts, desc=f"check {k}", unit="batch", disable=not progress)):
+        with timer.part("read"):  # waiting for the reader thread, and the copy to the device
+            seismic, velocity = next_read.result()
+            if i + 1 < len(starts):
+                next_read = reader.submit(read, starts[i + 1])
+            seismic, velocity = torch.from_numpy(seismic).to(device), torch.from_numpy(velocity).to(device)
         with timer.part("simulate"):
             simulated = simulate_in_model_space(velocity_from_model(velocity, rep), rep, backend, batch_size).float()
             deviation = per_sample_mse(seismic, simulated).double().cpu().numpy()
         with timer.part("write"):
             writer.append({"seismic_simulated": simulated.cpu().numpy(), "deviation": deviation})
         deviations.append(deviation)
+    reader.shutdown()
     with timer.part("write"):
         writer.close()
     seconds = timer.elapsed()
     deviation = np.concatenate(deviations)
     info = {"n": len(rows), "rows": [rows.start, rows.stop], "backend": backend, "seconds": seconds,
             "pairs_per_second": len(rows) / seconds if seconds > 0 else None, "seconds_by_part": timer.seconds,
+            "writer_thread_seconds": writer.busy_seconds,
             "device": str(device), "sample_seed": read_done(store, "sample", k)["seed"], **_stats(deviation)}
     if not np.isfinite(deviation).all():
         raise FloatingPointError(f"{store}: shard {k} has non-finite deviations")

@@ -34,6 +34,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +205,38 @@ def clear_done(store: str | Path, kind: str, k: int) -> None:
 
 def done_shards(store: str | Path, kind: str, count: int) -> list[int]:
     return [k for k in range(count) if is_done(store, kind, k)]
+
+
+class BackgroundWriter:
+    """A BlockWriter whose appends run in one worker thread, in order: compressing and
+    writing a batch overlaps the GPU's work on the next one. At most `depth` batches wait
+    in memory; an error in the thread is raised by the next append or by close.
+    `busy_seconds` is the thread's time spent writing."""
+
+    def __init__(self, writer: BlockWriter, depth: int = 2):
+        self.writer = writer
+        self.depth = depth
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self.pending: deque = deque()
+        self.busy_seconds = 0.0
+
+    def _append(self, rows: dict[str, np.ndarray]) -> None:
+        started = time.perf_counter()
+        self.writer.append(rows)
+        self.busy_seconds += time.perf_counter() - started
+
+    def append(self, rows: dict[str, np.ndarray]) -> None:
+        while len(self.pending) >= self.depth:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(self._append, rows))
+
+    def close(self) -> None:
+        """Wait for every append, then write the last block."""
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+            started = time.perf_counter()
+            self.writer.close()
+            self.busy_seconds += time.perf_counter() - started
+        finally:
+            self.pool.shutdown(cancel_futures=True)

@@ -58,6 +58,21 @@ Precision
 "bf16": `run.autocast()` is bf16 autocast on a GPU (bf16 has fp32's exponent range, so
 no GradScaler is needed and none is kept); on CPU it does nothing — CPU always runs fp32.
 "fp32": autocast does nothing anywhere.
+
+Speed on a GPU (none of it changes what is computed, only its rounding)
+-----------------------------------------------------------------------
+- `data_on_device`: the whole training (and validation) set is read once into GPU memory
+  and each batch is gathered there by index, in the same order as the DataLoader would
+  give it — no worker processes, no host-to-device copy per step. "auto" does so when
+  both splits take at most a quarter of the GPU's free memory. Datasets must return the
+  same sample for an index every time (no random augmentation), as ours do.
+- `compile`: each module is compiled with torch.compile, in place (state_dict keys are
+  unchanged). A module that names `compile_regions` (block classes) has only those blocks
+  compiled: each distinct block compiles once, in seconds, instead of the whole network.
+- `channels_last`: modules and 4-D batches in NHWC, the layout the GPU's convolution
+  kernels work in (NCHW costs a transpose around every bf16 convolution).
+- Adam and AdamW take their fused single-kernel step on a GPU (torch's `fused=True`).
+On the CPU all four are off, so the CPU tests see exactly the plain loop.
 """
 
 from __future__ import annotations
@@ -85,7 +100,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
+from .device_data import DeviceData, sample_bytes
 from .distributed import DistEnv, all_reduce_mean, all_reduce_sum, gather_objects, setup
+from ..gpu_speed import channels_last, compile_module, use_fused_step
 
 CHECKPOINT_FORMAT = 1
 
@@ -101,7 +118,13 @@ RESUME_FREE_KEYS = frozenset({
     "train.device",
     "train.progress",
     "train.tensorboard",
+    "train.data_on_device",
+    "train.compile",
+    "train.channels_last",
 })
+
+# "auto" keeps the data on the GPU when it takes at most this share of the free memory
+DATA_ON_DEVICE_SHARE = 0.25
 
 
 @dataclass
@@ -130,6 +153,9 @@ class TrainConfig:
     device: str = "auto"                  # "auto" (CUDA if present) | "cuda" | "cpu"
     progress: bool = True                 # tqdm bar on rank 0
     tensorboard: bool = True              # also write TensorBoard events, if it is installed
+    data_on_device: bool | str = "auto"   # whole data set in GPU memory: true | false | "auto" (when it fits)
+    compile: bool = False                 # torch.compile the modules on a GPU (their compile_regions)
+    channels_last: bool = False           # NHWC modules and batches on a GPU
 
     def __post_init__(self):
         if self.precision not in ("bf16", "fp32"):
@@ -138,6 +164,11 @@ class TrainConfig:
             raise ValueError("batch_size and max_epochs must be >= 1")
         if self.checkpoint_every_steps < 1 or self.log_every_steps < 1 or self.validate_every_epochs < 1:
             raise ValueError("checkpoint_every_steps, log_every_steps and validate_every_epochs must be >= 1")
+        if self.data_on_device not in (True, False, "auto"):
+            raise ValueError(f"data_on_device must be true, false or 'auto', got {self.data_on_device!r}")
+        for name in ("compile", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         self.betas = tuple(self.betas)
 
 
@@ -418,28 +449,63 @@ class _Trainer:
         self.collate_fn = collate_fn
         self.main = env.rank == 0
         self.steps_per_epoch = len(train_dataset) // config.batch_size
+        if self.steps_per_epoch == 0:  # else every "epoch" would end at once, forever
+            raise ValueError(f"the training set has {len(train_dataset)} samples, fewer than one global batch "
+                             f"({config.batch_size}); lower the training batch_size")
         self.run_config = _run_config(config, task)
 
         self.modules = dict(task.modules())
         self.optimizers = dict(task.optimizers())
+        self.on_gpu = env.device.type == "cuda"
         for module in self.modules.values():
             module.to(env.device)  # keeps Parameter identity, so optimisers stay valid
+            if self.on_gpu and config.channels_last:
+                module.to(memory_format=torch.channels_last)
         for optimizer in self.optimizers.values():
             for group in optimizer.param_groups:
                 group.setdefault("base_lr", group["lr"])
+            if self.on_gpu:
+                use_fused_step(optimizer)  # before a resume, which brings back the checkpoint's own setting
 
         self.state = _State()
         self.resumed_from = self._resume_or_seed()
         if env.world_size > 1 and self.resumed_from is None:
             self._check_same_initial_weights()
 
+        if self.on_gpu and config.compile:
+            for module in self.modules.values():
+                compile_module(module)
         self.wrapped = {name: self._wrap(m) for name, m in self.modules.items()}
+        on_device = self._data_fits_on_device()
+        self.train_on_device = self._device_data(train_dataset) if on_device else None
+        self.val_on_device = self._device_data(val_dataset) if on_device and val_dataset is not None else None
         self.run = Run(config, env, self.wrapped)
         self.log = CsvLog(self.out_dir / "log.csv", self.state.log_rows) if self.main else None
         self.tb = (_tensorboard(self.out_dir, self.state.step if self.resumed_from else None)
                    if self.main and config.tensorboard else None)
 
     # -- set-up -------------------------------------------------------------------------
+
+    def _data_fits_on_device(self) -> bool:
+        """Whether to hold the data in GPU memory (data_on_device; module docstring)."""
+        cfg = self.config
+        if not self.on_gpu or cfg.data_on_device is False:
+            return False
+        if cfg.data_on_device == "auto":
+            free, _ = torch.cuda.mem_get_info(self.env.device)
+            splits = [d for d in (self.train_dataset, self.val_dataset) if d is not None and len(d)]
+            return sum(sample_bytes(d, self.collate_fn) * len(d) for d in splits) <= DATA_ON_DEVICE_SHARE * free
+        return True
+
+    def _device_data(self, dataset: Dataset) -> DeviceData:
+        cfg = self.config
+        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        started = time.perf_counter()
+        data = DeviceData(dataset, self.env.device, self.collate_fn, cfg.num_workers, memory_format)
+        if self.main and cfg.progress:
+            print(f"{len(data)} samples held on {self.env.device} ({time.perf_counter() - started:.1f} s to load)",
+                  file=sys.stderr)
+        return data
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         """DDP (with synchronised BatchNorm on GPUs) when there are several processes and the
@@ -568,6 +634,11 @@ class _Trainer:
             generator=torch.Generator().manual_seed(seed),
         )
 
+    def _prepare(self, batch):
+        """A batch on the device, in the modules' memory format."""
+        batch = _to_device(batch, self.env.device)
+        return channels_last(batch) if self.on_gpu and self.config.channels_last else batch
+
     def _set_lr(self) -> None:
         factor = lr_factor(self.state.step, self.state.epoch, self.config.warmup_steps, self.config.lr_decay)
         for optimizer in self.optimizers.values():
@@ -579,8 +650,11 @@ class _Trainer:
         cfg, st, env = self.config, self.state, self.env
         batches = train_batches(len(self.train_dataset), cfg.batch_size, env.world_size, env.rank,
                                 cfg.seed, st.epoch, start=st.batch_in_epoch)
-        loader = self._loader(batches, self.train_dataset,
-                              derive_seed(cfg.seed, STREAM_LOADER, env.rank, st.epoch, st.batch_in_epoch))
+        if self.train_on_device is not None:
+            loader = self.train_on_device.batches(batches)
+        else:
+            loader = self._loader(batches, self.train_dataset,
+                                  derive_seed(cfg.seed, STREAM_LOADER, env.rank, st.epoch, st.batch_in_epoch))
         for module in self.modules.values():
             module.train()
         bar = tqdm(total=self.steps_per_epoch, initial=st.batch_in_epoch, desc=f"epoch {st.epoch}",
@@ -590,7 +664,7 @@ class _Trainer:
         counts: dict[str, int] = {}
         window_start, window_steps = time.perf_counter(), 0
         for batch in loader:
-            batch = _to_device(batch, env.device)
+            batch = self._prepare(batch)
             self._set_lr()
             self.run.step, self.run.epoch = st.step, st.epoch
             metrics = self.task.train_step(batch, st.step, self.run)
@@ -638,9 +712,12 @@ class _Trainer:
             module.eval()
         seed = derive_seed(cfg.seed, STREAM_VAL, env.rank, self.state.epoch, self.state.step)
         with _forked_rng(seed, env.device), torch.no_grad():
-            loader = self._loader(batches, self.val_dataset, seed)
+            if self.val_on_device is not None:
+                loader = self.val_on_device.batches(batches)
+            else:
+                loader = self._loader(batches, self.val_dataset, seed)
             for size, batch in zip(sizes, loader):
-                metrics = self.task.validate(_to_device(batch, env.device), self.run)
+                metrics = self.task.validate(self._prepare(batch), self.run)
                 for key, value in metrics.items():
                     sums[key] = sums.get(key, 0.0) + float(value) * size
         for module in self.modules.values():

@@ -1,0 +1,66 @@
+"""What the training loop and the sampler do to run fast on a GPU: compiling modules, the
+channels-last layout, fused optimiser steps (TrainConfig's `compile` and `channels_last`,
+sampling's `compile`). Each changes only the rounding of what is computed; the training
+loop's docstring says when each applies.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Dynamo keeps one compiled graph per block class and input signature (shapes, grad mode,
+# train/eval); a network of blocks at a few dozen sizes needs more than the default 8,
+# beyond which it would silently run the rest eagerly.
+RECOMPILE_LIMIT = 256
+
+
+def compile_module(module: nn.Module, backend: str = "inductor") -> nn.Module:
+    """Compile `module` in place (nn.Module.compile: same object, same state_dict keys).
+
+    A module whose class names `compile_regions` (a tuple of block classes) has each such
+    block compiled instead of the whole: blocks of one class share their compiled code for
+    equal input shapes, so compiling costs a few seconds per distinct block rather than a
+    minute for the network. Shapes are static (dynamic=False): recompiling for a new batch
+    size beats slower shape-generic kernels. `backend` "aot_eager" traces without
+    generating kernels (CPU tests).
+    """
+    raise_recompile_limits()
+    regions = getattr(module, "compile_regions", ())
+    if not regions:
+        module.compile(dynamic=False, backend=backend)
+        return module
+    for block in module.modules():
+        if isinstance(block, regions):
+            block.compile(dynamic=False, backend=backend)
+    return module
+
+
+def raise_recompile_limits() -> None:
+    """At least RECOMPILE_LIMIT graphs per block class, and 4x that in all (the names
+    changed in torch 2.7: cache_size_limit -> recompile_limit)."""
+    config = torch._dynamo.config
+    for new, old, limit in (("recompile_limit", "cache_size_limit", RECOMPILE_LIMIT),
+                            ("accumulated_recompile_limit", "accumulated_cache_size_limit", 4 * RECOMPILE_LIMIT)):
+        name = new if hasattr(config, new) else old
+        setattr(config, name, max(getattr(config, name), limit))
+
+
+def use_fused_step(optimizer: torch.optim.Optimizer) -> None:
+    """Adam and AdamW step with one fused kernel for all parameters instead of the default
+    multi-tensor passes (torch's `fused=True`; the same update up to rounding). Call before
+    the optimiser has state: a resumed checkpoint then brings back the same setting."""
+    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        for group in optimizer.param_groups:
+            group["foreach"], group["fused"] = False, True
+
+
+def channels_last(batch):
+    """4-D tensors of a batch in NHWC (the layout of channels_last modules); others as they are."""
+    if isinstance(batch, torch.Tensor):
+        return batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch
+    if isinstance(batch, dict):
+        return {key: channels_last(value) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(channels_last(value) for value in batch)
+    return batch
