@@ -162,7 +162,7 @@ def applicable(overrides: dict) -> dict | None:
     return kept
 
 
-def windows(log: Path) -> list[tuple[int, int, float, float]]:
+def windows(log: Path, batch: int) -> list[tuple[int, int, float, float]]:
     """(step, steps in the window, seconds, mean loss) of each logged training window, from
     the loop's log.csv (its samples_per_s is the window's steps x batch over its seconds)."""
     out, previous = [], 0
@@ -171,7 +171,8 @@ def windows(log: Path) -> list[tuple[int, int, float, float]]:
             if not row.get("samples_per_s"):
                 continue
             step = int(row["step"])
-            out.append((step, step - previous, (step - previous) / float(row["samples_per_s"]), float(row["train/loss"])))
+            seconds = (step - previous) * batch / float(row["samples_per_s"])
+            out.append((step, step - previous, seconds, float(row["train/loss"])))
             previous = step
     return out
 
@@ -193,13 +194,17 @@ def run_training(args, part: str, setting: str, overrides: dict, run) -> None:
     started = time.perf_counter()
     run(overrides, out)
     wall = time.perf_counter() - started
-    logged = windows(out / "log.csv")
-    warmup, timed = logged[:2], logged[2:]  # the first two windows hold compilation and start-up
     batch = overrides["batch_size"]
-    rate = batch * sum(w[1] for w in timed) / sum(w[2] for w in timed)  # per step: batch / (seconds / step)
+    logged = windows(out / "log.csv", batch)
+    warmup, timed = logged[:2], logged[2:]  # the first two windows hold compilation and start-up
+    rate = batch * sum(w[1] for w in timed) / sum(w[2] for w in timed)  # samples over seconds
     record(args, part, setting, rate, batch, steps, sum(w[2] for w in warmup), f"wall {wall:.1f} s")
-    with open(args.work / "curves.csv", "a", newline="") as handle:
+    curves = args.work / "curves.csv"
+    new_file = not curves.exists()
+    with open(curves, "a", newline="") as handle:
         writer = csv.writer(handle)
+        if new_file:
+            writer.writerow(["part", "setting", "commit", "step", "loss"])
         for step, _, _, loss in logged:
             writer.writerow([part, setting, args.commit, step, f"{loss:.6g}"])
 
@@ -223,12 +228,13 @@ def stage1_part(args) -> None:
          **applicable(AS_BEFORE)}, flops_folder(args, "stage1")))
     loader = {"batch_size": 16, "num_workers": 6, **AS_BEFORE}
     run_training(args, "stage1", "G+D, batch 16, DataLoader (6 workers), eager", loader, trainer(0))
+    run_training(args, "stage1", "G+D, batch 16, data on GPU, eager", {**loader, "data_on_device": True}, trainer(0))
+    run_training(args, "stage1", "G+D, batch 16, data on GPU, compiled",
+                 {"batch_size": 16, **FAST, "channels_last": False}, trainer(0))
     run_training(args, "stage1", "G+D, batch 16, data on GPU, compiled, channels-last",
                  {"batch_size": 16, **FAST}, trainer(0))
     run_training(args, "stage1", "G only, batch 16, data on GPU, compiled, channels-last",
                  {"batch_size": 16, **FAST}, trainer(10**9))
-    run_training(args, "stage1", "G+D, batch 64, data on GPU, compiled, channels-last",
-                 {"batch_size": 64, **FAST}, trainer(0))
 
 
 def stage2_part(args) -> None:
@@ -245,13 +251,14 @@ def stage2_part(args) -> None:
     count_flops(args, "stage2", lambda b: run({"batch_size": b, "max_steps": 1, "device": args.device,
                                                "progress": False, "tensorboard": False, **applicable(AS_BEFORE)},
                                               flops_folder(args, "stage2")))
-    run_training(args, "stage2", "batch 64, DataLoader (4 workers), eager",
-                 {"batch_size": 64, "num_workers": 4, **AS_BEFORE}, run)
-    run_training(args, "stage2", "batch 64, data on GPU, compiled, channels-last", {"batch_size": 64, **FAST}, run)
+    loader = {"batch_size": 64, "num_workers": 4, **AS_BEFORE}
+    run_training(args, "stage2", "batch 64, DataLoader (4 workers), eager", loader, run)
+    run_training(args, "stage2", "batch 64, data on GPU, eager", {**loader, "data_on_device": True}, run)
     run_training(args, "stage2", "batch 64, data on GPU, compiled", {"batch_size": 64, **FAST, "channels_last": False},
                  run)
     run_training(args, "stage2", "batch 256, data on GPU, compiled", {"batch_size": 256, **FAST, "channels_last": False},
                  run)
+    run_training(args, "stage2", "batch 256, data on GPU, compiled, channels-last", {"batch_size": 256, **FAST}, run)
 
 
 def inversionnet_part(args) -> None:
@@ -265,8 +272,9 @@ def inversionnet_part(args) -> None:
     count_flops(args, "inversionnet", lambda b: run({"batch_size": b, "max_steps": 1, "device": args.device,
                                                      "progress": False, "tensorboard": False,
                                                      **applicable(AS_BEFORE)}, flops_folder(args, "inversionnet")))
-    run_training(args, "inversionnet", "batch 64, DataLoader (8 workers), eager",
-                 {"batch_size": 64, "lr": 2e-4, "num_workers": 8, **AS_BEFORE}, run)
+    loader = {"batch_size": 64, "lr": 2e-4, "num_workers": 8, **AS_BEFORE}
+    run_training(args, "inversionnet", "batch 64, DataLoader (8 workers), eager", loader, run)
+    run_training(args, "inversionnet", "batch 64, data on GPU, eager", {**loader, "data_on_device": True}, run)
     run_training(args, "inversionnet", "batch 64, data on GPU, compiled, channels-last",
                  {"batch_size": 64, "lr": 2e-4, **FAST}, run)
     run_training(args, "inversionnet", "batch 256, data on GPU, compiled, channels-last",
@@ -361,9 +369,9 @@ def compile_regions_or_whole(model):
     """This commit's way to compile a module for sampling (regions where it has them)."""
     try:
         from wavediffusion.gpu_speed import compile_module
-    except ImportError:  # the base compiled the whole UNet
-        return torch.compile(model), "compiled (whole network)"
-    return compile_module(model), "compiled (regions)"
+    except ImportError:  # the base compiled the whole UNet with torch.compile
+        return torch.compile(model), "compiled (torch.compile)"
+    return compile_module(model), "compiled (gpu_speed.compile_module)"
 
 
 def diffusers_reference(config: UNetConfig):
@@ -393,12 +401,16 @@ def unet_forward_part(args) -> None:
         networks.append(("diffusers UNet2DModel, LDM size (1 head)", "reference",
                          lambda: randomise(diffusers_reference(config))))
     for name, commit, make in networks:
-        model = make().to(device).eval()
+        try:
+            model = make().to(device).eval()
+        except ImportError as error:  # diffusers missing or at odds with the machine's packages
+            print(f"{name}: skipped, {error}", flush=True)
+            continue
         parameters = sum(p.numel() for p in model.parameters()) / 1e6
         key = f"unet_forward/{commit}"
         args.flops[key] = forward_flops(model, x[:2], t[:2])
-        modes = [("eager", model)]
-        if device.type == "cuda":
+        modes = [("eager", model)] if "eager" in args.modes else []
+        if device.type == "cuda" and "compiled" in args.modes:
             if commit == "reference":
                 modes.append(("compiled (whole network)", torch.compile(model)))
             else:
@@ -431,7 +443,7 @@ def sampling_part(args, check: bool) -> None:
     folder.mkdir(parents=True)
     stage1_file, stage2_file = save_random_networks(folder, args.scale)
     sampler_flops = None
-    for compiled in ((False, True) if args.device == "cuda" else (False,)):
+    for compiled in [mode == "compiled" for mode in args.modes if args.device == "cuda" or mode == "eager"]:
         n = args.scale.sampling_pairs
         settings = SamplingSettings(num_pairs=2 * n, shard_size=n, sampler="ddim", steps=50,
                                     batch_size=args.scale.sampling_batch, precision="bf16", compile=compiled, seed=0)
@@ -448,7 +460,7 @@ def sampling_part(args, check: bool) -> None:
                  f"375k pairs: {375_000 / timed['pairs_per_second'] / 3600:.2f} GPU-h")
         record(args, "sampling", f"DDIM-50, bf16, batch {settings.batch_size}, {'compiled' if compiled else 'eager'}",
                timed["pairs_per_second"], settings.batch_size, None, first["seconds"] - timed["seconds"], notes)
-        if check and not compiled:
+        if check and not compiled:  # (the check does not depend on how the pairs were made)
             info = check_shard(store, 1, representation(args.scale), "deepwave", batch_size=256, progress=False)
             parts = {name: f"{1000 * s / n:.2f}" for name, s in info["seconds_by_part"].items()}
             record(args, "check", "deepwave, batch 256", info["pairs_per_second"], 256, None, None,
@@ -472,6 +484,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path, help="the CSV to append rows to")
     parser.add_argument("--parts", default="stage1,stage2,inversionnet,unet_forward,sampling,check")
     parser.add_argument("--reference", action="store_true", help="also time diffusers' UNet2DModel")
+    parser.add_argument("--modes", default="eager,compiled", help="unet_forward and sampling: eager, compiled or both")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--tiny", action="store_true", help="toy sizes: a CPU try-out of this script")
     args = parser.parse_args()
@@ -481,6 +494,7 @@ def main() -> None:
     args.gpu = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     args.flops = {}
     args.runs = 0
+    args.modes = args.modes.split(",")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     parts = args.parts.split(",")

@@ -11,8 +11,8 @@
 # Both end by copying what is done (throughput.csv, curves.csv, the log) into OUTDIR.
 # BASE_COMMIT and NEW_COMMIT label the rows. The plan, most telling first (a session that
 # runs out of device time keeps what came before): each training part of the new code and
-# then of the base, the UNet forward (with the diffusers reference), sampling and the check,
-# then the GPU-marked tests.
+# then of the base, the UNet forward (with the diffusers reference) and sampling and the
+# check of the new code, then of the base, the GPU-marked tests, the base's compiled sampling.
 set -uo pipefail
 MODE=${1:?start|follow}
 OUT=${2:?output folder}
@@ -47,10 +47,11 @@ plan() {
         $base --parts $part
     done
     $new --parts unet_forward --reference
-    $base --parts unet_forward
     $new --parts sampling,check
-    $base --parts sampling,check
+    $base --parts sampling,check --modes eager
+    $base --parts unet_forward
     PYTHONPATH=src:/tmp/site python3 -m pytest -m gpu -q -p no:cacheprovider tests
+    $base --parts sampling --modes compiled
 }
 
 case "$MODE" in

@@ -293,7 +293,7 @@ def test_dead_codes_are_reinitialised_from_encoder_outputs():
         # train on outputs that all sit on code 0: the others die after 3 steps and come back
         q.train()
         target = q.embedding.detach()[0].view(1, 4, 1, 1).expand(2, 4, 4, 4).clone()
-        counts = [q(target)[2].reinitialised for _ in range(3)]
+        counts = [int(q(target)[2].reinitialised) for _ in range(3)]
         assert counts == [0, 0, 31]
         assert torch.allclose(q.embedding[1:], target[0, :, 0, 0].expand(31, 4))
         return before

@@ -444,8 +444,9 @@ def stage1_run(out: Path) -> None:
     reinitialised, expire = [], VectorQuantizer._expire_dead_codes
 
     def recording(self, counts, flat):
-        reinitialised.append(expire(self, counts, flat))
-        return reinitialised[-1]
+        count = expire(self, counts, flat)
+        reinitialised.append(int(count))
+        return count
 
     VectorQuantizer._expire_dead_codes = recording
     try:

@@ -9,21 +9,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# Dynamo keeps one compiled graph per block class and input signature (shapes, grad mode,
-# train/eval); a network of blocks at a few dozen sizes needs more than the default 8,
-# beyond which it would silently run the rest eagerly.
-RECOMPILE_LIMIT = 256
+# Dynamo keeps one compiled graph per code object and input signature (shapes, grad mode,
+# train/eval); beyond its default limit of 8 it would silently run the rest eagerly.
+RECOMPILE_LIMIT = 64
 
 
 def compile_module(module: nn.Module, backend: str = "inductor") -> nn.Module:
     """Compile `module` in place (nn.Module.compile: same object, same state_dict keys).
 
-    A module whose class names `compile_regions` (a tuple of block classes) has each such
-    block compiled instead of the whole: blocks of one class share their compiled code for
-    equal input shapes, so compiling costs a few seconds per distinct block rather than a
-    minute for the network. Shapes are static (dynamic=False): recompiling for a new batch
-    size beats slower shape-generic kernels. `backend` "aot_eager" traces without
-    generating kernels (CPU tests).
+    The whole network is one graph, unless its class names `compile_regions` (a tuple of
+    sub-network classes, e.g. the autoencoder's encoder and decoders around a quantiser that
+    cannot be traced well): then each such part is compiled on its own. Whole networks, not
+    blocks: compiling every res block on its own (tried on an H100, 2026-12-06) took as long
+    to compile and ran the paper's UNet at batch 64 slower than eager, its per-block calls
+    adding more host overhead than the fusion saved (docs/results.md). Shapes are static
+    (dynamic=False): recompiling for a new batch size beats shape-generic kernels.
+    `backend` "aot_eager" traces without generating kernels (CPU tests).
     """
     raise_recompile_limits()
     regions = getattr(module, "compile_regions", ())
@@ -37,7 +38,7 @@ def compile_module(module: nn.Module, backend: str = "inductor") -> nn.Module:
 
 
 def raise_recompile_limits() -> None:
-    """At least RECOMPILE_LIMIT graphs per block class, and 4x that in all (the names
+    """At least RECOMPILE_LIMIT graphs per code object, and 4x that in all (the names
     changed in torch 2.7: cache_size_limit -> recompile_limit)."""
     config = torch._dynamo.config
     for new, old, limit in (("recompile_limit", "cache_size_limit", RECOMPILE_LIMIT),

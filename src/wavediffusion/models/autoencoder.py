@@ -397,9 +397,10 @@ class AutoencoderOutput:
 class VQAutoencoder(nn.Module):
     """Encoder -> vector quantiser(s) -> seismic decoder and velocity decoder."""
 
-    # what gpu_speed.compile_module compiles: the blocks, not the quantiser (its
-    # dead-code bookkeeping is data-dependent and, under DDP, a collective)
-    compile_regions = (ResnetBlock, AttentionBlock, Upsample)
+    # what gpu_speed.compile_module compiles: the encoder and the two decoders, each whole,
+    # not the quantiser between them (its dead-code bookkeeping is data-dependent and,
+    # under DDP, a collective)
+    compile_regions = (Encoder, Decoder)
 
     def __init__(self, config: AutoencoderConfig):
         super().__init__()

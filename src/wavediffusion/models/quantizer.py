@@ -56,7 +56,7 @@ class QuantizerInfo:
     indices: torch.Tensor  # (B, h, w) int64: the chosen code per latent position
     perplexity: torch.Tensor  # () exp(entropy) of code usage in this batch (all ranks under DDP); K = uniform use
     codes_used: torch.Tensor  # () int64: distinct codes chosen in this batch (all ranks under DDP)
-    reinitialised: int  # codes re-initialised from encoder outputs in this step (0 in eval mode)
+    reinitialised: torch.Tensor | int  # codes re-initialised from encoder outputs in this step (0 in eval mode)
 
 
 class VectorQuantizer(nn.Module):
@@ -172,37 +172,43 @@ class VectorQuantizer(nn.Module):
         return self.sync_distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
     @torch.no_grad()
-    def _expire_dead_codes(self, counts: torch.Tensor, flat: torch.Tensor) -> int:
+    def _expire_dead_codes(self, counts: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
         """Age the counters with this step's usage; re-initialise codes unused for too long.
 
         counts (K,) usage of this step (summed over ranks under DDP); flat (N, dim) this
-        rank's encoder outputs.  Returns the number of re-initialised codes.  Under DDP,
-        rank 0 draws from all ranks' outputs concatenated in rank order -- the global batch
-        -- with the RNG stream a single process has, so N processes re-initialise exactly
-        as one process would (and their loss curves agree, not just their replicas).
+        rank's encoder outputs. Returns the number of re-initialised codes, as a tensor.
+        Under DDP, rank 0 draws from all ranks' outputs concatenated in rank order -- the
+        global batch -- with the RNG stream a single process has, so N processes
+        re-initialise exactly as one process would (and their loss curves agree, not just
+        their replicas). Nothing here waits for the GPU: every step draws a candidate for
+        every code and keeps it only where the code is dead, instead of first asking how
+        many died (a host sync in every training step).
         """
-        self.steps_since_used += 1
-        self.steps_since_used[counts > 0] = 0
-        dead = torch.nonzero(self.steps_since_used >= self.dead_code_steps).squeeze(1)  # (n_dead,)
-        n_dead = dead.numel()  # the same on every rank: the counters are identical
-        if n_dead == 0:
-            return 0
+        self.steps_since_used.copy_(torch.where(counts > 0, 0, self.steps_since_used + 1))
+        dead = self.steps_since_used >= self.dead_code_steps  # (K,), the same on every rank
         distributed = self._distributed()
         if distributed:  # draw from the GLOBAL batch, in rank order, as one process would
             flat = self._gather_ranks(flat)
         if not distributed or dist.get_rank() == 0:
-            if n_dead <= flat.shape[0]:
-                pick = torch.randperm(flat.shape[0], device=flat.device)[:n_dead]  # distinct encoder outputs
-            else:
-                pick = torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)
-            replacement = flat[pick].to(self.embedding.dtype)  # (n_dead, dim)
+            replacement = flat[self._candidate_rows(dead, flat.shape[0])].to(self.embedding.dtype)  # (K, dim)
         else:
-            replacement = torch.empty(n_dead, self.dim, dtype=self.embedding.dtype, device=flat.device)
+            replacement = torch.empty_like(self.embedding)
         if distributed:
             dist.broadcast(replacement, src=0)
-        self.embedding[dead] = replacement
-        self.steps_since_used[dead] = 0
-        return n_dead
+        self.embedding.copy_(torch.where(dead[:, None], replacement, self.embedding))
+        self.steps_since_used.masked_fill_(dead, 0)
+        return dead.sum()
+
+    @staticmethod
+    def _candidate_rows(dead: torch.Tensor, n: int) -> torch.Tensor:
+        """(K,) rows of a batch of n encoder outputs, one per code: the j-th dead code (in
+        index order) takes entry j of a random permutation of the rows, so dead codes get
+        distinct outputs while the batch has enough, random ones beyond that."""
+        draws = torch.randperm(n, device=dead.device)
+        if dead.numel() > n:
+            draws = torch.cat([draws, torch.randint(0, n, (dead.numel() - n,), device=dead.device)])
+        position = (torch.cumsum(dead, dim=0) - 1).clamp_min(0)  # j for the j-th dead code
+        return draws[position]
 
     @staticmethod
     def _gather_ranks(flat: torch.Tensor) -> torch.Tensor:

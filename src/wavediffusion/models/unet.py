@@ -204,9 +204,6 @@ class Step(nn.Sequential):
 class UNet(nn.Module):
     """ε_θ(z_t, t): latent (B, C, H, W) and timesteps (B,) -> predicted noise (B, C, H, W)."""
 
-    # what gpu_speed.compile_module compiles: ~20 distinct blocks instead of the network
-    compile_regions = (ResBlock, AttentionBlock)
-
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = config

@@ -81,7 +81,7 @@ class SamplingSettings:
     eta: float = 0.0  # DDIM η
     batch_size: int = 256  # sampler and decoder batch
     precision: str = "bf16"  # the UNet under autocast on a GPU; CPU always fp32
-    compile: bool = False  # torch.compile the UNet on a GPU (CPU: never; its compile is slow and gains little)
+    compile: bool = False  # torch.compile the UNet and the decoders on a GPU (CPU: never; slow to compile, gains little)
     seed: int = 0
 
     def __post_init__(self):

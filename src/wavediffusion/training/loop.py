@@ -67,8 +67,8 @@ Speed on a GPU (none of it changes what is computed, only its rounding)
   both splits take at most a quarter of the GPU's free memory. Datasets must return the
   same sample for an index every time (no random augmentation), as ours do.
 - `compile`: each module is compiled with torch.compile, in place (state_dict keys are
-  unchanged). A module that names `compile_regions` (block classes) has only those blocks
-  compiled: each distinct block compiles once, in seconds, instead of the whole network.
+  unchanged), as one graph or as the parts its class names (gpu_speed.compile_module).
+  The first steps pay for the compilation (a minute or two for the paper's networks).
 - `channels_last`: modules and 4-D batches in NHWC, the layout the GPU's convolution
   kernels work in (NCHW costs a transpose around every bf16 convolution).
 - Adam and AdamW take their fused single-kernel step on a GPU (torch's `fused=True`).
@@ -99,10 +99,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..gpu_speed import channels_last, compile_module, use_fused_step
 from . import checkpoint as ckpt
 from .device_data import DeviceData, sample_bytes
 from .distributed import DistEnv, all_reduce_mean, all_reduce_sum, gather_objects, setup
-from ..gpu_speed import channels_last, compile_module, use_fused_step
 
 CHECKPOINT_FORMAT = 1
 
@@ -154,7 +154,7 @@ class TrainConfig:
     progress: bool = True                 # tqdm bar on rank 0
     tensorboard: bool = True              # also write TensorBoard events, if it is installed
     data_on_device: bool | str = "auto"   # whole data set in GPU memory: true | false | "auto" (when it fits)
-    compile: bool = False                 # torch.compile the modules on a GPU (their compile_regions)
+    compile: bool = False                 # torch.compile the modules on a GPU (gpu_speed.compile_module)
     channels_last: bool = False           # NHWC modules and batches on a GPU
 
     def __post_init__(self):
