@@ -47,6 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from wavediffusion.data.dataset import PairDataset
 from wavediffusion.data.store import create_split_arrays
 from wavediffusion.data.transforms import Representation
+from wavediffusion.diffusion.samplers import synchronize
 from wavediffusion.models.autoencoder import AutoencoderConfig, VQAutoencoder
 from wavediffusion.models.unet import UNet, UNetConfig
 from wavediffusion.sampling.shard import SamplingSettings, check_shard, create_store_for_models, sample_shard
@@ -177,6 +178,12 @@ def windows(log: Path, batch: int) -> list[tuple[int, int, float, float]]:
     return out
 
 
+def fixed_overrides(args, steps: int) -> dict:
+    """What every benchmark run sets: a fixed length, no checkpoints, logs or early stop in the way."""
+    return {"max_steps": steps, "max_epochs": 10**6, "checkpoint_every_steps": 10**9, "early_stop_patience": None,
+            "progress": False, "tensorboard": False, "device": args.device, "seed": 0}
+
+
 def run_training(args, part: str, setting: str, overrides: dict, run) -> None:
     """One training run, `run(TrainConfig overrides, out_dir)`: a row and its loss curve."""
     overrides = applicable(overrides)
@@ -187,9 +194,7 @@ def run_training(args, part: str, setting: str, overrides: dict, run) -> None:
     out = args.work / "runs" / f"{args.commit}-{args.runs}-{part}"
     shutil.rmtree(out, ignore_errors=True)
     steps = args.scale.steps[part]
-    overrides = {**overrides, "max_steps": steps, "max_epochs": 10**6, "log_every_steps": args.scale.log_every,
-                 "checkpoint_every_steps": 10**9, "early_stop_patience": None, "progress": False,
-                 "tensorboard": False, "device": args.device, "seed": 0}
+    overrides = {**overrides, **fixed_overrides(args, steps), "log_every_steps": args.scale.log_every}
     reset_peak()
     started = time.perf_counter()
     run(overrides, out)
@@ -223,9 +228,7 @@ def stage1_part(args) -> None:
             train(task, PairDataset(dataset, "train"), None, config, out)
         return run
 
-    count_flops(args, "stage1", lambda b: trainer(0)(
-        {"batch_size": b, "max_steps": 1, "device": args.device, "progress": False, "tensorboard": False,
-         **applicable(AS_BEFORE)}, flops_folder(args, "stage1")))
+    count_flops(args, "stage1", trainer(0))
     loader = {"batch_size": 16, "num_workers": 6, **AS_BEFORE}
     run_training(args, "stage1", "G+D, batch 16, DataLoader (6 workers), eager", loader, trainer(0))
     run_training(args, "stage1", "G+D, batch 16, data on GPU, eager", {**loader, "data_on_device": True}, trainer(0))
@@ -248,9 +251,7 @@ def stage2_part(args) -> None:
         task, config = stage2.build_task(latents, settings)
         train(task, stage2.LatentDataset(latents, "train"), None, config, out)
 
-    count_flops(args, "stage2", lambda b: run({"batch_size": b, "max_steps": 1, "device": args.device,
-                                               "progress": False, "tensorboard": False, **applicable(AS_BEFORE)},
-                                              flops_folder(args, "stage2")))
+    count_flops(args, "stage2", run)
     loader = {"batch_size": 64, "num_workers": 4, **AS_BEFORE}
     run_training(args, "stage2", "batch 64, DataLoader (4 workers), eager", loader, run)
     run_training(args, "stage2", "batch 64, data on GPU, eager", {**loader, "data_on_device": True}, run)
@@ -269,9 +270,7 @@ def inversionnet_part(args) -> None:
         settings = InversionNetSettings(model=args.scale.inversionnet, training={"precision": "bf16", **training})
         train_inversionnet(RealPairs(dataset, "train"), None, settings, rep.seismic_shape, rep.velocity_size, out)
 
-    count_flops(args, "inversionnet", lambda b: run({"batch_size": b, "max_steps": 1, "device": args.device,
-                                                     "progress": False, "tensorboard": False,
-                                                     **applicable(AS_BEFORE)}, flops_folder(args, "inversionnet")))
+    count_flops(args, "inversionnet", run)
     loader = {"batch_size": 64, "lr": 2e-4, "num_workers": 8, **AS_BEFORE}
     run_training(args, "inversionnet", "batch 64, DataLoader (8 workers), eager", loader, run)
     run_training(args, "inversionnet", "batch 64, data on GPU, eager", {**loader, "data_on_device": True}, run)
@@ -285,18 +284,14 @@ def inversionnet_part(args) -> None:
 # FLOPs, records.
 
 
-def count_flops(args, part: str, one_step) -> None:
+def count_flops(args, part: str, run) -> None:
     """FLOPs per sample of one eager training step of `part` (batch 2), kept for the rows."""
     batch = 2
-    with FlopCounterMode(display=False) as counter:
-        one_step(batch)
-    args.flops[part] = counter.get_total_flops() / batch
-
-
-def flops_folder(args, part: str) -> Path:
     folder = args.work / "runs" / f"{args.commit}-flops-{part}"
     shutil.rmtree(folder, ignore_errors=True)
-    return folder
+    with FlopCounterMode(display=False) as counter:
+        run({"batch_size": batch, **fixed_overrides(args, 1), **applicable(AS_BEFORE)}, folder)
+    args.flops[part] = counter.get_total_flops() / batch
 
 
 def forward_flops(model, *inputs) -> float:
@@ -344,25 +339,17 @@ def randomise(model: torch.nn.Module, std: float = 0.02) -> torch.nn.Module:
 
 def time_forward(model, inputs, iters: int) -> float:
     """Samples/s of `iters` forwards after 3 warm-up forwards (and compilation), bf16 autocast."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args_device(inputs) == "cuda" else contextlib.nullcontext()
+    device = inputs[0].device
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     with torch.no_grad(), autocast:
         for _ in range(3):
             model(*inputs)
-        synchronize(inputs[0])
+        synchronize(device)
         started = time.perf_counter()
         for _ in range(iters):
             model(*inputs)
-        synchronize(inputs[0])
+        synchronize(device)
     return inputs[0].shape[0] * iters / (time.perf_counter() - started)
-
-
-def args_device(inputs) -> str:
-    return inputs[0].device.type
-
-
-def synchronize(tensor: torch.Tensor) -> None:
-    if tensor.device.type == "cuda":
-        torch.cuda.synchronize(tensor.device)
 
 
 def compile_regions_or_whole(model):

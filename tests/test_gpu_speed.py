@@ -15,7 +15,7 @@ from wavediffusion.models.autoencoder import AutoencoderConfig, VQAutoencoder
 from wavediffusion.models.unet import GroupNorm32, UNet, UNetConfig
 from wavediffusion.training import checkpoint as ckpt
 from wavediffusion.training import train
-from wavediffusion.training.device_data import DeviceData, sample_bytes
+from wavediffusion.training.device_data import DeviceData, map_tensors, sample_bytes
 from wavediffusion.gpu_speed import channels_last, compile_module, use_fused_step
 from wavediffusion.training.loop import TrainConfig, train_batches
 
@@ -61,7 +61,8 @@ def test_device_data_refuses_samples_that_are_not_tensors():
 
 
 def test_channels_last_converts_only_four_dimensional_tensors():
-    batch = channels_last({"seismic": torch.randn(2, 3, 4, 5), "family": torch.arange(2), "pair": [torch.randn(1, 2, 3, 4)]})
+    batch = map_tensors(channels_last, {"seismic": torch.randn(2, 3, 4, 5), "family": torch.arange(2),
+                                        "pair": [torch.randn(1, 2, 3, 4)]})
     assert batch["seismic"].is_contiguous(memory_format=torch.channels_last)
     assert batch["pair"][0].is_contiguous(memory_format=torch.channels_last)
     assert batch["family"].is_contiguous()

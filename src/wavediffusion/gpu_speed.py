@@ -56,12 +56,6 @@ def use_fused_step(optimizer: torch.optim.Optimizer) -> None:
             group["foreach"], group["fused"] = False, True
 
 
-def channels_last(batch):
-    """4-D tensors of a batch in NHWC (the layout of channels_last modules); others as they are."""
-    if isinstance(batch, torch.Tensor):
-        return batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch
-    if isinstance(batch, dict):
-        return {key: channels_last(value) for key, value in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(channels_last(value) for value in batch)
-    return batch
+def channels_last(tensor: torch.Tensor) -> torch.Tensor:
+    """A 4-D tensor in NHWC (the layout of channels_last modules); others as they are."""
+    return tensor.contiguous(memory_format=torch.channels_last) if tensor.ndim == 4 else tensor

@@ -56,7 +56,7 @@ class QuantizerInfo:
     indices: torch.Tensor  # (B, h, w) int64: the chosen code per latent position
     perplexity: torch.Tensor  # () exp(entropy) of code usage in this batch (all ranks under DDP); K = uniform use
     codes_used: torch.Tensor  # () int64: distinct codes chosen in this batch (all ranks under DDP)
-    reinitialised: torch.Tensor | int  # codes re-initialised from encoder outputs in this step (0 in eval mode)
+    reinitialised: torch.Tensor  # () codes re-initialised from encoder outputs in this step (0 in eval mode)
 
 
 class VectorQuantizer(nn.Module):
@@ -142,7 +142,7 @@ class VectorQuantizer(nn.Module):
             indices = self._nearest_flat(flat.detach())  # (N,)
 
             counts = torch.bincount(indices, minlength=self.codebook_size)  # (K,)
-            reinitialised = 0
+            reinitialised = torch.zeros((), dtype=torch.long, device=z.device)
             if self.training:
                 if self._distributed():
                     dist.all_reduce(counts)

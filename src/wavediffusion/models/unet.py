@@ -27,9 +27,9 @@ convention: with image_size 32, attention at 32/16/8/4 means downsampling factor
 
 Parameter count (measured with `count_parameters`, 32x32x32 latents):
 `UNetConfig.paper()` has 131,214,112 parameters. With `resblock_updown=False` (strided-conv
-down, nearest+conv up, ADM's default resampling) the same network has 118,858,144 -- the
-count of the "LDM-sized UNet (118.9M)" in the DESIGN's speed benchmark, which therefore
-most likely timed the plain-resampling variant, ~10 % smaller than the paper's.
+down, nearest+conv up, ADM's default resampling) the same network has 118,858,144, ~10 %
+smaller than the paper's: an "LDM-sized UNet" of 118.9M parameters in a speed comparison is
+most likely this plain-resampling variant.
 """
 
 from __future__ import annotations

@@ -278,21 +278,20 @@ def check_shard(store: str | Path, k: int, dataset: str | Path | Representation,
         stop = min(start + batch_size, rows.stop)
         return arrays[0][start:stop], arrays[1][start:stop]
 
-    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-reader")
-    next_read = reader.submit(read, starts[0])
-    for i, start in enumerate(tqdm(starts, desc=f"check {k}", unit="batch", disable=not progress)):
-        with timer.part("read"):  # waiting for the reader thread, and the copy to the device
-            seismic, velocity = next_read.result()
-            if i + 1 < len(starts):
-                next_read = reader.submit(read, starts[i + 1])
-            seismic, velocity = torch.from_numpy(seismic).to(device), torch.from_numpy(velocity).to(device)
-        with timer.part("simulate"):
-            simulated = simulate_in_model_space(velocity_from_model(velocity, rep), rep, backend, batch_size).float()
-            deviation = per_sample_mse(seismic, simulated).double().cpu().numpy()
-        with timer.part("write"):
-            writer.append({"seismic_simulated": simulated.cpu().numpy(), "deviation": deviation})
-        deviations.append(deviation)
-    reader.shutdown()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-reader") as reader:
+        next_read = reader.submit(read, starts[0])
+        for i in tqdm(range(len(starts)), desc=f"check {k}", unit="batch", disable=not progress):
+            with timer.part("read"):  # waiting for the reader thread, and the copy to the device
+                seismic, velocity = next_read.result()
+                if i + 1 < len(starts):
+                    next_read = reader.submit(read, starts[i + 1])
+                seismic, velocity = torch.from_numpy(seismic).to(device), torch.from_numpy(velocity).to(device)
+            with timer.part("simulate"):
+                simulated = simulate_in_model_space(velocity_from_model(velocity, rep), rep, backend, batch_size).float()
+                deviation = per_sample_mse(seismic, simulated).double().cpu().numpy()
+            with timer.part("write"):
+                writer.append({"seismic_simulated": simulated.cpu().numpy(), "deviation": deviation})
+            deviations.append(deviation)
     with timer.part("write"):
         writer.close()
     seconds = timer.elapsed()

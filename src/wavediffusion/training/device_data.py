@@ -19,23 +19,40 @@ from torch.utils.data._utils.collate import default_collate
 READ_BATCH = 256  # samples per read while loading
 
 
+def leaves(batch: Any) -> list:
+    """The leaves of a (nested dict / list / tuple) batch, in a fixed order."""
+    if isinstance(batch, Mapping):
+        return [leaf for value in batch.values() for leaf in leaves(value)]
+    if isinstance(batch, (list, tuple)):
+        return [leaf for value in batch for leaf in leaves(value)]
+    return [batch]
+
+
 def map_tensors(fn: Callable[[torch.Tensor], Any], batch: Any) -> Any:
-    """`batch` with fn applied to each tensor, keeping its dict / list / tuple structure."""
+    """`batch` with fn applied to each tensor, keeping its dict / list / tuple structure;
+    other leaves stay as they are."""
     if isinstance(batch, torch.Tensor):
         return fn(batch)
     if isinstance(batch, Mapping):
         return {key: map_tensors(fn, value) for key, value in batch.items()}
     if isinstance(batch, (list, tuple)):
         return type(batch)(map_tensors(fn, value) for value in batch)
-    raise TypeError(f"cannot hold a {type(batch).__name__} on the device; samples must be tensors "
-                    "(in dicts, lists or tuples)")
+    return batch
+
+
+def tensor_leaves(batch: Any) -> list[torch.Tensor]:
+    """leaves(batch), which must all be tensors to be held on the device."""
+    found = leaves(batch)
+    for leaf in found:
+        if not isinstance(leaf, torch.Tensor):
+            raise TypeError(f"cannot hold a {type(leaf).__name__} on the device; samples must be tensors "
+                            "(in dicts, lists or tuples)")
+    return found
 
 
 def sample_bytes(dataset: Dataset, collate_fn=None) -> int:
     """Bytes of one collated sample (the first) of `dataset`, all its tensors together."""
-    sizes = []
-    map_tensors(lambda t: sizes.append(t.numel() * t.element_size()), (collate_fn or default_collate)([dataset[0]]))
-    return sum(sizes)
+    return sum(t.numel() * t.element_size() for t in tensor_leaves((collate_fn or default_collate)([dataset[0]])))
 
 
 class DeviceData:
@@ -54,10 +71,12 @@ class DeviceData:
         self.fields = None
         start = 0
         for batch in loader:
+            parts = tensor_leaves(batch)
             if self.fields is None:  # allocate once, at full size: no (N, ...) concatenation in memory
                 self.fields = map_tensors(lambda t: self._empty(t, memory_format), batch)
-            count = _batch_length(batch)
-            _copy_into(self.fields, batch, start, count)
+            count = parts[0].shape[0]
+            for field, part in zip(leaves(self.fields), parts):
+                field[start:start + count].copy_(part, non_blocking=True)
             start += count
         if start != self.length:
             raise RuntimeError(f"read {start} samples of a dataset of {self.length}")
@@ -80,21 +99,3 @@ class DeviceData:
         for indices in index_lists:
             yield self.batch(indices)
 
-
-def _batch_length(batch: Any) -> int:
-    lengths = []
-    map_tensors(lambda t: lengths.append(t.shape[0]), batch)
-    if len(set(lengths)) != 1:
-        raise ValueError(f"the collated fields of a batch differ in length: {lengths}")
-    return lengths[0]
-
-
-def _copy_into(fields: Any, batch: Any, start: int, count: int) -> None:
-    if isinstance(fields, torch.Tensor):
-        fields[start:start + count].copy_(batch, non_blocking=True)
-    elif isinstance(fields, Mapping):
-        for key in fields:
-            _copy_into(fields[key], batch[key], start, count)
-    else:
-        for part, values in zip(fields, batch):
-            _copy_into(part, values, start, count)

@@ -101,7 +101,7 @@ from tqdm import tqdm
 
 from ..gpu_speed import channels_last, compile_module, use_fused_step
 from . import checkpoint as ckpt
-from .device_data import DeviceData, sample_bytes
+from .device_data import DeviceData, map_tensors, sample_bytes
 from .distributed import DistEnv, all_reduce_mean, all_reduce_sum, gather_objects, setup
 
 CHECKPOINT_FORMAT = 1
@@ -411,13 +411,7 @@ class _State:
 
 
 def _to_device(batch, device: torch.device):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
+    return map_tensors(lambda t: t.to(device, non_blocking=True), batch)
 
 
 def _run_config(config: TrainConfig, task: Task) -> dict:
@@ -637,7 +631,7 @@ class _Trainer:
     def _prepare(self, batch):
         """A batch on the device, in the modules' memory format."""
         batch = _to_device(batch, self.env.device)
-        return channels_last(batch) if self.on_gpu and self.config.channels_last else batch
+        return map_tensors(channels_last, batch) if self.on_gpu and self.config.channels_last else batch
 
     def _set_lr(self) -> None:
         factor = lr_factor(self.state.step, self.state.epoch, self.config.warmup_steps, self.config.lr_decay)
