@@ -35,6 +35,7 @@ import contextlib
 import csv
 import dataclasses
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -186,6 +187,8 @@ def fixed_overrides(args, steps: int) -> dict:
 
 def run_training(args, part: str, setting: str, overrides: dict, run) -> None:
     """One training run, `run(TrainConfig overrides, out_dir)`: a row and its loss curve."""
+    if args.only and not re.search(args.only, setting):
+        return
     overrides = applicable(overrides)
     if overrides is None:
         print(f"{part} / {setting}: this commit has no such settings; skipped", flush=True)
@@ -236,6 +239,8 @@ def stage1_part(args) -> None:
                  {"batch_size": 16, **FAST, "channels_last": False}, trainer(0))
     run_training(args, "stage1", "G+D, batch 16, data on GPU, compiled, channels-last",
                  {"batch_size": 16, **FAST}, trainer(0))
+    run_training(args, "stage1", "G+D, batch 64, data on GPU, compiled, channels-last",
+                 {"batch_size": 64, **FAST}, trainer(0))
     run_training(args, "stage1", "G only, batch 16, data on GPU, compiled, channels-last",
                  {"batch_size": 16, **FAST}, trainer(10**9))
 
@@ -256,6 +261,8 @@ def stage2_part(args) -> None:
     run_training(args, "stage2", "batch 64, DataLoader (4 workers), eager", loader, run)
     run_training(args, "stage2", "batch 64, data on GPU, eager", {**loader, "data_on_device": True}, run)
     run_training(args, "stage2", "batch 64, data on GPU, compiled", {"batch_size": 64, **FAST, "channels_last": False},
+                 run)
+    run_training(args, "stage2", "batch 256, data on GPU, eager", {**loader, "batch_size": 256, "data_on_device": True},
                  run)
     run_training(args, "stage2", "batch 256, data on GPU, compiled", {"batch_size": 256, **FAST, "channels_last": False},
                  run)
@@ -352,8 +359,8 @@ def time_forward(model, inputs, iters: int) -> float:
     return inputs[0].shape[0] * iters / (time.perf_counter() - started)
 
 
-def compile_regions_or_whole(model):
-    """This commit's way to compile a module for sampling (regions where it has them)."""
+def compiled(model):
+    """The model compiled the way this commit compiles it for sampling, and how."""
     try:
         from wavediffusion.gpu_speed import compile_module
     except ImportError:  # the base compiled the whole UNet with torch.compile
@@ -401,7 +408,7 @@ def unet_forward_part(args) -> None:
             if commit == "reference":
                 modes.append(("compiled (whole network)", torch.compile(model)))
             else:
-                compiled, how = compile_regions_or_whole(make().to(device).eval())
+                compiled, how = compiled(make().to(device).eval())
                 modes.append((how, compiled))
         for mode, network in modes:
             reset_peak()
@@ -471,6 +478,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path, help="the CSV to append rows to")
     parser.add_argument("--parts", default="stage1,stage2,inversionnet,unet_forward,sampling,check")
     parser.add_argument("--reference", action="store_true", help="also time diffusers' UNet2DModel")
+    parser.add_argument("--only", default="", help="training parts: run only the settings this regex finds")
     parser.add_argument("--modes", default="eager,compiled", help="unet_forward and sampling: eager, compiled or both")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--tiny", action="store_true", help="toy sizes: a CPU try-out of this script")

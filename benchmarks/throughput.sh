@@ -9,10 +9,12 @@
 #   bash benchmarks/throughput.sh follow OUTDIR   follow it further
 #
 # Both end by copying what is done (throughput.csv, curves.csv, the log) into OUTDIR.
-# BASE_COMMIT and NEW_COMMIT label the rows. The plan, most telling first (a session that
-# runs out of device time keeps what came before): each training part of the new code and
-# then of the base, the UNet forward (with the diffusers reference) and sampling and the
-# check of the new code, then of the base, the GPU-marked tests, the base's compiled sampling.
+# BASE_COMMIT and NEW_COMMIT label the rows; STAGE1_ROWS, STAGE2_ROWS and INVERSIONNET_ROWS
+# (regexes, default all) pick the new code's training settings. The plan, most telling first
+# (a session that runs out of device time keeps what came before): the GPU-marked tests, each
+# training part of the new code and then of the base, sampling and the check, the UNet
+# forward (with the diffusers reference), InversionNet, the base's UNet forward and compiled
+# sampling.
 set -uo pipefail
 MODE=${1:?start|follow}
 OUT=${2:?output folder}
@@ -42,15 +44,17 @@ plan() {
     local bench="python3 benchmarks/throughput.py --work $WORK --out $WORK/throughput.csv"
     local new="env PYTHONPATH=src:/tmp/site $bench --commit ${NEW_COMMIT:?}"
     local base="env PYTHONPATH=.base/src:/tmp/site $bench --commit ${BASE_COMMIT:?}"
-    for part in stage2 stage1 inversionnet; do
-        $new --parts $part
-        $base --parts $part
-    done
-    $new --parts unet_forward --reference
+    PYTHONPATH=src:/tmp/site timeout 300 python3 -m pytest -m gpu -q -p no:cacheprovider $(grep -l "mark.gpu" tests/test_*.py)
+    $new --parts stage2 --only "${STAGE2_ROWS:-.}"
+    $base --parts stage2
+    $new --parts stage1 --only "${STAGE1_ROWS:-.}"
+    $base --parts stage1
     $new --parts sampling,check
     $base --parts sampling,check --modes eager
+    $new --parts unet_forward --reference
+    $base --parts inversionnet
+    $new --parts inversionnet --only "${INVERSIONNET_ROWS:-.}"
     $base --parts unet_forward
-    PYTHONPATH=src:/tmp/site python3 -m pytest -m gpu -q -p no:cacheprovider tests
     $base --parts sampling --modes compiled
 }
 
@@ -62,7 +66,7 @@ start)
     { nvidia-smi -L; python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } > "$OUT/machine.txt"
     cat "$OUT/machine.txt"
     export -f plan
-    export BASE_COMMIT NEW_COMMIT WORK
+    export BASE_COMMIT NEW_COMMIT WORK STAGE1_ROWS STAGE2_ROWS INVERSIONNET_ROWS
     setsid bash -c "plan > $LOG 2>&1; echo \$? > $DONE" &
     follow
     collect

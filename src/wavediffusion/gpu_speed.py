@@ -17,23 +17,16 @@ RECOMPILE_LIMIT = 64
 def compile_module(module: nn.Module, backend: str = "inductor") -> nn.Module:
     """Compile `module` in place (nn.Module.compile: same object, same state_dict keys).
 
-    The whole network is one graph, unless its class names `compile_regions` (a tuple of
-    sub-network classes, e.g. the autoencoder's encoder and decoders around a quantiser that
-    cannot be traced well): then each such part is compiled on its own. Whole networks, not
-    blocks: compiling every res block on its own (tried on an H100, 2026-12-06) took as long
-    to compile and ran the paper's UNet at batch 64 slower than eager, its per-block calls
-    adding more host overhead than the fusion saved (docs/results.md). Shapes are static
-    (dynamic=False): recompiling for a new batch size beats shape-generic kernels.
-    `backend` "aot_eager" traces without generating kernels (CPU tests).
+    The whole network becomes one graph; a network that cannot be one graph overrides
+    nn.Module.compile to compile its parts (VQAutoencoder does). Whole networks, not blocks:
+    compiling every res block on its own (tried on an H100, 2026-12-06) ran the paper's UNet
+    at batch 64 slower than eager, its per-block calls adding more host overhead than the
+    fusion saved (docs/results.md). Shapes are static (dynamic=False): recompiling for a new
+    batch size beats shape-generic kernels. `backend` "aot_eager" traces without generating
+    kernels (CPU tests).
     """
     raise_recompile_limits()
-    regions = getattr(module, "compile_regions", ())
-    if not regions:
-        module.compile(dynamic=False, backend=backend)
-        return module
-    for block in module.modules():
-        if isinstance(block, regions):
-            block.compile(dynamic=False, backend=backend)
+    module.compile(dynamic=False, backend=backend)
     return module
 
 

@@ -67,7 +67,7 @@ Speed on a GPU (none of it changes what is computed, only its rounding)
   both splits take at most a quarter of the GPU's free memory. Datasets must return the
   same sample for an index every time (no random augmentation), as ours do.
 - `compile`: each module is compiled with torch.compile, in place (state_dict keys are
-  unchanged), as one graph or as the parts its class names (gpu_speed.compile_module).
+  unchanged), as one graph or as the parts its compile method names (gpu_speed.compile_module).
   The first steps pay for the compilation (a minute or two for the paper's networks).
 - `channels_last`: modules and 4-D batches in NHWC, the layout the GPU's convolution
   kernels work in (NCHW costs a transpose around every bf16 convolution).
