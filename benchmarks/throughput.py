@@ -18,8 +18,8 @@ Parts (columns `part, setting, commit, samples_per_s, tflops, mfu, gpu, torch, â
   over each other.
 - unet_forward: the paper's UNet forward (as in sampling), bf16, eager and compiled;
   `--reference` adds a diffusers UNet2DModel of the same size (the LDM reference).
-- sampling: `sample_shard` (DDIM-50, bf16, batch 500) on paper-size networks with random
-  weights, eager and compiled: one shard to warm up (compilation), one timed.
+- sampling: `sample_shard` (DDIM-50 and DPM-Solver++(2M)-20, bf16, batch 500) on paper-size
+  networks with random weights, eager and compiled: one shard to warm up (compilation), one timed.
 - check: `check_shard` (deepwave) on the timed shard.
 
 FLOPs are counted with torch's FlopCounterMode (matrix products, convolutions and
@@ -436,39 +436,45 @@ def sampling_part(args, check: bool) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     stage1_file, stage2_file = save_random_networks(folder, args.scale)
-    sampler_flops = None
-    for compiled in [mode == "compiled" for mode in args.modes if args.device == "cuda" or mode == "eager"]:
-        n = args.scale.sampling_pairs
-        settings = SamplingSettings(num_pairs=2 * n, shard_size=n, sampler="ddim", steps=50,
-                                    batch_size=args.scale.sampling_batch, precision="bf16", compile=compiled, seed=0)
-        store = folder / f"pairs-{'compiled' if compiled else 'eager'}.zarr"
+    n = args.scale.sampling_pairs
+    runs = [(sampler, steps, mode == "compiled") for sampler, steps in (("ddim", 50), ("dpmpp2m", 20))
+            for mode in args.modes if args.device == "cuda" or mode == "eager"]
+    for sampler, steps, compiled in runs:
+        try:
+            settings = SamplingSettings(num_pairs=2 * n, shard_size=n, sampler=sampler, steps=steps,
+                                        batch_size=args.scale.sampling_batch, precision="bf16", compile=compiled, seed=0)
+        except ValueError as error:  # a commit without this sampler
+            print(f"sampling {sampler}: skipped, {error}", flush=True)
+            continue
+        name = f"{sampler}-{steps}-{'compiled' if compiled else 'eager'}"
+        store = folder / f"pairs-{name}.zarr"
         create_store_for_models(stage1_file, store, settings)
         reset_peak()
         first = sample_shard(stage1_file, stage2_file, store, 0, settings, progress=False)
         timed = sample_shard(stage1_file, stage2_file, store, 1, settings, progress=False)
-        if sampler_flops is None:
-            sampler_flops = sampling_flops(stage1_file, stage2_file, args)
-            args.flops["sampling"] = sampler_flops
-        parts = {name: f"{1000 * s / n:.2f}" for name, s in timed["seconds_by_part"].items()}
+        args.flops[f"sampling/{steps}"] = sampling_flops(stage1_file, stage2_file, steps, args)
+        parts = {part: f"{1000 * s / n:.2f}" for part, s in timed["seconds_by_part"].items()}
         notes = (f"ms/pair {json.dumps(parts)}; writer thread {1000 * timed.get('writer_thread_seconds', 0) / n:.2f} ms/pair; "
                  f"375k pairs: {375_000 / timed['pairs_per_second'] / 3600:.2f} GPU-h")
-        record(args, "sampling", f"DDIM-50, bf16, batch {settings.batch_size}, {'compiled' if compiled else 'eager'}",
-               timed["pairs_per_second"], settings.batch_size, None, first["seconds"] - timed["seconds"], notes)
-        if check and not compiled:  # (the check does not depend on how the pairs were made)
+        label = {"ddim": "DDIM", "dpmpp2m": "DPM-Solver++(2M)"}[sampler]
+        record(args, "sampling", f"{label}-{steps}, bf16, batch {settings.batch_size}, {'compiled' if compiled else 'eager'}",
+               timed["pairs_per_second"], settings.batch_size, None, first["seconds"] - timed["seconds"], notes,
+               flops_key=f"sampling/{steps}")
+        if check and sampler == "ddim" and not compiled:  # (the check does not depend on how the pairs were made)
             info = check_shard(store, 1, representation(args.scale), "deepwave", batch_size=256, progress=False)
-            parts = {name: f"{1000 * s / n:.2f}" for name, s in info["seconds_by_part"].items()}
+            parts = {part: f"{1000 * s / n:.2f}" for part, s in info["seconds_by_part"].items()}
             record(args, "check", "deepwave, batch 256", info["pairs_per_second"], 256, None, None,
                    f"ms/pair {json.dumps(parts)}; 375k pairs: {375_000 / info['pairs_per_second'] / 3600:.2f} GPU-h")
 
 
-def sampling_flops(stage1_file: Path, stage2_file: Path, args) -> float:
-    """FLOPs per generated pair: 50 UNet forwards and one decoding (both decoders)."""
+def sampling_flops(stage1_file: Path, stage2_file: Path, steps: int, args) -> float:
+    """FLOPs per generated pair: `steps` UNet forwards and one decoding (both decoders)."""
     device = torch.device(args.device)
     autoencoder = stage1.load_autoencoder(stage1_file, device)
     unet, _, _ = stage2.load_stage2(stage2_file, device)
     config = args.scale.unet
     z = torch.randn(2, config.in_channels, config.image_size, config.image_size, device=device)
-    return 50 * forward_flops(unet, z, torch.tensor([10, 10], device=device)) + forward_flops(autoencoder.decode_latent, z)
+    return steps * forward_flops(unet, z, torch.tensor([10, 10], device=device)) + forward_flops(autoencoder.decode_latent, z)
 
 
 def main() -> None:

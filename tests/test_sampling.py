@@ -8,7 +8,7 @@ import csv
 import json
 import multiprocessing
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import h5py
 import numpy as np
@@ -17,6 +17,7 @@ import torch
 import zarr
 
 from wavediffusion.data.transforms import Representation, velocity_from_model
+from wavediffusion.diffusion import dpm_solver_sample
 from wavediffusion.evaluation.stage1 import decode_and_check
 from wavediffusion.physics.deviation import per_sample_mse
 from wavediffusion.physics.forward import forward_model
@@ -43,6 +44,7 @@ from wavediffusion.sampling.store import (
 )
 from wavediffusion.training.loop import derive_seed
 from wavediffusion.training.stage1 import load_autoencoder
+from wavediffusion.training.stage2 import load_stage2
 
 from tiny_models import save_tiny_autoencoder, save_tiny_stage2
 
@@ -153,6 +155,20 @@ def test_layout_markers_and_deviation(artifacts, reference):
     assert manifest["config_sha256"] == SETTINGS.sha256() != SamplingSettings(seed=12).sha256()
     assert manifest["deviation_mean"] == pytest.approx(values["deviation"].mean())
     assert manifest["deviation_quantiles"]["0.5"] == pytest.approx(np.median(values["deviation"]))
+
+
+def test_dpm_solver_shard_stores_the_solver_samples(artifacts, tmp_path):
+    settings = replace(SETTINGS, sampler="dpmpp2m", eta=0.0)
+    store = tmp_path / "pairs.zarr"
+    create_store_for_models(artifacts["stage1"], store, settings)
+    sample_shard(artifacts["stage1"], artifacts["stage2"], store, 0, settings, device="cpu", progress=False)
+    info = read_done(store, "sample", 0)
+    assert (info["sampler"], info["steps"], info["eta"]) == ("dpmpp2m", 3, None)
+    # the shard's first batch is the solver's output from the shard's seed, unscaled
+    unet, schedule, scale = load_stage2(artifacts["stage2"], torch.device("cpu"))
+    generator = torch.Generator().manual_seed(derive_seed(settings.seed, 0))
+    first = dpm_solver_sample(unet, schedule, (2, 8, 8, 8), num_steps=3, generator=generator).z0 / scale
+    np.testing.assert_allclose(arrays(store)["latent"][:2], first.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_write_manifest(reference, tmp_path):

@@ -28,8 +28,8 @@ from tiny_models import save_tiny_autoencoder, save_tiny_stage2
 T = 50
 N_TRAIN = 3
 REP = Representation(time_samples=64, receivers=16, velocity_size=16, seismic_log_min=-4.0, seismic_log_max=4.0)
-SETTINGS = TrajectorySettings(n_forward=10, n_backward=2, steps=(25, 0, T - 1), ddim_steps=(5, 2), n_ddim=2,
-                              batch_size=2, precision="fp32", seed=3)
+SETTINGS = TrajectorySettings(n_forward=10, n_backward=2, steps=(25, 0, T - 1), ddim_steps=(5, 2),
+                              dpm_solver_steps=(4,), n_ddim=2, batch_size=2, precision="fp32", seed=3)
 STAGE1_ROWS = [
     {"variant": "1vq", "latents": latents, "weight": weight, "n": 10, "deviation_mean": mean, "deviation_std": 0.01,
      "deviation_median": mean}
@@ -117,14 +117,14 @@ def test_table5_and_ddim_rows(outputs):
     columns, table5 = read(outputs["table5.csv"])
     assert tuple(columns) == TABLE5_COLUMNS
     assert [r["latents"] for r in table5] == [r["latents"] for r in STAGE1_ROWS] + [
-        "diffusion_ddpm", "diffusion_ddim_2", "diffusion_ddim_5"]
+        "diffusion_ddpm", "diffusion_ddim_2", "diffusion_ddim_5", "diffusion_dpmpp2m_4"]
     assert float(table5[0]["deviation_mean"]) == 0.02  # Stage 1's rows pass through unchanged
     diffusion = {r["latents"]: r for r in table5[len(STAGE1_ROWS):]}
     assert all(r["variant"] == "1vq" and r["n"] == "2" and not r["weight"] for r in diffusion.values())
 
     columns, ddim = read(outputs["ddim.csv"])
     assert tuple(columns) == DDIM_COLUMNS
-    assert [(r["sampler"], int(r["steps"])) for r in ddim] == [("ddim", 2), ("ddim", 5), ("ddpm", T)]
+    assert [(r["sampler"], int(r["steps"])) for r in ddim] == [("ddim", 2), ("ddim", 5), ("dpmpp2m", 4), ("ddpm", T)]
     assert all(int(r["n"]) == 2 and float(r["seconds_per_sample"]) > 0 for r in ddim)
     # one set of final DDPM samples behind three outputs
     _, deviation = read(outputs["deviation.csv"])
@@ -153,6 +153,7 @@ def test_same_seed_same_numbers(artifacts, outputs, tmp_path):
     ({"steps": (10, 10)}, "steps"),
     ({"steps": ()}, "steps"),
     ({"ddim_steps": (0,)}, "ddim_steps"),
+    ({"dpm_solver_steps": (1,)}, "dpm_solver_steps"),
     ({"n_forward": 0}, "n_forward"),
     ({"batch_size": 0}, "batch_size"),
     ({"backend": "devito"}, "backend"),

@@ -113,7 +113,9 @@ def test_tiny_dag_produces_every_output(tiny_run):
     with open(workdir / "results/trajectory/1vq/table5.csv") as handle:
         names = [row["latents"] for row in csv.DictReader(handle)]
     assert names[:3] == ["test_reconstruction", "train_reconstruction", "random_gaussian"]
-    assert names[-3:] == ["diffusion_ddpm", *[f"diffusion_ddim_{k}" for k in trajectory["ddim_steps"]]]
+    samplers = [*[f"diffusion_ddim_{k}" for k in trajectory["ddim_steps"]],
+                *[f"diffusion_dpmpp2m_{k}" for k in trajectory["dpm_solver_steps"]]]
+    assert names[-1 - len(samplers):] == ["diffusion_ddpm", *samplers]
     for figure in ("deviation.png", "trajectory_examples.png"):
         assert (workdir / "results/trajectory/1vq" / figure).stat().st_size > 10_000
 

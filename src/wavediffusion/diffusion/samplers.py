@@ -1,6 +1,7 @@
-"""Reverse-process samplers for an ε-prediction model: DDPM (the paper's) and DDIM.
+"""Reverse-process samplers for an ε-prediction model: DDPM (the paper's), DDIM and
+DPM-Solver++(2M).
 
-Both take any `model(z_t, t) -> ε` (the UNet, a compiled UNet, or an oracle in tests)
+All take any `model(z_t, t) -> ε` (the UNet, a compiled UNet, or an oracle in tests)
 and a NoiseSchedule, and share the same conventions:
 
 - Timesteps are the schedule's 0-based indices; a full run starts from z at t = T-1 and
@@ -8,7 +9,7 @@ and a NoiseSchedule, and share the same conventions:
 - `start=(z_t, t_start)` starts from a given latent at noise level t_start instead of pure
   noise (refinement: noise a latent to step K with `schedule.q_sample`, run only the
   remaining steps). Without it, z_{T-1} ~ N(0, I) is drawn first from the generator, so
-  DDPM and DDIM runs with the same seed start from the same noise.
+  runs of every sampler with the same seed start from the same noise.
 - Randomness: every draw comes from the passed torch.Generator, in a fixed order (the
   start noise, then one noise tensor per stochastic step), on the generator's device and
   then moved to `device`. A CPU generator makes results independent of the device's RNG
@@ -30,6 +31,7 @@ and a NoiseSchedule, and share the same conventions:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -205,4 +207,51 @@ def ddim_sample(model: nn.Module, schedule: NoiseSchedule, shape: Sequence[int] 
         z = a_s**0.5 * z0_pred + max(1 - a_s - sigma**2, 0.0) ** 0.5 * eps
         if sigma > 0:
             z = z + sigma * draw_noise(z.shape, generator, device)
+    return SampleResult(z, recorder.states, recorder.z0_preds)
+
+
+# ---------------------------------------------------------------------------------------
+# DPM-Solver++(2M)
+
+
+@torch.no_grad()
+def dpm_solver_sample(model: nn.Module, schedule: NoiseSchedule, shape: Sequence[int] | None = None, *,
+                      num_steps: int, generator: torch.Generator, device: torch.device | str | None = None,
+                      start: tuple[torch.Tensor, int] | None = None, record_at: Iterable[int] = (),
+                      callback: Callback | None = None, autocast: Autocast | None = None,
+                      progress: bool = False) -> SampleResult:
+    """DPM-Solver++(2M) (Lu et al. 2022): the multistep second-order solver of the diffusion
+    ODE in its data-prediction form, over `ddim_timesteps(t_start, num_steps)` with one model
+    call per visited step, as DDIM (η = 0), of which it is the second-order correction.
+
+    With α = sqrt(ᾱ), σ = sqrt(1 - ᾱ), λ = log(α / σ), from t to the next visited step s
+    (h = λ_s - λ_t): z_s = (σ_s / σ_t) z_t + α_s (1 - e^{-h}) D, where D is the model's ẑ_0
+    at t, corrected with the previous step's (r = h_previous / h):
+    D = (1 + 1/(2r)) ẑ_0(t) - 1/(2r) ẑ_0(previous). The first step has no previous ẑ_0 and
+    the last (to ᾱ = 1, λ = ∞) returns ẑ_0 itself: both are DDIM steps. Deterministic given
+    the start; `generator` draws only the pure-noise start.
+    """
+    device = _device(device, start)
+    z, t_start = _start(schedule, shape, start, generator, device)
+    steps = ddim_timesteps(t_start, num_steps)
+    recorder = _Recorder(record_at, steps, callback)
+    abar = schedule.alphas_cumprod
+    previous = None  # (ẑ_0, h) of the step before
+    for i, t in enumerate(tqdm(steps, desc=f"DPM-Solver++(2M)-{num_steps}", disable=not progress,
+                               dynamic_ncols=True)):
+        eps = predict_eps(model, z, t, autocast)
+        timesteps = torch.full((z.shape[0],), t, dtype=torch.long, device=device)
+        z0_pred = schedule.predict_z0_from_eps(z, timesteps, eps)
+        recorder(t, z, z0_pred)
+        if i + 1 == len(steps):
+            z = z0_pred
+            break
+        a_t, a_s = abar[t].item(), abar[steps[i + 1]].item()  # float64 scalars
+        h = 0.5 * (math.log(a_s / (1 - a_s)) - math.log(a_t / (1 - a_t)))
+        d = z0_pred
+        if previous is not None:
+            r = previous[1] / h
+            d = (1 + 0.5 / r) * z0_pred - (0.5 / r) * previous[0]
+        z = ((1 - a_s) / (1 - a_t)) ** 0.5 * z - a_s**0.5 * math.expm1(-h) * d
+        previous = (z0_pred, h)
     return SampleResult(z, recorder.states, recorder.z0_preds)

@@ -11,8 +11,9 @@ latents:
 - backward: `n_backward` samples are drawn with DDPM from pure noise; the latent entering
   each grid step t (noise level ᾱ_t, the same as the forward row of that step) and the
   final sample are decoded and measured;
-- DDIM (η = 0) with each number of steps in `ddim_steps`: the deviation of `n_ddim`
-  final samples, and the sampling time per sample, to trade speed for consistency.
+- DDIM (η = 0) with each number of steps in `ddim_steps`, and DPM-Solver++(2M) with each
+  in `dpm_solver_steps`: the deviation of `n_ddim` final samples, and the sampling time
+  per sample, to trade speed for consistency.
 
 Every latent goes through `evaluation.stage1.decode_and_check` -- the quantise, decode,
 clamp and simulate path of Stage 1's Table-5 rows -- so all numbers are comparable.
@@ -32,22 +33,23 @@ Outputs
 - deviation.csv: step, direction ("forward" | "backward"), mean, std, n.
 - table5.csv: Stage 1's Table-5 rows (evaluate_stage1's table5.csv, unchanged) followed
   by the diffusion rows in the same columns: latents "diffusion_ddpm" (the final DDPM
-  samples of the backward run) and "diffusion_ddim_<k>" per DDIM setting.
-- ddim.csv: sampler ("ddpm" | "ddim"), steps, n, mean, std, seconds_per_sample -- the
+  samples of the backward run), "diffusion_ddim_<k>" per DDIM setting and
+  "diffusion_dpmpp2m_<k>" per DPM-Solver++ setting.
+- ddim.csv: sampler ("ddpm" | "ddim" | "dpmpp2m"), steps, n, mean, std, seconds_per_sample -- the
   DDPM row is the backward run's final samples; seconds_per_sample is the sampler's wall
   time only (no decoding or simulation), divided by the number of samples.
 - figure: mean ± std deviation against t for both directions (x axis from T-1 on the
   left to -1, "clean", on the right, so the reverse process reads left to right), with
   Stage 1's train-reconstruction and random-Gaussian rows as reference lines; beside it
-  the final deviation against the number of sampler steps (DDIM and DDPM).
+  the final deviation against the number of sampler steps (DDIM, DPM-Solver++, DDPM).
 - strip figure: one backward sample at about five grid steps and at the end, each row its
   decoded seismic (middle shot), F(decoded velocity), the difference and the decoded
   velocity (evaluation.stage1.plot_examples).
 
 Randomness: every draw comes from CPU torch.Generators seeded from `seed` (one stream per
 part, so changing e.g. n_forward leaves the samples unchanged). The pure-noise starts are
-drawn for all samples at once and shared: backward sample i and DDIM sample i start from
-the same z_{T-1} for every k, so the DDIM rows are paired with each other and with DDPM.
+drawn for all samples at once and shared: backward sample i and DDIM (DPM-Solver++) sample i
+start from the same z_{T-1} for every k, so those rows are paired with each other and with DDPM.
 Results depend on `seed` and `batch_size` (the forward noise and DDPM's step noise are
 drawn per batch), not on the device's RNG. The UNet runs under bf16 autocast on a GPU if
 `precision` is "bf16"; decoding and the simulator run in float32.
@@ -69,7 +71,7 @@ from ..config import only_known
 from ..data.store import open_dataset, representation_of
 from ..data.transforms import Representation
 from ..devices import resolve_device
-from ..diffusion import NoiseSchedule, ddim_sample, ddpm_sample, synchronize, unet_autocast
+from ..diffusion import NoiseSchedule, ddim_sample, ddpm_sample, dpm_solver_sample, synchronize, unet_autocast
 from ..files import sha256_of, write_csv
 from ..physics.forward import BACKENDS
 from ..training.stage1 import load_autoencoder
@@ -93,19 +95,20 @@ class TrajectorySettings:
     n_backward: int = 1000  # DDPM samples from pure noise, decoded along the grid
     steps: tuple[int, ...] = (0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)  # 0-based t, in [0, T-1]
     ddim_steps: tuple[int, ...] = (10, 25, 50, 100)  # DDIM settings (η = 0), each in [1, T]
-    n_ddim: int = 1000  # samples per DDIM setting
+    dpm_solver_steps: tuple[int, ...] = (10, 20)  # DPM-Solver++(2M) settings, each in [2, T]; may be empty
+    n_ddim: int = 1000  # samples per DDIM and per DPM-Solver++ setting
     batch_size: int = 64  # sampler, decoder and simulator batch
     backend: str = "deepwave"  # forward operator of the deviation
     precision: str = "bf16"  # the UNet under autocast on a GPU: "bf16" | "fp32" (CPU: always fp32)
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("steps", "ddim_steps"):
+        for name in ("steps", "ddim_steps", "dpm_solver_steps"):
             values = getattr(self, name)
             if isinstance(values, (int, str)) or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
                                                          for v in values):
                 raise ValueError(f"{KEY}.{name} must be a list of integers, got {values!r}")
-            if len(values) == 0:
+            if len(values) == 0 and name != "dpm_solver_steps":
                 raise ValueError(f"{KEY}.{name} must not be empty")
             if len(set(values)) != len(values):
                 raise ValueError(f"{KEY}.{name} has repeated values: {list(values)}")
@@ -114,6 +117,9 @@ class TrajectorySettings:
             raise ValueError(f"{KEY}.steps must be timesteps in [0, T-1], got {list(self.steps)}")
         if self.ddim_steps[0] < 1:
             raise ValueError(f"{KEY}.ddim_steps must be at least 1, got {list(self.ddim_steps)}")
+        if self.dpm_solver_steps and self.dpm_solver_steps[0] < 2:
+            raise ValueError(f"{KEY}.dpm_solver_steps must be at least 2 (one step is DDIM's), "
+                             f"got {list(self.dpm_solver_steps)}")
         for name in ("n_forward", "n_backward", "n_ddim", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{KEY}.{name} must be at least 1, got {getattr(self, name)}")
@@ -128,14 +134,15 @@ class TrajectorySettings:
         return cls(**only_known(values, cls, KEY))
 
     def check_schedule(self, num_steps: int) -> None:
-        """Raise if a grid step or a DDIM setting does not fit a schedule of num_steps (T)."""
+        """Raise if a grid step or a sampler setting does not fit a schedule of num_steps (T)."""
         outside = [t for t in self.steps if t > num_steps - 1]
         if outside:
             raise ValueError(f"{KEY}.steps {outside} lie outside [0, {num_steps - 1}] "
                              f"(the Stage-2 model has T = {num_steps} steps)")
-        too_many = [k for k in self.ddim_steps if k > num_steps]
-        if too_many:
-            raise ValueError(f"{KEY}.ddim_steps {too_many} exceed the Stage-2 model's T = {num_steps} steps")
+        for name in ("ddim_steps", "dpm_solver_steps"):
+            too_many = [k for k in getattr(self, name) if k > num_steps]
+            if too_many:
+                raise ValueError(f"{KEY}.{name} {too_many} exceed the Stage-2 model's T = {num_steps} steps")
 
 
 # --- small pieces -----------------------------------------------------------------------------
@@ -257,22 +264,30 @@ def backward_deviation(autoencoder, unet, schedule: NoiseSchedule, scale: float,
     return {t: torch.cat(values) for t, values in parts.items()}, example, seconds / len(start)
 
 
-def ddim_deviation(autoencoder, unet, schedule: NoiseSchedule, scale: float, start: torch.Tensor, num_steps: int,
-                   rep: Representation, settings: TrajectorySettings, device: torch.device,
-                   progress: bool = True) -> tuple[torch.Tensor, float]:
-    """(per-sample deviation of the final DDIM-num_steps samples (η = 0), sampling seconds per sample)."""
-    generator = _generator(settings.seed, "ddim")  # unused at η = 0, but the sampler takes one
+SAMPLER_NAMES = {"ddim": "DDIM", "dpmpp2m": "DPM-Solver++(2M)", "ddpm": "DDPM"}
+
+
+def ode_deviation(autoencoder, unet, schedule: NoiseSchedule, scale: float, start: torch.Tensor, sampler: str,
+                  num_steps: int, rep: Representation, settings: TrajectorySettings, device: torch.device,
+                  progress: bool = True) -> tuple[torch.Tensor, float]:
+    """(per-sample deviation of the final samples of `sampler` ("ddim" at η = 0 or "dpmpp2m")
+    with num_steps steps, sampling seconds per sample)."""
+    generator = _generator(settings.seed, "ddim")  # neither draws noise from a given start, but both take one
     autocast = unet_autocast(device, settings.precision)
     T = schedule.num_steps
     deviations, seconds = [], 0.0
     batches = start.split(settings.batch_size)
-    with tqdm(total=len(batches) * num_steps, desc=f"DDIM-{num_steps}", unit="step", disable=not progress,
+    with tqdm(total=len(batches) * num_steps, desc=f"{SAMPLER_NAMES[sampler]}-{num_steps}", unit="step", disable=not progress,
               dynamic_ncols=True) as bar:
         for batch in batches:
             synchronize(device)
             began = time.perf_counter()
-            result = ddim_sample(unet, schedule, num_steps=num_steps, eta=0.0, generator=generator, device=device,
-                                 start=(batch, T - 1), callback=lambda *_: bar.update(1), autocast=autocast)
+            arguments = dict(num_steps=num_steps, generator=generator, device=device, start=(batch, T - 1),
+                             callback=lambda *_: bar.update(1), autocast=autocast)
+            if sampler == "ddim":
+                result = ddim_sample(unet, schedule, eta=0.0, **arguments)
+            else:
+                result = dpm_solver_sample(unet, schedule, **arguments)
             synchronize(device)
             seconds += time.perf_counter() - began
             decoded = decode_and_check(autoencoder, result.z0.float().cpu() / scale, rep, settings.backend,
@@ -315,11 +330,11 @@ def plot_trajectory(deviation_rows: list[dict], ddim_rows: list[dict], stage1_ro
     ax.set_title("deviation along the diffusion process (mean ± std)", fontsize=10)
     ax.legend(fontsize=8)
 
-    for sampler, marker in (("ddim", "s-"), ("ddpm", "D")):
+    for sampler, marker in (("ddim", "s-"), ("dpmpp2m", "^-"), ("ddpm", "D")):
         rows = sorted((r for r in ddim_rows if r["sampler"] == sampler), key=lambda r: r["steps"])
         if rows:
             ax_steps.errorbar([r["steps"] for r in rows], [r["mean"] for r in rows], yerr=[r["std"] for r in rows],
-                              fmt=marker, capsize=3, markersize=4, label=sampler.upper())
+                              fmt=marker, capsize=3, markersize=4, label=SAMPLER_NAMES[sampler])
     ax_steps.set_xscale("log")
     ax_steps.set_xticks(sorted({r["steps"] for r in ddim_rows}), [str(r) for r in sorted({r["steps"] for r in ddim_rows})])
     ax_steps.xaxis.set_minor_locator(NullLocator())
@@ -345,7 +360,7 @@ def diffusion_trajectory(stage1_model: str | Path, stage2_model: str | Path, lat
                          table5_csv: str | Path, ddim_csv: str | Path, figure: str | Path, strip_figure: str | Path,
                          dataset: str | Path | Representation | None = None, device: str | None = None,
                          progress: bool = True) -> dict[str, list[dict]]:
-    """Run the forward, backward and DDIM measurements and write the three CSVs and two figures.
+    """Run the forward, backward, DDIM and DPM-Solver++ measurements and write the three CSVs and two figures.
 
     `dataset` fixes the representation the deviation is measured in (the dataset store the
     latents were encoded from, or a Representation); None takes the dataset path the
@@ -366,19 +381,22 @@ def diffusion_trajectory(stage1_model: str | Path, stage2_model: str | Path, lat
     start = _start_noise(shape, max(settings.n_backward, settings.n_ddim), settings)
     backward, example, ddpm_seconds = backward_deviation(autoencoder, unet, schedule, scale,
                                                          start[: settings.n_backward], rep, settings, device, progress)
-    ddim = {k: ddim_deviation(autoencoder, unet, schedule, scale, start[: settings.n_ddim], k, rep, settings, device,
-                              progress) for k in settings.ddim_steps}
+    ode = {(sampler, k): ode_deviation(autoencoder, unet, schedule, scale, start[: settings.n_ddim], sampler, k, rep,
+                                       settings, device, progress)
+           for sampler, counts in (("ddim", settings.ddim_steps), ("dpmpp2m", settings.dpm_solver_steps))
+           for k in counts}
 
     deviation_rows = [{"step": t, "direction": direction, **_stats(values)}
                       for direction, per_step in (("forward", forward), ("backward", backward))
                       for t, values in per_step.items()]
     final = backward[CLEAN_STEP]
-    ddim_rows = [{"sampler": "ddim", "steps": k, **_stats(values), "seconds_per_sample": seconds}
-                 for k, (values, seconds) in ddim.items()]
+    ddim_rows = [{"sampler": sampler, "steps": k, **_stats(values), "seconds_per_sample": seconds}
+                 for (sampler, k), (values, seconds) in ode.items()]
     ddim_rows.append({"sampler": "ddpm", "steps": schedule.num_steps, **_stats(final),
                       "seconds_per_sample": ddpm_seconds})
     table5_rows = [*stage1_rows, deviation_row(variant, "diffusion_ddpm", None, final),
-                   *(deviation_row(variant, f"diffusion_ddim_{k}", None, values) for k, (values, _) in ddim.items())]
+                   *(deviation_row(variant, f"diffusion_{sampler}_{k}", None, values)
+                     for (sampler, k), (values, _) in ode.items())]
 
     write_csv(deviation_rows, deviation_csv, DEVIATION_COLUMNS)
     write_csv(table5_rows, table5_csv, TABLE5_COLUMNS)

@@ -39,7 +39,7 @@ from ..config import only_known
 from ..data.store import open_dataset, representation_of
 from ..data.transforms import Representation, velocity_from_model
 from ..devices import resolve_device
-from ..diffusion.samplers import ddim_sample, ddpm_sample, synchronize, unet_autocast
+from ..diffusion.samplers import ddim_sample, ddpm_sample, dpm_solver_sample, synchronize, unet_autocast
 from ..files import sha256_of, write_json
 from ..gpu_speed import compile_module
 from ..physics.deviation import per_sample_mse, simulate_in_model_space
@@ -64,7 +64,7 @@ from .store import (
 )
 
 KEY = "sampling"
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpmpp2m")
 PRECISIONS = ("bf16", "fp32")
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
@@ -76,8 +76,8 @@ class SamplingSettings:
     num_pairs: int = 375_000  # paper
     shard_size: int = 5000  # samples per job
     store_block: int | None = None  # samples per Zarr shard (a divisor of shard_size); None: store.default_block
-    sampler: str = "ddpm"  # "ddpm" (the paper's, all T steps) | "ddim"
-    steps: int = 50  # DDIM steps; ignored for ddpm
+    sampler: str = "ddpm"  # "ddpm" (the paper's, all T steps) | "ddim" | "dpmpp2m" (DPM-Solver++(2M))
+    steps: int = 50  # DDIM / DPM-Solver++ steps; ignored for ddpm
     eta: float = 0.0  # DDIM η
     batch_size: int = 256  # sampler and decoder batch
     precision: str = "bf16"  # the UNet under autocast on a GPU; CPU always fp32
@@ -116,7 +116,7 @@ class SamplingSettings:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
 
     def sampler_name(self, num_steps: int) -> str:
-        return f"ddpm-{num_steps}" if self.sampler == "ddpm" else f"ddim-{self.steps}"
+        return f"ddpm-{num_steps}" if self.sampler == "ddpm" else f"{self.sampler}-{self.steps}"
 
 
 def _device(device) -> torch.device:
@@ -179,7 +179,7 @@ def sample_shard(stage1_model: str | Path, stage2_model: str | Path, store: str 
     if tuple(autoencoder.config.latent_shape) != latent_shape:
         raise ValueError(f"{store}: latent shape {latent_shape} differs from the autoencoder's "
                          f"{tuple(autoencoder.config.latent_shape)}")
-    if settings.sampler == "ddim" and settings.steps > schedule.num_steps:
+    if settings.sampler != "ddpm" and settings.steps > schedule.num_steps:
         raise ValueError(f"{KEY}.steps ({settings.steps}) exceeds the Stage-2 model's T = {schedule.num_steps} steps")
 
     # the data is about to change: neither the old sample nor its check counts any more
@@ -206,9 +206,12 @@ def sample_shard(stage1_model: str | Path, stage2_model: str | Path, store: str 
         with timer.part("denoise"):
             if settings.sampler == "ddpm":
                 z = ddpm_sample(unet, schedule, shape, generator=generator, device=device, autocast=autocast).z0
-            else:
+            elif settings.sampler == "ddim":
                 z = ddim_sample(unet, schedule, shape, num_steps=settings.steps, eta=settings.eta,
                                 generator=generator, device=device, autocast=autocast).z0
+            else:
+                z = dpm_solver_sample(unet, schedule, shape, num_steps=settings.steps, generator=generator,
+                                      device=device, autocast=autocast).z0
             z = z.float() / scale
         with timer.part("decode"):
             seismic, velocity = autoencoder.decode_latent(z)
@@ -227,7 +230,7 @@ def sample_shard(stage1_model: str | Path, stage2_model: str | Path, store: str 
         "n": len(rows), "rows": [rows.start, rows.stop], "seed": seed, "seconds": seconds,
         "pairs_per_second": len(rows) / seconds if seconds > 0 else None, "seconds_by_part": timer.seconds,
         "writer_thread_seconds": writer.busy_seconds,
-        "sampler": settings.sampler, "steps": settings.steps if settings.sampler == "ddim" else schedule.num_steps,
+        "sampler": settings.sampler, "steps": schedule.num_steps if settings.sampler == "ddpm" else settings.steps,
         "eta": settings.eta if settings.sampler == "ddim" else None, "batch_size": settings.batch_size,
         "precision": settings.precision if autocast is not None else "fp32", "compiled": compiled,
         "device": str(device),
