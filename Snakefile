@@ -35,6 +35,7 @@ include: "workflow/rules/stage2.smk"
 include: "workflow/rules/sampling.smk"
 include: "workflow/rules/fid.smk"
 include: "workflow/rules/inversion.smk"
+include: "workflow/rules/claims.smk"
 
 
 rule all:
@@ -50,3 +51,4 @@ rule all:
         "results/inversionnet/table2.csv",
         "results/refine/table9.csv",
         "results/refine/table7.csv",
+        "results/claims.csv",

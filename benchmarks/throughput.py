@@ -359,7 +359,7 @@ def time_forward(model, inputs, iters: int) -> float:
     return inputs[0].shape[0] * iters / (time.perf_counter() - started)
 
 
-def compiled(model):
+def compile_like_sampling(model):
     """The model compiled the way this commit compiles it for sampling, and how."""
     try:
         from wavediffusion.gpu_speed import compile_module
@@ -408,7 +408,7 @@ def unet_forward_part(args) -> None:
             if commit == "reference":
                 modes.append(("compiled (whole network)", torch.compile(model)))
             else:
-                compiled, how = compiled(make().to(device).eval())
+                compiled, how = compile_like_sampling(make().to(device).eval())
                 modes.append((how, compiled))
         for mode, network in modes:
             reset_peak()

@@ -10,7 +10,8 @@ from wavediffusion.config import ConfigError, load_config, validate_config
 from conftest import REPO, SCHEMA
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "config/tiny.yaml", "config/mini.yaml", "config/paper.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "config/tiny.yaml", "config/mini.yaml", "config/science.yaml",
+                                  "config/paper.yaml"])
 def test_shipped_configs_are_valid(name):
     config = load_config(REPO / name, SCHEMA)
     assert config["data"]["families"]

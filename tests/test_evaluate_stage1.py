@@ -7,7 +7,14 @@ import pytest
 import torch
 import zarr
 
-from wavediffusion.evaluation.stage1 import Stage1Evaluation, interpolation_pairs, latent_moments, indices_per_family
+from wavediffusion.evaluation.stage1 import (
+    Stage1Evaluation,
+    codebook_usage,
+    indices_per_family,
+    interpolation_pairs,
+    latent_moments,
+)
+from wavediffusion.models.autoencoder import AutoencoderConfig, VQAutoencoder
 from wavediffusion.files import combine_csv, write_csv
 
 
@@ -58,3 +65,16 @@ def test_combine_csv_concatenates_and_rejects_other_columns(tmp_path):
     write_csv([{"a": 1, "c": 2}], tmp_path / "bad.csv", ["a", "c"])
     with pytest.raises(ValueError, match="bad.csv"):
         combine_csv([tmp_path / "one.csv", tmp_path / "bad.csv"], tmp_path / "x.csv")
+
+
+@pytest.mark.parametrize("variant", ["1vq", "2vq"])
+def test_codebook_usage_counts_equally_used_codes(variant):
+    model = VQAutoencoder(AutoencoderConfig.tiny(variant))
+    size = model.config.codebook_size
+    even = torch.arange(400) % 4  # four codes, used equally
+    uneven = torch.cat([torch.zeros(300, dtype=torch.long), torch.ones(100, dtype=torch.long)])
+    codes = {"shared": even} if variant == "1vq" else {"seismic": even, "velocity": uneven}
+    usage = codebook_usage(model, codes)
+    perplexities = [4.0] if variant == "1vq" else [4.0, float(np.exp(-(0.75 * np.log(0.75) + 0.25 * np.log(0.25))))]
+    assert usage["codebook_perplexity"] == pytest.approx(np.mean(perplexities))
+    assert usage["codebook_unused"] == pytest.approx(size - 4 if variant == "1vq" else ((size - 4) + (size - 2)) / 2)

@@ -70,7 +70,8 @@ def test_tiny_dag_produces_every_output(tiny_run):
     with open(workdir / "results/physics/pde_floor.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert {(r["family"], r["backend"], r["velocity_input"]) for r in rows} == {
-        (f, b, v) for f in config["data"]["families"] for b in ("deepwave", "openfwi") for v in ("native70", "model64")
+        (f, b, v) for f in config["data"]["families"] for b in ("deepwave", "openfwi")
+        for v in ("native70", "model64", "model64_other_pair")
     }
     deviation = {(r["family"], r["backend"], r["velocity_input"]): float(r["deviation_mean"]) for r in rows}
     # the embedded data were made by deepwave from the native maps: deepwave reproduces them
@@ -79,6 +80,8 @@ def test_tiny_dag_produces_every_output(tiny_run):
         assert deviation[(family, "deepwave", "native70")] < 1e-8
         assert deviation[(family, "openfwi", "native70")] > deviation[(family, "deepwave", "native70")]
         assert deviation[(family, "deepwave", "model64")] > deviation[(family, "deepwave", "native70")]
+        # the chance level: another pair's velocity fits far worse than the pair's own
+        assert deviation[(family, "deepwave", "model64_other_pair")] > 3 * deviation[(family, "deepwave", "model64")]
     assert (workdir / "results/figures/velocity_families.png").stat().st_size > 10_000
     for log in ("preprocess.log", "pde_floor.log", "velocity_figure.log", "train_stage1/1vq.log", "encode_latents/1vq.log"):
         assert (workdir / "logs" / log).exists()
@@ -165,6 +168,15 @@ def test_tiny_dag_produces_every_output(tiny_run):
             rows = list(csv.DictReader(handle))
         assert [r["method"] for r in rows if r["family"] == "all"] == methods
 
+    # the claims, each with a verdict computed from the tables above; the memorisation check behind one
+    with open(workdir / "results/claims.csv") as handle:
+        claims = list(csv.DictReader(handle))
+    assert [r["claim"] for r in claims] == ["table5_ordering", "table5_ratio", "fig5_end_vs_start", "stage1_inversion",
+                                            "no_memorisation", "fid_diffusion_vs_random", "fid_diffusion_vs_random"]
+    assert {r["held"] for r in claims} <= {"yes", "no", "not testable at this scale"}
+    with open(workdir / "results/samples/1vq/memorisation.csv") as handle:
+        assert [r["set"] for r in csv.DictReader(handle)] == ["held_out", "generated"]
+
 
 def after_sampling(config) -> dict[str, int]:
     """The jobs downstream of a variant's pairs store (tiny: one variant)."""
@@ -176,7 +188,7 @@ def after_sampling(config) -> dict[str, int]:
     return {"physics_report": 1, "export_openfwi": 1, "fid_variant": 1, "fid_table": 1,
             "hardest_generated": len(seismic), "train_inversionnet": generated,
             # + `real` and `finetune-real`, which are also measured on the hardest generated pairs
-            "evaluate_inversionnet": generated + 2, "inversionnet_tables": 1}
+            "evaluate_inversionnet": generated + 2, "inversionnet_tables": 1, "memorisation": 1, "claims": 1}
 
 
 def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
@@ -201,7 +213,7 @@ def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
                  "diffusion_trajectory": 1, "create_pairs_store": 1, **sampling_on, **refine_on}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
-    edited["physics"]["floor_samples_per_family"] = 2
+    edited["physics"]["floor_samples_per_family"] = 1
     write_config(workdir, edited)
     assert scheduled(workdir) == {"pde_floor": 1, "physics_report": 1, "export_openfwi": 1, "all": 1}
 
@@ -213,7 +225,8 @@ def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["stage1"]["evaluation"]["random_latents"] = 3
     write_config(workdir, edited)
-    assert scheduled(workdir) == {"evaluate_stage1": 1, "stage1_metrics": 1, "diffusion_trajectory": 1, "all": 1}
+    assert scheduled(workdir) == {"evaluate_stage1": 1, "stage1_metrics": 1, "diffusion_trajectory": 1, "claims": 1,
+                                  "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["stage2"]["training"]["max_steps"] = 5
@@ -228,7 +241,7 @@ def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["stage2"]["trajectory"]["n_forward"] = 3
     write_config(workdir, edited)
-    assert scheduled(workdir) == {"diffusion_trajectory": 1, "all": 1}
+    assert scheduled(workdir) == {"diffusion_trajectory": 1, "claims": 1, "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["physics"]["max_deviation"] = 0.5
@@ -238,14 +251,14 @@ def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["fid"]["num_baseline"] = 3  # the real data's features stay
     write_config(workdir, edited)
-    assert scheduled(workdir) == {"fid_variant": 1, "fid_table": 1, "all": 1}
+    assert scheduled(workdir) == {"fid_variant": 1, "fid_table": 1, "claims": 1, "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["inversionnet"]["hard_train_fraction"] = 0.75  # only Table 4 and its hard sets
     write_config(workdir, edited)
     hard = len(config["inversionnet"].get("seismic", SEISMIC_KINDS))
     assert scheduled(workdir) == {"hardest_generated": hard, "train_inversionnet": hard,
-                                  "evaluate_inversionnet": hard + 2, "inversionnet_tables": 1, "all": 1}
+                                  "evaluate_inversionnet": hard + 2, "inversionnet_tables": 1, "claims": 1, "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["refine"]["candidates"] = 2
@@ -350,22 +363,39 @@ def test_paper_plan_through_the_slurm_profile(tmp_path):
     counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.MULTILINE)}
     shards = 375_000 // 25_000  # paper: sampling.num_pairs / sampling.shard_size
     arms = 1 + 4 + 2 + 4 * 2 + 1 + 4  # Table 2: real + 2 variants x 2 seismic; Table 3: x 2 percents; Table 4
-    after_samples = ("physics_report", "export_openfwi", "fid_variant", "refine_inversion")
+    after_samples = ("physics_report", "memorisation", "export_openfwi", "fid_variant", "refine_inversion")
     assert counts == {"download_openfwi": 10, "preprocess": 1, "pde_floor": 1, "velocity_figure": 1,
                       **{rule: variants for rule in per_variant}, "stage1_metrics": 1, "create_pairs_store": variants,
                       "sample_shard": variants * shards, "check_shard": variants * shards, "gather_samples": variants,
                       **{rule: variants for rule in after_samples}, "fid_reference": 1, "fid_table": 1,
                       "train_inversionnet": arms, "evaluate_inversionnet": arms, "hardest_generated": 4,
-                      "inversionnet_tables": 1, "refine_table9": 1, "refine_table7": 1, "all": 1}
+                      "inversionnet_tables": 1, "refine_table9": 1, "refine_table7": 1, "claims": 1, "all": 1}
     jobs = re.findall(r"^(?:local)?rule (\w+):\n(.*?)(?=^\S|\Z)", result.stdout, re.MULTILINE | re.DOTALL)
     gpus = {}
     for rule, body in jobs:
         resources = re.search(r"resources: (.*)", body).group(1) if "resources:" in body else ""
         gpus.setdefault(rule, set()).add(re.search(r"\bgpu=(\d+)", resources).group(1) if "gpu=" in resources else "0")
-    gpu_rules = {*per_variant, "sample_shard", "check_shard", "export_openfwi", "fid_reference", "fid_variant",
+    gpu_rules = {*per_variant, "sample_shard", "check_shard", "memorisation", "export_openfwi", "fid_reference", "fid_variant",
                  "train_inversionnet", "hardest_generated", "evaluate_inversionnet", "refine_inversion"}
     assert {rule for rule, counts_ in gpus.items() if counts_ != {"0"}} == gpu_rules
     assert all(gpus[rule] == {"1"} for rule in gpu_rules)
+
+
+def test_science_plan_reaches_the_claims(tmp_path):
+    """config/science.yaml plans the one-GPU chain of benchmarks/h100_science_plan.sh: the two
+    real families, one variant, two sampling shards, the six decoded-seismic InversionNet arms
+    and the claims."""
+    write_config(tmp_path, yaml.safe_load((REPO / "config" / "science.yaml").read_text()))
+    command = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--dry-run",
+               "results/claims.csv", "results/samples/1vq/physics_report.csv", "results/refine/table9.csv"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout.split("Job stats:")[1].split("total")[0]
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.MULTILINE)}
+    assert counts["simulate"] == 2 and counts["train_stage1"] == counts["train_stage2"] == 1
+    assert counts["sample_shard"] == counts["check_shard"] == 2
+    assert counts["train_inversionnet"] == counts["evaluate_inversionnet"] == 6
+    assert counts["memorisation"] == counts["claims"] == 1 and sum(counts.values()) == 38
 
 
 def test_multi_node_training_plan(tmp_path):

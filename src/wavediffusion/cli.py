@@ -219,6 +219,18 @@ def cmd_physics_report(args) -> None:
           f"{args.max_deviation:g} ({row['acceptance_rate']:.1%})")
 
 
+def cmd_memorisation(args) -> None:
+    from .evaluation.memorisation import memorisation, memorised
+
+    torch_threads(args.threads)
+    rows = memorisation(args.latents, args.store, args.stage1_model, args.variant, args.out, args.figure)
+    held, made = (next(r for r in rows if r["set"] == name) for name in ("held_out", "generated"))
+    print(f"wrote {args.out}: median distance to the nearest training latent {made['distance_median']:.4f} "
+          f"(generated) vs {held['distance_median']:.4f} (held out); "
+          f"{made['fraction_below_held_out_p01']:.1%} of generated latents below the held-out 1 % quantile"
+          f"{' -- memorised' if memorised(rows) else ''}")
+
+
 def cmd_export_openfwi(args) -> None:
     import json
 
@@ -340,6 +352,15 @@ def cmd_refine_inversion(args) -> None:
     plot_refinement(examples, args.figure)
     all_rows = {row["method"]: row["mae"] for row in table9 + table7 if row["family"] == "all"}
     print(f"wrote {args.table9}, {args.table7}: MAE (all) {all_rows}")
+
+
+def cmd_claims(args) -> None:
+    from .evaluation.claims import claims_table
+
+    rows = claims_table(args.variants, args.table5, args.deviation, args.memorisation, args.fid, args.stage1_metrics,
+                        args.table2, args.out)
+    for row in rows:
+        print(f"{row['claim']:>24} {row['variant']}: {row['held']:<26} {row['measured']}")
 
 
 def cmd_combine_tables(args) -> None:
@@ -506,6 +527,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", required=True, help="histogram PNG to write")
     p.set_defaults(run=cmd_physics_report)
 
+    p = commands.add_parser("memorisation", help="generated vs held-out latents' distance to the nearest training latent")
+    p.add_argument("--variant", required=True)
+    p.add_argument("--store", required=True, help="the variant's pairs store")
+    p.add_argument("--latents", required=True, help="encode-latents' store (train and held-out val latents)")
+    p.add_argument("--stage1-model", required=True)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True, help="memorisation.csv to write")
+    p.add_argument("--figure", required=True, help="histogram PNG to write")
+    p.set_defaults(run=cmd_memorisation, claims_gpu=True)
+
     p = commands.add_parser("export-openfwi", help="accepted pairs as OpenFWI files (model{n}.npy, data{n}.npy)")
     p.add_argument("--store", required=True)
     p.add_argument("--dataset", required=True, help="the dataset store (its representation)")
@@ -597,6 +628,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tables", nargs="+")
     p.add_argument("--out", required=True)
     p.set_defaults(run=cmd_combine_tables)
+
+    p = commands.add_parser("claims", help="the paper's claims tested on the run's result tables (results/claims.csv)")
+    p.add_argument("--variants", nargs="+", required=True)
+    p.add_argument("--table5", nargs="+", required=True, help="diffusion-trajectory's table5.csv per variant, in order")
+    p.add_argument("--deviation", nargs="+", required=True, help="diffusion-trajectory's deviation.csv per variant")
+    p.add_argument("--memorisation", nargs="+", required=True, help="memorisation.csv per variant")
+    p.add_argument("--fid", required=True, help="fid_table.csv")
+    p.add_argument("--stage1-metrics", required=True, help="results/stage1/metrics.csv")
+    p.add_argument("--table2", required=True, help="results/inversionnet/table2.csv")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=cmd_claims)
     return parser
 
 

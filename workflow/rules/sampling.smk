@@ -130,6 +130,33 @@ rule physics_report:
         " --figure {output.figure} > {log} 2>&1"
 
 
+rule memorisation:
+    """Does Stage 2 copy its training set? Generated vs held-out latents' distance to the nearest training latent."""
+    input:
+        manifest="results/samples/{variant}/manifest.json",
+        store="results/samples/{variant}/pairs.zarr",
+        latents="results/stage1/{variant}/latents.zarr",
+        stage1_model="results/stage1/{variant}/model.pt",
+    output:
+        table="results/samples/{variant}/memorisation.csv",
+        figure="results/samples/{variant}/memorisation.png",
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/memorisation/{variant}.log",
+    benchmark:
+        "benchmarks/out/memorisation/{variant}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=30,
+        gpu=1,
+    shell:
+        "wavediffusion memorisation --variant {wildcards.variant} --store {input.store} --latents {input.latents}"
+        " --stage1-model {input.stage1_model} --threads {threads} --out {output.table} --figure {output.figure}"
+        " > {log} 2>&1"
+
+
 rule export_openfwi:
     """Accepted pairs in OpenFWI's own layout: model{n}.npy (m/s) and data{n}.npy simulated with deepwave."""
     input:

@@ -4,7 +4,8 @@ Three questions, one rule (`evaluate_stage1`):
 
 1. How well does it reconstruct?  On the test split, seismic -> latent -> both decoders:
    MSE of each modality in the normalised [-1, 1] space, and the velocity decoder read as
-   an inversion model (seismic -> latent -> D_v) with OpenFWI's MAE / RMSE / SSIM.
+   an inversion model (seismic -> latent -> D_v) with OpenFWI's MAE / RMSE / SSIM; and how
+   the test latents use the codebook (perplexity, unused codes).
 2. Are its reconstructions physical?  The PDE deviation ||D_s(z) - F(D_v(z))||^2 (MSE in
    the normalised seismic space, see physics/deviation.py), beside the same measure for
    the test pairs themselves (the floor a model cannot beat).
@@ -39,7 +40,7 @@ from ..training.stage1 import load_autoencoder
 from .metrics import inversion_metrics
 
 METRICS_COLUMNS = ("variant", "family", "n", "mse_seismic", "mse_velocity", "mae", "rmse", "ssim",
-                   "pde_deviation", "pde_deviation_data")
+                   "pde_deviation", "pde_deviation_data", "codebook_perplexity", "codebook_unused")
 TABLE5_COLUMNS = ("variant", "latents", "weight", "n", "deviation_mean", "deviation_std", "deviation_median")
 
 
@@ -112,6 +113,20 @@ def indices_per_family(families: np.ndarray, per_family: int | None) -> dict[str
     return chosen
 
 
+def codebook_usage(model: VQAutoencoder, codes: dict[str, torch.Tensor]) -> dict[str, float]:
+    """How the codebooks serve a set of latents, from the code index of every latent position
+    ({codebook name: indices}): the perplexity exp(entropy) of code use (the number of
+    equally used codes it equals) and the codes no position uses, each averaged over the
+    variant's codebooks (1vq: one, 2vq: two)."""
+    perplexity, unused = [], []
+    for name, indices in codes.items():
+        counts = torch.bincount(indices, minlength=model.quantizers()[name].codebook_size).double()
+        p = counts / counts.sum()
+        perplexity.append(float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum())))
+        unused.append(float((counts == 0).sum()))
+    return {"codebook_perplexity": sum(perplexity) / len(perplexity), "codebook_unused": sum(unused) / len(unused)}
+
+
 @torch.no_grad()
 def test_split_metrics(model: VQAutoencoder, dataset: str | Path, variant: str, settings: Stage1Evaluation,
                        progress: bool = True) -> tuple[list[dict], torch.Tensor, dict]:
@@ -125,12 +140,17 @@ def test_split_metrics(model: VQAutoencoder, dataset: str | Path, variant: str, 
     rep = representation_of(root)
     test = root["test"]
     per_family = indices_per_family(np.asarray(test["family"][:]), settings.test_per_family)
-    rows, columns, example = [], {}, {}
+    rows, columns, all_codes, example = [], {}, {}, {}
     for family, index in per_family.items():
         seismic = torch.from_numpy(test["seismic"].get_orthogonal_selection((index,)))
         velocity = torch.from_numpy(test["velocity"].get_orthogonal_selection((index,)))
-        latents = torch.cat([model.latent_for_diffusion(part.to(device)).float().cpu()
-                             for part in seismic.split(settings.batch_size)])
+        latents, codes = [], {name: [] for name in model.quantizers()}
+        for part in seismic.split(settings.batch_size):
+            z = model.encode(part.to(device))
+            latents.append(model.as_diffusion_latent(z).float().cpu())
+            for name, quantizer in model.quantizers().items():
+                codes[name].append(quantizer.nearest(z).flatten().cpu())
+        latents = torch.cat(latents)
         decoded = decode_and_check(model, latents, rep, settings.backend, settings.batch_size,
                                    desc=f"test {family}", progress=progress)
         # the data's own pairs through the same operator: the floor of the deviation
@@ -143,16 +163,21 @@ def test_split_metrics(model: VQAutoencoder, dataset: str | Path, variant: str, 
             "pde_deviation": decoded["deviation"],
             "pde_deviation_data": per_sample_mse(seismic, data_simulated).double(),
         }
+        codes = {name: torch.cat(values) for name, values in codes.items()}
         rows.append({"variant": variant, "family": family, "n": len(index),
-                     **{name: float(value.mean()) for name, value in per_sample.items()}})
+                     **{name: float(value.mean()) for name, value in per_sample.items()},
+                     **codebook_usage(model, codes)})
         for name, value in per_sample.items():
             columns.setdefault(name, []).append(value)
+        for name, value in codes.items():
+            all_codes.setdefault(name, []).append(value)
         if not example:
             example = {"seismic": decoded["seismic"][0], "velocity": decoded["velocity"][0],
                        "simulated": decoded["simulated"][0], "title": f"test reconstruction ({family})"}
     everything = {name: torch.cat(values) for name, values in columns.items()}
     rows.append({"variant": variant, "family": "all", "n": len(everything["pde_deviation"]),
-                 **{name: float(value.mean()) for name, value in everything.items()}})
+                 **{name: float(value.mean()) for name, value in everything.items()},
+                 **codebook_usage(model, {name: torch.cat(values) for name, values in all_codes.items()})})
     return rows, everything["pde_deviation"], example
 
 

@@ -474,7 +474,11 @@ class VQAutoencoder(nn.Module):
         quantise (each codebook's codes alone would only serve one decoder).
         No side effects on the codebooks (no usage tracking, no re-initialisation).
         """
-        z = self.encode(seismic)
+        return self.as_diffusion_latent(self.encode(seismic))
+
+    def as_diffusion_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """A latent (B, C, h, w) as Stage 2's training latents are: 1vq snapped to the shared
+        codebook, 2vq unchanged. No side effects on the codebooks."""
         if self.config.variant == "1vq":
             return self.quantizer.lookup(self.quantizer.nearest(z))
         return z

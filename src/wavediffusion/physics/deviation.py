@@ -50,7 +50,10 @@ def pde_floor(
 
     velocity_input "native70": OpenFWI's own 70x70 map, the simulators' disagreement alone;
     "model64": the stored 64x64 map taken back to 70x70, the path every generated pair takes
-    through the physics check, so it is the floor those numbers are read against.
+    through the physics check, so it is the floor those numbers are read against;
+    "model64_other_pair" (families with two samples or more): pair i's seismic against the
+    model64 velocity of pair i - 1 of the same family, the chance level -- a pair whose two
+    halves merely look like the family, without belonging together.
     """
     device = resolve_device(device)
     root = open_dataset(dataset)
@@ -67,6 +70,8 @@ def pde_floor(
             "native70": torch.from_numpy(test["velocity_native"].get_orthogonal_selection((index,))).to(device),
             "model64": velocity_from_model(torch.from_numpy(test["velocity"].get_orthogonal_selection((index,))).to(device), rep),
         }
+        if len(index) > 1:
+            inputs["model64_other_pair"] = inputs["model64"].roll(1, dims=0)
         for backend in backends:
             for name, velocity in inputs.items():
                 simulated = simulate_in_model_space(velocity, rep, backend, batch_size)

@@ -1,0 +1,19 @@
+# What the science-scale GPU run does (run by `PLAN=benchmarks/h100_science_plan.sh
+# GPU_JOBS=3 bash benchmarks/h100_mini_dag.sh start OUTDIR`, then `follow` calls, carrying
+# .whl/ and the FID weights in two parts as for the mini run): one Snakemake call on
+# config/science.yaml from the data to results/claims.csv and the physics report, then a
+# second pass that redoes only what failed. On one GPU, GPU_JOBS=3 lets the InversionNet
+# arms, FID and the physics check run beside the longer jobs (each job's peak memory is a
+# few GiB, Stage 1 ~15 GiB). SCIENCE_SEED=N trains the whole chain with seed N (gate 6's
+# three seeds are three runs).
+set -x
+mkdir -p logs results
+python3 -c "
+import yaml
+config = yaml.safe_load(open('config/science.yaml'))
+config['fid']['weights'] = '/root/fid/default_1.pt'
+config['seed'] = int('${SCIENCE_SEED:-0}')
+yaml.safe_dump(config, open('/root/science_gpu.yaml', 'w'))"
+TARGETS="results/claims.csv results/samples/1vq/physics_report.csv results/refine/table9.csv"
+CONFIG=/root/science_gpu.yaml mini_snakemake --prioritize results/stage2/1vq/model.pt -- $TARGETS
+CONFIG=/root/science_gpu.yaml mini_snakemake -- $TARGETS

@@ -1,0 +1,147 @@
+"""results/claims.csv and the memorisation check behind one of its rows: each verdict is
+computed from hand-made result tables (yes, no, and not testable where the numbers cannot
+decide), and the memorisation check catches a generator that copies its training set."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from wavediffusion.data.transforms import Representation
+from wavediffusion.evaluation.claims import COLUMNS, NO, UNDECIDED, YES, claims_table, fid_claims, ordering_claim
+from wavediffusion.evaluation.memorisation import memorisation, memorised, nearest_distances
+from wavediffusion.evaluation.stage1 import TABLE5_COLUMNS
+from wavediffusion.evaluation.trajectory import DEVIATION_COLUMNS
+from wavediffusion.files import write_csv
+from wavediffusion.sampling.store import create_pairs_store
+
+from test_trajectory import write_latents
+from tiny_models import save_tiny_autoencoder
+
+REP = Representation(time_samples=64, receivers=16, velocity_size=16)
+
+
+def stats(**means):
+    """Table-5 statistics (mean, std, n) with a small spread: every gap below is many standard errors."""
+    return {name: (mean, 0.001, 400) for name, mean in means.items()}
+
+
+def test_table5_ordering_yes_no_and_undecided():
+    paper_order = stats(train_reconstruction=0.002, diffusion_ddpm=0.004, interpolation=0.006, random_gaussian=0.008)
+    assert ordering_claim("1vq", paper_order)["held"] == YES
+    swapped = {**paper_order, "diffusion_ddpm": (0.007, 0.001, 400)}  # diffusion worse than interpolation
+    assert ordering_claim("1vq", swapped)["held"] == NO
+    noisy = {**paper_order, "diffusion_ddpm": (0.0055, 0.02, 10)}  # too few, too spread to place
+    claim = ordering_claim("1vq", noisy)
+    assert claim["held"] == UNDECIDED and "two standard errors" in claim["note"]
+    assert ordering_claim("1vq", {})["held"] == UNDECIDED
+
+
+def write_fid(path, n_diffusion, n_baseline, fid_diffusion, fid_baseline):
+    columns = ("variant", "source", "modality", "fid", "n_generated", "n_reference", "reference_split",
+               "weights_source", "weights_sha256")
+    rows = [{"variant": "1vq", "source": source, "modality": modality, "fid": fid, "n_generated": n,
+             "n_reference": 100, "reference_split": "train", "weights_source": "x", "weights_sha256": "y"}
+            for modality in ("seismic", "velocity")
+            for source, fid, n in (("diffusion", fid_diffusion, n_diffusion),
+                                   ("stage1-random-latents", fid_baseline, n_baseline))]
+    write_csv(rows, path, columns)
+    return path
+
+
+def test_fid_claims_need_equal_sample_counts(tmp_path):
+    assert [c["held"] for c in fid_claims(write_fid(tmp_path / "a.csv", 100, 100, 50.0, 80.0))] == [YES, YES]
+    assert [c["held"] for c in fid_claims(write_fid(tmp_path / "b.csv", 100, 100, 90.0, 80.0))] == [NO, NO]
+    unequal = fid_claims(write_fid(tmp_path / "c.csv", 100, 50, 50.0, 80.0))
+    assert [c["held"] for c in unequal] == [UNDECIDED] * 2 and "fid.num_generated" in unequal[0]["note"]
+
+
+def test_claims_table_from_the_result_files(tmp_path):
+    table5 = [{"variant": "1vq", "latents": name, "weight": weight, "n": 400, "deviation_mean": mean,
+               "deviation_std": 0.001, "deviation_median": mean}
+              for name, weight, mean in (("test_reconstruction", "", 0.0021), ("train_reconstruction", "", 0.002),
+                                         ("random_gaussian", "", 0.009), ("interpolation", 0.25, 0.003),
+                                         ("interpolation", 0.5, 0.006), ("diffusion_ddpm", "", 0.004),
+                                         ("diffusion_ddim_50", "", 0.005))]
+    write_csv(table5, tmp_path / "table5.csv", TABLE5_COLUMNS)
+    deviation = [{"step": -1, "direction": "forward", "mean": 0.002, "std": 0.001, "n": 9},
+                 {"step": -1, "direction": "backward", "mean": 0.005, "std": 0.001, "n": 9}]
+    write_csv(deviation, tmp_path / "deviation.csv", DEVIATION_COLUMNS)
+    write_csv([{"variant": "1vq", "set": "held_out", "n": 50, "distance_median": 0.5, "distance_p01": 0.3,
+                "distance_min": 0.3, "fraction_below_held_out_p01": 0.02},
+               {"variant": "1vq", "set": "generated", "n": 50, "distance_median": 0.5, "distance_p01": 0.3,
+                "distance_min": 0.2, "fraction_below_held_out_p01": 0.04}],
+              tmp_path / "memorisation.csv", ("variant", "set", "n", "distance_median", "distance_p01",
+                                             "distance_min", "fraction_below_held_out_p01"))
+    write_csv([{"variant": "1vq", "family": "all", "n": 20, "mae": 0.12}], tmp_path / "stage1.csv",
+              ("variant", "family", "n", "mae"))
+    write_csv([{"arm": "real", "family": "FlatVel-A", "n": 10, "mae": 0.05},
+               {"arm": "real", "family": "all", "n": 20, "mae": 0.1}], tmp_path / "table2.csv",
+              ("arm", "family", "n", "mae"))
+    fid = write_fid(tmp_path / "fid.csv", 100, 100, 50.0, 80.0)
+    rows = claims_table(["1vq"], [tmp_path / "table5.csv"], [tmp_path / "deviation.csv"],
+                        [tmp_path / "memorisation.csv"], fid, tmp_path / "stage1.csv", tmp_path / "table2.csv",
+                        tmp_path / "claims.csv")
+    with open(tmp_path / "claims.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == COLUMNS
+        written = {row["claim"] + "/" + row["criterion"].split()[0]: row for row in reader}
+    assert len(written) == len(rows) == 7
+    held = {row["claim"]: row["held"] for row in rows if row["claim"] != "fid_diffusion_vs_random"}
+    assert held == {"table5_ordering": YES, "table5_ratio": YES,  # 0.009 / 0.004 = 2.25
+                    "fig5_end_vs_start": NO,  # 0.005 / 0.002 = 2.5 > 2
+                    "stage1_inversion": YES,  # 0.12 / 0.1 = 1.2
+                    "no_memorisation": YES}
+    assert next(r for r in rows if r["claim"] == "table5_ratio")["measured"] == "2.25"
+
+
+def test_nearest_distances_are_the_brute_force_ones():
+    generator = torch.Generator().manual_seed(0)
+    queries, references = torch.randn(7, 2, 3, 3, generator=generator), torch.randn(30, 2, 3, 3, generator=generator)
+    expected = torch.cdist(queries.flatten(1).double(), references.flatten(1).double()).min(dim=1).values / 18**0.5
+    got = nearest_distances(queries, references.numpy(), torch.device("cpu"), block=8)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory):
+    """A tiny autoencoder and the diffusion latents of three disjoint sets of random sections."""
+    root = tmp_path_factory.mktemp("memorisation")
+    model = save_tiny_autoencoder(root / "stage1.pt")
+    seismic = torch.rand(600, *REP.seismic_shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        latents = model.latent_for_diffusion(seismic).numpy()
+    return root, latents[:200], latents[200:400], latents[400:]
+
+
+def pairs_store_of(path, latents: np.ndarray):
+    root = create_pairs_store(path, len(latents), len(latents), latents.shape[1:], REP.seismic_shape,
+                              REP.velocity_shape)
+    root["latent"][:] = latents
+    return path
+
+
+@pytest.mark.parametrize("copies", [False, True])
+def test_memorisation_catches_a_generator_that_copies(encoded, tmp_path, copies):
+    root, train, held_out, fresh = encoded
+    store = write_latents(tmp_path / "latents.zarr", train, "sha")
+    group = zarr.open_group(str(store), mode="a")  # write_latents' val split is one latent: 200 instead
+    del group["val"]
+    val = group.create_group("val")
+    val.create_array("latent", data=held_out, chunks=(1, *held_out.shape[1:]))
+    # a copying generator: training latents slightly off (the codebook snap takes them back)
+    generated = train + 1e-3 * np.random.default_rng(2).standard_normal(train.shape).astype(np.float32) if copies \
+        else fresh
+    pairs = pairs_store_of(tmp_path / "pairs.zarr", generated)
+    rows = memorisation(store, pairs, root / "stage1.pt", "1vq", tmp_path / "m.csv", tmp_path / "m.png", device="cpu",
+                        progress=False)
+    by_set = {row["set"]: row for row in rows}
+    assert by_set["held_out"]["n"] == by_set["generated"]["n"] == 200
+    assert memorised(rows) == copies
+    if copies:
+        assert by_set["generated"]["distance_median"] < 1e-4 < by_set["held_out"]["distance_min"]  # float32 rounding
+    assert (tmp_path / "m.png").stat().st_size > 10_000
