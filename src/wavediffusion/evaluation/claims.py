@@ -5,7 +5,8 @@ reproduced.
 Columns: claim, variant, criterion (what is tested), measured, paper, held, note. `held`
 is computed here from the tables, never typed in: "yes", "no", or "not testable at this
 scale" where the run's numbers cannot decide (an ordering whose neighbours lie within two
-standard errors of each other; FIDs of unequal sample counts), with the reason in `note`.
+standard errors of each other; a ratio within two standard errors of its limit; FIDs of
+unequal sample counts), with the reason in `note`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import csv
 from pathlib import Path
 
 from ..files import write_csv
-from .memorisation import MAX_FRACTION_BELOW
+from .memorisation import MAX_FRACTION_BELOW, memorised
 
 COLUMNS = ("claim", "variant", "criterion", "measured", "paper", "held", "note")
 YES, NO, UNDECIDED = "yes", "no", "not testable at this scale"
@@ -73,24 +74,40 @@ def ordering_claim(variant: str, stats: dict) -> dict:
 
 
 def ratio_claim(claim: str, variant: str, criterion: str, ratio: float, limit: float, at_least: bool, paper: str,
-                note: str = "") -> dict:
+                note: str = "", standard_error: float = 0.0) -> dict:
+    """ratio >= limit (at_least) or <= limit; undecided where the limit lies within two
+    standard errors of the ratio."""
+    if abs(ratio - limit) <= 2 * standard_error:
+        return row(claim, variant, criterion, f"{ratio:.3g} ± {standard_error:.2g}", paper, UNDECIDED,
+                   "; ".join(filter(None, [note, f"the limit {limit:g} lies within two standard errors"])))
     held = YES if (ratio >= limit if at_least else ratio <= limit) else NO
-    return row(claim, variant, criterion, f"{ratio:.3g}", paper, held, note)
+    measured = f"{ratio:.3g} ± {standard_error:.2g}" if standard_error else f"{ratio:.3g}"
+    return row(claim, variant, criterion, measured, paper, held, note)
+
+
+def ratio_of_means(top: tuple[float, float, int], bottom: tuple[float, float, int]) -> tuple[float, float]:
+    """(ratio, its standard error by the delta method) of two sample means given as (mean, std, n)."""
+    (m_top, s_top, n_top), (m_bottom, s_bottom, n_bottom) = top, bottom
+    ratio = m_top / m_bottom
+    return ratio, abs(ratio) * ((s_top / m_top) ** 2 / n_top + (s_bottom / m_bottom) ** 2 / n_bottom) ** 0.5
 
 
 def trajectory_claims(variant: str, table5_csv, deviation_csv) -> list[dict]:
     stats = table5_stats(read_rows(table5_csv))
     claims = [ordering_claim(variant, stats)]
     if "random_gaussian" in stats and "diffusion_ddpm" in stats:
-        ratio = stats["random_gaussian"][0] / stats["diffusion_ddpm"][0]
+        ratio, standard_error = ratio_of_means(stats["random_gaussian"], stats["diffusion_ddpm"])
         claims.append(ratio_claim("table5_ratio", variant,
                                   f"deviation of random latents / diffusion samples >= {TABLE5_RATIO:g}", ratio,
-                                  TABLE5_RATIO, True, "2.2 (0.0082 / 0.0038)"))
-    clean = {r["direction"]: float(r["mean"]) for r in read_rows(deviation_csv) if int(r["step"]) == -1}
+                                  TABLE5_RATIO, True, "2.2 (0.0082 / 0.0038)", standard_error=standard_error))
+    clean = {r["direction"]: (float(r["mean"]), float(r["std"]), int(r["n"]))
+             for r in read_rows(deviation_csv) if int(r["step"]) == -1}
+    ratio, standard_error = ratio_of_means(clean["backward"], clean["forward"])
     claims.append(ratio_claim("fig5_end_vs_start", variant,
                               f"reverse trajectory's end / forward trajectory's start <= {TRAJECTORY_RATIO:g}",
-                              clean["backward"] / clean["forward"], TRAJECTORY_RATIO, False, "~1.25 (0.002 / 0.0016)",
-                              f"end {clean['backward']:.4g}, start {clean['forward']:.4g}"))
+                              ratio, TRAJECTORY_RATIO, False, "~1.25 (0.002 / 0.0016)",
+                              f"end {clean['backward'][0]:.4g}, start {clean['forward'][0]:.4g}",
+                              standard_error=standard_error))
     return claims
 
 
@@ -136,7 +153,7 @@ def inversion_claim(variant: str, stage1_metrics_csv, table2_csv) -> dict:
 def memorisation_claim(variant: str, memorisation_csv) -> dict:
     rows = {r["set"]: r for r in read_rows(memorisation_csv)}
     fraction = float(rows["generated"]["fraction_below_held_out_p01"])
-    held = YES if fraction <= MAX_FRACTION_BELOW else NO
+    held = NO if memorised(list(rows.values())) else YES
     return row("no_memorisation", variant,
                f"generated latents closer to the training set than the nearest 1 % of held-out ones <= "
                f"{MAX_FRACTION_BELOW:.0%}", f"{fraction:.1%}", "", held,

@@ -60,7 +60,7 @@ def memorisation(latents: str | Path, pairs_store: str | Path, stage1_model: str
     device = resolve_device(device)
     root = open_latents(latents)
     held_out = root["val"]["latent"]
-    generated = open_pairs_store(pairs_store)["latent"]
+    generated = open_pairs_store(pairs_store, mode="r")["latent"]
     n = min(held_out.shape[0], generated.shape[0])  # as many of each: equally noisy quantiles
     if n < 2:
         raise ValueError(f"{latents}: {held_out.shape[0]} held-out (val) latents and {pairs_store}: "
