@@ -51,9 +51,10 @@ of elements -- the same ordering as the L2 distance, independent of the data siz
 in the units of the paper's PDE deviation.  Tables call it `seismic_l2`.
 
 Ablation (`perturb_latents`): M' Gaussian perturbations z0 + σ ε (σ in the diffusion's
-unit-variance space when the Stage-2 scale is given) plus z0 itself, keep the closest in
-decoded seismic: the same search budget without the diffusion model, so Table 7 separates
-what the learnt prior adds from what mere search adds.
+unit-variance space when the Stage-2 scale is given), keep the closest in decoded seismic:
+the same search budget without the diffusion model, so Table 7 separates what the learnt
+prior adds from what mere search adds. As in the paper, z0 itself is not a candidate, so
+the ablation can come out worse than Stage 1 alone (the paper's does).
 
 Batching and randomness: the observations are the batch of the UNet; the B x M
 candidates of a step are flattened (observation-major) and decoded in chunks of at most
@@ -110,7 +111,7 @@ class RefineSettings:
 
     start_step: int = 10  # K: reverse steps run from q(z_K | z0) (paper: the last 10); 0 = no refinement
     candidates: int = 100  # M: candidates drawn per reverse step (paper: 100)
-    perturbations: int = 1000  # M': Gaussian perturbations of z0 in the ablation (paper: 1000); 0 = z0 only
+    perturbations: int = 1000  # M': Gaussian perturbations of z0 in the ablation, z0 not among them (paper: 1000); 0 = z0
     # σ of the ablation's perturbations, in the diffusion's unit-variance latent space (latent * scale);
     # 0.1 is about the noise of the last 10 steps of the paper's schedule (sqrt(1 - ᾱ_9) ≈ 0.12)
     sigma: float = 0.1
@@ -250,12 +251,13 @@ def refine_latents(autoencoder: VQAutoencoder, unet: torch.nn.Module, schedule: 
 def perturb_latents(autoencoder: VQAutoencoder, seismic: torch.Tensor, settings: RefineSettings,
                     generator: torch.Generator, device: torch.device | str, *,
                     scale: float = 1.0) -> tuple[torch.Tensor, RefineTrace]:
-    """The ablation: z0 and M' perturbations z0 + (σ / scale) ε, keep the closest in decoded seismic.
+    """The ablation: M' perturbations z0 + (σ / scale) ε, keep the closest in decoded seismic
+    (z0 itself is not a candidate; M' = 0 returns z0).
 
     σ is measured in the scaled space latent * scale, so with the Stage-2 scale factor it
     means the same as the diffusion's noise levels; with scale = 1 it is in the
     autoencoder's latent units.  Returns the kept latents (B, C, h, w) on `device` in the
-    autoencoder's latent space, never worse than z0, and the trace (one step).
+    autoencoder's latent space, and the trace (z0's score, then the kept perturbation's).
     """
     device = torch.device(device)
     observed = seismic.to(device=device, dtype=torch.float32)  # (B, S, T, R)
@@ -266,7 +268,7 @@ def perturb_latents(autoencoder: VQAutoencoder, seismic: torch.Tensor, settings:
         std = torch.full((len(z0), 1, 1, 1), float(settings.sigma), device=device)
         z, score = best_of_candidates(autoencoder, z0 * scale, std, settings.perturbations, observed, scale,
                                       settings.candidate_batch, generator, device)
-        kept, kept_score = keep_better(kept, kept_score, z / scale, score)
+        kept, kept_score = z / scale, score
         trace_best.append(score)
         trace_kept.append(kept_score)
     return kept, _trace(trace_kept, trace_best, len(z0))
