@@ -32,7 +32,7 @@ def test_arm_names_parse_back_to_what_they_train_on():
                                "finetune-2vq-decoded", "finetune-2vq-simulated"]
     assert parse_arm("real") == Arm("real", 100.0)
     assert parse_arm("gen-1vq-simulated+real-1pct") == Arm("gen-1vq-simulated+real-1pct", 1.0, "1vq", "simulated")
-    assert parse_arm("finetune-2vq-decoded") == Arm("finetune-2vq-decoded", None, "2vq", "decoded", True)
+    assert parse_arm("finetune-2vq-decoded") == Arm("finetune-2vq-decoded", 100.0, "2vq", "decoded", True)
     assert parse_arm("finetune-real").table == "table4" and parse_arm("real-10pct").table == "table3"
     for name in names["table2"] + names["table3"] + names["table4"]:
         assert parse_arm(name).name == name
@@ -68,7 +68,12 @@ def test_table4_fine_tunes_real_on_its_hardest_pairs_and_measures_them(store, pa
         train_arm("finetune-1vq-decoded", store, SETTINGS, tmp_path / "ft", store=pairs[0], hard=tmp_path / "hard.npz")
     summary, record = train_arm("finetune-1vq-decoded", store, SETTINGS, tmp_path / "ft", store=pairs[0],
                                 hard=tmp_path / "hard.npz", init_weights=real)
-    assert record["n_train"] == 2 and record["table"] == "table4" and summary["steps"] == 1
+    # the paper's protocol: the real training pairs plus the hardest generated ones
+    data = training_data(parse_arm("finetune-1vq-decoded"), store, SETTINGS, pairs[0], tmp_path / "hard.npz")
+    generated, real = data.datasets
+    assert isinstance(generated, GeneratedPairs) and len(generated) == 2
+    assert isinstance(real, RealPairs) and len(real) == len(RealPairs(store, "train"))
+    assert record["n_train"] == 2 + len(real) and record["table"] == "table4" and summary["steps"] == 1
     write_json(record, tmp_path / "ft.json")
     rows = evaluate_arm(summary["final"], tmp_path / "ft.json", store, SETTINGS, tmp_path / "metrics.csv",
                         {"1vq-decoded": (str(pairs[0]), str(tmp_path / "hard.npz"))}, device="cpu")
@@ -80,6 +85,7 @@ def test_table4_fine_tunes_real_on_its_hardest_pairs_and_measures_them(store, pa
     with open(tmp_path / "table2.csv") as handle:
         assert list(csv.DictReader(handle)) == []
     # an arm with fewer pairs than one batch would not train at all: refused, naming the key
+    too_large = ExperimentSettings(**{**SETTINGS.__dict__, "finetune_training": {"batch_size": 10_000}})
     with pytest.raises(ValueError, match=r"inversionnet\.training\.batch_size"):
-        train_arm("finetune-1vq-decoded", store, ExperimentSettings(**{**SETTINGS.__dict__, "finetune_training": {}}),
-                  tmp_path / "ft2", store=pairs[0], hard=tmp_path / "hard.npz", init_weights=real)
+        train_arm("finetune-1vq-decoded", store, too_large, tmp_path / "ft2", store=pairs[0], hard=tmp_path / "hard.npz",
+                  init_weights=real)

@@ -9,7 +9,9 @@ own job and its own folder results/inversionnet/<arm>/:
     real-<p>pct                     a fixed p % subset of the real pairs      (Table 3)
     gen-<variant>-<seismic>+real-<p>pct   generated + that same p % subset    (Table 3)
     finetune-real                   `real`'s model, fine-tuned on real pairs  (Table 4)
-    finetune-<variant>-<seismic>    `real`'s model, fine-tuned on the hardest generated pairs
+    finetune-<variant>-<seismic>    `real`'s model, fine-tuned on the real pairs plus the hardest
+                                    generated ones (the paper: "original OpenFWI + generated
+                                    challenging samples")
 
 <seismic> is "decoded" (the paper's joint pairs: the decoder's seismic) or "simulated"
 (F(decoded velocity) from the physics check): the alternative a user would try.
@@ -85,7 +87,7 @@ class Arm:
         """In words, for the tables."""
         generated = f"generated {self.variant} ({self.seismic} seismic)" if self.variant else None
         if self.finetune:
-            return "`real` fine-tuned on " + (f"hardest {generated}" if generated else "real")
+            return "`real` fine-tuned on real" + (f" + hardest {generated}" if generated else "")
         real = None
         if self.real_percent is not None:
             real = "real" if self.real_percent == 100 else f"{self.real_percent:g} % real"
@@ -110,7 +112,7 @@ def parse_arm(name: str) -> Arm:
         rest = name[len("finetune-"):]
         if rest == "real":
             return Arm(name, 100.0, finetune=True)
-        return Arm(name, None, *_generated(rest, name), finetune=True)
+        return Arm(name, 100.0, *_generated(rest, name), finetune=True)  # real + the hardest generated
     real = variant = seismic = None
     for part in name.split("+"):
         if part == "real" and real is None:
