@@ -178,6 +178,19 @@ def test_early_stopping_after_patience_flat_validations(tmp_path, lr, min_delta)
     assert len([r for r in read_log(tmp_path / "log.csv") if r["val/loss"]]) == 4
 
 
+def test_min_steps_extends_the_epochs_and_defers_early_stopping(tmp_path):
+    """12 steps an epoch: 2 epochs would be 24 steps, min_steps 40 makes it 4 (48 steps); a flat
+    metric that would stop early after epoch 4 (48 steps) runs on to 60 with min_steps 60."""
+    config = toy.toy_config(max_epochs=2, min_steps=40)
+    summary = train(*toy.build("regression", config), config, tmp_path / "epochs")
+    assert (summary["stop_reason"], summary["steps"], summary["epoch"]) == ("min_steps", 48, 4)
+    config = toy.toy_config(max_epochs=20, lr=0.0, early_stop_patience=3, min_steps=60)
+    summary = train(*toy.build("regression", config), config, tmp_path / "early")
+    assert (summary["stop_reason"], summary["steps"], summary["epoch"]) == ("early_stop", 60, 5)
+    with pytest.raises(ValueError, match="min_steps"):
+        toy.toy_config(max_steps=10, min_steps=20)
+
+
 def test_max_steps_stops_mid_epoch_validates_and_checkpoints(tmp_path):
     config = toy.toy_config(max_epochs=5, max_steps=17)
     summary = train(*toy.build("regression", config), config, tmp_path)

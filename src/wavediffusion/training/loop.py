@@ -133,6 +133,8 @@ class TrainConfig:
 
     max_epochs: int = 500                 # paper: up to 500 epochs
     max_steps: int | None = None          # optional cap on optimiser steps (e.g. a 10-minute run)
+    min_steps: int = 0                    # neither max_epochs nor early stopping ends a run before this many
+                                          # steps: equal step budgets for training sets of different sizes
     batch_size: int = 16                  # GLOBAL samples per step, over all processes (paper: 16)
     val_batch_size: int | None = None     # global; default batch_size
     lr: float = 1e-4                      # base lr used by `adam()`; tasks may choose their own
@@ -164,6 +166,8 @@ class TrainConfig:
             raise ValueError("batch_size and max_epochs must be >= 1")
         if self.checkpoint_every_steps < 1 or self.log_every_steps < 1 or self.validate_every_epochs < 1:
             raise ValueError("checkpoint_every_steps, log_every_steps and validate_every_epochs must be >= 1")
+        if self.min_steps < 0 or (self.max_steps is not None and self.min_steps > self.max_steps):
+            raise ValueError(f"min_steps must lie in [0, max_steps], got {self.min_steps} (max_steps {self.max_steps})")
         if self.data_on_device not in (True, False, "auto"):
             raise ValueError(f"data_on_device must be true, false or 'auto', got {self.data_on_device!r}")
         for name in ("compile", "channels_last"):
@@ -729,8 +733,8 @@ class _Trainer:
             self._validate_and_track()
         st.epoch += 1
         st.batch_in_epoch = 0
-        if st.epoch >= cfg.max_epochs and not st.finished:
-            st.finished, st.stop_reason = True, "max_epochs"
+        if st.epoch >= cfg.max_epochs and st.step >= cfg.min_steps and not st.finished:
+            st.finished, st.stop_reason = True, "max_epochs" if st.epoch == cfg.max_epochs else "min_steps"
         if cfg.max_steps is not None and st.step >= cfg.max_steps and not st.finished:
             st.finished, st.stop_reason = True, "max_steps"
         self._save_checkpoint()
@@ -751,7 +755,8 @@ class _Trainer:
         row = {"step": st.step, "epoch": st.epoch, "lr": self._lr()}
         row.update({f"val/{k}": v for k, v in metrics.items()})
         self._write_row(row)
-        if cfg.early_stop_patience is not None and st.bad_validations >= cfg.early_stop_patience:
+        if (cfg.early_stop_patience is not None and st.bad_validations >= cfg.early_stop_patience
+                and st.step >= cfg.min_steps):
             st.finished, st.stop_reason = True, "early_stop"
 
     # -- the whole run ------------------------------------------------------------------------
