@@ -7,11 +7,13 @@ import csv
 
 import numpy as np
 import pytest
+import torch
+import zarr
 
 from wavediffusion.evaluation.arms import Arm, ExperimentSettings, arm_names, parse_arm
 from wavediffusion.evaluation.inversion_experiments import evaluate_arm, hard_sets, train_arm, training_data, write_tables
 from wavediffusion.files import write_json
-from wavediffusion.training.inversionnet import GeneratedPairs, RealPairs
+from wavediffusion.training.inversionnet import GeneratedPairs, RealPairs, evaluate_mean_map
 
 from test_inversionnet import TINY_MODEL, pairs, store  # noqa: F401  (module fixtures)
 
@@ -41,6 +43,16 @@ def test_arm_names_parse_back_to_what_they_train_on():
             parse_arm(bad)
     with pytest.raises(ValueError, match=r"inversionnet\.seismic"):
         ExperimentSettings(seismic=("painted",))
+
+
+def test_the_mean_map_predictor_is_the_training_mean_against_the_test_maps(store):  # noqa: F811
+    root = zarr.open_group(str(store), mode="r")
+    mean_map = torch.from_numpy(root["train"]["velocity"][:]).double().mean(dim=0)
+    test = torch.from_numpy(root["test"]["velocity"][:]).double()
+    rows = {row["family"]: row for row in evaluate_mean_map(store)}
+    assert rows["all"]["n"] == len(test)
+    assert rows["all"]["mae"] == pytest.approx(float((test - mean_map).abs().mean()), rel=1e-5)
+    assert sum(rows[f]["n"] for f in rows if f != "all") == len(test)
 
 
 def test_real_subsets_are_the_same_pairs_in_every_arm(store, pairs):  # noqa: F811
@@ -79,11 +91,13 @@ def test_table4_fine_tunes_real_on_its_hardest_pairs_and_measures_them(store, pa
                         {"1vq-decoded": (str(pairs[0]), str(tmp_path / "hard.npz"))}, device="cpu")
     assert [r["family"] for r in rows] == ["FlatVel-A", "CurveFault-A", "all", "hard-test 1vq-decoded"]
     assert rows[-1]["n"] == 2 and rows[-1]["mae"] > 0
-    write_tables([tmp_path / "metrics.csv"], tmp_path)
+    write_tables([tmp_path / "metrics.csv"], tmp_path, store)
     with open(tmp_path / "table4.csv") as handle:
-        assert len(list(csv.DictReader(handle))) == 4
+        table4 = list(csv.DictReader(handle))
+    # the mean-map predictor's reference rows first (per family and all), then the arm's four
+    assert [r["arm"] for r in table4] == ["mean-map"] * 3 + ["finetune-1vq-decoded"] * 4
     with open(tmp_path / "table2.csv") as handle:
-        assert list(csv.DictReader(handle)) == []
+        assert [r["arm"] for r in csv.DictReader(handle)] == ["mean-map"] * 3  # no Table-2 arm ran here
     # an arm with fewer pairs than one batch would not train at all: refused, naming the key
     too_large = ExperimentSettings(**{**SETTINGS.__dict__, "finetune_training": {"batch_size": 10_000}})
     with pytest.raises(ValueError, match=r"inversionnet\.training\.batch_size"):

@@ -314,7 +314,7 @@ def cmd_inversionnet_tables(args) -> None:
     from .evaluation.inversion_experiments import plot_predictions, write_tables
 
     torch_threads(args.threads)
-    counts = write_tables(args.metrics, Path(args.table2).parent)
+    counts = write_tables(args.metrics, Path(args.table2).parent, args.dataset)
     models = {Path(path).parent.name: path for path in args.models}
     plot_predictions(models, args.dataset, args.figure)
     print(f"wrote {counts} rows and {args.figure}")

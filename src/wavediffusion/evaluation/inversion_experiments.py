@@ -27,6 +27,7 @@ from ..training.inversionnet import (
     InversionNetSettings,
     RealPairs,
     evaluate_inversionnet,
+    evaluate_mean_map,
     hardest_generated,
     load_inversionnet,
     per_sample_mae,
@@ -158,20 +159,35 @@ def evaluate_arm(model: str | Path, record: str | Path, dataset: str | Path, set
     return rows
 
 
-def write_tables(metrics: list[str | Path], out_dir: str | Path) -> dict[str, int]:
+MEAN_MAP = "mean-map"  # the reference row of a predictor that outputs the training set's mean velocity
+
+
+def mean_map_rows(dataset: str | Path) -> list[dict]:
+    """The mean-map predictor's rows in METRIC_COLUMNS (table left to the caller)."""
+    n_train = open_dataset(dataset)["train"]["velocity"].shape[0]
+    base = {"arm": MEAN_MAP, "train_data": "the real training set's mean velocity map, for every input",
+            "variant": "", "seismic": "", "real_percent": 100.0, "n_train": n_train}
+    return [{**base, **row} for row in evaluate_mean_map(dataset)]
+
+
+def write_tables(metrics: list[str | Path], out_dir: str | Path, dataset: str | Path) -> dict[str, int]:
     """table2.csv, table3.csv, table4.csv from every arm's metrics.csv (long format: one row
-    per arm and family; each table sorted as arm_names lists its arms)."""
+    per arm and family; each table sorted as arm_names lists its arms). Every table opens
+    with two reference rows: the mean-map predictor (the floor a network must beat) and
+    `real`, the InversionNet trained on all the real pairs (Table 2's own arm, Table 4's
+    starting point)."""
     import csv
 
     rows = []
     for path in metrics:
         with open(path, newline="") as handle:
             rows.extend(csv.DictReader(handle))
+    mean_map = mean_map_rows(dataset)
+    real = [row for row in rows if row["arm"] == "real"]
     counts = {}
     for table in ("table2", "table3", "table4"):
-        selected = [row for row in rows if row["table"] == table]
-        if table == "table4":  # the starting point of fine-tuning, for reference
-            selected = [row for row in rows if row["arm"] == "real"] + selected
+        arms = [row for row in rows if row["table"] == table and row["arm"] != "real"]
+        selected = [{**row, "table": table} for row in mean_map] + real + arms
         write_csv(selected, Path(out_dir) / f"{table}.csv", METRIC_COLUMNS)
         counts[table] = len(selected)
     return counts
