@@ -22,7 +22,7 @@ from wavediffusion.evaluation.stage1 import decode_and_check
 from wavediffusion.physics.deviation import per_sample_mse
 from wavediffusion.physics.forward import forward_model
 from wavediffusion.sampling.export import ExportSettings, export_openfwi
-from wavediffusion.sampling.physics_filter import REPORT_COLUMNS, apply_physics_filter, physics_report
+from wavediffusion.sampling.physics_filter import ACCEPTANCE_COLUMNS, REPORT_COLUMNS, apply_physics_filter, physics_report
 from wavediffusion.sampling.shard import (
     SamplingSettings,
     check_shard,
@@ -361,8 +361,11 @@ def test_physics_filter_marks_valid_pairs_and_reports(artifacts, reference, tmp_
     shutil.copytree(reference, store)
     deviation = arrays(store)["deviation"]
     epsilon = float(np.median(deviation))
-    row = physics_report(store, "1vq", epsilon, floor_csv(tmp_path / "floor.csv"), tmp_path / "report.csv",
-                         tmp_path / "histogram.png")
+    true_pairs = tmp_path / "true_pairs.csv"
+    true_pairs.write_text("family,deviation\nA,0.0005\nA,0.001\nB,0.003\nB,0.004\n")
+    row = physics_report(store, "1vq", epsilon, floor_csv(tmp_path / "floor.csv"), true_pairs,
+                         tmp_path / "report.csv", tmp_path / "histogram.png", tmp_path / "acceptance.csv",
+                         tmp_path / "acceptance.png")
     valid = arrays(store)["valid"]
     np.testing.assert_array_equal(valid, deviation <= epsilon)
     assert row["n_valid"] == 4 and row["acceptance_rate"] == pytest.approx(4 / 7)
@@ -370,6 +373,17 @@ def test_physics_filter_marks_valid_pairs_and_reports(artifacts, reference, tmp_
     with open(tmp_path / "report.csv") as handle:
         assert handle.readline().strip().split(",") == list(REPORT_COLUMNS)
     assert (tmp_path / "histogram.png").stat().st_size > 1000
+    # the acceptance curve: both sets rise from 0 to 1 and meet the filter's own rate at epsilon
+    with open(tmp_path / "acceptance.csv") as handle:
+        curve = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(handle)]
+    assert list(curve[0]) == list(ACCEPTANCE_COLUMNS)
+    for column in ("acceptance_generated", "acceptance_real"):
+        values = [r[column] for r in curve]
+        assert values == sorted(values) and values[-1] == 1.0
+    at_epsilon = next(r for r in curve if r["threshold"] == epsilon)
+    assert at_epsilon["acceptance_generated"] == pytest.approx(4 / 7)
+    assert at_epsilon["acceptance_real"] == np.mean(np.array([0.0005, 0.001, 0.003, 0.004]) <= epsilon)
+    assert (tmp_path / "acceptance.png").stat().st_size > 1000
     with pytest.raises(ValueError, match=r"physics\.max_deviation must be positive"):
         apply_physics_filter(store, 0.0)
     # an incomplete store is refused, naming the shards

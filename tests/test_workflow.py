@@ -136,6 +136,11 @@ def test_tiny_dag_produces_every_output(tiny_run):
     valid = pairs["valid"][:]
     assert int(report["n_valid"]) == valid.sum() and float(report["max_deviation"]) == 0.005
     np.testing.assert_array_equal(valid, pairs["deviation"][:] <= 0.005)
+    with open(workdir / "results/samples/1vq/acceptance.csv") as handle:
+        curve = list(csv.DictReader(handle))
+    assert float(curve[-1]["acceptance_generated"]) == float(curve[-1]["acceptance_real"]) == 1.0
+    with open(workdir / "results/physics/true_pair_deviation.csv") as handle:  # the floor's pairs, one by one
+        assert len(list(csv.DictReader(handle))) == 2 * config["physics"]["floor_samples_per_family"]
     export = json.loads((workdir / "results/export/1vq/openfwi/export.json").read_text())
     assert export["num_exported"] == valid.sum()
 

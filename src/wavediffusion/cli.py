@@ -60,11 +60,12 @@ def cmd_preprocess(args) -> None:
 
 def cmd_pde_floor(args) -> None:
     from .files import write_csv
-    from .physics.deviation import FLOOR_COLUMNS, pde_floor
+    from .physics.deviation import FLOOR_COLUMNS, TRUE_PAIR_COLUMNS, pde_floor
 
     torch_threads(args.threads)
-    rows = pde_floor(args.dataset, args.samples_per_family, args.backends, args.batch_size)
+    rows, true_pairs = pde_floor(args.dataset, args.samples_per_family, args.backends, args.batch_size)
     write_csv(rows, args.out, FLOOR_COLUMNS)
+    write_csv(true_pairs, args.true_pairs, TRUE_PAIR_COLUMNS)
     for row in rows:
         print(f"{row['family']:>13} {row['backend']:>8} {row['velocity_input']:>8}: {row['deviation_mean']:.3e}")
 
@@ -214,7 +215,8 @@ def cmd_gather_samples(args) -> None:
 def cmd_physics_report(args) -> None:
     from .sampling.physics_filter import physics_report
 
-    row = physics_report(args.store, args.variant, args.max_deviation, args.floor, args.out, args.figure)
+    row = physics_report(args.store, args.variant, args.max_deviation, args.floor, args.true_pairs, args.out,
+                         args.figure, args.acceptance, args.acceptance_figure)
     print(f"wrote {args.out}: {row['n_valid']} of {row['n']} pairs within physics.max_deviation "
           f"{args.max_deviation:g} ({row['acceptance_rate']:.1%})")
 
@@ -432,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True)
+    p.add_argument("--true-pairs", required=True, help="CSV to write: each true pair's deviation (deepwave, model64)")
     p.set_defaults(run=cmd_pde_floor)
 
     p = commands.add_parser("plot-velocity-families", help="figure: velocity maps of every family in the data set")
@@ -523,7 +526,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", required=True)
     p.add_argument("--max-deviation", type=float, required=True, help="config physics.max_deviation")
     p.add_argument("--floor", required=True, help="pde_floor.csv (the data set's own deviation)")
+    p.add_argument("--true-pairs", required=True, help="pde-floor's per-pair deviations of the true pairs")
     p.add_argument("--out", required=True, help="physics_report.csv to write")
+    p.add_argument("--acceptance", required=True, help="acceptance.csv to write (acceptance rate vs threshold)")
+    p.add_argument("--acceptance-figure", required=True, help="acceptance PNG to write")
     p.add_argument("--figure", required=True, help="histogram PNG to write")
     p.set_defaults(run=cmd_physics_report)
 

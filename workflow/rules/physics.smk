@@ -2,11 +2,12 @@
 
 
 rule pde_floor:
-    """Deviation of the data set's own true pairs, per family and forward-modelling backend."""
+    """Deviation of the data set's own true pairs, per family and forward-modelling backend, and of each pair."""
     input:
         "results/data/dataset.zarr",
     output:
-        "results/physics/pde_floor.csv",
+        floor="results/physics/pde_floor.csv",
+        true_pairs="results/physics/true_pair_deviation.csv",
     conda:
         "../../envs/wavediffusion.yaml"
     log:
@@ -24,4 +25,4 @@ rule pde_floor:
     shell:
         "wavediffusion pde-floor --dataset {input} --samples-per-family {params.samples_per_family}"
         " --backends {params.backends} --batch-size {params.batch_size} --threads {threads}"
-        " --out {output} > {log} 2>&1"
+        " --out {output.floor} --true-pairs {output.true_pairs} > {log} 2>&1"

@@ -107,14 +107,17 @@ rule gather_samples:
 
 
 rule physics_report:
-    """The physics filter: `valid` = deviation <= physics.max_deviation in the store, the acceptance rate and a histogram."""
+    """The physics filter: `valid` = deviation <= physics.max_deviation in the store, the acceptance rate, a histogram and the acceptance curve."""
     input:
         manifest="results/samples/{variant}/manifest.json",
         store="results/samples/{variant}/pairs.zarr",
         floor="results/physics/pde_floor.csv",
+        true_pairs="results/physics/true_pair_deviation.csv",
     output:
         report="results/samples/{variant}/physics_report.csv",
         figure="results/samples/{variant}/deviation_histogram.png",
+        acceptance="results/samples/{variant}/acceptance.csv",
+        acceptance_figure="results/samples/{variant}/acceptance.png",
     conda:
         "../../envs/wavediffusion.yaml"
     log:
@@ -126,8 +129,9 @@ rule physics_report:
         runtime=10,
     shell:
         "wavediffusion physics-report --store {input.store} --variant {wildcards.variant}"
-        " --max-deviation {params.max_deviation} --floor {input.floor} --out {output.report}"
-        " --figure {output.figure} > {log} 2>&1"
+        " --max-deviation {params.max_deviation} --floor {input.floor} --true-pairs {input.true_pairs}"
+        " --out {output.report} --figure {output.figure} --acceptance {output.acceptance}"
+        " --acceptance-figure {output.acceptance_figure} > {log} 2>&1"
 
 
 rule memorisation:

@@ -43,9 +43,12 @@ def pde_deviation(
 FLOOR_COLUMNS = ("family", "backend", "velocity_input", "n", "deviation_mean", "deviation_std", "deviation_max")
 
 
+TRUE_PAIR_COLUMNS = ("family", "deviation")
+
+
 def pde_floor(
     dataset: str | Path, samples_per_family: int, backends: list[str], batch_size: int, device: str | None = None, progress: bool = True
-) -> list[dict]:
+) -> tuple[list[dict], list[dict]]:
     """The deviation of the test split's true pairs, per family, backend and velocity input.
 
     velocity_input "native70": OpenFWI's own 70x70 map, the simulators' disagreement alone;
@@ -54,13 +57,16 @@ def pde_floor(
     "model64_other_pair" (families with two samples or more): pair i's seismic against the
     model64 velocity of pair i - 1 of the same family, the chance level -- a pair whose two
     halves merely look like the family, without belonging together.
+
+    Returns (the rows of FLOOR_COLUMNS, every true pair's own deviation as the physics check
+    measures a generated pair's -- deepwave, model64 -- in TRUE_PAIR_COLUMNS).
     """
     device = resolve_device(device)
     root = open_dataset(dataset)
     rep = representation_of(root)
     test = root["test"]
     families = np.asarray(test["family"][:])
-    rows = []
+    rows, true_pairs = [], []
     for family in tqdm(root.attrs["families_used"], desc="pde floor", unit="family", disable=not progress):
         index = np.flatnonzero(families == FAMILY_NAMES.index(family))[:samples_per_family]
         if len(index) == 0:
@@ -76,6 +82,8 @@ def pde_floor(
             for name, velocity in inputs.items():
                 simulated = simulate_in_model_space(velocity, rep, backend, batch_size)
                 deviation = per_sample_mse(seismic, simulated).double().cpu()
+                if (backend, name) == ("deepwave", "model64"):
+                    true_pairs += [{"family": family, "deviation": float(d)} for d in deviation]
                 rows.append(
                     {
                         "family": family,
@@ -87,4 +95,4 @@ def pde_floor(
                         "deviation_max": float(deviation.max()),
                     }
                 )
-    return rows
+    return rows, true_pairs
