@@ -12,7 +12,7 @@ from wavediffusion.evaluation.stage1 import (
     codebook_usage,
     indices_per_family,
     interpolation_pairs,
-    latent_moments,
+    streamed_moments,
 )
 from wavediffusion.models.autoencoder import AutoencoderConfig, VQAutoencoder
 from wavediffusion.files import combine_csv, write_csv
@@ -28,7 +28,7 @@ def latents(tmp_path):
 
 def test_latent_moments_stream_equals_numpy(latents):
     array, values = latents
-    mean, std = latent_moments(array, block=8)  # blocks that do not divide N
+    mean, std = streamed_moments(array, block=8)  # blocks that do not divide N
     np.testing.assert_allclose(mean.numpy(), values.mean(axis=0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(std.numpy(), values.std(axis=0), rtol=1e-4, atol=1e-6)
 

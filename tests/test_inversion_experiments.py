@@ -11,9 +11,16 @@ import torch
 import zarr
 
 from wavediffusion.evaluation.arms import Arm, ExperimentSettings, arm_names, parse_arm
-from wavediffusion.evaluation.inversion_experiments import evaluate_arm, hard_sets, train_arm, training_data, write_tables
+from wavediffusion.evaluation.inversion_experiments import (
+    evaluate_arm,
+    hard_sets,
+    mean_map_rows,
+    train_arm,
+    training_data,
+    write_tables,
+)
 from wavediffusion.files import write_json
-from wavediffusion.training.inversionnet import GeneratedPairs, RealPairs, evaluate_mean_map
+from wavediffusion.training.inversionnet import GeneratedPairs, RealPairs
 
 from test_inversionnet import TINY_MODEL, pairs, store  # noqa: F401  (module fixtures)
 
@@ -49,7 +56,7 @@ def test_the_mean_map_predictor_is_the_training_mean_against_the_test_maps(store
     root = zarr.open_group(str(store), mode="r")
     mean_map = torch.from_numpy(root["train"]["velocity"][:]).double().mean(dim=0)
     test = torch.from_numpy(root["test"]["velocity"][:]).double()
-    rows = {row["family"]: row for row in evaluate_mean_map(store)}
+    rows = {row["family"]: row for row in mean_map_rows(store)}
     assert rows["all"]["n"] == len(test)
     assert rows["all"]["mae"] == pytest.approx(float((test - mean_map).abs().mean()), rel=1e-5)
     assert sum(rows[f]["n"] for f in rows if f != "all") == len(test)

@@ -59,6 +59,12 @@ def write_csv(rows: list[dict], path: str | Path, columns: tuple[str, ...] | lis
             writer.writerows(rows)
 
 
+def read_csv(path: str | Path) -> list[dict]:
+    """A CSV file's rows as dicts of strings (what write_csv wrote)."""
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def write_json(data: dict, path: str | Path) -> None:
     """Write `data` as indented, key-sorted JSON, atomically (records, markers, manifests)."""
     with atomic_file(path) as tmp:

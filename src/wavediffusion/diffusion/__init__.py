@@ -11,6 +11,7 @@ from .samplers import (
     dpm_solver_sample,
     draw_noise,
     predict_eps,
+    run_sampler,
     synchronize,
     unet_autocast,
 )
@@ -18,5 +19,5 @@ from .schedule import LOSSES, SCHEDULE_KINDS, NoiseSchedule, make_betas
 
 __all__ = [
     "LOSSES", "SCHEDULE_KINDS", "NoiseSchedule", "SampleResult", "ddim_sample", "ddim_timesteps", "ddpm_mean_std",
-    "ddpm_sample", "dpm_solver_sample", "draw_noise", "make_betas", "predict_eps", "synchronize", "unet_autocast",
+    "ddpm_sample", "dpm_solver_sample", "draw_noise", "make_betas", "predict_eps", "run_sampler", "synchronize", "unet_autocast",
 ]

@@ -255,3 +255,25 @@ def dpm_solver_sample(model: nn.Module, schedule: NoiseSchedule, shape: Sequence
         z = ((1 - a_s) / (1 - a_t)) ** 0.5 * z - a_s**0.5 * math.expm1(-h) * d
         previous = (z0_pred, h)
     return SampleResult(z, recorder.states, recorder.z0_preds)
+
+
+# ---------------------------------------------------------------------------------------
+# By name
+
+
+SAMPLER_LABELS = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp2m": "DPM-Solver++(2M)"}  # name -> what figures call it
+SAMPLERS = tuple(SAMPLER_LABELS)
+
+
+def run_sampler(name: str, model: nn.Module, schedule: NoiseSchedule, shape: Sequence[int] | None = None, *,
+                num_steps: int, eta: float = 0.0, **common) -> SampleResult:
+    """The sampler of SAMPLERS called `name`: "ddpm" (every step from the start; num_steps
+    and eta unused), "ddim" (num_steps, eta) or "dpmpp2m" (num_steps). `common`: the
+    arguments all samplers take (generator, device, start, record_at, callback, autocast, progress)."""
+    if name == "ddpm":
+        return ddpm_sample(model, schedule, shape, **common)
+    if name == "ddim":
+        return ddim_sample(model, schedule, shape, num_steps=num_steps, eta=eta, **common)
+    if name == "dpmpp2m":
+        return dpm_solver_sample(model, schedule, shape, num_steps=num_steps, **common)
+    raise ValueError(f"unknown sampler {name!r}; one of {SAMPLERS}")

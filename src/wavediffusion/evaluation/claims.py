@@ -11,10 +11,7 @@ unequal sample counts), with the reason in `note`.
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
-from ..files import write_csv
+from ..files import read_csv, write_csv
 from .memorisation import MAX_FRACTION_BELOW, memorised
 
 COLUMNS = ("claim", "variant", "criterion", "measured", "paper", "held", "note")
@@ -28,11 +25,6 @@ PAPER_FID = {("1vq", "velocity"): (260.33, 14207.0), ("1vq", "seismic"): (5.67, 
 TABLE5_RATIO = 1.5  # random latents' deviation over diffusion samples' (the paper: 2.2)
 TRAJECTORY_RATIO = 2.0  # reverse trajectory's end over the forward trajectory's start (the paper: ~1.25)
 INVERSION_RATIO = 1.25  # Stage 1's D_v(E(s)) test MAE over InversionNet's
-
-
-def read_rows(path: str | Path) -> list[dict]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def row(claim: str, variant: str, criterion: str, measured: str, paper: str, held: str, note: str = "") -> dict:
@@ -77,11 +69,11 @@ def ratio_claim(claim: str, variant: str, criterion: str, ratio: float, limit: f
                 note: str = "", standard_error: float = 0.0) -> dict:
     """ratio >= limit (at_least) or <= limit; undecided where the limit lies within two
     standard errors of the ratio."""
+    measured = f"{ratio:.3g} ± {standard_error:.2g}" if standard_error else f"{ratio:.3g}"
     if abs(ratio - limit) <= 2 * standard_error:
-        return row(claim, variant, criterion, f"{ratio:.3g} ± {standard_error:.2g}", paper, UNDECIDED,
+        return row(claim, variant, criterion, measured, paper, UNDECIDED,
                    "; ".join(filter(None, [note, f"the limit {limit:g} lies within two standard errors"])))
     held = YES if (ratio >= limit if at_least else ratio <= limit) else NO
-    measured = f"{ratio:.3g} ± {standard_error:.2g}" if standard_error else f"{ratio:.3g}"
     return row(claim, variant, criterion, measured, paper, held, note)
 
 
@@ -93,7 +85,7 @@ def ratio_of_means(top: tuple[float, float, int], bottom: tuple[float, float, in
 
 
 def trajectory_claims(variant: str, table5_csv, deviation_csv) -> list[dict]:
-    stats = table5_stats(read_rows(table5_csv))
+    stats = table5_stats(read_csv(table5_csv))
     claims = [ordering_claim(variant, stats)]
     if "random_gaussian" in stats and "diffusion_ddpm" in stats:
         ratio, standard_error = ratio_of_means(stats["random_gaussian"], stats["diffusion_ddpm"])
@@ -101,7 +93,7 @@ def trajectory_claims(variant: str, table5_csv, deviation_csv) -> list[dict]:
                                   f"deviation of random latents / diffusion samples >= {TABLE5_RATIO:g}", ratio,
                                   TABLE5_RATIO, True, "2.2 (0.0082 / 0.0038)", standard_error=standard_error))
     clean = {r["direction"]: (float(r["mean"]), float(r["std"]), int(r["n"]))
-             for r in read_rows(deviation_csv) if int(r["step"]) == -1}
+             for r in read_csv(deviation_csv) if int(r["step"]) == -1}
     ratio, standard_error = ratio_of_means(clean["backward"], clean["forward"])
     claims.append(ratio_claim("fig5_end_vs_start", variant,
                               f"reverse trajectory's end / forward trajectory's start <= {TRAJECTORY_RATIO:g}",
@@ -113,7 +105,7 @@ def trajectory_claims(variant: str, table5_csv, deviation_csv) -> list[dict]:
 
 def fid_claims(fid_csv) -> list[dict]:
     """Per variant and modality: the diffusion samples' FID below the Stage-1 random latents'."""
-    by_key = {(r["variant"], r["source"], r["modality"]): r for r in read_rows(fid_csv)}
+    by_key = {(r["variant"], r["source"], r["modality"]): r for r in read_csv(fid_csv)}
     claims = []
     for (variant, source, modality), diffusion in by_key.items():
         baseline = by_key.get((variant, "stage1-random-latents", modality))
@@ -137,8 +129,8 @@ def fid_claims(fid_csv) -> list[dict]:
 
 def inversion_claim(variant: str, stage1_metrics_csv, table2_csv) -> dict:
     """Stage 1's velocity decoder as an inversion model against InversionNet on real data."""
-    stage1 = next((r for r in read_rows(stage1_metrics_csv) if r["variant"] == variant and r["family"] == "all"), None)
-    real = next((r for r in read_rows(table2_csv) if r["arm"] == "real" and r["family"] == "all"), None)
+    stage1 = next((r for r in read_csv(stage1_metrics_csv) if r["variant"] == variant and r["family"] == "all"), None)
+    real = next((r for r in read_csv(table2_csv) if r["arm"] == "real" and r["family"] == "all"), None)
     criterion = f"test MAE of D_v(E(s)) / InversionNet's <= {INVERSION_RATIO:g}"
     if stage1 is None or real is None:
         return row("stage1_inversion", variant, criterion, "", "", UNDECIDED,
@@ -151,7 +143,7 @@ def inversion_claim(variant: str, stage1_metrics_csv, table2_csv) -> dict:
 
 
 def memorisation_claim(variant: str, memorisation_csv) -> dict:
-    rows = {r["set"]: r for r in read_rows(memorisation_csv)}
+    rows = {r["set"]: r for r in read_csv(memorisation_csv)}
     fraction = float(rows["generated"]["fraction_below_held_out_p01"])
     held = NO if memorised(list(rows.values())) else YES
     return row("no_memorisation", variant,

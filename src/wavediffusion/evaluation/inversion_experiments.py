@@ -21,13 +21,13 @@ from torch.utils.data import ConcatDataset
 
 from ..data.store import open_dataset, representation_of
 from ..devices import resolve_device
-from ..files import atomic_file, sha256_of, write_csv
+from ..files import atomic_file, read_csv, sha256_of, write_csv
 from ..training.inversionnet import (
     GeneratedPairs,
     InversionNetSettings,
     RealPairs,
     evaluate_inversionnet,
-    evaluate_mean_map,
+    family_rows,
     hardest_generated,
     load_inversionnet,
     per_sample_mae,
@@ -39,6 +39,8 @@ from ..training.inversionnet import (
 from ..sampling.store import open_pairs_store
 from ..training.runs import dataset_identity
 from .arms import Arm, ExperimentSettings, parse_arm
+from .metrics import inversion_metrics
+from .stage1 import streamed_moments
 
 METRIC_COLUMNS = ("arm", "table", "train_data", "variant", "seismic", "real_percent", "n_train", "family", "n",
                   "mae", "rmse", "ssim")
@@ -162,12 +164,21 @@ def evaluate_arm(model: str | Path, record: str | Path, dataset: str | Path, set
 MEAN_MAP = "mean-map"  # the reference row of a predictor that outputs the training set's mean velocity
 
 
-def mean_map_rows(dataset: str | Path) -> list[dict]:
-    """The mean-map predictor's rows in METRIC_COLUMNS (table left to the caller)."""
-    n_train = open_dataset(dataset)["train"]["velocity"].shape[0]
+def mean_map_rows(dataset: str | Path, split: str = "test") -> list[dict]:
+    """The floor any inversion model must beat: OpenFWI's metrics of predicting the training
+    split's mean velocity map for every sample of `split`, whatever its seismic. Rows in
+    METRIC_COLUMNS, every family present and "all" (the table left to the caller)."""
+    root = open_dataset(dataset)
+    train = root["train"]["velocity"]
+    mean_map, _ = streamed_moments(train)
+    target = RealPairs(dataset, split, with_family=True)
+    velocity = torch.from_numpy(root[split]["velocity"][:])[torch.from_numpy(target.indices)]
+    family = torch.from_numpy(target.family_codes)
+    rows = family_rows(inversion_metrics(mean_map.expand_as(velocity), velocity), family, target.family_names,
+                       sorted(set(family.tolist())))
     base = {"arm": MEAN_MAP, "train_data": "the real training set's mean velocity map, for every input",
-            "variant": "", "seismic": "", "real_percent": 100.0, "n_train": n_train}
-    return [{**base, **row} for row in evaluate_mean_map(dataset)]
+            "variant": "", "seismic": "", "real_percent": 100.0, "n_train": train.shape[0]}
+    return [{**base, **row} for row in rows]
 
 
 def write_tables(metrics: list[str | Path], out_dir: str | Path, dataset: str | Path) -> dict[str, int]:
@@ -176,12 +187,7 @@ def write_tables(metrics: list[str | Path], out_dir: str | Path, dataset: str | 
     with two reference rows: the mean-map predictor (the floor a network must beat) and
     `real`, the InversionNet trained on all the real pairs (Table 2's own arm, Table 4's
     starting point)."""
-    import csv
-
-    rows = []
-    for path in metrics:
-        with open(path, newline="") as handle:
-            rows.extend(csv.DictReader(handle))
+    rows = [row for path in metrics for row in read_csv(path)]
     mean_map = mean_map_rows(dataset)
     real = [row for row in rows if row["arm"] == "real"]
     counts = {}

@@ -184,8 +184,9 @@ def test_split_metrics(model: VQAutoencoder, dataset: str | Path, variant: str, 
 # --- 3: the latent space away from the data --------------------------------------------------
 
 
-def latent_moments(latents: zarr.Array, block: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-element mean and std (C, h, w) of the training latents, streamed in blocks."""
+def streamed_moments(latents: zarr.Array, block: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-element mean and std (the sample shape) of an array's rows (training latents,
+    velocity maps), streamed in blocks."""
     total = torch.zeros(latents.shape[1:], dtype=torch.float64)
     total_sq = torch.zeros_like(total)
     for start in range(0, latents.shape[0], block):
@@ -199,7 +200,7 @@ def latent_moments(latents: zarr.Array, block: int = 1024) -> tuple[torch.Tensor
 
 def gaussian_latents(latents: zarr.Array, n: int, generator: torch.Generator) -> torch.Tensor:
     """n latents from the diagonal Gaussian fitted element-wise to the training latents."""
-    mean, std = latent_moments(latents)
+    mean, std = streamed_moments(latents)
     return mean + std * torch.randn((n, *mean.shape), generator=generator)
 
 

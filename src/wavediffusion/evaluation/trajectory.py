@@ -71,7 +71,8 @@ from ..config import only_known
 from ..data.store import open_dataset, representation_of
 from ..data.transforms import Representation
 from ..devices import resolve_device
-from ..diffusion import NoiseSchedule, ddim_sample, ddpm_sample, dpm_solver_sample, synchronize, unet_autocast
+from ..diffusion import NoiseSchedule, ddpm_sample, run_sampler, synchronize, unet_autocast
+from ..diffusion.samplers import SAMPLER_LABELS
 from ..files import sha256_of, write_csv
 from ..physics.forward import BACKENDS
 from ..training.stage1 import load_autoencoder
@@ -264,9 +265,6 @@ def backward_deviation(autoencoder, unet, schedule: NoiseSchedule, scale: float,
     return {t: torch.cat(values) for t, values in parts.items()}, example, seconds / len(start)
 
 
-SAMPLER_NAMES = {"ddim": "DDIM", "dpmpp2m": "DPM-Solver++(2M)", "ddpm": "DDPM"}
-
-
 def ode_deviation(autoencoder, unet, schedule: NoiseSchedule, scale: float, start: torch.Tensor, sampler: str,
                   num_steps: int, rep: Representation, settings: TrajectorySettings, device: torch.device,
                   progress: bool = True) -> tuple[torch.Tensor, float]:
@@ -277,17 +275,13 @@ def ode_deviation(autoencoder, unet, schedule: NoiseSchedule, scale: float, star
     T = schedule.num_steps
     deviations, seconds = [], 0.0
     batches = start.split(settings.batch_size)
-    with tqdm(total=len(batches) * num_steps, desc=f"{SAMPLER_NAMES[sampler]}-{num_steps}", unit="step", disable=not progress,
-              dynamic_ncols=True) as bar:
+    with tqdm(total=len(batches) * num_steps, desc=f"{SAMPLER_LABELS[sampler]}-{num_steps}", unit="step",
+              disable=not progress, dynamic_ncols=True) as bar:
         for batch in batches:
             synchronize(device)
             began = time.perf_counter()
-            arguments = dict(num_steps=num_steps, generator=generator, device=device, start=(batch, T - 1),
-                             callback=lambda *_: bar.update(1), autocast=autocast)
-            if sampler == "ddim":
-                result = ddim_sample(unet, schedule, eta=0.0, **arguments)
-            else:
-                result = dpm_solver_sample(unet, schedule, **arguments)
+            result = run_sampler(sampler, unet, schedule, num_steps=num_steps, generator=generator, device=device,
+                                 start=(batch, T - 1), callback=lambda *_: bar.update(1), autocast=autocast)
             synchronize(device)
             seconds += time.perf_counter() - began
             decoded = decode_and_check(autoencoder, result.z0.float().cpu() / scale, rep, settings.backend,
@@ -334,7 +328,7 @@ def plot_trajectory(deviation_rows: list[dict], ddim_rows: list[dict], stage1_ro
         rows = sorted((r for r in ddim_rows if r["sampler"] == sampler), key=lambda r: r["steps"])
         if rows:
             ax_steps.errorbar([r["steps"] for r in rows], [r["mean"] for r in rows], yerr=[r["std"] for r in rows],
-                              fmt=marker, capsize=3, markersize=4, label=SAMPLER_NAMES[sampler])
+                              fmt=marker, capsize=3, markersize=4, label=SAMPLER_LABELS[sampler])
     ax_steps.set_xscale("log")
     ax_steps.set_xticks(sorted({r["steps"] for r in ddim_rows}), [str(r) for r in sorted({r["steps"] for r in ddim_rows})])
     ax_steps.xaxis.set_minor_locator(NullLocator())

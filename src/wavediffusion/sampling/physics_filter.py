@@ -16,13 +16,12 @@ pairs (each one's own deviation, from pde_floor) at every threshold.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
 from ..evaluation.figures import plt, save_figure  # plt with the Agg backend chosen
-from ..files import write_csv
+from ..files import read_csv, write_csv
 from .shard import gather
 from .store import open_pairs_store
 
@@ -34,9 +33,7 @@ REPORT_COLUMNS = ("variant", "n", "max_deviation", "n_valid", "acceptance_rate",
 def data_floor(floor_csv: str | Path) -> float:
     """The n-weighted mean deviation of the data set's true pairs, as the check measures them
     (deepwave on the model-space velocity), from pde_floor.csv."""
-    with open(floor_csv, newline="") as handle:
-        rows = [row for row in csv.DictReader(handle)
-                if row["backend"] == "deepwave" and row["velocity_input"] == "model64"]
+    rows = [row for row in read_csv(floor_csv) if row["backend"] == "deepwave" and row["velocity_input"] == "model64"]
     if not rows:
         raise ValueError(f"{floor_csv}: no deepwave/model64 rows; is it the pde_floor rule's output?")
     n = np.array([float(row["n"]) for row in rows])
@@ -59,8 +56,7 @@ def apply_physics_filter(store: str | Path, max_deviation: float) -> np.ndarray:
 
 def true_pair_deviation(true_pairs_csv: str | Path) -> np.ndarray:
     """The true pairs' own deviations (pde-floor's per-pair CSV)."""
-    with open(true_pairs_csv, newline="") as handle:
-        deviation = np.array([float(row["deviation"]) for row in csv.DictReader(handle)])
+    deviation = np.array([float(row["deviation"]) for row in read_csv(true_pairs_csv)])
     if len(deviation) == 0:
         raise ValueError(f"{true_pairs_csv}: no true pairs; physics.floor_backends must include deepwave")
     return deviation

@@ -39,7 +39,7 @@ from ..config import only_known
 from ..data.store import open_dataset, representation_of
 from ..data.transforms import Representation, velocity_from_model
 from ..devices import resolve_device
-from ..diffusion.samplers import ddim_sample, ddpm_sample, dpm_solver_sample, synchronize, unet_autocast
+from ..diffusion.samplers import SAMPLERS, run_sampler, synchronize, unet_autocast
 from ..files import sha256_of, write_json
 from ..gpu_speed import compile_module
 from ..physics.deviation import per_sample_mse, simulate_in_model_space
@@ -64,7 +64,6 @@ from .store import (
 )
 
 KEY = "sampling"
-SAMPLERS = ("ddpm", "ddim", "dpmpp2m")
 PRECISIONS = ("bf16", "fp32")
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
@@ -204,14 +203,8 @@ def sample_shard(stage1_model: str | Path, stage2_model: str | Path, store: str 
         count = min(settings.batch_size, rows.stop - start)
         shape = (count, *latent_shape)
         with timer.part("denoise"):
-            if settings.sampler == "ddpm":
-                z = ddpm_sample(unet, schedule, shape, generator=generator, device=device, autocast=autocast).z0
-            elif settings.sampler == "ddim":
-                z = ddim_sample(unet, schedule, shape, num_steps=settings.steps, eta=settings.eta,
-                                generator=generator, device=device, autocast=autocast).z0
-            else:
-                z = dpm_solver_sample(unet, schedule, shape, num_steps=settings.steps, generator=generator,
-                                      device=device, autocast=autocast).z0
+            z = run_sampler(settings.sampler, unet, schedule, shape, num_steps=settings.steps, eta=settings.eta,
+                            generator=generator, device=device, autocast=autocast).z0
             z = z.float() / scale
         with timer.part("decode"):
             seismic, velocity = autoencoder.decode_latent(z)

@@ -348,9 +348,14 @@ def predict_dataset(model: InversionNet, dataset: Dataset, batch_size: int = 64,
     return torch.cat(predictions), torch.cat(targets), family
 
 
-def _metric_row(name: str, metrics: dict[str, torch.Tensor], selected: torch.Tensor) -> dict:
-    return {"family": name, "n": int(selected.sum()),
-            **{key: float(values[selected].double().mean()) for key, values in metrics.items()}}
+def family_rows(metrics: dict[str, torch.Tensor], family: torch.Tensor, names: list[str], codes) -> list[dict]:
+    """Per-sample metrics (name -> (N,)) as a row per family code in `codes` ({"family", "n",
+    and each metric's mean}), then an "all" row."""
+    def row(name: str, selected: torch.Tensor) -> dict:
+        return {"family": name, "n": int(selected.sum()),
+                **{key: float(values[selected].double().mean()) for key, values in metrics.items()}}
+
+    return [*(row(names[code], family == code) for code in codes), row("all", torch.ones_like(family, dtype=torch.bool))]
 
 
 def evaluate_inversionnet(model_path: str | Path, dataset_zarr: str | Path, split: str = "test", batch_size: int = 64,
@@ -385,28 +390,7 @@ def evaluate_inversionnet(model_path: str | Path, dataset_zarr: str | Path, spli
         family_parts.append(batch["family"])
     metrics = {key: torch.cat(values) for key, values in parts.items()}
     family = torch.cat(family_parts)
-    rows = [_metric_row(names[code], metrics, family == code) for code in codes]
-    rows.append(_metric_row("all", metrics, torch.ones_like(family, dtype=torch.bool)))
-    return rows
-
-
-def evaluate_mean_map(dataset_zarr: str | Path, split: str = "test", block: int = 1024) -> list[dict]:
-    """The floor any inversion model must beat: OpenFWI's metrics of predicting the training
-    split's mean velocity map for every sample of `split`, whatever its seismic. Rows as
-    evaluate_inversionnet's (every family present, then "all")."""
-    root = open_dataset(dataset_zarr)
-    train = root["train"]["velocity"]
-    total = torch.zeros(train.shape[1:], dtype=torch.float64)
-    for start in range(0, train.shape[0], block):
-        total += torch.from_numpy(train[start:start + block]).double().sum(dim=0)
-    mean_map = (total / train.shape[0]).float()
-    target = RealPairs(dataset_zarr, split, with_family=True)
-    velocity = torch.from_numpy(root[split]["velocity"][:])[torch.from_numpy(target.indices)]
-    metrics = inversion_metrics(mean_map.expand_as(velocity), velocity)
-    family = torch.from_numpy(target.family_codes)
-    rows = [_metric_row(target.family_names[code], metrics, family == code) for code in sorted(set(family.tolist()))]
-    rows.append(_metric_row("all", metrics, torch.ones_like(family, dtype=torch.bool)))
-    return rows
+    return family_rows(metrics, family, names, codes)
 
 
 def per_sample_mae(model: InversionNet, dataset: Dataset, batch_size: int = 64, device=None, num_workers: int = 0,
