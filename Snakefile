@@ -48,6 +48,7 @@ rule all:
         expand("results/samples/{variant}/physics_report.csv", variant=config["stage1"]["variants"]),
         expand("results/export/{variant}/openfwi", variant=config["stage1"]["variants"]),
         "results/fid_table.csv",
+        expand("results/fid/{variant}/samplers.csv", variant=config["stage1"]["variants"]),
         "results/inversionnet/table2.csv",
         "results/refine/table9.csv",
         "results/refine/table7.csv",

@@ -73,7 +73,8 @@ def artifacts(tmp_path_factory):
 
 
 def run(artifacts, out, settings=SETTINGS):
-    paths = {name: out / name for name in ("deviation.csv", "table5.csv", "ddim.csv", "figure.png", "strip.png")}
+    paths = {name: out / name for name in ("deviation.csv", "table5.csv", "ddim.csv", "figure.png", "strip.png",
+                                           "final_latents.npz")}
     diffusion_trajectory(artifacts["stage1"], artifacts["stage2"], artifacts["latents"], artifacts["table5"],
                          settings, *paths.values(), dataset=REP, device="cpu", progress=False)
     return paths
@@ -132,6 +133,77 @@ def test_table5_and_ddim_rows(outputs):
     assert float(diffusion["diffusion_ddpm"]["deviation_mean"]) == pytest.approx(final)
     assert float(ddim[-1]["mean"]) == pytest.approx(final)
     assert float(diffusion["diffusion_ddim_5"]["deviation_mean"]) == pytest.approx(float(ddim[1]["mean"]))
+
+
+def test_final_latents_are_each_samplers_samples(artifacts, outputs):
+    """final_latents.npz holds what ddim.csv measured: decoding a setting's latents again
+    gives its deviation."""
+    from wavediffusion.training.stage1 import load_autoencoder
+
+    with np.load(outputs["final_latents.npz"]) as npz:
+        assert str(npz["stage1_sha256"]) == sha256_of(artifacts["stage1"])
+        finals = {key: npz[key] for key in npz.files if key != "stage1_sha256"}
+    assert sorted(finals) == ["ddim-2", "ddim-5", "ddpm-50", "dpmpp2m-4"]
+    assert all(z.shape == (2, 8, 8, 8) and z.dtype == np.float32 for z in finals.values())
+    model = load_autoencoder(artifacts["stage1"])
+    _, ddim = read(outputs["ddim.csv"])
+    for row in ddim:
+        z = torch.from_numpy(finals[f"{row['sampler']}-{row['steps']}"])
+        deviation = decode_and_check(model, z, REP, "deepwave", 2, desc="", progress=False)["deviation"]
+        assert float(deviation.mean()) == pytest.approx(float(row["mean"]), rel=1e-6)
+    assert not np.allclose(finals["ddim-2"], finals["ddim-5"])
+
+
+def test_sampler_fid_scores_each_setting_against_the_reference(artifacts, outputs, tmp_path):
+    """One FID row per sampler setting, joined with its deviation and speed, plus the
+    random-latent baseline at the same count; each FID is the reference's distance to that
+    setting's decoded samples."""
+    from wavediffusion.evaluation.fid import (
+        fid_from_features,
+        fid_helper_torchscript_path,
+        inception_features,
+        load_fid_inception,
+        to_inception_images,
+    )
+    from wavediffusion.evaluation.fid_table import FIDSettings
+    from wavediffusion.evaluation.sampler_fid import BASELINE, COLUMNS, sampler_fid
+    from wavediffusion.training.stage1 import load_autoencoder
+
+    settings = FIDSettings(weights=str(fid_helper_torchscript_path()), batch_size=4)
+    inception, weights = load_fid_inception(settings.weights)
+    real = torch.rand(4, *REP.seismic_shape, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    real_velocity = torch.rand(4, 1, REP.velocity_size, REP.velocity_size,
+                               generator=torch.Generator().manual_seed(6)) * 2 - 1
+    reference = {"seismic": inception_features(inception, [to_inception_images(real, "seismic")]),
+                 "velocity": inception_features(inception, [to_inception_images(real_velocity, "velocity")])}
+    reference_npz = tmp_path / "reference.npz"
+    np.savez(reference_npz, rows=np.arange(4), split="train", weights_source=weights["source"],
+             weights_sha256=weights["sha256"], **reference)
+
+    rows = sampler_fid("1vq", outputs["final_latents.npz"], outputs["ddim.csv"], artifacts["stage1"],
+                       artifacts["latents"], reference_npz, settings, tmp_path / "samplers.csv",
+                       tmp_path / "samplers.png", device="cpu")
+    columns, written = read(tmp_path / "samplers.csv")
+    assert tuple(columns) == COLUMNS and len(written) == len(rows)
+    assert [(r["sampler"], r["steps"]) for r in rows] == [("ddpm", T), ("ddim", 2), ("ddim", 5), ("dpmpp2m", 4),
+                                                          (BASELINE, "")]
+    assert all(r["n"] == 2 and r["fid_seismic"] > 0 and r["fid_velocity"] > 0 for r in rows)
+    _, ddim = read(outputs["ddim.csv"])
+    deviation = {(r["sampler"], int(r["steps"])): float(r["mean"]) for r in ddim}
+    assert all(float(r["deviation_mean"]) == deviation[(r["sampler"], r["steps"])] for r in rows[:-1])
+
+    with np.load(outputs["final_latents.npz"]) as npz:
+        seismic, velocity = load_autoencoder(artifacts["stage1"]).decode_latent(torch.from_numpy(npz["ddim-5"]))
+    expected = fid_from_features(inception_features(inception, [to_inception_images(velocity.detach(), "velocity")]),
+                                 reference["velocity"])
+    assert rows[2]["fid_velocity"] == pytest.approx(expected, rel=1e-5)
+    assert (tmp_path / "samplers.png").stat().st_size > 10_000
+
+    other = tmp_path / "other_stage1.pt"
+    save_tiny_autoencoder(other, seed=1)
+    with pytest.raises(ValueError, match="another Stage-1 model"):
+        sampler_fid("1vq", outputs["final_latents.npz"], outputs["ddim.csv"], other, artifacts["latents"],
+                    reference_npz, settings, tmp_path / "x.csv", tmp_path / "x.png", device="cpu")
 
 
 def test_figures_are_written(outputs):

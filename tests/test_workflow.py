@@ -153,6 +153,14 @@ def test_tiny_dag_produces_every_output(tiny_run):
     assert [int(r["n_generated"]) for r in fid] == [n, n, config["fid"]["num_baseline"], config["fid"]["num_baseline"]]
     for modality in ("seismic", "velocity"):
         assert (workdir / f"results/fid/1vq/tsne_{modality}.png").stat().st_size > 10_000
+    # FID per sampler setting of the trajectory run, beside the random latents at the same count
+    with open(workdir / "results/fid/1vq/samplers.csv") as handle:
+        samplers = [(r["sampler"], r["steps"], int(r["n"])) for r in csv.DictReader(handle)]
+    assert samplers == [("ddpm", str(config["stage2"]["diffusion"].get("num_steps", 1000)), trajectory["n_backward"]),
+                        *[("ddim", str(k), trajectory["n_ddim"]) for k in trajectory["ddim_steps"]],
+                        *[("dpmpp2m", str(k), trajectory["n_ddim"]) for k in trajectory["dpm_solver_steps"]],
+                        *[("stage1-random-latents", "", n) for n in sorted({trajectory["n_backward"],
+                                                                            trajectory["n_ddim"]})]]
 
     # the InversionNet tables: every arm, each family of the real test split and "all"
     families = [*config["data"]["families"], "all"]
@@ -254,7 +262,7 @@ def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["stage2"]["trajectory"]["n_forward"] = 3
     write_config(workdir, edited)
-    assert scheduled(workdir) == {"diffusion_trajectory": 1, "claims": 1, "all": 1}
+    assert scheduled(workdir) == {"diffusion_trajectory": 1, "sampler_fid": 1, "claims": 1, "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["physics"]["max_deviation"] = 0.5
@@ -376,7 +384,8 @@ def test_paper_plan_through_the_slurm_profile(tmp_path):
     counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.MULTILINE)}
     shards = 375_000 // 25_000  # paper: sampling.num_pairs / sampling.shard_size
     arms = 1 + 4 + 2 + 4 * 2 + 1 + 4  # Table 2: real + 2 variants x 2 seismic; Table 3: x 2 percents; Table 4
-    after_samples = ("physics_report", "memorisation", "export_openfwi", "fid_variant", "refine_inversion")
+    after_samples = ("physics_report", "memorisation", "export_openfwi", "fid_variant", "sampler_fid",
+                     "refine_inversion")
     assert counts == {"download_openfwi": 10, "preprocess": 1, "pde_floor": 1, "velocity_figure": 1,
                       **{rule: variants for rule in per_variant}, "stage1_metrics": 1, "create_pairs_store": variants,
                       "sample_shard": variants * shards, "check_shard": variants * shards, "gather_samples": variants,
@@ -389,7 +398,7 @@ def test_paper_plan_through_the_slurm_profile(tmp_path):
         resources = re.search(r"resources: (.*)", body).group(1) if "resources:" in body else ""
         gpus.setdefault(rule, set()).add(re.search(r"\bgpu=(\d+)", resources).group(1) if "gpu=" in resources else "0")
     gpu_rules = {*per_variant, "sample_shard", "check_shard", "memorisation", "export_openfwi", "fid_reference", "fid_variant",
-                 "train_inversionnet", "hardest_generated", "evaluate_inversionnet", "refine_inversion"}
+                 "sampler_fid", "train_inversionnet", "hardest_generated", "evaluate_inversionnet", "refine_inversion"}
     assert {rule for rule, counts_ in gpus.items() if counts_ != {"0"}} == gpu_rules
     assert all(gpus[rule] == {"1"} for rule in gpu_rules)
 

@@ -13,9 +13,9 @@ from wavediffusion.training.stage1 import save_autoencoder
 from wavediffusion.training.stage2 import DiffusionSettings, save_stage2
 
 
-def save_tiny_autoencoder(path: Path) -> VQAutoencoder:
+def save_tiny_autoencoder(path: Path, seed: int = 0) -> VQAutoencoder:
     """AutoencoderConfig.tiny() (latents 8 x 8 x 8), seeded, saved as train_stage1 would."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = AutoencoderConfig.tiny()
     autoencoder = VQAutoencoder(config).eval()
     save_autoencoder(autoencoder, path)

@@ -144,7 +144,8 @@ def cmd_diffusion_trajectory(args) -> None:
     out = Path(args.out)
     tables = diffusion_trajectory(args.stage1_model, args.stage2_model, args.latents, args.stage1_table5, settings,
                                   out / "deviation.csv", out / "table5.csv", out / "ddim.csv",
-                                  out / "deviation.png", out / "trajectory_examples.png", dataset=args.dataset)
+                                  out / "deviation.png", out / "trajectory_examples.png", out / "final_latents.npz",
+                                  dataset=args.dataset)
     final = next(row for row in tables["table5"] if row["latents"] == "diffusion_ddpm")
     print(f"wrote {out}/: DDPM samples' PDE deviation {final['deviation_mean']:.4f}")
 
@@ -265,6 +266,17 @@ def cmd_fid_variant(args) -> None:
                        fid_settings(args.settings, args.seed), args.out, args.figures)
     for row in rows:
         print(f"{row['variant']} {row['source']} {row['modality']}: FID {row['fid']:.2f}")
+
+
+def cmd_sampler_fid(args) -> None:
+    from .evaluation.sampler_fid import sampler_fid
+
+    torch_threads(args.threads)
+    rows = sampler_fid(args.variant, args.final_latents, args.ddim, args.stage1_model, args.latents, args.reference,
+                       fid_settings(args.settings, args.seed), args.out, args.figure)
+    for row in rows:
+        print(f"{row['variant']} {row['sampler']}-{row['steps']}: FID seismic {row['fid_seismic']:.2f}, "
+              f"velocity {row['fid_velocity']:.2f} (n={row['n']})")
 
 
 def experiment_settings(text: str, seed: int):
@@ -485,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage1-table5", required=True, help="evaluate-stage1's table5.csv")
     p.add_argument("--settings", required=True, help="JSON of config stage2.trajectory")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", required=True, help="folder for deviation.csv, table5.csv, ddim.csv and the figures")
+    p.add_argument("--out", required=True, help="folder for deviation.csv, table5.csv, ddim.csv, the figures and final_latents.npz")
     p.set_defaults(run=cmd_diffusion_trajectory, claims_gpu=True)
 
     p = commands.add_parser("create-pairs-store", help="the empty pairs store that sampling shards fill")
@@ -571,6 +583,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="fid.csv to write")
     p.add_argument("--figures", required=True, help="folder for tsne_seismic.png and tsne_velocity.png")
     p.set_defaults(run=cmd_fid_variant, claims_gpu=True, batch_key="fid.batch_size")
+
+    p = commands.add_parser("sampler-fid", help="FID of each sampler setting of the trajectory run, beside its deviation")
+    p.add_argument("--variant", required=True)
+    p.add_argument("--final-latents", required=True, help="diffusion-trajectory's final_latents.npz")
+    p.add_argument("--ddim", required=True, help="diffusion-trajectory's ddim.csv (deviation and speed)")
+    p.add_argument("--stage1-model", required=True)
+    p.add_argument("--latents", required=True, help="encode-latents' store (for the random-latent baseline)")
+    p.add_argument("--reference", required=True, help="fid-reference's .npz")
+    p.add_argument("--settings", required=True, help="JSON of config fid")
+    p.add_argument("--seed", type=int, default=0, help="the global seed (config seed)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True, help="samplers.csv to write")
+    p.add_argument("--figure", required=True, help="samplers.png to write")
+    p.set_defaults(run=cmd_sampler_fid, claims_gpu=True, batch_key="fid.batch_size")
 
     p = commands.add_parser("train-inversionnet", help="train InversionNet for one arm of Tables 2-4 (resumes after a crash)")
     p.add_argument("--arm", required=True, help="the arm's name (evaluation/inversion_experiments.py)")

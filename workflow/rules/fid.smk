@@ -64,6 +64,39 @@ rule fid_variant:
         " --figures {params.figures} > {log} 2>&1"
 
 
+rule sampler_fid:
+    """FID of each sampler setting of the trajectory run (DDPM, DDIM, DPM-Solver++), beside its deviation and speed."""
+    input:
+        final_latents="results/trajectory/{variant}/final_latents.npz",
+        ddim="results/trajectory/{variant}/ddim.csv",
+        stage1_model="results/stage1/{variant}/model.pt",
+        latents="results/stage1/{variant}/latents.zarr",
+        reference="results/fid/reference_features.npz",
+    output:
+        table="results/fid/{variant}/samplers.csv",
+        figure="results/fid/{variant}/samplers.png",
+    conda:
+        "../../envs/wavediffusion.yaml"
+    log:
+        "logs/sampler_fid/{variant}.log",
+    benchmark:
+        "benchmarks/out/sampler_fid/{variant}.tsv"
+    params:
+        # only what this rule uses: editing fid.num_generated or num_baseline does not rerun it
+        settings=json.dumps({key: FID[key] for key in ("weights", "batch_size")}, sort_keys=True),
+        seed=config["seed"],
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=60,
+        gpu=1,
+    shell:
+        "wavediffusion sampler-fid --variant {wildcards.variant} --final-latents {input.final_latents}"
+        " --ddim {input.ddim} --stage1-model {input.stage1_model} --latents {input.latents}"
+        " --reference {input.reference} --settings {params.settings:q} --seed {params.seed} --threads {threads}"
+        " --out {output.table} --figure {output.figure} > {log} 2>&1"
+
+
 rule fid_table:
     """results/fid_table.csv: every variant's FID rows in one table."""
     input:

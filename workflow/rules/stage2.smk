@@ -41,6 +41,7 @@ rule diffusion_trajectory:
         ddim="results/trajectory/{variant}/ddim.csv",
         figure="results/trajectory/{variant}/deviation.png",
         examples="results/trajectory/{variant}/trajectory_examples.png",
+        final_latents="results/trajectory/{variant}/final_latents.npz",
     conda:
         "../../envs/wavediffusion.yaml"
     log:

@@ -116,18 +116,32 @@ def load_reference(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
     return features, info
 
 
+def load_matching_inception(settings: FIDSettings, reference: str | Path, reference_info: dict, device):
+    """The Inception network and its weights' info, refused unless they made the reference's features."""
+    model, weights = load_fid_inception(settings.weights, device=device)
+    if weights["sha256"] != reference_info["weights_sha256"]:
+        raise ValueError(f"{reference}: features were made with Inception weights {reference_info['weights_sha256']}, "
+                         f"but this run loads {weights['sha256']} ({weights['path']}); rerun the reference features")
+    return model, weights
+
+
 @torch.no_grad()
+def decode_pairs(model, z: torch.Tensor, device, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """{modality: float32 array} of latents z decoded by the Stage-1 autoencoder, batch by batch."""
+    pairs = {m: [] for m in MODALITIES}
+    for start in range(0, len(z), batch_size):
+        seismic, velocity = model.decode_latent(z[start : start + batch_size].to(device))
+        pairs["seismic"].append(seismic.float().cpu().numpy())
+        pairs["velocity"].append(velocity.float().cpu().numpy())
+    return {m: np.concatenate(parts) for m, parts in pairs.items()}
+
+
 def stage1_random_pairs(stage1_model: str | Path, latents: str | Path, n: int, seed: int, device,
                         batch_size: int = 64) -> dict[str, np.ndarray]:
     """n pairs decoded from Gaussian latents fitted to the training latents: the baseline."""
     model = load_autoencoder(stage1_model, device)
     z = gaussian_latents(open_latents(latents)["train"]["latent"], n, torch.Generator().manual_seed(seed))
-    pairs = {m: [] for m in MODALITIES}
-    for start in range(0, n, batch_size):
-        seismic, velocity = model.decode_latent(z[start : start + batch_size].to(device))
-        pairs["seismic"].append(seismic.float().cpu().numpy())
-        pairs["velocity"].append(velocity.float().cpu().numpy())
-    return {m: np.concatenate(parts) for m, parts in pairs.items()}
+    return decode_pairs(model, z, device, batch_size)
 
 
 def variant_fid(variant: str, store: str | Path, stage1_model: str | Path, latents: str | Path,
@@ -137,10 +151,7 @@ def variant_fid(variant: str, store: str | Path, stage1_model: str | Path, laten
     and tsne_dir/tsne_{modality}.png."""
     device = _device(device)
     reference_feats, reference_info = load_reference(reference)
-    model, weights = load_fid_inception(settings.weights, device=device)
-    if weights["sha256"] != reference_info["weights_sha256"]:
-        raise ValueError(f"{reference}: features were made with Inception weights {reference_info['weights_sha256']}, "
-                         f"but this run loads {weights['sha256']} ({weights['path']}); rerun the reference features")
+    model, weights = load_matching_inception(settings, reference, reference_info, device)
     root = open_pairs_store(store, mode="r")
     n_store = root["velocity"].shape[0]
     n_generated = n_store if settings.num_generated is None else min(settings.num_generated, n_store)

@@ -45,6 +45,8 @@ Outputs
 - strip figure: one backward sample at about five grid steps and at the end, each row its
   decoded seismic (middle shot), F(decoded velocity), the difference and the decoded
   velocity (evaluation.stage1.plot_examples).
+- final_latents.npz: every sampler setting's final latents, for the FID of each sampler
+  (rule sampler_fid, evaluation/sampler_fid.py).
 
 Randomness: every draw comes from CPU torch.Generators seeded from `seed` (one stream per
 part, so changing e.g. n_forward leaves the samples unchanged). The pure-noise starts are
@@ -73,7 +75,7 @@ from ..data.transforms import Representation
 from ..devices import resolve_device
 from ..diffusion import NoiseSchedule, ddpm_sample, run_sampler, synchronize, unet_autocast
 from ..diffusion.samplers import SAMPLER_LABELS
-from ..files import sha256_of, write_csv
+from ..files import atomic_file, sha256_of, write_csv
 from ..physics.forward import BACKENDS
 from ..training.stage1 import load_autoencoder
 from ..training.stage2 import load_stage2, open_latents
@@ -233,15 +235,16 @@ def _start_noise(shape: tuple[int, ...], n: int, settings: TrajectorySettings) -
 
 def backward_deviation(autoencoder, unet, schedule: NoiseSchedule, scale: float, start: torch.Tensor,
                        rep: Representation, settings: TrajectorySettings, device: torch.device,
-                       progress: bool = True) -> tuple[dict[int, torch.Tensor], list[dict], float]:
+                       progress: bool = True) -> tuple[dict[int, torch.Tensor], list[dict], float, torch.Tensor]:
     """DDPM from pure noise: ({step: per-sample deviation}, the first sample's decoded pairs
-    per step (for the strip), sampling seconds per sample)."""
+    per step (for the strip), sampling seconds per sample, the final latents (unscaled))."""
     generator = _generator(settings.seed, "ddpm")
     autocast = unet_autocast(device, settings.precision)
     T = schedule.num_steps
     order = [*sorted(settings.steps, reverse=True), CLEAN_STEP]
     parts: dict[int, list[torch.Tensor]] = {t: [] for t in order}
     example: list[dict] = []
+    finals: list[torch.Tensor] = []
     seconds = 0.0
     batches = start.split(settings.batch_size)
     with tqdm(total=len(batches) * T, desc="backward (DDPM)", unit="step", disable=not progress,
@@ -253,6 +256,7 @@ def backward_deviation(autoencoder, unet, schedule: NoiseSchedule, scale: float,
                                  record_at=settings.steps, callback=lambda *_: bar.update(1), autocast=autocast)
             synchronize(device)
             seconds += time.perf_counter() - began
+            finals.append(result.z0.float().cpu() / scale)
             for t in order:
                 z = result.z0.float().cpu() if t == CLEAN_STEP else result.states[t]
                 decoded = decode_and_check(autoencoder, z / scale, rep, settings.backend, settings.batch_size,
@@ -262,18 +266,18 @@ def backward_deviation(autoencoder, unet, schedule: NoiseSchedule, scale: float,
                     title = "final sample" if t == CLEAN_STEP else f"t={t}"
                     example.append({"seismic": decoded["seismic"][0], "velocity": decoded["velocity"][0],
                                     "simulated": decoded["simulated"][0], "title": title, "step": t})
-    return {t: torch.cat(values) for t, values in parts.items()}, example, seconds / len(start)
+    return {t: torch.cat(values) for t, values in parts.items()}, example, seconds / len(start), torch.cat(finals)
 
 
 def ode_deviation(autoencoder, unet, schedule: NoiseSchedule, scale: float, start: torch.Tensor, sampler: str,
                   num_steps: int, rep: Representation, settings: TrajectorySettings, device: torch.device,
-                  progress: bool = True) -> tuple[torch.Tensor, float]:
+                  progress: bool = True) -> tuple[torch.Tensor, float, torch.Tensor]:
     """(per-sample deviation of the final samples of `sampler` ("ddim" at η = 0 or "dpmpp2m")
-    with num_steps steps, sampling seconds per sample)."""
+    with num_steps steps, sampling seconds per sample, the final latents (unscaled))."""
     generator = _generator(settings.seed, "ddim")  # neither draws noise from a given start, but both take one
     autocast = unet_autocast(device, settings.precision)
     T = schedule.num_steps
-    deviations, seconds = [], 0.0
+    deviations, finals, seconds = [], [], 0.0
     batches = start.split(settings.batch_size)
     with tqdm(total=len(batches) * num_steps, desc=f"{SAMPLER_LABELS[sampler]}-{num_steps}", unit="step",
               disable=not progress, dynamic_ncols=True) as bar:
@@ -284,10 +288,25 @@ def ode_deviation(autoencoder, unet, schedule: NoiseSchedule, scale: float, star
                                  start=(batch, T - 1), callback=lambda *_: bar.update(1), autocast=autocast)
             synchronize(device)
             seconds += time.perf_counter() - began
-            decoded = decode_and_check(autoencoder, result.z0.float().cpu() / scale, rep, settings.backend,
+            finals.append(result.z0.float().cpu() / scale)
+            decoded = decode_and_check(autoencoder, finals[-1], rep, settings.backend,
                                        settings.batch_size, desc="", progress=False)
             deviations.append(decoded["deviation"])
-    return torch.cat(deviations), seconds / len(start)
+    return torch.cat(deviations), seconds / len(start), torch.cat(finals)
+
+
+def sampler_key(sampler: str, steps: int) -> str:
+    """A sampler setting's name in final_latents.npz: "ddpm-1000", "ddim-50", "dpmpp2m-20"."""
+    return f"{sampler}-{steps}"
+
+
+def write_final_latents(path: str | Path, finals: dict[str, torch.Tensor], stage1_model: str | Path) -> None:
+    """Each sampler setting's final latents (float32, unscaled: what the Stage-1 decoders take),
+    under sampler_key, beside the Stage-1 model's hash: the FID of each sampler (rule
+    sampler_fid) decodes them."""
+    arrays = {key: latents.numpy().astype(np.float32) for key, latents in finals.items()}
+    with atomic_file(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, stage1_sha256=sha256_of(stage1_model), **arrays)
 
 
 # --- figures ------------------------------------------------------------------------------------
@@ -352,9 +371,10 @@ def strip_examples(example: list[dict], count: int = 5) -> list[dict]:
 def diffusion_trajectory(stage1_model: str | Path, stage2_model: str | Path, latents: str | Path,
                          stage1_table5: str | Path, settings: TrajectorySettings, deviation_csv: str | Path,
                          table5_csv: str | Path, ddim_csv: str | Path, figure: str | Path, strip_figure: str | Path,
-                         dataset: str | Path | Representation | None = None, device: str | None = None,
-                         progress: bool = True) -> dict[str, list[dict]]:
-    """Run the forward, backward, DDIM and DPM-Solver++ measurements and write the three CSVs and two figures.
+                         final_latents: str | Path, dataset: str | Path | Representation | None = None,
+                         device: str | None = None, progress: bool = True) -> dict[str, list[dict]]:
+    """Run the forward, backward, DDIM and DPM-Solver++ measurements and write the three CSVs,
+    two figures and every sampler's final latents (`final_latents`, .npz: see write_final_latents).
 
     `dataset` fixes the representation the deviation is measured in (the dataset store the
     latents were encoded from, or a Representation); None takes the dataset path the
@@ -373,7 +393,7 @@ def diffusion_trajectory(stage1_model: str | Path, stage2_model: str | Path, lat
     forward = forward_deviation(autoencoder, schedule, scale, latents_root, rep, settings, progress)
     shape = tuple(latents_root["train"]["latent"].shape[1:])
     start = _start_noise(shape, max(settings.n_backward, settings.n_ddim), settings)
-    backward, example, ddpm_seconds = backward_deviation(autoencoder, unet, schedule, scale,
+    backward, example, ddpm_seconds, ddpm_latents = backward_deviation(autoencoder, unet, schedule, scale,
                                                          start[: settings.n_backward], rep, settings, device, progress)
     ode = {(sampler, k): ode_deviation(autoencoder, unet, schedule, scale, start[: settings.n_ddim], sampler, k, rep,
                                        settings, device, progress)
@@ -385,16 +405,19 @@ def diffusion_trajectory(stage1_model: str | Path, stage2_model: str | Path, lat
                       for t, values in per_step.items()]
     final = backward[CLEAN_STEP]
     ddim_rows = [{"sampler": sampler, "steps": k, **_stats(values), "seconds_per_sample": seconds}
-                 for (sampler, k), (values, seconds) in ode.items()]
+                 for (sampler, k), (values, seconds, _) in ode.items()]
     ddim_rows.append({"sampler": "ddpm", "steps": schedule.num_steps, **_stats(final),
                       "seconds_per_sample": ddpm_seconds})
     table5_rows = [*stage1_rows, deviation_row(variant, "diffusion_ddpm", None, final),
                    *(deviation_row(variant, f"diffusion_{sampler}_{k}", None, values)
-                     for (sampler, k), (values, _) in ode.items())]
+                     for (sampler, k), (values, _, _) in ode.items())]
 
     write_csv(deviation_rows, deviation_csv, DEVIATION_COLUMNS)
     write_csv(table5_rows, table5_csv, TABLE5_COLUMNS)
     write_csv(ddim_rows, ddim_csv, DDIM_COLUMNS)
     plot_trajectory(deviation_rows, ddim_rows, stage1_rows, schedule.num_steps, figure)
     plot_examples(strip_examples(example), strip_figure, title="One reverse-diffusion trajectory, decoded")
+    finals = {sampler_key("ddpm", schedule.num_steps): ddpm_latents,
+              **{sampler_key(sampler, k): latents for (sampler, k), (_, _, latents) in ode.items()}}
+    write_final_latents(final_latents, finals, stage1_model)
     return {"deviation": deviation_rows, "table5": table5_rows, "ddim": ddim_rows}

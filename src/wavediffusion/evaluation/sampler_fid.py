@@ -1,0 +1,115 @@
+"""FID of each sampler on the same trained model (rule `sampler_fid`).
+
+The trajectory rule's DDPM, DDIM and DPM-Solver++ runs keep their final latents
+(final_latents.npz); here each setting's latents are decoded and scored against the FID
+reference, beside Stage-1 random latents of the same count, and joined with that rule's
+deviation and speed (ddim.csv). One table then weighs physical consistency, realism and
+speed, which is what choosing `sampling.sampler` and `sampling.steps` needs.
+
+Every setting starts from the same noise and has the same count, so their FIDs carry the
+same small-sample bias and rank against each other and against the baseline row; they are
+not comparable with fid_table.csv's, which are computed on more samples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..devices import resolve_device
+from ..files import read_csv, sha256_of, write_csv
+from ..training.loop import derive_seed
+from ..training.stage1 import load_autoencoder
+from .fid import fid_from_features
+from .fid_table import (
+    MODALITIES,
+    FIDSettings,
+    _features,
+    decode_pairs,
+    load_matching_inception,
+    load_reference,
+    stage1_random_pairs,
+)
+
+COLUMNS = ("variant", "sampler", "steps", "n", "fid_seismic", "fid_velocity", "deviation_mean", "deviation_std",
+           "seconds_per_sample", "n_reference", "weights_sha256")
+BASELINE = "stage1-random-latents"
+
+
+def read_final_latents(path: str | Path, stage1_model: str | Path) -> dict[str, np.ndarray]:
+    """{sampler setting ("ddim-50", ...): latents} of the trajectory rule, refused unless they
+    were sampled for this Stage-1 model."""
+    with np.load(path) as npz:
+        recorded = str(npz["stage1_sha256"])
+        if recorded != sha256_of(stage1_model):
+            raise ValueError(f"{path}: sampled for another Stage-1 model than {stage1_model}; rerun the trajectory")
+        return {key: npz[key] for key in npz.files if key != "stage1_sha256"}
+
+
+def split_key(key: str) -> tuple[str, int]:
+    """"ddim-50" -> ("ddim", 50)."""
+    sampler, steps = key.rsplit("-", 1)
+    return sampler, int(steps)
+
+
+def plot_sampler_fid(rows: list[dict], path: str | Path) -> Path:
+    """FID against sampler steps, one panel per modality, the random-latent baseline dashed."""
+    from .figures import plt, save_figure
+
+    figure, axes = plt.subplots(1, len(MODALITIES), figsize=(10, 3.8), layout="constrained")
+    samplers = [r for r in rows if r["sampler"] != BASELINE]
+    for ax, modality in zip(axes, MODALITIES):
+        for sampler, marker in (("ddim", "s-"), ("dpmpp2m", "^-"), ("ddpm", "D")):
+            points = sorted((r["steps"], r[f"fid_{modality}"]) for r in samplers if r["sampler"] == sampler)
+            if points:
+                ax.plot(*zip(*points), marker, label=sampler, markersize=5)
+        for r in rows:
+            if r["sampler"] == BASELINE:
+                ax.axhline(r[f"fid_{modality}"], color="tab:gray", linestyle="--", linewidth=1,
+                           label=f"Stage-1 random latents (n={r['n']})")
+        ax.set_xscale("log")
+        ax.set_xlabel("sampler steps")
+        ax.set_ylabel("FID")
+        ax.set_title(f"{modality}: FID of each sampler (n={samplers[0]['n'] if samplers else 0} each)", fontsize=10)
+        ax.legend(fontsize=8)
+    return save_figure(figure, path)
+
+
+def sampler_fid(variant: str, final_latents: str | Path, ddim_csv: str | Path, stage1_model: str | Path,
+                latents: str | Path, reference: str | Path, settings: FIDSettings, out_csv: str | Path,
+                figure: str | Path, device: str | None = None) -> list[dict]:
+    """One row per sampler setting and one per distinct count of Stage-1 random latents; writes
+    out_csv and the figure."""
+    device = resolve_device(device)
+    finals = read_final_latents(final_latents, stage1_model)
+    speed = {(r["sampler"], int(r["steps"])): r for r in read_csv(ddim_csv)}
+    reference_feats, reference_info = load_reference(reference)
+    model, weights = load_matching_inception(settings, reference, reference_info, device)
+    autoencoder = load_autoencoder(stage1_model, device)
+
+    def fid_row(sampler: str, steps: int | str, pairs: dict[str, np.ndarray], measured: dict) -> dict:
+        n = len(pairs["velocity"])
+        features = _features(model, pairs, np.arange(n), settings, device, f"{variant} {sampler}-{steps}")
+        return {"variant": variant, "sampler": sampler, "steps": steps, "n": n,
+                **{f"fid_{m}": fid_from_features(features[m], reference_feats[m]) for m in MODALITIES},
+                "deviation_mean": measured.get("mean", ""), "deviation_std": measured.get("std", ""),
+                "seconds_per_sample": measured.get("seconds_per_sample", ""),
+                "n_reference": reference_info["n"], "weights_sha256": weights["sha256"]}
+
+    rows = []
+    for key, z in finals.items():
+        sampler, steps = split_key(key)
+        if (sampler, steps) not in speed:
+            raise ValueError(f"{ddim_csv}: no row for {key} of {final_latents}; both must come from one trajectory run")
+        pairs = decode_pairs(autoencoder, torch.from_numpy(z), device, settings.batch_size)
+        rows.append(fid_row(sampler, steps, pairs, speed[(sampler, steps)]))
+    for n in sorted({row["n"] for row in rows}):
+        # Gaussian latents fitted to the training latents, seeded as fid_variant's baseline
+        pairs = stage1_random_pairs(stage1_model, latents, n, derive_seed(settings.seed, 1), device,
+                                    settings.batch_size)
+        rows.append(fid_row(BASELINE, "", pairs, {}))
+    write_csv(rows, out_csv, COLUMNS)
+    plot_sampler_fid(rows, figure)
+    return rows
