@@ -231,7 +231,7 @@ def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
                    **after_sampling(config)}
     refine_on = {"refine_inversion": 1, "refine_table9": 1, "refine_table7": 1}
     stage1_on = {"train_stage1": 1, "encode_latents": 1, "evaluate_stage1": 1, "stage1_metrics": 1, "train_stage2": 1,
-                 "diffusion_trajectory": 1, "create_pairs_store": 1, **sampling_on, **refine_on}
+                 "diffusion_trajectory": 1, "sampler_fid": 1, "create_pairs_store": 1, **sampling_on, **refine_on}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["physics"]["floor_samples_per_family"] = 1
@@ -246,13 +246,14 @@ def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["stage1"]["evaluation"]["random_latents"] = 3
     write_config(workdir, edited)
-    assert scheduled(workdir) == {"evaluate_stage1": 1, "stage1_metrics": 1, "diffusion_trajectory": 1, "claims": 1,
-                                  "all": 1}
+    assert scheduled(workdir) == {"evaluate_stage1": 1, "stage1_metrics": 1, "diffusion_trajectory": 1, "sampler_fid": 1,
+                                  "claims": 1, "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["stage2"]["training"]["max_steps"] = 5
     write_config(workdir, edited)
-    assert scheduled(workdir) == {"train_stage2": 1, "diffusion_trajectory": 1, **sampling_on, **refine_on, "all": 1}
+    assert scheduled(workdir) == {"train_stage2": 1, "diffusion_trajectory": 1, "sampler_fid": 1, **sampling_on,
+                                  **refine_on, "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["sampling"]["steps"] = 4
