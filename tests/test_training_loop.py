@@ -191,6 +191,20 @@ def test_min_steps_extends_the_epochs_and_defers_early_stopping(tmp_path):
         toy.toy_config(max_steps=10, min_steps=20)
 
 
+def test_checkpoints_fall_every_n_steps_not_at_every_epoch_end(tmp_path):
+    """12 steps an epoch, a checkpoint every 5: none at the epoch ends 12 and 24, one at the end."""
+    config = toy.toy_config(max_epochs=3, keep_checkpoints=0)
+    train(*toy.build("regression", config), config, tmp_path)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == [
+        f"step_{step:09d}.pt" for step in (5, 10, 15, 20, 25, 30, 35, 36)]
+    config = toy.toy_config(max_epochs=2, checkpoint_every_steps=12, keep_checkpoints=0)
+    train(*toy.build("regression", config), config, tmp_path / "due_at_the_end")
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "due_at_the_end" / "checkpoints")] == [
+        "step_000000012.pt", "step_000000024.pt"]  # due at an epoch end: saved after its validation
+    saved = ckpt.load(tmp_path / "due_at_the_end" / "checkpoints" / "step_000000012.pt")["state"]
+    assert (saved["epoch"], saved["batch_in_epoch"], saved["last_val_step"]) == (1, 0, 12)
+
+
 def test_max_steps_stops_mid_epoch_validates_and_checkpoints(tmp_path):
     config = toy.toy_config(max_epochs=5, max_steps=17)
     summary = train(*toy.build("regression", config), config, tmp_path)

@@ -102,13 +102,15 @@ def cmd_encode_latents(args) -> None:
 
 
 def finish_training(summary: dict, run: Path, out: str) -> None:
-    """After train(): rank 0 (the one that wrote the weights) publishes them; every rank
-    then leaves the process group."""
+    """After train(): rank 0 (the one that wrote the weights) publishes them and draws the
+    run's curves (run/curves.png); every rank then leaves the process group."""
+    from .evaluation.figures import plot_training_curves
     from .training.distributed import barrier, cleanup, is_main
     from .training.runs import publish
 
     if is_main():
         publish(summary["final"], out)
+        plot_training_curves(run / "log.csv", run / "curves.png", title=f"{out}: {summary['steps']} steps")
         print(f"wrote {out} ({summary['steps']} steps, stop: {summary['stop_reason']}, "
               f"{summary['world_size']} process(es), run folder {run})")
     barrier()

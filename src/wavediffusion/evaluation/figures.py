@@ -98,3 +98,27 @@ def plot_dataset_velocity(dataset: str | Path, path: str | Path, per_family: int
     embedded = root.attrs["provenance"]["source"] == "embedded"
     real = {name for name in samples if not embedded or get_family(name).embedded == "real"}
     return plot_velocity_families(samples, path, per_family=per_family, real=real)
+
+
+def plot_training_curves(log_csv: str | Path, path: str | Path, title: str = "") -> Path:
+    """A training run's log.csv as curves against the step: one panel per validation metric
+    (val/...) and one for the training loss, so a plateau (or its absence) shows at a glance."""
+    import csv
+
+    with open(log_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    columns = [c for c in (rows[0].keys() if rows else ()) if c.startswith("val/")] + ["train/loss"]
+    series = {c: [(int(r["step"]), float(r[c])) for r in rows if r.get(c)] for c in columns}
+    series = {c: points for c, points in series.items() if points}
+    figure, axes = plt.subplots(1, max(len(series), 1), figsize=(3.6 * max(len(series), 1), 3.2),
+                                layout="constrained", squeeze=False)
+    for ax, (name, points) in zip(axes[0], series.items()):
+        steps, values = zip(*points)
+        ax.plot(steps, values, "o-" if len(points) < 40 else "-", markersize=3)
+        if min(values) > 0:
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(name, fontsize=9)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return save_figure(figure, path)

@@ -146,7 +146,7 @@ class TrainConfig:
     early_stop_patience: int | None = 10  # stop after this many validations without improvement
     min_delta: float = 0.0                # an improvement must lower the metric by more than this
     validate_every_epochs: int = 1
-    checkpoint_every_steps: int = 1000    # also at every epoch end and at the end
+    checkpoint_every_steps: int = 1000    # and when the run ends
     keep_checkpoints: int = 3             # newest checkpoints kept; <= 0 keeps all
     log_every_steps: int = 50
     seed: int = 0
@@ -467,6 +467,7 @@ class _Trainer:
 
         self.state = _State()
         self.resumed_from = self._resume_or_seed()
+        self._checkpointed_step = self.state.step  # the newest checkpoint's step (0: none yet)
         if env.world_size > 1 and self.resumed_from is None:
             self._check_same_initial_weights()
 
@@ -572,6 +573,7 @@ class _Trainer:
 
     def _save_checkpoint(self) -> None:
         """Every rank calls this (the RNG states are gathered); rank 0 writes."""
+        self._checkpointed_step = self.state.step
         rng = gather_objects(ckpt.capture_rng(self.env.device))
         if not self.main:
             return
@@ -590,6 +592,11 @@ class _Trainer:
         }
         ckpt.atomic_save(state, ckpt.checkpoint_path(self.ckpt_dir, self.state.step))
         ckpt.prune_checkpoints(self.ckpt_dir, self.config.keep_checkpoints)
+
+    def _checkpoint_due(self) -> bool:
+        """A multiple of checkpoint_every_steps passed since the newest checkpoint."""
+        every = self.config.checkpoint_every_steps
+        return self.state.step // every > self._checkpointed_step // every
 
     def _save_weights(self, path: Path) -> None:
         """final.pt / best.pt: what downstream rules load — weights, not training state."""
@@ -694,7 +701,7 @@ class _Trainer:
                 st.finished, st.stop_reason = True, "max_steps"
                 break
             if st.step % cfg.checkpoint_every_steps == 0 and not epoch_done:
-                self._save_checkpoint()  # (epoch ends are checkpointed after validation)
+                self._save_checkpoint()  # (one due at an epoch's end is saved after its validation)
         bar.close()
 
     # -- validation -------------------------------------------------------------------------
@@ -727,7 +734,9 @@ class _Trainer:
         return {k: v / count for k, v in zip(keys, totals[:-1].tolist())}
 
     def _end_of_epoch(self) -> None:
-        """Validate when due, update early stopping, move to the next epoch, checkpoint."""
+        """Validate when due, update early stopping, move to the next epoch, checkpoint when one
+        fell due within the epoch or the run ends (not at every epoch end: a paper-size model's
+        checkpoint is gigabytes, and a short epoch would spend more time writing than training)."""
         cfg, st = self.config, self.state
         if self.val_dataset is not None and (st.epoch + 1) % cfg.validate_every_epochs == 0:
             self._validate_and_track()
@@ -737,7 +746,8 @@ class _Trainer:
             st.finished, st.stop_reason = True, "max_epochs" if st.epoch == cfg.max_epochs else "min_steps"
         if cfg.max_steps is not None and st.step >= cfg.max_steps and not st.finished:
             st.finished, st.stop_reason = True, "max_steps"
-        self._save_checkpoint()
+        if st.finished or self._checkpoint_due():
+            self._save_checkpoint()
 
     def _validate_and_track(self) -> None:
         cfg, st = self.config, self.state
