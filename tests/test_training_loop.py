@@ -191,6 +191,14 @@ def test_min_steps_extends_the_epochs_and_defers_early_stopping(tmp_path):
         toy.toy_config(max_steps=10, min_steps=20)
 
 
+def test_training_curves_figure_of_a_run(tmp_path):
+    from wavediffusion.evaluation.figures import plot_training_curves
+
+    config = toy.toy_config(max_epochs=2)
+    train(*toy.build("regression", config), config, tmp_path)
+    assert plot_training_curves(tmp_path / "log.csv", tmp_path / "curves.png").stat().st_size > 10_000
+
+
 def test_checkpoints_fall_every_n_steps_not_at_every_epoch_end(tmp_path):
     """12 steps an epoch, a checkpoint every 5: none at the epoch ends 12 and 24, one at the end."""
     config = toy.toy_config(max_epochs=3, keep_checkpoints=0)

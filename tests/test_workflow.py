@@ -104,6 +104,8 @@ def test_tiny_dag_produces_every_output(tiny_run):
         *[("interpolation", str(w)) for w in evaluation["interpolation_weights"]]]
     assert int(table5[2]["n"]) == evaluation["random_latents"]
     assert (workdir / "results/stage1/1vq/examples.png").stat().st_size > 10_000
+    for training in ("stage1/1vq", "stage2/1vq", "inversionnet/real"):  # each run draws its curves
+        assert [p.stat().st_size > 10_000 for p in (workdir / "results" / training).glob("runs/*/curves.png")] == [True]
     stage2 = torch.load(workdir / "results/stage2/1vq/model.pt", weights_only=False)
     assert stage2["step"] == config["stage2"]["training"]["max_steps"]
     assert stage2["config"]["task"]["model"]["in_channels"] == config["stage1"]["model"]["latent_channels"]
