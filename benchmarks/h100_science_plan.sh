@@ -15,6 +15,6 @@ config = yaml.safe_load(open('config/science.yaml'))
 config['fid']['weights'] = '/root/fid/default_1.pt'
 config['seed'] = int('${SCIENCE_SEED:-0}')
 yaml.safe_dump(config, open('/root/science_gpu.yaml', 'w'))"
-TARGETS=${SCIENCE_TARGETS:-"results/claims.csv results/samples/1vq/physics_report.csv results/refine/table9.csv"}
+TARGETS=${SCIENCE_TARGETS:-"results/claims.csv results/fid/1vq/samplers.csv results/samples/1vq/physics_report.csv results/refine/table9.csv"}
 CONFIG=/root/science_gpu.yaml mini_snakemake --prioritize results/stage2/1vq/model.pt -- $TARGETS
 CONFIG=/root/science_gpu.yaml mini_snakemake -- $TARGETS

@@ -16,13 +16,20 @@ import pytest
 import torch
 import zarr
 
+from wavediffusion.data.families import FAMILY_NAMES
 from wavediffusion.data.transforms import Representation, velocity_from_model
 from wavediffusion.diffusion import dpm_solver_sample
 from wavediffusion.evaluation.stage1 import decode_and_check
 from wavediffusion.physics.deviation import per_sample_mse
 from wavediffusion.physics.forward import forward_model
 from wavediffusion.sampling.export import ExportSettings, export_openfwi
-from wavediffusion.sampling.physics_filter import ACCEPTANCE_COLUMNS, REPORT_COLUMNS, apply_physics_filter, physics_report
+from wavediffusion.sampling.physics_filter import (
+    ACCEPTANCE_COLUMNS,
+    REPORT_COLUMNS,
+    FilterSettings,
+    apply_physics_filter,
+    physics_report,
+)
 from wavediffusion.sampling.shard import (
     SamplingSettings,
     check_shard,
@@ -108,7 +115,7 @@ def test_layout_markers_and_deviation(artifacts, reference):
     assert [name for name, _ in root.groups()] == ["done"]  # the markers' folder
     shapes = {"latent": (8, 8, 8), "seismic": REP.seismic_shape, "velocity": REP.velocity_shape,
               "seismic_simulated": REP.seismic_shape, "deviation": (), "seed": (), "index_in_shard": (),
-              "valid": ()}
+              "valid": (), "family": ()}
     for name, sample_shape in shapes.items():
         array = root[name]
         assert array.shape == (7, *sample_shape), name
@@ -352,39 +359,75 @@ def test_out_of_gpu_memory_names_the_batch_key_and_writes_no_record(tmp_path, mo
 
 def floor_csv(path):
     path.write_text("family,backend,velocity_input,n,deviation_mean,deviation_std,deviation_max\n"
-                    "A,deepwave,model64,4,0.001,0,0\nB,deepwave,model64,12,0.003,0,0\nA,openfwi,model64,4,9,0,0\n")
+                    "FlatVel-A,deepwave,model64,4,0.001,0,0\nCurveVel-A,deepwave,model64,12,0.003,0,0\n"
+                    "FlatVel-A,openfwi,model64,4,9,0,0\n")
     return path
 
 
-def test_physics_filter_marks_valid_pairs_and_reports(artifacts, reference, tmp_path):
+def true_pairs_dataset(path, velocity: np.ndarray, codes: list[int]):
+    """A dataset store holding only what the family assignment reads: the test split's maps."""
+    root = zarr.open_group(str(path), mode="w")
+    root.attrs["representation"] = REP.to_attrs()
+    test = root.create_group("test")
+    test.create_array("velocity", data=velocity.astype(np.float32))
+    test.create_array("family", data=np.array(codes, dtype=np.int64))
+    return path
+
+
+def test_physics_filter_per_family_and_absolute(artifacts, reference, tmp_path):
+    """Each pair gets the family of its nearest true map and that family's threshold; the
+    report has a row per family and one for all; the absolute filter is one epsilon."""
     store = tmp_path / "pairs.zarr"
     shutil.copytree(reference, store)
-    deviation = arrays(store)["deviation"]
-    epsilon = float(np.median(deviation))
+    values = arrays(store)
+    deviation = values["deviation"]
+    flat, curve = FAMILY_NAMES.index("FlatVel-A"), FAMILY_NAMES.index("CurveVel-A")
+    # the true maps are the generated ones: rows 0-2 are nearest FlatVel-A's, rows 3-6 CurveVel-A's
+    dataset = true_pairs_dataset(tmp_path / "dataset.zarr", values["velocity"], [flat] * 3 + [curve] * 4)
+    flat_threshold = float(np.median(deviation[:3]))
     true_pairs = tmp_path / "true_pairs.csv"
-    true_pairs.write_text("family,deviation\nA,0.0005\nA,0.001\nB,0.003\nB,0.004\n")
-    row = physics_report(store, "1vq", epsilon, floor_csv(tmp_path / "floor.csv"), true_pairs,
-                         tmp_path / "report.csv", tmp_path / "histogram.png", tmp_path / "acceptance.csv",
-                         tmp_path / "acceptance.png")
-    valid = arrays(store)["valid"]
-    np.testing.assert_array_equal(valid, deviation <= epsilon)
-    assert row["n_valid"] == 4 and row["acceptance_rate"] == pytest.approx(4 / 7)
-    assert row["data_floor"] == pytest.approx((4 * 0.001 + 12 * 0.003) / 16)  # deepwave/model64 rows only
-    with open(tmp_path / "report.csv") as handle:
+    true_pairs.write_text(f"family,deviation\nFlatVel-A,{flat_threshold}\nFlatVel-A,{flat_threshold}\n"
+                          f"CurveVel-A,{deviation[3:].min() / 4}\nCurveVel-A,{deviation[3:].min() / 2}\n")
+    outputs = [tmp_path / name for name in ("report.csv", "histogram.png", "acceptance.csv", "acceptance.png")]
+    rows = physics_report(store, "1vq", FilterSettings(), dataset, 4, floor_csv(tmp_path / "floor.csv"), true_pairs,
+                          *outputs)
+    values = arrays(store)
+    assert values["family"].tolist() == [flat] * 3 + [curve] * 4
+    curve_threshold = deviation[3:].min() / 4 + 0.99 * (deviation[3:].min() / 4)  # the 0.99-quantile of two
+    np.testing.assert_array_equal(values["valid"], deviation <= [flat_threshold] * 3 + [curve_threshold] * 4)
+    assert values["valid"].sum() == 2  # FlatVel-A's two at or below their median; no CurveVel-A pair
+    assert [(r["family"], r["n"], r["n_valid"]) for r in rows] == [("FlatVel-A", 3, 2), ("CurveVel-A", 4, 0),
+                                                                    ("all", 7, 2)]
+    assert rows[0]["threshold"] == pytest.approx(flat_threshold) and rows[-1]["threshold"] == ""
+    assert rows[-1]["data_floor"] == pytest.approx((4 * 0.001 + 12 * 0.003) / 16)  # deepwave/model64 rows only
+    assert rows[0]["data_floor"] == pytest.approx(flat_threshold)  # the family's true pairs' mean
+    with open(outputs[0]) as handle:
         assert handle.readline().strip().split(",") == list(REPORT_COLUMNS)
-    assert (tmp_path / "histogram.png").stat().st_size > 1000
-    # the acceptance curve: both sets rise from 0 to 1 and meet the filter's own rate at epsilon
-    with open(tmp_path / "acceptance.csv") as handle:
-        curve = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(handle)]
-    assert list(curve[0]) == list(ACCEPTANCE_COLUMNS)
+    assert zarr.open_group(str(store), mode="r").attrs["physics_filter"]["filter"] == "per_family"
+    # the acceptance curve: both sets rise from 0 to 1; each family's threshold is one of its points
+    with open(outputs[2]) as handle:
+        points = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(handle)]
+    assert list(points[0]) == list(ACCEPTANCE_COLUMNS)
     for column in ("acceptance_generated", "acceptance_real"):
-        values = [r[column] for r in curve]
-        assert values == sorted(values) and values[-1] == 1.0
-    at_epsilon = next(r for r in curve if r["threshold"] == epsilon)
-    assert at_epsilon["acceptance_generated"] == pytest.approx(4 / 7)
-    assert at_epsilon["acceptance_real"] == np.mean(np.array([0.0005, 0.001, 0.003, 0.004]) <= epsilon)
-    assert (tmp_path / "acceptance.png").stat().st_size > 1000
-    with pytest.raises(ValueError, match=r"physics\.max_deviation must be positive"):
+        accepted = [r[column] for r in points]
+        assert accepted == sorted(accepted) and accepted[-1] == 1.0
+    at_flat = next(r for r in points if r["threshold"] == pytest.approx(flat_threshold))
+    assert at_flat["acceptance_generated"] == pytest.approx(np.mean(deviation <= flat_threshold))
+    assert outputs[1].stat().st_size > 1000 and outputs[3].stat().st_size > 1000
+
+    epsilon = float(np.median(deviation))
+    rows = physics_report(store, "1vq", FilterSettings(filter="absolute", max_deviation=epsilon), dataset, 4,
+                          floor_csv(tmp_path / "floor.csv"), true_pairs, *outputs)
+    np.testing.assert_array_equal(arrays(store)["valid"], deviation <= epsilon)
+    assert rows[-1]["n_valid"] == 4 and rows[-1]["threshold"] == epsilon
+    assert {r["threshold"] for r in rows} == {epsilon}
+
+    with pytest.raises(ValueError, match=r"physics\.filter must be one of"):
+        FilterSettings(filter="global")
+    with pytest.raises(ValueError, match=r"physics\.family_quantile must lie in"):
+        FilterSettings(family_quantile=0)
+    assert FilterSettings.from_dict({"filter": "absolute", "batch_size": 8}).filter == "absolute"
+    with pytest.raises(ValueError, match=r"thresholds must be positive"):
         apply_physics_filter(store, 0.0)
     # an incomplete store is refused, naming the shards
     incomplete = new_store(artifacts, tmp_path / "incomplete.zarr")

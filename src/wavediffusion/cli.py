@@ -216,12 +216,18 @@ def cmd_gather_samples(args) -> None:
 
 
 def cmd_physics_report(args) -> None:
-    from .sampling.physics_filter import physics_report
+    import json
 
-    row = physics_report(args.store, args.variant, args.max_deviation, args.floor, args.true_pairs, args.out,
-                         args.figure, args.acceptance, args.acceptance_figure)
-    print(f"wrote {args.out}: {row['n_valid']} of {row['n']} pairs within physics.max_deviation "
-          f"{args.max_deviation:g} ({row['acceptance_rate']:.1%})")
+    from .sampling.physics_filter import FilterSettings, physics_report
+
+    torch_threads(args.threads)
+    physics = json.loads(args.settings)
+    settings = FilterSettings.from_dict(physics)
+    rows = physics_report(args.store, args.variant, settings, args.dataset, physics["floor_samples_per_family"],
+                          args.floor, args.true_pairs, args.out, args.figure, args.acceptance, args.acceptance_figure)
+    for row in rows:
+        print(f"{row['family']}: {row['n_valid']} of {row['n']} pairs accepted ({row['acceptance_rate']:.1%}; "
+              f"filter {settings.filter}, threshold {row['threshold'] or 'per family'})")
 
 
 def cmd_memorisation(args) -> None:
@@ -538,7 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("physics-report", help="the physics filter: valid mask, acceptance rate, deviation histogram")
     p.add_argument("--store", required=True)
     p.add_argument("--variant", required=True)
-    p.add_argument("--max-deviation", type=float, required=True, help="config physics.max_deviation")
+    p.add_argument("--settings", required=True, help="JSON of config physics")
+    p.add_argument("--dataset", required=True, help="the dataset store (pde_floor's true pairs, for the families)")
+    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--floor", required=True, help="pde_floor.csv (the data set's own deviation)")
     p.add_argument("--true-pairs", required=True, help="pde-floor's per-pair deviations of the true pairs")
     p.add_argument("--out", required=True, help="physics_report.csv to write")
@@ -573,32 +581,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help=".npz to write")
     p.set_defaults(run=cmd_fid_reference, claims_gpu=True, batch_key="fid.batch_size")
 
+    def add_generated_fid_arguments(p) -> None:
+        """What scoring generated pairs against the FID reference takes, beside the random-latent baseline."""
+        p.add_argument("--variant", required=True)
+        p.add_argument("--stage1-model", required=True)
+        p.add_argument("--latents", required=True, help="encode-latents' store (for the random-latent baseline)")
+        p.add_argument("--reference", required=True, help="fid-reference's .npz")
+        p.add_argument("--settings", required=True, help="JSON of config fid")
+        p.add_argument("--seed", type=int, default=0, help="the global seed (config seed)")
+        p.add_argument("--threads", type=int, default=None)
+        p.set_defaults(claims_gpu=True, batch_key="fid.batch_size")
+
     p = commands.add_parser("fid-variant", help="FID of one variant's samples and its Stage-1 random latents (Table 1)")
-    p.add_argument("--variant", required=True)
+    add_generated_fid_arguments(p)
     p.add_argument("--store", required=True, help="the variant's pairs store")
-    p.add_argument("--stage1-model", required=True)
-    p.add_argument("--latents", required=True, help="encode-latents' store (for the random-latent baseline)")
-    p.add_argument("--reference", required=True, help="fid-reference's .npz")
-    p.add_argument("--settings", required=True, help="JSON of config fid")
-    p.add_argument("--seed", type=int, default=0, help="the global seed (config seed)")
-    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help="fid.csv to write")
     p.add_argument("--figures", required=True, help="folder for tsne_seismic.png and tsne_velocity.png")
-    p.set_defaults(run=cmd_fid_variant, claims_gpu=True, batch_key="fid.batch_size")
+    p.set_defaults(run=cmd_fid_variant)
 
     p = commands.add_parser("sampler-fid", help="FID of each sampler setting of the trajectory run, beside its deviation")
-    p.add_argument("--variant", required=True)
+    add_generated_fid_arguments(p)
     p.add_argument("--final-latents", required=True, help="diffusion-trajectory's final_latents.npz")
     p.add_argument("--ddim", required=True, help="diffusion-trajectory's ddim.csv (deviation and speed)")
-    p.add_argument("--stage1-model", required=True)
-    p.add_argument("--latents", required=True, help="encode-latents' store (for the random-latent baseline)")
-    p.add_argument("--reference", required=True, help="fid-reference's .npz")
-    p.add_argument("--settings", required=True, help="JSON of config fid")
-    p.add_argument("--seed", type=int, default=0, help="the global seed (config seed)")
-    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help="samplers.csv to write")
     p.add_argument("--figure", required=True, help="samplers.png to write")
-    p.set_defaults(run=cmd_sampler_fid, claims_gpu=True, batch_key="fid.batch_size")
+    p.set_defaults(run=cmd_sampler_fid)
 
     p = commands.add_parser("train-inversionnet", help="train InversionNet for one arm of Tables 2-4 (resumes after a crash)")
     p.add_argument("--arm", required=True, help="the arm's name (evaluation/inversion_experiments.py)")

@@ -107,10 +107,11 @@ rule gather_samples:
 
 
 rule physics_report:
-    """The physics filter: `valid` = deviation <= physics.max_deviation in the store, the acceptance rate, a histogram and the acceptance curve."""
+    """The physics filter (per family or absolute): `valid` and `family` in the store, acceptance per family, a histogram and the acceptance curve."""
     input:
         manifest="results/samples/{variant}/manifest.json",
         store="results/samples/{variant}/pairs.zarr",
+        dataset="results/data/dataset.zarr",
         floor="results/physics/pde_floor.csv",
         true_pairs="results/physics/true_pair_deviation.csv",
     output:
@@ -123,13 +124,18 @@ rule physics_report:
     log:
         "logs/physics_report/{variant}.log",
     params:
-        max_deviation=config["physics"]["max_deviation"],
+        # the filter's keys and the floor's pair count only: the floor's batch size does not rerun it
+        settings=json.dumps({key: config["physics"][key] for key in ("filter", "max_deviation", "family_quantile",
+                                                                      "family_multiple", "floor_samples_per_family")},
+                            sort_keys=True),
+    threads: 2
     resources:
         mem_mb=4000,
-        runtime=10,
+        runtime=60,  # the family assignment reads every generated velocity map
     shell:
         "wavediffusion physics-report --store {input.store} --variant {wildcards.variant}"
-        " --max-deviation {params.max_deviation} --floor {input.floor} --true-pairs {input.true_pairs}"
+        " --settings {params.settings:q} --dataset {input.dataset} --threads {threads} --floor {input.floor}"
+        " --true-pairs {input.true_pairs}"
         " --out {output.report} --figure {output.figure} --acceptance {output.acceptance}"
         " --acceptance-figure {output.acceptance_figure} > {log} 2>&1"
 

@@ -1,33 +1,68 @@
 """The physics filter: which generated pairs satisfy the wave equation well enough to keep.
 
-A pair is *valid* when its PDE deviation (the paper's metric, check_shard's `deviation`:
-MSE between the decoded seismic and F(decoded velocity) in the normalised seismic space)
-is at most physics.max_deviation (epsilon). The mask is stored in the pairs store itself
-(`valid`), so a user of the store needs nothing else to pick the accepted pairs, and
-the acceptance rate is the paper's "PDE satisfaction" made a number.
-
-What to read epsilon against: the data floor, the same operator applied to the data set's
-own true pairs (rule pde_floor, deepwave rows on the 64x64 model-space velocity). A true
-OpenFWI pair scores about 1e-3 there (resizing 70 -> 64 -> 70 costs that much), the
-paper's diffusion samples 0.0038 and its random latents 0.0082 (Table 5). The acceptance
-curve lays both side by side: the accepted fraction of generated pairs and of the true
-pairs (each one's own deviation, from pde_floor) at every threshold.
+A pair's PDE deviation (check_shard's) is read against the data set's own true pairs
+(pde_floor's), whose deviation differs a hundredfold between families. "per_family"
+(default): a pair gets the family of its nearest true velocity map and is valid when its
+deviation is at most physics.family_multiple x the physics.family_quantile-quantile of that
+family's true pairs. "absolute": at most physics.max_deviation. The mask (`valid`) and the
+family (`family`) go into the pairs store; the report gives the acceptance per family. Why
+this design: docs/physics.md, "The physics filter".
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from ..data.families import FAMILY_NAMES
+from ..data.store import open_dataset
 from ..evaluation.figures import plt, save_figure  # plt with the Agg backend chosen
 from ..files import read_csv, write_csv
 from .shard import gather
 from .store import open_pairs_store
 
+KEY = "physics"
+FILTERS = ("per_family", "absolute")
 ACCEPTANCE_COLUMNS = ("threshold", "acceptance_generated", "acceptance_real")
-REPORT_COLUMNS = ("variant", "n", "max_deviation", "n_valid", "acceptance_rate", "deviation_mean",
+REPORT_COLUMNS = ("variant", "family", "filter", "n", "threshold", "n_valid", "acceptance_rate", "deviation_mean",
                   "deviation_median", "deviation_p95", "data_floor")
+MATCH_SIZE = 16  # velocity maps are compared at 16 x 16 when assigning a family
+
+
+@dataclass(frozen=True)
+class FilterSettings:
+    """config.yaml `physics`: the filter's keys."""
+
+    filter: str = "per_family"
+    max_deviation: float = 0.005  # "absolute": the one epsilon
+    family_quantile: float = 0.99  # "per_family": this quantile of the family's true pairs' deviations ...
+    family_multiple: float = 1.0  # ... times this
+
+    def __post_init__(self):
+        if self.filter not in FILTERS:
+            raise ValueError(f"{KEY}.filter must be one of {FILTERS}, got {self.filter!r}")
+        if not self.max_deviation > 0:
+            raise ValueError(f"{KEY}.max_deviation must be positive, got {self.max_deviation!r}")
+        if not 0 < self.family_quantile <= 1:
+            raise ValueError(f"{KEY}.family_quantile must lie in (0, 1], got {self.family_quantile!r}")
+        if not self.family_multiple > 0:
+            raise ValueError(f"{KEY}.family_multiple must be positive, got {self.family_multiple!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> FilterSettings:
+        """From the config's `physics` dict; its other keys (the floor's) are not the filter's."""
+        return cls(**{key: value for key, value in values.items() if key in cls.__dataclass_fields__})
+
+    def family_thresholds(self, true_family: np.ndarray, true_deviation: np.ndarray) -> dict[str, float]:
+        """{family: threshold} for every family among the true pairs."""
+        if self.filter == "absolute":
+            return {family: self.max_deviation for family in np.unique(true_family)}
+        return {family: self.family_multiple * float(np.quantile(true_deviation[true_family == family],
+                                                                 self.family_quantile))
+                for family in np.unique(true_family)}
 
 
 def data_floor(floor_csv: str | Path) -> float:
@@ -41,72 +76,125 @@ def data_floor(floor_csv: str | Path) -> float:
     return float((n * mean).sum() / n.sum())
 
 
-def apply_physics_filter(store: str | Path, max_deviation: float) -> np.ndarray:
-    """Write `valid` = deviation <= max_deviation into a complete store; returns the mask."""
-    if not max_deviation > 0:
-        raise ValueError(f"physics.max_deviation must be positive, got {max_deviation!r}")
+def apply_physics_filter(store: str | Path, threshold: float | np.ndarray, family: np.ndarray | None = None,
+                         info: dict | None = None) -> np.ndarray:
+    """Write `valid` = deviation <= threshold (one for all pairs, or one per pair) and the
+    pairs' family codes, if given, into a complete store; returns the mask."""
+    threshold = np.asarray(threshold, dtype=np.float64)
+    if not (threshold > 0).all():
+        raise ValueError(f"the physics filter's thresholds must be positive (physics.max_deviation, or a family's "
+                         f"true-pair quantile), got {threshold.min()!r}")
     gather(store)  # refuses a store with shards not sampled or not checked, naming them
     root = open_pairs_store(store)
     deviation = np.asarray(root["deviation"][:], dtype=np.float64)
-    valid = deviation <= max_deviation
+    valid = deviation <= threshold
     root["valid"][:] = valid  # one writer: this rule runs after every shard is done
-    root.attrs["physics_filter"] = {"max_deviation": float(max_deviation), "n_valid": int(valid.sum())}
+    if family is not None:
+        root["family"][:] = family
+    root.attrs["physics_filter"] = {**(info or {"max_deviation": float(threshold.max())}), "n_valid": int(valid.sum())}
     return valid
 
 
-def true_pair_deviation(true_pairs_csv: str | Path) -> np.ndarray:
-    """The true pairs' own deviations (pde-floor's per-pair CSV)."""
-    deviation = np.array([float(row["deviation"]) for row in read_csv(true_pairs_csv)])
-    if len(deviation) == 0:
+def read_true_pairs(true_pairs_csv: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(family names, deviations) of the true pairs (pde-floor's per-pair CSV)."""
+    rows = read_csv(true_pairs_csv)
+    if not rows:
         raise ValueError(f"{true_pairs_csv}: no true pairs; physics.floor_backends must include deepwave")
-    return deviation
+    return np.array([row["family"] for row in rows]), np.array([float(row["deviation"]) for row in rows])
 
 
-def acceptance_curve(generated: np.ndarray, real: np.ndarray, max_deviation: float, points: int = 60) -> list[dict]:
+def true_pair_maps(dataset: str | Path, per_family: int) -> tuple[np.ndarray, np.ndarray]:
+    """(velocity maps, family names) of pde_floor's true pairs: the test split's first
+    `per_family` maps of each family."""
+    test = open_dataset(dataset)["test"]
+    codes = np.asarray(test["family"][:])
+    index = np.sort(np.concatenate([np.flatnonzero(codes == code)[:per_family] for code in np.unique(codes)]))
+    return test["velocity"].get_orthogonal_selection((index,)), np.array([FAMILY_NAMES[c] for c in codes[index]])
+
+
+def _match_features(velocity: np.ndarray) -> torch.Tensor:
+    maps = torch.from_numpy(np.asarray(velocity, dtype=np.float32)).reshape(len(velocity), 1, *velocity.shape[-2:])
+    return torch.nn.functional.adaptive_avg_pool2d(maps, MATCH_SIZE).flatten(1)
+
+
+def nearest_family(velocity, maps: np.ndarray, families: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """The family of each velocity map's nearest map in `maps` (Euclidean at 16 x 16);
+    `velocity` is read batch by batch (a Zarr array of a paper-scale store does not fit)."""
+    library = _match_features(maps)
+    nearest = [torch.cdist(_match_features(velocity[start : start + batch_size]), library).argmin(1).numpy()
+               for start in range(0, velocity.shape[0], batch_size)]
+    return families[np.concatenate(nearest)]
+
+
+def acceptance_curve(generated: np.ndarray, real: np.ndarray, marked: list[float], points: int = 60) -> list[dict]:
     """Acceptance rate (deviation <= threshold) of generated and of true pairs at `points`
-    thresholds spaced evenly on a log scale over both sets' range, max_deviation among them."""
+    thresholds spaced evenly on a log scale over both sets' range, the `marked` ones among them."""
     values = np.concatenate([generated, real])
     positive = values[values > 0]
-    low, high = (positive.min(), positive.max()) if len(positive) else (max_deviation, max_deviation)
-    thresholds = np.unique(np.append(np.geomspace(min(low, max_deviation), max(high, max_deviation), points),
-                                     max_deviation))
+    low, high = (positive.min(), positive.max()) if len(positive) else (min(marked), max(marked))
+    thresholds = np.unique(np.append(np.geomspace(min(low, *marked), max(high, *marked), points), marked))
     return [{"threshold": float(t), "acceptance_generated": float((generated <= t).mean()),
              "acceptance_real": float((real <= t).mean())} for t in thresholds]
 
 
-def physics_report(store: str | Path, variant: str, max_deviation: float, floor_csv: str | Path,
-                   true_pairs_csv: str | Path, out_csv: str | Path, figure: str | Path, acceptance_csv: str | Path,
-                   acceptance_figure: str | Path) -> dict:
-    """Filter the store, then write the one-row report, the histogram of deviations and the
-    acceptance curve of generated and true pairs."""
-    valid = apply_physics_filter(store, max_deviation)
-    deviation = np.asarray(open_pairs_store(store, mode="r")["deviation"][:], dtype=np.float64)
-    floor = data_floor(floor_csv)
-    real = true_pair_deviation(true_pairs_csv)
-    curve = acceptance_curve(deviation, real, max_deviation)
+def physics_report(store: str | Path, variant: str, settings: FilterSettings, dataset: str | Path,
+                   floor_samples_per_family: int, floor_csv: str | Path, true_pairs_csv: str | Path,
+                   out_csv: str | Path, figure: str | Path, acceptance_csv: str | Path,
+                   acceptance_figure: str | Path) -> list[dict]:
+    """Filter the store, then write the report (a row per family the generated pairs were
+    given, and "all"), the histogram of deviations and the acceptance curve of generated and
+    true pairs. `dataset` and floor_samples_per_family name pde_floor's true pairs."""
+    true_family, true_deviation = read_true_pairs(true_pairs_csv)
+    thresholds = settings.family_thresholds(true_family, true_deviation)
+    maps, map_family = true_pair_maps(dataset, floor_samples_per_family)
+    gather(store)  # before the family assignment reads the velocities: refuses an incomplete store
+    root = open_pairs_store(store, mode="r")
+    family = nearest_family(root["velocity"], maps, map_family)
+    threshold = np.array([thresholds[f] for f in family])
+    info = {"filter": settings.filter, "thresholds": thresholds}
+    valid = apply_physics_filter(store, threshold, np.array([FAMILY_NAMES.index(f) for f in family]), info)
+    deviation = np.asarray(root["deviation"][:], dtype=np.float64)
+    curve = acceptance_curve(deviation, true_deviation, sorted(set(thresholds.values())))
     write_csv(curve, acceptance_csv, ACCEPTANCE_COLUMNS)
-    plot_acceptance(curve, max_deviation, variant, len(deviation), len(real), acceptance_figure)
-    row = {
-        "variant": variant, "n": len(deviation), "max_deviation": max_deviation, "n_valid": int(valid.sum()),
-        "acceptance_rate": float(valid.mean()), "deviation_mean": float(deviation.mean()),
-        "deviation_median": float(np.median(deviation)), "deviation_p95": float(np.quantile(deviation, 0.95)),
-        "data_floor": floor,
-    }
-    write_csv([row], out_csv, REPORT_COLUMNS)
-    plot_deviation_histogram(deviation, max_deviation, floor, variant, figure)
-    return row
+    plot_acceptance(curve, thresholds, variant, len(deviation), len(true_deviation), acceptance_figure)
+
+    def report_row(name: str, mask: np.ndarray, floor: float, limit) -> dict:
+        part = deviation[mask]
+        return {"variant": variant, "family": name, "filter": settings.filter, "n": int(mask.sum()),
+                "threshold": limit, "n_valid": int(valid[mask].sum()), "acceptance_rate": float(valid[mask].mean()),
+                "deviation_mean": float(part.mean()), "deviation_median": float(np.median(part)),
+                "deviation_p95": float(np.quantile(part, 0.95)), "data_floor": floor}
+
+    rows = [report_row(name, family == name, float(true_deviation[true_family == name].mean()), thresholds[name])
+            for name in FAMILY_NAMES if (family == name).any()]
+    rows.append(report_row("all", np.ones(len(deviation), dtype=bool), data_floor(floor_csv),
+                           settings.max_deviation if settings.filter == "absolute" else ""))
+    write_csv(rows, out_csv, REPORT_COLUMNS)
+    plot_deviation_histogram(deviation, thresholds, data_floor(floor_csv), variant, figure)
+    return rows
 
 
-def plot_acceptance(curve: list[dict], max_deviation: float, variant: str, n_generated: int, n_real: int,
+def _mark_thresholds(axis, thresholds: dict[str, float]) -> None:
+    """The filter's thresholds as vertical lines: one per family, or one for all."""
+    values = sorted(set(thresholds.values()))
+    if len(values) == 1:
+        axis.axvline(values[0], color="tab:red", label=f"threshold {values[0]:.2g} (every family)")
+        return
+    colours = plt.get_cmap("tab10")
+    for i, (family, value) in enumerate(sorted(thresholds.items(), key=lambda item: item[1])):
+        axis.axvline(value, color=colours(i % 10), linestyle=":", label=f"{family}: {value:.2g}")
+
+
+def plot_acceptance(curve: list[dict], thresholds: dict[str, float], variant: str, n_generated: int, n_real: int,
                     path: str | Path) -> Path:
     """Acceptance rate against the threshold, generated and true pairs, log threshold axis."""
     figure, axis = plt.subplots(figsize=(6.5, 3.8))
-    thresholds = [row["threshold"] for row in curve]
-    axis.plot(thresholds, [row["acceptance_generated"] for row in curve], color="tab:blue",
+    x = [row["threshold"] for row in curve]
+    axis.plot(x, [row["acceptance_generated"] for row in curve], color="tab:blue",
               label=f"generated pairs (n={n_generated})")
-    axis.plot(thresholds, [row["acceptance_real"] for row in curve], color="black", linestyle="--",
+    axis.plot(x, [row["acceptance_real"] for row in curve], color="black", linestyle="--",
               label=f"true pairs of the test split (n={n_real})")
-    axis.axvline(max_deviation, color="tab:red", label=f"physics.max_deviation = {max_deviation:g}")
+    _mark_thresholds(axis, thresholds)
     axis.set_xscale("log")
     axis.set_ylim(0, 1.02)
     axis.set_xlabel("threshold on the PDE deviation")
@@ -116,16 +204,15 @@ def plot_acceptance(curve: list[dict], max_deviation: float, variant: str, n_gen
     return save_figure(figure, path)
 
 
-def plot_deviation_histogram(deviation: np.ndarray, max_deviation: float, floor: float, variant: str,
+def plot_deviation_histogram(deviation: np.ndarray, thresholds: dict[str, float], floor: float, variant: str,
                              path: str | Path) -> Path:
-    """Deviations on a log axis, with epsilon and the data floor marked."""
+    """Deviations on a log axis, with the filter's thresholds and the data floor marked."""
     positive = deviation[deviation > 0]
-    low = min(positive.min(), floor, max_deviation) / 1.5
-    high = max(positive.max(), max_deviation) * 1.5
+    low = min(positive.min(), floor, *thresholds.values()) / 1.5
+    high = max(positive.max(), *thresholds.values()) * 1.5
     figure, axis = plt.subplots(figsize=(6.5, 3.8))
     axis.hist(positive, bins=np.geomspace(low, high, 60), color="tab:blue", alpha=0.8)
-    axis.axvline(max_deviation, color="tab:red", label=f"physics.max_deviation = {max_deviation:g} "
-                 f"({(deviation <= max_deviation).mean():.1%} accepted)")
+    _mark_thresholds(axis, thresholds)
     axis.axvline(floor, color="black", linestyle="--", label=f"data floor (true pairs) = {floor:.2g}")
     axis.set_xscale("log")
     axis.set_xlabel("PDE deviation  ||D_s(z) - F(D_v(z))||^2 (mean, normalised seismic)")

@@ -11,7 +11,8 @@ and no two jobs ever write the same file):
     deviation         (N,)          float64  chunks (b,)          shards (b,)           PDE deviation (MSE)
     seed              (N,)          int64    chunks (b,)          shards (b,)           the shard's seed
     index_in_shard    (N,)          int64    chunks (b,)          shards (b,)           row - k * s
-    valid             (N,)          bool     chunks (b,)          shards (b,)           deviation <= physics.max_deviation
+    valid             (N,)          bool     chunks (b,)          shards (b,)           accepted by the physics filter
+    family            (N,)          int16    chunks (b,)          shards (b,)           its nearest true pair's family
 
 Float arrays are filled with NaN, integer arrays with -1 and `valid` with False until
 written. The last shard may be partial (N not a multiple of s).
@@ -57,6 +58,7 @@ ARRAYS = {
     "seed": (None, "int64", -1),
     "index_in_shard": (None, "int64", -1),
     "valid": (None, "bool", False),
+    "family": (None, "int16", -1),  # FAMILY_NAMES code of the nearest true pair (physics filter); -1: not assigned
 }
 MAX_BLOCK = 256  # rows per Zarr shard when the config leaves it to us (~200 MB of seismic)
 
