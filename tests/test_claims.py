@@ -5,6 +5,7 @@ decide), and the memorisation check catches a generator that copies its training
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -83,9 +84,16 @@ def test_claims_table_from_the_result_files(tmp_path):
                {"arm": "real", "family": "all", "n": 20, "mae": 0.1}], tmp_path / "table2.csv",
               ("arm", "family", "n", "mae"))
     fid = write_fid(tmp_path / "fid.csv", 100, 100, 50.0, 80.0)
-    rows = claims_table(["1vq"], [tmp_path / "table5.csv"], [tmp_path / "deviation.csv"],
-                        [tmp_path / "memorisation.csv"], fid, tmp_path / "stage1.csv", tmp_path / "table2.csv",
-                        tmp_path / "claims.csv")
+    stage1_record, inversion_record = tmp_path / "stage1.json", tmp_path / "real.json"
+    stage1_record.write_text(json.dumps({"seconds": 300.0}))
+    inversion_record.write_text(json.dumps({"seconds": 400.0}))
+
+    def table():
+        return claims_table(["1vq"], [tmp_path / "table5.csv"], [tmp_path / "deviation.csv"],
+                            [tmp_path / "memorisation.csv"], [stage1_record], fid, tmp_path / "stage1.csv",
+                            tmp_path / "table2.csv", inversion_record, tmp_path / "claims.csv")
+
+    rows = table()
     with open(tmp_path / "claims.csv", newline="") as handle:
         reader = csv.DictReader(handle)
         assert tuple(reader.fieldnames) == COLUMNS
@@ -100,10 +108,19 @@ def test_claims_table_from_the_result_files(tmp_path):
 
     # with 9 samples each, 2.5 +- 0.45 cannot tell the limit 2 apart
     write_csv([{**r, "n": 9} for r in deviation], tmp_path / "deviation.csv", DEVIATION_COLUMNS)
-    rows = claims_table(["1vq"], [tmp_path / "table5.csv"], [tmp_path / "deviation.csv"],
-                        [tmp_path / "memorisation.csv"], fid, tmp_path / "stage1.csv", tmp_path / "table2.csv",
-                        tmp_path / "claims.csv")
-    assert next(r for r in rows if r["claim"] == "fig5_end_vs_start")["held"] == UNDECIDED
+    assert next(r for r in table() if r["claim"] == "fig5_end_vs_start")["held"] == UNDECIDED
+
+    # the Stage-1 inversion gate holds only against an InversionNet given at least Stage 1's time ...
+    inversion_record.write_text(json.dumps({"seconds": 200.0}))
+    claim = next(r for r in table() if r["claim"] == "stage1_inversion")
+    assert claim["held"] == UNDECIDED and "less time than Stage 1" in claim["note"] and "200 s" in claim["note"]
+    # ... and fails only against one given at most Stage 1's time
+    write_csv([{"variant": "1vq", "family": "all", "n": 20, "mae": 0.2}], tmp_path / "stage1.csv",
+              ("variant", "family", "n", "mae"))
+    assert next(r for r in table() if r["claim"] == "stage1_inversion")["held"] == NO  # 2.0, 200 s < 300 s
+    inversion_record.write_text(json.dumps({"seconds": 400.0}))
+    claim = next(r for r in table() if r["claim"] == "stage1_inversion")
+    assert claim["held"] == UNDECIDED and "more time than Stage 1" in claim["note"]
 
 
 def test_nearest_distances_are_the_brute_force_ones():

@@ -354,12 +354,15 @@ def test_a_killed_training_job_resumes_on_rerun(tiny_run, tmp_path):
     snakemake(workdir, "--rerun-incomplete", "results/stage1/1vq/model.pt")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["resumed_from"] and summary["steps"] == 60
+    record = json.loads((workdir / "results/stage1/1vq/train.json").read_text())  # the rule's record of the resume
+    assert record["resumed_from"] and record["steps"] == 60 and record["seconds"] > 0
     resumed = torch.load(workdir / "results/stage1/1vq/model.pt", weights_only=False)["modules"]["autoencoder"]
 
     settings = {key: edited["stage1"][key] for key in ("model", "discriminator", "losses", "training")}
     subprocess.run([Path(sys.executable).parent / "wavediffusion", "train-stage1", "--dataset",
                     str(workdir / "results/data/dataset.zarr"), "--variant", "1vq", "--settings", json.dumps(settings),
-                    "--threads", "2", "--out", str(tmp_path / "model.pt")], check=True, capture_output=True, env=env)
+                    "--threads", "2", "--out", str(tmp_path / "model.pt"), "--record", str(tmp_path / "train.json")],
+                   check=True, capture_output=True, env=env)
     uninterrupted = torch.load(tmp_path / "model.pt", weights_only=False)["modules"]["autoencoder"]
     write_config(workdir, config)
     for name in uninterrupted:

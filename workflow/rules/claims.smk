@@ -7,9 +7,11 @@ rule claims:
         table5=expand("results/trajectory/{variant}/table5.csv", variant=VARIANTS),
         deviation=expand("results/trajectory/{variant}/deviation.csv", variant=VARIANTS),
         memorisation=expand("results/samples/{variant}/memorisation.csv", variant=VARIANTS),
+        stage1_records=expand("results/stage1/{variant}/train.json", variant=VARIANTS),
         fid="results/fid_table.csv",
         stage1_metrics="results/stage1/metrics.csv",
         table2="results/inversionnet/table2.csv",
+        inversion_record="results/inversionnet/real/train.json",
     output:
         "results/claims.csv",
     conda:
@@ -23,5 +25,6 @@ rule claims:
         runtime=5,
     shell:
         "wavediffusion claims --variants {params.variants} --table5 {input.table5} --deviation {input.deviation}"
-        " --memorisation {input.memorisation} --fid {input.fid} --stage1-metrics {input.stage1_metrics}"
-        " --table2 {input.table2} --out {output} > {log} 2>&1"
+        " --memorisation {input.memorisation} --stage1-records {input.stage1_records} --fid {input.fid}"
+        " --stage1-metrics {input.stage1_metrics} --table2 {input.table2} --inversion-record {input.inversion_record}"
+        " --out {output} > {log} 2>&1"

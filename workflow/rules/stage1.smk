@@ -12,7 +12,8 @@ rule train_stage1:
     input:
         "results/data/dataset.zarr",
     output:
-        "results/stage1/{variant}/model.pt",
+        model="results/stage1/{variant}/model.pt",
+        record="results/stage1/{variant}/train.json",
     conda:
         "../../envs/wavediffusion.yaml"
     log:
@@ -31,7 +32,7 @@ rule train_stage1:
         **training_resources("stage1"),
     shell:
         "{params.launch} train-stage1 --dataset {input} --variant {wildcards.variant} --settings {params.settings:q}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        " --threads {threads} --out {output.model} --record {output.record} > {log} 2>&1"
 
 
 rule encode_latents:

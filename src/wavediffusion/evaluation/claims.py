@@ -11,6 +11,9 @@ unequal sample counts), with the reason in `note`.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from ..files import read_csv, write_csv
 from .memorisation import MAX_FRACTION_BELOW, memorised
 
@@ -24,7 +27,7 @@ PAPER_FID = {("1vq", "velocity"): (260.33, 14207.0), ("1vq", "seismic"): (5.67, 
              ("2vq", "velocity"): (665.75, 14207.0), ("2vq", "seismic"): (20.94, 871.0)}
 TABLE5_RATIO = 1.5  # random latents' deviation over diffusion samples' (the paper: 2.2)
 TRAJECTORY_RATIO = 2.0  # reverse trajectory's end over the forward trajectory's start (the paper: ~1.25)
-INVERSION_RATIO = 1.25  # Stage 1's D_v(E(s)) test MAE over InversionNet's
+INVERSION_RATIO = 1.25  # Stage 1's D_v(E(s)) test MAE over InversionNet's, trained for the same GPU time
 
 
 def row(claim: str, variant: str, criterion: str, measured: str, paper: str, held: str, note: str = "") -> dict:
@@ -127,19 +130,32 @@ def fid_claims(fid_csv) -> list[dict]:
     return claims
 
 
-def inversion_claim(variant: str, stage1_metrics_csv, table2_csv) -> dict:
-    """Stage 1's velocity decoder as an inversion model against InversionNet on real data."""
+def inversion_claim(variant: str, stage1_metrics_csv, table2_csv, stage1_record, inversion_record) -> dict:
+    """Stage 1's velocity decoder as an inversion model against InversionNet on real data, for
+    the same GPU time (the records' training seconds). A verdict stands only where the times
+    cannot have decided it: "yes" when InversionNet had at least Stage 1's time, "no" when it
+    had at most Stage 1's; otherwise the claim is not testable, and the note says why."""
     stage1 = next((r for r in read_csv(stage1_metrics_csv) if r["variant"] == variant and r["family"] == "all"), None)
     real = next((r for r in read_csv(table2_csv) if r["arm"] == "real" and r["family"] == "all"), None)
-    criterion = f"test MAE of D_v(E(s)) / InversionNet's <= {INVERSION_RATIO:g}"
+    criterion = f"test MAE of D_v(E(s)) / InversionNet's <= {INVERSION_RATIO:g}, same GPU time"
     if stage1 is None or real is None:
         return row("stage1_inversion", variant, criterion, "", "", UNDECIDED,
                    f"no 'all' row of {variant} in {stage1_metrics_csv}" if stage1 is None
                    else f"no 'all' row of the arm 'real' in {table2_csv}")
+    seconds_stage1 = float(json.loads(Path(stage1_record).read_text())["seconds"])
+    seconds_inversion = float(json.loads(Path(inversion_record).read_text())["seconds"])
     ratio = float(stage1["mae"]) / float(real["mae"])
-    return ratio_claim("stage1_inversion", variant, criterion, ratio, INVERSION_RATIO, False, "",
-                       f"MAE {float(stage1['mae']):.4g} (Stage 1, n={stage1['n']}) vs {float(real['mae']):.4g} "
-                       f"(InversionNet on the real training data, n={real['n']})")
+    claim = ratio_claim("stage1_inversion", variant, criterion, ratio, INVERSION_RATIO, False, "",
+                        f"MAE {float(stage1['mae']):.4g} (Stage 1, n={stage1['n']}, {seconds_stage1:.0f} s of "
+                        f"training) vs {float(real['mae']):.4g} (InversionNet on the real training data, "
+                        f"n={real['n']}, {seconds_inversion:.0f} s)")
+    shorter = claim["held"] == YES and seconds_inversion < seconds_stage1
+    longer = claim["held"] == NO and seconds_inversion > seconds_stage1
+    if shorter or longer:
+        claim["held"] = UNDECIDED
+        claim["note"] += ("; InversionNet trained for less time than Stage 1, and longer it might win by more"
+                          if shorter else "; InversionNet trained for more time than Stage 1")
+    return claim
 
 
 def memorisation_claim(variant: str, memorisation_csv) -> dict:
@@ -153,14 +169,14 @@ def memorisation_claim(variant: str, memorisation_csv) -> dict:
                f"{float(rows['held_out']['distance_median']):.4g} (held out), n={rows['generated']['n']}")
 
 
-def claims_table(variants: list[str], table5: list, deviation: list, memorisation: list, fid_csv, stage1_metrics_csv,
-                 table2_csv, out_csv) -> list[dict]:
+def claims_table(variants: list[str], table5: list, deviation: list, memorisation: list, stage1_records: list,
+                 fid_csv, stage1_metrics_csv, table2_csv, inversion_record, out_csv) -> list[dict]:
     """results/claims.csv from the result tables (per-variant lists in `variants` order)."""
     rows = []
-    for variant, table5_csv, deviation_csv, memorisation_csv in zip(variants, table5, deviation, memorisation,
-                                                                    strict=True):
+    for variant, table5_csv, deviation_csv, memorisation_csv, stage1_record in zip(
+            variants, table5, deviation, memorisation, stage1_records, strict=True):
         rows += trajectory_claims(variant, table5_csv, deviation_csv)
-        rows.append(inversion_claim(variant, stage1_metrics_csv, table2_csv))
+        rows.append(inversion_claim(variant, stage1_metrics_csv, table2_csv, stage1_record, inversion_record))
         rows.append(memorisation_claim(variant, memorisation_csv))
     rows += fid_claims(fid_csv)
     write_csv(rows, out_csv, COLUMNS)

@@ -32,6 +32,7 @@ from .fid_table import (
     load_reference,
     stage1_random_pairs,
 )
+from .trajectory import split_key
 
 COLUMNS = ("variant", "sampler", "steps", "n", "fid_seismic", "fid_velocity", "deviation_mean", "deviation_std",
            "seconds_per_sample", "n_reference", "weights_sha256")
@@ -46,12 +47,6 @@ def read_final_latents(path: str | Path, stage1_model: str | Path) -> dict[str, 
         if recorded != sha256_of(stage1_model):
             raise ValueError(f"{path}: sampled for another Stage-1 model than {stage1_model}; rerun the trajectory")
         return {key: npz[key] for key in npz.files if key != "stage1_sha256"}
-
-
-def split_key(key: str) -> tuple[str, int]:
-    """"ddim-50" -> ("ddim", 50)."""
-    sampler, steps = key.rsplit("-", 1)
-    return sampler, int(steps)
 
 
 def plot_sampler_fid(rows: list[dict], path: str | Path) -> Path:

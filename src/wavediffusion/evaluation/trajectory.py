@@ -300,6 +300,12 @@ def sampler_key(sampler: str, steps: int) -> str:
     return f"{sampler}-{steps}"
 
 
+def split_key(key: str) -> tuple[str, int]:
+    """sampler_key's inverse: "ddim-50" -> ("ddim", 50)."""
+    sampler, steps = key.rsplit("-", 1)
+    return sampler, int(steps)
+
+
 def write_final_latents(path: str | Path, finals: dict[str, torch.Tensor], stage1_model: str | Path) -> None:
     """Each sampler setting's final latents (float32, unscaled: what the Stage-1 decoders take),
     under sampler_key, beside the Stage-1 model's hash: the FID of each sampler (rule
