@@ -360,7 +360,7 @@ def cmd_refine_inversion(args) -> None:
 
     from .data.store import open_dataset
     from .evaluation.refine import COLUMNS, RefineSettings, evaluate_refinement, plot_refinement
-    from .evaluation.stage1 import indices_per_family
+    from .data.families import indices_per_family
     from .files import write_csv, write_json
     from .training.inversionnet import evaluate_inversionnet
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 SAMPLES_PER_FILE = 500
 SEISMIC_SHAPE = (5, 1000, 70)  # (shots, time samples, receivers)
 VELOCITY_SHAPE = (1, 70, 70)  # (channel, depth, lateral)
@@ -66,6 +68,16 @@ FAMILIES: dict[str, Family] = {
 }
 
 FAMILY_NAMES: tuple[str, ...] = tuple(FAMILIES)
+
+
+def indices_per_family(families: np.ndarray, per_family: int | None) -> dict[str, np.ndarray]:
+    """Indices of a split's samples, given their family codes, per family present (in
+    FAMILIES order): the first `per_family` of each, or all of them for None."""
+    chosen = {}
+    for code in sorted(set(families.tolist())):
+        index = np.flatnonzero(families == code)
+        chosen[FAMILY_NAMES[code]] = index if per_family is None else index[:per_family]
+    return chosen
 
 
 def get_family(name: str) -> Family:

@@ -136,10 +136,10 @@ def decode_pairs(model, z: torch.Tensor, device, batch_size: int = 64) -> dict[s
     return {m: np.concatenate(parts) for m, parts in pairs.items()}
 
 
-def stage1_random_pairs(stage1_model: str | Path, latents: str | Path, n: int, seed: int, device,
+def stage1_random_pairs(model, latents: str | Path, n: int, seed: int, device,
                         batch_size: int = 64) -> dict[str, np.ndarray]:
-    """n pairs decoded from Gaussian latents fitted to the training latents: the baseline."""
-    model = load_autoencoder(stage1_model, device)
+    """n pairs decoded by the Stage-1 autoencoder `model` from Gaussian latents fitted to the
+    training latents: the baseline."""
     z = gaussian_latents(open_latents(latents)["train"]["latent"], n, torch.Generator().manual_seed(seed))
     return decode_pairs(model, z, device, batch_size)
 
@@ -157,7 +157,7 @@ def variant_fid(variant: str, store: str | Path, stage1_model: str | Path, laten
     n_generated = n_store if settings.num_generated is None else min(settings.num_generated, n_store)
     generated = _features(model, {m: root[m] for m in MODALITIES}, np.arange(n_generated), settings, device,
                           f"{variant} diffusion samples")
-    baseline_pairs = stage1_random_pairs(stage1_model, latents, settings.num_baseline,
+    baseline_pairs = stage1_random_pairs(load_autoencoder(stage1_model, device), latents, settings.num_baseline,
                                          derive_seed(settings.seed, 1), device)
     baseline = _features(model, baseline_pairs,
                          np.arange(settings.num_baseline), settings, device, f"{variant} Stage-1 random latents")

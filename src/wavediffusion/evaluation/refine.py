@@ -79,7 +79,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import only_known
-from ..data.families import FAMILY_NAMES
+from ..data.families import FAMILY_NAMES, indices_per_family
 from ..data.store import open_dataset
 from ..devices import resolve_device
 from ..diffusion.samplers import ddpm_mean_std, draw_noise, synchronize, unet_autocast
@@ -91,7 +91,6 @@ from ..training.loop import derive_seed
 from ..training.stage1 import load_autoencoder
 from ..training.stage2 import load_stage2
 from .metrics import inversion_metrics
-from .stage1 import indices_per_family
 
 KEY = "refine"
 PRECISIONS = ("bf16", "fp32")

@@ -102,8 +102,7 @@ def sampler_fid(variant: str, final_latents: str | Path, ddim_csv: str | Path, s
         rows.append(fid_row(sampler, steps, pairs, speed[(sampler, steps)]))
     for n in sorted({row["n"] for row in rows}):
         # Gaussian latents fitted to the training latents, seeded as fid_variant's baseline
-        pairs = stage1_random_pairs(stage1_model, latents, n, derive_seed(settings.seed, 1), device,
-                                    settings.batch_size)
+        pairs = stage1_random_pairs(autoencoder, latents, n, derive_seed(settings.seed, 1), device, settings.batch_size)
         rows.append(fid_row(BASELINE, "", pairs, {}))
     write_csv(rows, out_csv, COLUMNS)
     plot_sampler_fid(rows, figure)

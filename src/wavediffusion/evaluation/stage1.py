@@ -29,7 +29,7 @@ import torch
 import zarr
 from tqdm import tqdm
 
-from ..data.families import FAMILY_NAMES
+from ..data.families import indices_per_family
 from ..data.store import open_dataset, representation_of
 from ..data.transforms import Representation, velocity_from_model
 from ..devices import resolve_device
@@ -102,15 +102,6 @@ def deviation_row(variant: str, latents: str, weight: float | None, deviation: t
 
 
 # --- 1 and 2: the test split ------------------------------------------------------------------
-
-
-def indices_per_family(families: np.ndarray, per_family: int | None) -> dict[str, np.ndarray]:
-    """Indices of the test samples to evaluate, per family present (in FAMILIES order)."""
-    chosen = {}
-    for code in sorted(set(families.tolist())):
-        index = np.flatnonzero(families == code)
-        chosen[FAMILY_NAMES[code]] = index if per_family is None else index[:per_family]
-    return chosen
 
 
 def codebook_usage(model: VQAutoencoder, codes: dict[str, torch.Tensor]) -> dict[str, float]:

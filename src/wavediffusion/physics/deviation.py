@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.families import FAMILY_NAMES
+from ..data.families import indices_per_family
 from ..data.store import open_dataset, representation_of
 from ..data.transforms import Representation, seismic_to_model, velocity_from_model
 from ..devices import resolve_device
@@ -65,12 +65,12 @@ def pde_floor(
     root = open_dataset(dataset)
     rep = representation_of(root)
     test = root["test"]
-    families = np.asarray(test["family"][:])
+    chosen = indices_per_family(np.asarray(test["family"][:]), samples_per_family)
     rows, true_pairs = [], []
     for family in tqdm(root.attrs["families_used"], desc="pde floor", unit="family", disable=not progress):
-        index = np.flatnonzero(families == FAMILY_NAMES.index(family))[:samples_per_family]
-        if len(index) == 0:
+        if family not in chosen:  # no test pair of this family
             continue
+        index = chosen[family]
         seismic = torch.from_numpy(test["seismic"].get_orthogonal_selection((index,))).to(device)
         inputs = {
             "native70": torch.from_numpy(test["velocity_native"].get_orthogonal_selection((index,))).to(device),

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.families import FAMILY_NAMES
+from ..data.families import FAMILY_NAMES, indices_per_family
 from ..data.store import open_dataset
 from ..evaluation.figures import plt, save_figure  # plt with the Agg backend chosen
 from ..files import read_csv, write_csv
@@ -108,7 +108,7 @@ def true_pair_maps(dataset: str | Path, per_family: int) -> tuple[np.ndarray, np
     `per_family` maps of each family."""
     test = open_dataset(dataset)["test"]
     codes = np.asarray(test["family"][:])
-    index = np.sort(np.concatenate([np.flatnonzero(codes == code)[:per_family] for code in np.unique(codes)]))
+    index = np.sort(np.concatenate(list(indices_per_family(codes, per_family).values())))
     return test["velocity"].get_orthogonal_selection((index,)), np.array([FAMILY_NAMES[c] for c in codes[index]])
 
 
@@ -167,10 +167,11 @@ def physics_report(store: str | Path, variant: str, settings: FilterSettings, da
 
     rows = [report_row(name, family == name, float(true_deviation[true_family == name].mean()), thresholds[name])
             for name in FAMILY_NAMES if (family == name).any()]
-    rows.append(report_row("all", np.ones(len(deviation), dtype=bool), data_floor(floor_csv),
+    floor = data_floor(floor_csv)
+    rows.append(report_row("all", np.ones(len(deviation), dtype=bool), floor,
                            settings.max_deviation if settings.filter == "absolute" else ""))
     write_csv(rows, out_csv, REPORT_COLUMNS)
-    plot_deviation_histogram(deviation, thresholds, data_floor(floor_csv), variant, figure)
+    plot_deviation_histogram(deviation, thresholds, floor, variant, figure)
     return rows
 
 

@@ -700,7 +700,7 @@ class _Trainer:
             if stopping:
                 st.finished, st.stop_reason = True, "max_steps"
                 break
-            if st.step % cfg.checkpoint_every_steps == 0 and not epoch_done:
+            if self._checkpoint_due() and not epoch_done:
                 self._save_checkpoint()  # (one due at an epoch's end is saved after its validation)
         bar.close()
 
