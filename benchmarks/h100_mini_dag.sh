@@ -2,19 +2,18 @@
 # The mini-scale DAG on the GPU machine, for runs longer than one device call (10 min).
 #
 #   bash benchmarks/h100_mini_dag.sh start OUTDIR    install the wheels (.whl/) and the
-#        package, keep .fid/part1 (the first part of the FID weights file; carry it only
-#        when the targets include FID) in /root/fid,
-#        then run the plan script $PLAN (default benchmarks/h100_mini_plan.sh) in its own
-#        process session (it outlives the call), and follow it for FOLLOW_SECONDS
-#   bash benchmarks/h100_mini_dag.sh follow OUTDIR   join .fid/part2 onto the first part
-#        when this call carries it (the file is larger than one call may carry beside the
-#        wheels, so it travels in two calls), then follow the plan until it finishes or
+#        package, then run the plan script $PLAN (default benchmarks/h100_mini_plan.sh) in
+#        its own process session (it outlives the call), and follow it for FOLLOW_SECONDS
+#   bash benchmarks/h100_mini_dag.sh follow OUTDIR   follow the plan until it finishes or
 #        FOLLOW_SECONDS pass
+# The FID weights file (87 MB) is more than one call may carry beside the checkout and the
+# wheels (64 MiB), so it travels in parts, .fid/part1, part2, ... (split -b 22000000): each
+# call carries what fits, keeps it in /root/fid and joins the parts once their sha256 is the
+# file's. Carry none when the targets have no FID. The parts must all have come before
+# `fid_reference` starts (after the data, minutes in), as they do when the calls follow each
+# other; if they came too late, the plan's second Snakemake pass redoes the failed FID jobs.
 # start and follow end by copying what is done so far worth keeping (CSV, figures, logs,
 # rule times) into OUTDIR: a machine lost between calls loses only the calls after it.
-# The second call must bring part2 before `fid_reference` starts (after the data, minutes
-# in), as it does when the calls follow each other; if it came too late, the plan's second
-# Snakemake pass redoes the FID jobs that failed.
 #
 # Each call must reach the same warm machine (it is held for ~30 s after a call). The
 # plan calls `mini_snakemake [OPTIONS] -- TARGET...`: Snakemake on config/mini.yaml (or
@@ -57,20 +56,24 @@ follow() {  # print progress and each GPU's load until the plan exits or FOLLOW_
     done
 }
 
-join_fid_weights() {  # part1 (from start) + part2 (this call's .fid/) -> the checked weights file
+join_fid_weights() {  # keep this call's .fid/part* in /root/fid; once all have come, join and check
     [ -f /root/fid/default_1.pt ] && return 0
-    [ -f .fid/part2 ] || { echo "FID weights: .fid/part2 not carried yet"; return 0; }
-    cat /root/fid/part1 .fid/part2 > /root/fid/default_1.pt.partial || return 1
-    sha256sum /root/fid/default_1.pt.partial | grep -q "^$FID_SHA256" || { echo "FID weights: wrong sha256"; return 1; }
-    mv /root/fid/default_1.pt.partial /root/fid/default_1.pt && echo "FID weights joined"
+    mkdir -p /root/fid
+    for part in .fid/part*; do [ -f "$part" ] && { cp "$part" /root/fid/ || return 1; }; done
+    ls /root/fid/part* >/dev/null 2>&1 || return 0  # targets without FID carry none
+    cat $(ls /root/fid/part* | sort -V) > /root/fid/default_1.pt.partial || return 1
+    if sha256sum /root/fid/default_1.pt.partial | grep -q "^$FID_SHA256"; then
+        mv /root/fid/default_1.pt.partial /root/fid/default_1.pt && echo "FID weights joined"
+    else
+        echo "FID weights: $(ls /root/fid | grep -c '^part') parts so far, not yet the whole file"
+    fi
 }
 
 case "$MODE" in
 start)
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
     python3 -m pip install -q --no-index --no-deps --no-build-isolation . || exit 1
-    mkdir -p /root/fid
-    [ -f .fid/part1 ] && { cp .fid/part1 /root/fid/part1 || exit 1; }  # not needed by targets without FID
+    join_fid_weights || exit 1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
     rm -f "$DONE"
     GPUS=$(nvidia-smi -L | grep -c '^GPU ')
