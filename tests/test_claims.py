@@ -18,7 +18,7 @@ from wavediffusion.evaluation.memorisation import memorisation, memorised, neare
 from wavediffusion.evaluation.stage1 import TABLE5_COLUMNS
 from wavediffusion.evaluation.trajectory import DEVIATION_COLUMNS
 from wavediffusion.files import write_csv
-from wavediffusion.sampling.store import create_pairs_store
+from wavediffusion.data.pairs_store import create_pairs_store
 
 from test_trajectory import write_latents
 from tiny_models import save_tiny_autoencoder

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 import zarr
 from torch.utils.data import ConcatDataset
 
-from wavediffusion.evaluation.metrics import mae
+from wavediffusion.metrics import mae
 from wavediffusion.models.inversionnet import InversionNet, InversionNetConfig
-from wavediffusion.sampling.store import create_pairs_store, mark_done, num_shards
+from wavediffusion.data.pairs_store import create_pairs_store, mark_done, num_shards
 from wavediffusion.training import checkpoint as ckpt
 from wavediffusion.training.inversionnet import (
     GeneratedPairs,

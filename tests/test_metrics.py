@@ -7,7 +7,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from wavediffusion.evaluation.metrics import mae, rmse, ssim, ssim_map
+from wavediffusion.metrics import mae, rmse, ssim, ssim_map
 
 
 def smooth_images(n: int, seed: int) -> torch.Tensor:

@@ -38,7 +38,7 @@ from wavediffusion.sampling.shard import (
     sample_shard,
     write_manifest,
 )
-from wavediffusion.sampling.store import (
+from wavediffusion.data.pairs_store import (
     ARRAYS,
     BlockWriter,
     create_pairs_store,

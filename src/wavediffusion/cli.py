@@ -27,7 +27,7 @@ def cmd_download_openfwi(args) -> None:
 
 
 def cmd_simulate(args) -> None:
-    from .data.simulate import simulate_family
+    from .physics.simulate import simulate_family
 
     torch_threads(args.threads)
     folder = simulate_family(
@@ -166,8 +166,8 @@ def cmd_diffusion_trajectory(args) -> None:
 def cmd_evaluate_stage1(args) -> None:
     import json
 
-    from .evaluation.stage1 import Stage1Evaluation, evaluate_stage1
     from .config import only_known
+    from .evaluation.stage1 import Stage1Evaluation, evaluate_stage1
 
     torch_threads(args.threads)
     settings = Stage1Evaluation(**only_known(json.loads(args.settings), Stage1Evaluation, "stage1.evaluation"))
@@ -358,9 +358,9 @@ def cmd_refine_inversion(args) -> None:
 
     import numpy as np
 
+    from .data.families import indices_per_family
     from .data.store import open_dataset
     from .evaluation.refine import COLUMNS, RefineSettings, evaluate_refinement, plot_refinement
-    from .data.families import indices_per_family
     from .files import write_csv, write_json
     from .training.inversionnet import evaluate_inversionnet
 

@@ -1,7 +1,7 @@
 # Sampling: N generated pairs per variant into one sharded Zarr store, each shard one job
 # (one GPU on a cluster), each shard then checked against the wave equation.
 
-from wavediffusion.sampling.store import num_shards  # no torch: the Snakefile imports it
+from wavediffusion.data.pairs_store import num_shards  # no torch: the Snakefile imports it
 
 SAMPLING = config["sampling"]
 SHARDS = range(num_shards(SAMPLING["num_pairs"], SAMPLING["shard_size"]))

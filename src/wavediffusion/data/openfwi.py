@@ -22,7 +22,6 @@ from .families import get_family
 MANIFEST_NAME = "openfwi_manifest.json"
 SPLIT_FILE_NAME = "split.json"
 SPLITS = ("train", "test")
-KINDS = ("seismic", "velocity")
 
 
 @dataclass(frozen=True)

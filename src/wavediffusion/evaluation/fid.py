@@ -480,7 +480,7 @@ def tsne_figure(
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
-    from .figures import plt, save_figure
+    from ..plotting import plt, save_figure
 
     rng = np.random.default_rng(seed)
     sets = {"real": np.asarray(real_features, np.float64)}

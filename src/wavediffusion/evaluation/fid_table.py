@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from ..config import only_known
+from ..data.pairs_store import open_pairs_store
 from ..data.store import open_dataset
 from ..devices import resolve_device
 from ..files import atomic_file, write_csv
-from ..sampling.store import open_pairs_store
 from ..training.loop import derive_seed
 from ..training.stage1 import load_autoencoder
 from ..training.stage2 import open_latents

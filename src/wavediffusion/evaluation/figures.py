@@ -1,33 +1,13 @@
-"""Figures of the workflow, written with matplotlib's Agg backend (no display needed).
-
-Every figure is written atomically: saved to a temporary file in the target directory and
-renamed over the target, so an interrupted run never leaves a truncated PNG that Snakemake
-would take as up to date.
-"""
+"""The workflow's figures of data and training: velocity maps per family, training curves."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-import numpy as np  # noqa: E402
-
-from ..data.families import VELOCITY_MAX, VELOCITY_MIN  # noqa: E402
-from ..files import atomic_file  # noqa: E402
-
-
-def save_figure(figure: plt.Figure, path: str | Path, dpi: int = 120) -> Path:
-    """Save `figure` to `path` atomically and close it."""
-    path = Path(path)
-    try:
-        with atomic_file(path) as tmp:
-            figure.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
-    finally:
-        plt.close(figure)
-    return path
+from ..data.families import VELOCITY_MAX, VELOCITY_MIN
+from ..plotting import plt, save_figure
 
 
 def plot_velocity_families(

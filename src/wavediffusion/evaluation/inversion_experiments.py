@@ -19,9 +19,11 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset
 
+from ..data.pairs_store import open_pairs_store
 from ..data.store import open_dataset, representation_of
 from ..devices import resolve_device
 from ..files import atomic_file, read_csv, sha256_of, write_csv
+from ..metrics import inversion_metrics
 from ..training.inversionnet import (
     GeneratedPairs,
     InversionNetSettings,
@@ -36,15 +38,12 @@ from ..training.inversionnet import (
     split_by_fraction,
     train_inversionnet,
 )
-from ..sampling.store import open_pairs_store
 from ..training.runs import dataset_identity
 from .arms import Arm, ExperimentSettings, parse_arm
-from .metrics import inversion_metrics
 from .stage1 import streamed_moments
 
 METRIC_COLUMNS = ("arm", "table", "train_data", "variant", "seismic", "real_percent", "n_train", "family", "n",
                   "mae", "rmse", "ssim")
-TABLE4_COLUMNS = ("arm", "variant", "seismic", "hard_set", "family", "n", "mae", "rmse", "ssim")
 
 
 def network_settings(settings: ExperimentSettings, finetune: bool = False) -> InversionNetSettings:
@@ -201,7 +200,7 @@ def write_tables(metrics: list[str | Path], out_dir: str | Path, dataset: str | 
 
 def plot_predictions(models: dict[str, str | Path], dataset: str | Path, path: str | Path, device=None) -> Path:
     """The paper's Fig. 9: one test sample per family, the true velocity and each arm's prediction."""
-    from .figures import plt, save_figure
+    from ..plotting import plt, save_figure
 
     real = RealPairs(dataset, "test", with_family=True)
     first = {}

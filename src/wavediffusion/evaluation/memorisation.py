@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..data.pairs_store import open_pairs_store
 from ..devices import resolve_device
 from ..files import write_csv
-from ..sampling.store import open_pairs_store
 from ..training.stage1 import load_autoencoder
 from ..training.stage2 import open_latents
 
@@ -89,7 +89,7 @@ def memorised(rows: list[dict]) -> bool:
 
 
 def plot_distances(held: torch.Tensor, made: torch.Tensor, threshold: float, variant: str, path: str | Path) -> Path:
-    from .figures import plt, save_figure
+    from ..plotting import plt, save_figure
 
     figure, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
     bins = np.histogram_bin_edges(torch.cat([held, made]).numpy(), bins=40)

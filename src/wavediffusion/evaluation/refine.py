@@ -85,12 +85,12 @@ from ..devices import resolve_device
 from ..diffusion.samplers import ddpm_mean_std, draw_noise, synchronize, unet_autocast
 from ..diffusion.schedule import NoiseSchedule
 from ..files import sha256_of
+from ..metrics import inversion_metrics
 from ..models.autoencoder import VQAutoencoder
 from ..physics.deviation import per_sample_mse
 from ..training.loop import derive_seed
 from ..training.stage1 import load_autoencoder
 from ..training.stage2 import load_stage2
-from .metrics import inversion_metrics
 
 KEY = "refine"
 PRECISIONS = ("bf16", "fp32")
@@ -428,7 +428,7 @@ def plot_refinement(examples: dict, path: str | Path,
                     title: str = "Inversion: Stage 1 alone, diffusion-refined, perturbation ablation") -> Path:
     """One row per example: true velocity, Stage-1, refined and perturbed velocity (all in
     [-1, 1], one colour scale), each inversion titled with its MAE; written atomically."""
-    from .figures import plt, save_figure
+    from ..plotting import plt, save_figure
 
     panels = (("true", "true velocity"), ("stage1", "Stage 1"), ("refined", "refined"), ("perturbed", "perturbed"))
     count = len(examples["family"])

@@ -51,7 +51,7 @@ def read_final_latents(path: str | Path, stage1_model: str | Path) -> dict[str, 
 
 def plot_sampler_fid(rows: list[dict], path: str | Path) -> Path:
     """FID against sampler steps, one panel per modality, the random-latent baseline dashed."""
-    from .figures import plt, save_figure
+    from ..plotting import plt, save_figure
 
     figure, axes = plt.subplots(1, len(MODALITIES), figsize=(10, 3.8), layout="constrained")
     samplers = [r for r in rows if r["sampler"] != BASELINE]

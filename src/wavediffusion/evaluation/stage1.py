@@ -34,10 +34,10 @@ from ..data.store import open_dataset, representation_of
 from ..data.transforms import Representation, velocity_from_model
 from ..devices import resolve_device
 from ..files import write_csv
+from ..metrics import inversion_metrics
 from ..models.autoencoder import VQAutoencoder
 from ..physics.deviation import per_sample_mse, simulate_in_model_space
 from ..training.stage1 import load_autoencoder
-from .metrics import inversion_metrics
 
 METRICS_COLUMNS = ("variant", "family", "n", "mse_seismic", "mse_velocity", "mae", "rmse", "ssim",
                    "pde_deviation", "pde_deviation_data", "codebook_perplexity", "codebook_unused")
@@ -243,7 +243,7 @@ def latent_space_rows(model: VQAutoencoder, latents_path: str | Path, rep: Repre
 def plot_examples(examples: list[dict], path: str | Path, title: str = "Stage 1: decoded pairs against the wave equation",
                   shot: int | None = None) -> Path:
     """One row per example: decoded seismic, F(decoded velocity), their difference, decoded velocity."""
-    from .figures import plt, save_figure
+    from ..plotting import plt, save_figure
 
     rows = len(examples)
     figure, axes = plt.subplots(rows, 4, figsize=(10, 2.6 * rows), squeeze=False, layout="constrained")

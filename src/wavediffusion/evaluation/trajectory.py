@@ -323,7 +323,7 @@ def plot_trajectory(deviation_rows: list[dict], ddim_rows: list[dict], stage1_ro
     """Fig. 5: deviation against t, forward and backward, and the final deviation per sampler."""
     from matplotlib.ticker import NullLocator
 
-    from .figures import plt, save_figure
+    from ..plotting import plt, save_figure
 
     figure, (ax, ax_steps) = plt.subplots(1, 2, figsize=(11, 4), width_ratios=(2, 1), layout="constrained")
     styles = {"forward": ("tab:blue", "forward: noised training latents"),

@@ -32,14 +32,6 @@ def per_sample_mse(seismic: torch.Tensor, simulated: torch.Tensor) -> torch.Tens
     return ((seismic.to(simulated) - simulated) ** 2).mean(dim=(1, 2, 3))
 
 
-def pde_deviation(
-    seismic: torch.Tensor, velocity: torch.Tensor, rep: Representation, backend: str = "deepwave", batch_size: int = 64
-) -> torch.Tensor:
-    """Per-sample MSE between seismic (B, S, T, R) and F(velocity (B, 1, V, V)), both in model space."""
-    simulated = simulate_in_model_space(velocity_from_model(velocity, rep), rep, backend, batch_size)
-    return per_sample_mse(seismic, simulated)
-
-
 FLOOR_COLUMNS = ("family", "backend", "velocity_input", "n", "deviation_mean", "deviation_std", "deviation_max")
 
 

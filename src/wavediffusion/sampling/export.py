@@ -30,13 +30,13 @@ import torch
 from tqdm import tqdm
 
 from ..config import only_known
+from ..data.pairs_store import open_pairs_store
 from ..data.store import open_dataset, representation_of
 from ..data.transforms import velocity_from_model
 from ..devices import resolve_device
 from ..files import atomic_directory, write_csv
 from ..physics.acquisition import OPENFWI_ACQUISITION
 from ..physics.forward import forward_model
-from .store import open_pairs_store
 
 KEY = "export"
 OPENFWI_SAMPLES_PER_FILE = 500

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from ..data.families import FAMILY_NAMES, indices_per_family
+from ..data.pairs_store import open_pairs_store
 from ..data.store import open_dataset
-from ..evaluation.figures import plt, save_figure  # plt with the Agg backend chosen
 from ..files import read_csv, write_csv
+from ..plotting import plt, save_figure
 from .shard import gather
-from .store import open_pairs_store
 
 KEY = "physics"
 FILTERS = ("per_family", "absolute")

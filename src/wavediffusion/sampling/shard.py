@@ -36,18 +36,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import only_known
-from ..data.store import open_dataset, representation_of
-from ..data.transforms import Representation, velocity_from_model
-from ..devices import resolve_device
-from ..diffusion.samplers import SAMPLERS, run_sampler, synchronize, unet_autocast
-from ..files import sha256_of, write_json
-from ..gpu_speed import compile_module
-from ..physics.deviation import per_sample_mse, simulate_in_model_space
-from ..physics.forward import BACKENDS
-from ..training.loop import derive_seed
-from ..training.stage1 import load_autoencoder
-from ..training.stage2 import load_stage2
-from .store import (
+from ..data.pairs_store import (
     DONE_KINDS,
     BackgroundWriter,
     BlockWriter,
@@ -62,6 +51,17 @@ from .store import (
     read_done,
     shard_range,
 )
+from ..data.store import open_dataset, representation_of
+from ..data.transforms import Representation, velocity_from_model
+from ..devices import resolve_device
+from ..diffusion.samplers import SAMPLERS, run_sampler, synchronize, unet_autocast
+from ..files import sha256_of, write_json
+from ..gpu_speed import compile_module
+from ..physics.deviation import per_sample_mse, simulate_in_model_space
+from ..physics.forward import BACKENDS
+from ..training.loop import derive_seed
+from ..training.stage1 import load_autoencoder
+from ..training.stage2 import load_stage2
 
 KEY = "sampling"
 PRECISIONS = ("bf16", "fp32")

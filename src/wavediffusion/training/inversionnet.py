@@ -22,7 +22,7 @@ Fine-tuning (Table 4) starts from `init_weights`, a weights file of an earlier
 every checkpoint and a resume against another initial model is refused.
 
 Evaluation follows OpenFWI: MAE and RMSE on the [-1, 1] maps, SSIM on x/2 + 0.5
-(evaluation/metrics.py), per family and over all samples.
+(metrics.py), per family and over all samples.
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ from tqdm import tqdm
 
 from ..config import only_known
 from ..data.dataset import PairDataset, checked_indices
+from ..data.pairs_store import is_done, open_pairs_store
 from ..data.store import open_dataset, representation_of
 from ..devices import resolve_device
-from ..evaluation.metrics import inversion_metrics, mae
 from ..files import sha256_of
+from ..metrics import inversion_metrics, mae
 from ..models.inversionnet import InversionNet, InversionNetConfig
-from ..sampling.store import is_done, open_pairs_store
 from . import checkpoint as ckpt
 from .loop import Run, TrainConfig, derive_seed, seeded_init, train
 
@@ -106,7 +106,7 @@ class RealPairs(PairDataset):
 
 
 class GeneratedPairs(Dataset):
-    """Pairs `indices` (default: all) of a pairs store (sampling/store.py):
+    """Pairs `indices` (default: all) of a pairs store (data/pairs_store.py):
     {"seismic": (S, T, R), "velocity": (1, V, V)} float32 in [-1, 1].
 
     `seismic="decoded"` takes the Stage-1 decoder's seismic (array `seismic`);

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.embedded import EMBEDDED_REAL, load_real_velocity
+from ..data.families import FAMILY_NAMES, SAMPLES_PER_FILE, get_family
+from ..data.openfwi import write_split_file
+from ..data.synthetic import generate_velocity
 from ..devices import resolve_device
 from ..files import atomic_directory
-from ..physics.forward import forward_model
-from .embedded import EMBEDDED_REAL, load_real_velocity
-from .families import FAMILY_NAMES, SAMPLES_PER_FILE, get_family
-from .openfwi import write_split_file
-from .synthetic import generate_velocity
+from .forward import forward_model
 
 
 def split_seed(synthetic_seed: int, family: str, split: str) -> int:
