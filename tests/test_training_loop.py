@@ -178,6 +178,23 @@ def test_early_stopping_after_patience_flat_validations(tmp_path, lr, min_delta)
     assert len([r for r in read_log(tmp_path / "log.csv") if r["val/loss"]]) == 4
 
 
+def test_validation_trend_tells_a_flat_curve_from_a_falling_one(tmp_path):
+    from wavediffusion.training.runs import validation_trend
+
+    falling = toy.toy_config(max_epochs=9, lr=3e-3)
+    summary = train(*toy.build("regression", falling), falling, tmp_path / "falling")
+    trend = validation_trend(tmp_path / "falling" / "log.csv", summary["val_metric"])
+    assert trend["n_validations"] == 9 and trend["best_last_third"] < trend["best_first_two_thirds"]
+    assert trend["improvement_last_third"] > 0.02
+    flat = toy.toy_config(max_epochs=9, lr=0.0)
+    summary = train(*toy.build("regression", flat), flat, tmp_path / "flat")
+    assert validation_trend(tmp_path / "flat" / "log.csv", summary["val_metric"])["improvement_last_third"] == 0.0
+    short = toy.toy_config(max_epochs=2)
+    summary = train(*toy.build("regression", short), short, tmp_path / "short")
+    assert validation_trend(tmp_path / "short" / "log.csv", summary["val_metric"]) is None  # two validations
+    assert validation_trend(tmp_path / "short" / "log.csv", None) is None  # no validation metric
+
+
 def test_min_steps_extends_the_epochs_and_defers_early_stopping(tmp_path):
     """12 steps an epoch: 2 epochs would be 24 steps, min_steps 40 makes it 4 (48 steps); a flat
     metric that would stop early after epoch 4 (48 steps) runs on to 60 with min_steps 60."""

@@ -92,16 +92,20 @@ def cmd_train_stage1(args) -> None:
     run = run_directory(Path(args.out).parent, identity)
     summary = train_stage1(args.dataset, args.variant, settings, run)
     if is_main():
-        write_json(training_record(summary), args.record)
+        write_json(training_record(summary, run), args.record)
     finish_training(summary, run, args.out)
 
 
-def training_record(summary: dict) -> dict:
-    """What a training rule records beside its weights: how long it trained, and where it stopped.
-    `seconds` counts this call only; `resumed_from` says when earlier calls trained too."""
+def training_record(summary: dict, run: Path) -> dict:
+    """What a training rule records beside its weights: how long it trained, where it stopped,
+    and whether its validation curve had flattened (runs.validation_trend). `seconds` counts
+    this call only; `resumed_from` says when earlier calls trained too."""
+    from .training.runs import validation_trend
+
     return {"steps": summary["steps"], "seconds": summary["seconds_this_call"], "stop_reason": summary["stop_reason"],
             "gpu_peak_gib": summary["gpu_peak_gib"], "world_size": summary["world_size"],
-            "resumed_from": summary["resumed_from"]}
+            "resumed_from": summary["resumed_from"],
+            "validation": validation_trend(run / "log.csv", summary.get("val_metric"))}
 
 
 def cmd_encode_latents(args) -> None:
@@ -132,7 +136,8 @@ def cmd_train_stage2(args) -> None:
     import json
     from dataclasses import asdict
 
-    from .training.distributed import read_launch
+    from .files import write_json
+    from .training.distributed import is_main, read_launch
     from .training.runs import run_directory
     from .training.stage2 import Stage2Settings, open_latents, train_stage2
 
@@ -144,6 +149,8 @@ def cmd_train_stage2(args) -> None:
                 "processes": read_launch().world_size}
     run = run_directory(Path(args.out).parent, identity)
     summary = train_stage2(args.latents, settings, run)
+    if is_main():
+        write_json(training_record(summary, run), args.record)
     finish_training(summary, run, args.out)
 
 
@@ -317,7 +324,7 @@ def cmd_train_inversionnet(args) -> None:
     run = run_directory(Path(args.out).parent, identity)
     summary, record = train_arm(args.arm, args.dataset, settings, run, args.store, args.hard, args.init_weights)
     if is_main():
-        write_json({**record, **training_record(summary)}, args.record)
+        write_json({**record, **training_record(summary, run)}, args.record)
     finish_training(summary, run, args.out)
 
 
@@ -390,8 +397,8 @@ def cmd_refine_inversion(args) -> None:
 def cmd_claims(args) -> None:
     from .evaluation.claims import claims_table
 
-    rows = claims_table(args.variants, args.table5, args.deviation, args.memorisation, args.stage1_records, args.fid,
-                        args.stage1_metrics, args.table2, args.inversion_record, args.out)
+    rows = claims_table(args.variants, args.table5, args.deviation, args.memorisation, args.stage1_records,
+                        args.stage2_records, args.fid, args.stage1_metrics, args.table2, args.inversion_record, args.out)
     for row in rows:
         print(f"{row['claim']:>24} {row['variant']}: {row['held']:<26} {row['measured']}")
 
@@ -480,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", required=True, help="JSON of config stage1.{model,discriminator,losses,training}")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help="the final weights file")
-    p.add_argument("--record", required=True, help="train.json to write: steps, seconds, stop reason")
+    p.add_argument("--record", required=True, help="train.json to write: steps, seconds, stop reason, validation trend")
     p.set_defaults(run=cmd_train_stage1, claims_gpu=True, batch_key="stage1.training.batch_size")
 
     p = commands.add_parser("encode-latents", help="encode the train/val splits with a trained autoencoder (Stage 2's data)")
@@ -507,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", required=True, help="JSON of config stage2.{model,diffusion,training}")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help="the final weights file")
+    p.add_argument("--record", required=True, help="train.json to write: steps, seconds, stop reason, validation trend")
     p.set_defaults(run=cmd_train_stage2, claims_gpu=True, batch_key="stage2.training.batch_size")
 
     p = commands.add_parser("diffusion-trajectory", help="PDE deviation along the forward and reverse diffusion (Fig. 5, Table 5)")
@@ -690,6 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fid", required=True, help="fid_table.csv")
     p.add_argument("--stage1-metrics", required=True, help="results/stage1/metrics.csv")
     p.add_argument("--stage1-records", nargs="+", required=True, help="train-stage1's train.json per variant")
+    p.add_argument("--stage2-records", nargs="+", required=True, help="train-stage2's train.json per variant")
     p.add_argument("--table2", required=True, help="results/inversionnet/table2.csv")
     p.add_argument("--inversion-record", required=True, help="the arm `real`'s train.json")
     p.add_argument("--out", required=True)

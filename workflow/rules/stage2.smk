@@ -6,7 +6,8 @@ rule train_stage2:
     input:
         "results/stage1/{variant}/latents.zarr",
     output:
-        "results/stage2/{variant}/model.pt",
+        model="results/stage2/{variant}/model.pt",
+        record="results/stage2/{variant}/train.json",
     conda:
         "../../envs/wavediffusion.yaml"
     log:
@@ -24,7 +25,7 @@ rule train_stage2:
         **training_resources("stage2"),
     shell:
         "{params.launch} train-stage2 --latents {input} --settings {params.settings:q}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        " --threads {threads} --out {output.model} --record {output.record} > {log} 2>&1"
 
 
 rule diffusion_trajectory:

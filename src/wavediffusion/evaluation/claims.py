@@ -6,7 +6,8 @@ Columns: claim, variant, criterion (what is tested), measured, paper, held, note
 is computed here from the tables, never typed in: "yes", "no", or "not testable at this
 scale" where the run's numbers cannot decide (an ordering whose neighbours lie within two
 standard errors of each other; a ratio within two standard errors of its limit; FIDs of
-unequal sample counts), with the reason in `note`.
+unequal sample counts; a claim about the diffusion model's samples while its validation
+loss was still falling), with the reason in `note`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ PAPER_FID = {("1vq", "velocity"): (260.33, 14207.0), ("1vq", "seismic"): (5.67, 
 TABLE5_RATIO = 1.5  # random latents' deviation over diffusion samples' (the paper: 2.2)
 TRAJECTORY_RATIO = 2.0  # reverse trajectory's end over the forward trajectory's start (the paper: ~1.25)
 INVERSION_RATIO = 1.25  # Stage 1's D_v(E(s)) test MAE over InversionNet's, trained for the same GPU time
+# A validation curve has flattened when the best value of its last third improves on the
+# best before it by less than this fraction; a model still improving faster is not judged.
+PLATEAU = 0.02
 
 
 def row(claim: str, variant: str, criterion: str, measured: str, paper: str, held: str, note: str = "") -> dict:
@@ -106,6 +110,28 @@ def trajectory_claims(variant: str, table5_csv, deviation_csv) -> list[dict]:
     return claims
 
 
+def convergence_problem(stage2_record) -> str:
+    """Why claims about Stage 2's samples cannot be judged yet ("" when they can): its
+    validation loss had not flattened (train.json's `validation`, runs.validation_trend)."""
+    trend = json.loads(Path(stage2_record).read_text()).get("validation")
+    if trend is None:
+        return "Stage 2 validated fewer than three times, so whether it converged is unknown"
+    if trend["improvement_last_third"] >= PLATEAU:
+        return (f"Stage 2 had not converged: its {trend['metric']} improved {trend['improvement_last_third']:.1%} "
+                f"over the last third of training (a plateau: < {PLATEAU:.0%})")
+    return ""
+
+
+def pending_convergence(claims: list[dict], problem: str) -> list[dict]:
+    """The claims, each "not testable" with `problem` and its would-be verdict in the note, if
+    there is a problem."""
+    if not problem:
+        return claims
+    return [{**claim, "held": UNDECIDED,
+             "note": "; ".join(filter(None, [problem, f"as measured: {claim['held']}", claim["note"]]))}
+            for claim in claims]
+
+
 def fid_claims(fid_csv) -> list[dict]:
     """Per variant and modality: the diffusion samples' FID below the Stage-1 random latents'."""
     by_key = {(r["variant"], r["source"], r["modality"]): r for r in read_csv(fid_csv)}
@@ -170,14 +196,18 @@ def memorisation_claim(variant: str, memorisation_csv) -> dict:
 
 
 def claims_table(variants: list[str], table5: list, deviation: list, memorisation: list, stage1_records: list,
-                 fid_csv, stage1_metrics_csv, table2_csv, inversion_record, out_csv) -> list[dict]:
-    """results/claims.csv from the result tables (per-variant lists in `variants` order)."""
-    rows = []
-    for variant, table5_csv, deviation_csv, memorisation_csv, stage1_record in zip(
-            variants, table5, deviation, memorisation, stage1_records, strict=True):
-        rows += trajectory_claims(variant, table5_csv, deviation_csv)
+                 stage2_records: list, fid_csv, stage1_metrics_csv, table2_csv, inversion_record, out_csv) -> list[dict]:
+    """results/claims.csv from the result tables (per-variant lists in `variants` order). The
+    claims about the diffusion samples (Table 5, Fig. 5, FID) wait for Stage 2's convergence;
+    the memorisation check does not: copying shows at any stage of training."""
+    rows, problems = [], {}
+    for variant, table5_csv, deviation_csv, memorisation_csv, stage1_record, stage2_record in zip(
+            variants, table5, deviation, memorisation, stage1_records, stage2_records, strict=True):
+        problems[variant] = convergence_problem(stage2_record)
+        rows += pending_convergence(trajectory_claims(variant, table5_csv, deviation_csv), problems[variant])
         rows.append(inversion_claim(variant, stage1_metrics_csv, table2_csv, stage1_record, inversion_record))
         rows.append(memorisation_claim(variant, memorisation_csv))
-    rows += fid_claims(fid_csv)
+    for claim in fid_claims(fid_csv):
+        rows += pending_convergence([claim], problems.get(claim["variant"], ""))
     write_csv(rows, out_csv, COLUMNS)
     return rows

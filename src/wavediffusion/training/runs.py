@@ -9,6 +9,7 @@ other settings (the old folder is kept until you delete it).
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import shutil
@@ -43,3 +44,22 @@ def publish(run_file: str | Path, final: str | Path) -> None:
     """Copy a run's weights file to the rule's output path atomically."""
     with atomic_file(final) as tmp:
         shutil.copyfile(run_file, tmp)
+
+
+def validation_trend(log_csv: str | Path, metric: str | None) -> dict | None:
+    """How far the run's validation `metric` was still falling at the end: the best value of
+    the first two thirds of its validations against the best of the last third.
+    `improvement_last_third` = (before - last) / before: ~0 on a plateau, > 0 while it falls.
+    None when the run validated fewer than three times (or not at all)."""
+    path = Path(log_csv)
+    if metric is None or not path.exists():
+        return None
+    with path.open() as handle:
+        column = f"val/{metric}"
+        values = [float(row[column]) for row in csv.DictReader(handle) if row.get(column)]
+    if len(values) < 3:
+        return None
+    split = len(values) - max(1, len(values) // 3)
+    before, last = min(values[:split]), min(values[split:])
+    return {"metric": metric, "n_validations": len(values), "best_first_two_thirds": before,
+            "best_last_third": last, "improvement_last_third": (before - last) / abs(before) if before else 0.0}
