@@ -40,7 +40,7 @@ include: "workflow/rules/claims.smk"
 
 rule all:
     input:
-        "results/data/dataset.zarr",
+        rules.preprocess.output[0],
         "results/physics/pde_floor.csv",
         "results/figures/velocity_families.png",
         "results/stage1/metrics.csv",

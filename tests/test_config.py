@@ -17,12 +17,52 @@ def test_shipped_configs_are_valid(name):
     assert config["data"]["families"]
 
 
-def test_empty_config_gets_the_demo_defaults():
+def test_an_empty_config_is_the_full_scale_and_the_demo_states_its_own_values():
     config = validate_config({}, SCHEMA)
+    assert config["sampling"]["num_pairs"] == 375_000 and config["stage2"]["trajectory"]["n_forward"] == 13_200
+    assert config["data"]["source"] == "embedded"  # the default run needs no network
     demo = load_config(REPO / "config.yaml", SCHEMA)
-    assert config["preprocess"] == demo["preprocess"]
-    assert config["data"]["embedded"] == demo["data"]["embedded"]
-    assert config["data"]["source"] == "embedded"
+    assert demo["sampling"]["num_pairs"] == 32 and demo["stage2"]["trajectory"]["n_forward"] == 32
+
+
+def settings_classes():
+    """(config section, the library's settings class read from it)."""
+    from wavediffusion.evaluation.arms import ExperimentSettings
+    from wavediffusion.evaluation.fid_table import FIDSettings
+    from wavediffusion.evaluation.refine import RefineSettings
+    from wavediffusion.evaluation.stage1 import Stage1Evaluation
+    from wavediffusion.evaluation.trajectory import TrajectorySettings
+    from wavediffusion.sampling.export import ExportSettings
+    from wavediffusion.sampling.physics_filter import FilterSettings
+    from wavediffusion.sampling.shard import SamplingSettings
+
+    return [("stage1.evaluation", Stage1Evaluation), ("stage2.trajectory", TrajectorySettings),
+            ("sampling", SamplingSettings), ("physics", FilterSettings), ("export", ExportSettings),
+            ("fid", FIDSettings), ("inversionnet", ExperimentSettings), ("refine", RefineSettings)]
+
+
+FROM_ELSEWHERE = {"seed"}  # fields filled from another key (the global seed), not from the section
+
+
+@pytest.mark.parametrize("section, cls", settings_classes(), ids=lambda x: x if isinstance(x, str) else "")
+def test_the_schema_and_the_settings_classes_agree_on_every_default(section, cls):
+    """One home per default: a settings class read from a config section defaults each field
+    to the schema's value, and has no field the schema does not document."""
+    from dataclasses import MISSING, fields
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    for part in section.split("."):
+        schema = schema["properties"][part]
+    documented = schema["properties"]
+    for field in fields(cls):
+        if field.name in FROM_ELSEWHERE:
+            continue
+        assert field.name in documented, f"{cls.__name__}.{field.name} is not documented in the schema's {section}"
+        default = field.default if field.default is not MISSING else field.default_factory()
+        default = list(default) if isinstance(default, tuple) else default
+        assert documented[field.name].get("default") == default, (
+            f"{section}.{field.name}: the schema says {documented[field.name].get('default')!r}, "
+            f"{cls.__name__} {default!r}")
 
 
 @pytest.mark.parametrize(
@@ -54,3 +94,20 @@ def test_config_file_errors_name_the_file(tmp_path):
     path.write_text("- a list\n- not a mapping\n")
     with pytest.raises(ConfigError, match="bad.yaml: a config must be a mapping"):
         load_config(path, SCHEMA)
+
+
+def test_the_preprocess_settings_default_as_the_schema_does():
+    """PreprocessSettings gathers keys of two sections (preprocess, data): each default is the schema's."""
+    from dataclasses import MISSING, fields
+
+    from wavediffusion.data.preprocess import PreprocessSettings
+
+    schema = yaml.safe_load(SCHEMA.read_text())["properties"]
+    home = {"max_train_per_family": "data", "max_test_per_family": "data", "val_fraction": "data", "source": "data"}
+    for field in fields(PreprocessSettings):
+        if field.default is MISSING or field.name in FROM_ELSEWHERE:  # families: always given
+            continue
+        default = list(field.default) if isinstance(field.default, tuple) else field.default
+        section = home.get(field.name, "preprocess")
+        assert schema[section]["properties"][field.name]["default"] == default, f"{section}.{field.name}"
+

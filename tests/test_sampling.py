@@ -343,7 +343,7 @@ def test_out_of_gpu_memory_names_the_batch_key_and_writes_no_record(tmp_path, mo
     monkeypatch.setattr(shard, "sample_shard", out_of_memory)
     record = tmp_path / "sample-0.json"
     args = ["sample-shard", "--stage1-model", "s1.pt", "--stage2-model", "s2.pt", "--store", "pairs.zarr",
-            "--shard", "0", "--settings", json.dumps(asdict(SETTINGS)), "--record", str(record)]
+            "--shard", "0", "--settings", json.dumps(asdict(SETTINGS)), "--seed", "0", "--record", str(record)]
     assert cli.main(args) == 3
     error = capsys.readouterr().err
     assert "out of GPU memory; lower sampling.batch_size" in error and "Tried to allocate 2.00 GiB" in error

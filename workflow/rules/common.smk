@@ -1,5 +1,8 @@
-# Helpers shared by every stage: where each family's OpenFWI-layout data comes from.
+# Helpers shared by every stage: where each family's OpenFWI-layout data comes from, config
+# slices as JSON (every rule file's `json`), the training launch and resources. Later rule
+# files name earlier rules' outputs (rules.preprocess.output[0]), never their paths again.
 
+import json
 import os
 
 from wavediffusion.data.families import get_family
@@ -86,7 +89,7 @@ def arm_inputs(wildcards):
     """What an arm trains on: the dataset, and the pairs store, `real`'s weights and the
     hardest-pairs split when the arm uses them."""
     arm = parse_arm(wildcards.arm)
-    inputs = {"dataset": "results/data/dataset.zarr"}
+    inputs = {"dataset": rules.preprocess.output[0]}
     if arm.variant:
         inputs["store"] = f"results/samples/{arm.variant}/pairs.zarr"
         inputs["manifest"] = f"results/samples/{arm.variant}/manifest.json"

@@ -93,7 +93,7 @@ rule preprocess:
 rule velocity_figure:
     """Figure: velocity maps of every family, real and synthetic side by side."""
     input:
-        "results/data/dataset.zarr",
+        rules.preprocess.output[0],
     output:
         "results/figures/velocity_families.png",
     conda:

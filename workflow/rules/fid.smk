@@ -6,7 +6,7 @@ FID = config["fid"]
 rule fid_reference:
     """Inception features of the real data (both modalities), shared by every variant."""
     input:
-        "results/data/dataset.zarr",
+        rules.preprocess.output[0],
     output:
         "results/fid/reference_features.npz",
     conda:
@@ -35,8 +35,8 @@ rule fid_variant:
     input:
         manifest="results/samples/{variant}/manifest.json",
         store="results/samples/{variant}/pairs.zarr",
-        stage1_model="results/stage1/{variant}/model.pt",
-        latents="results/stage1/{variant}/latents.zarr",
+        stage1_model=rules.train_stage1.output.model,
+        latents=rules.encode_latents.output[0],
         reference="results/fid/reference_features.npz",
     output:
         table="results/fid/{variant}/fid.csv",
@@ -69,8 +69,8 @@ rule sampler_fid:
     input:
         final_latents="results/trajectory/{variant}/final_latents.npz",
         ddim="results/trajectory/{variant}/ddim.csv",
-        stage1_model="results/stage1/{variant}/model.pt",
-        latents="results/stage1/{variant}/latents.zarr",
+        stage1_model=rules.train_stage1.output.model,
+        latents=rules.encode_latents.output[0],
         reference="results/fid/reference_features.npz",
     output:
         table="results/fid/{variant}/samplers.csv",

@@ -72,7 +72,7 @@ rule evaluate_inversionnet:
         unpack(hard_tests),
         model="results/inversionnet/{arm}/model.pt",
         record="results/inversionnet/{arm}/train.json",
-        dataset="results/data/dataset.zarr",
+        dataset=rules.preprocess.output[0],
     output:
         "results/inversionnet/{arm}/metrics.csv",
     conda:
@@ -99,7 +99,7 @@ rule inversionnet_tables:
     input:
         metrics=expand("results/inversionnet/{arm}/metrics.csv", arm=sum(ARMS.values(), [])),
         models=expand("results/inversionnet/{arm}/model.pt", arm=ARMS["table2"]),
-        dataset="results/data/dataset.zarr",
+        dataset=rules.preprocess.output[0],
     output:
         table2="results/inversionnet/table2.csv",
         table3="results/inversionnet/table3.csv",
@@ -121,10 +121,10 @@ rule inversionnet_tables:
 rule refine_inversion:
     """Diffusion-refined inversion of the test seismic for one variant, beside Stage 1 alone, InversionNet and the perturbation ablation."""
     input:
-        stage1_model="results/stage1/{variant}/model.pt",
-        stage2_model="results/stage2/{variant}/model.pt",
+        stage1_model=rules.train_stage1.output.model,
+        stage2_model=rules.train_stage2.output.model,
         inversionnet="results/inversionnet/real/model.pt",
-        dataset="results/data/dataset.zarr",
+        dataset=rules.preprocess.output[0],
     output:
         table9="results/refine/{variant}/table9.csv",
         table7="results/refine/{variant}/table7.csv",

@@ -4,7 +4,7 @@
 rule pde_floor:
     """Deviation of the data set's own true pairs, per family and forward-modelling backend, and of each pair."""
     input:
-        "results/data/dataset.zarr",
+        rules.preprocess.output[0],
     output:
         floor="results/physics/pde_floor.csv",
         true_pairs="results/physics/true_pair_deviation.csv",

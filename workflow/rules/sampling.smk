@@ -14,7 +14,7 @@ wildcard_constraints:
 rule create_pairs_store:
     """The empty store, created once before any shard writes (a settings edit recreates it, so every shard reruns)."""
     input:
-        stage1_model="results/stage1/{variant}/model.pt",
+        stage1_model=rules.train_stage1.output.model,
     output:
         directory("results/samples/{variant}/pairs.zarr"),
     conda:
@@ -35,8 +35,8 @@ rule create_pairs_store:
 rule sample_shard:
     """Generate and decode shard {shard}: writes only its own Zarr shards; its record appears last."""
     input:
-        stage1_model="results/stage1/{variant}/model.pt",
-        stage2_model="results/stage2/{variant}/model.pt",
+        stage1_model=rules.train_stage1.output.model,
+        stage2_model=rules.train_stage2.output.model,
         store="results/samples/{variant}/pairs.zarr",
     output:
         "results/samples/{variant}/shards/sample-{shard}.json",
@@ -66,7 +66,7 @@ rule check_shard:
     input:
         sampled="results/samples/{variant}/shards/sample-{shard}.json",
         store="results/samples/{variant}/pairs.zarr",
-        dataset="results/data/dataset.zarr",
+        dataset=rules.preprocess.output[0],
     output:
         "results/samples/{variant}/shards/check-{shard}.json",
     conda:
@@ -111,7 +111,7 @@ rule physics_report:
     input:
         manifest="results/samples/{variant}/manifest.json",
         store="results/samples/{variant}/pairs.zarr",
-        dataset="results/data/dataset.zarr",
+        dataset=rules.preprocess.output[0],
         floor="results/physics/pde_floor.csv",
         true_pairs="results/physics/true_pair_deviation.csv",
     output:
@@ -145,8 +145,8 @@ rule memorisation:
     input:
         manifest="results/samples/{variant}/manifest.json",
         store="results/samples/{variant}/pairs.zarr",
-        latents="results/stage1/{variant}/latents.zarr",
-        stage1_model="results/stage1/{variant}/model.pt",
+        latents=rules.encode_latents.output[0],
+        stage1_model=rules.train_stage1.output.model,
     output:
         table="results/samples/{variant}/memorisation.csv",
         figure="results/samples/{variant}/memorisation.png",
@@ -172,7 +172,7 @@ rule export_openfwi:
     input:
         report="results/samples/{variant}/physics_report.csv",
         store="results/samples/{variant}/pairs.zarr",
-        dataset="results/data/dataset.zarr",
+        dataset=rules.preprocess.output[0],
     output:
         directory("results/export/{variant}/openfwi"),
     conda:

@@ -1,8 +1,5 @@
 # Stage 1: the shared-latent VQ autoencoder, one model per variant (1vq, 2vq).
 
-import json
-
-
 wildcard_constraints:
     variant="1vq|2vq",
 
@@ -10,7 +7,7 @@ wildcard_constraints:
 rule train_stage1:
     """Train the VQ autoencoder of one variant; a rerun after a crash resumes from its checkpoints."""
     input:
-        "results/data/dataset.zarr",
+        rules.preprocess.output[0],
     output:
         model="results/stage1/{variant}/model.pt",
         record="results/stage1/{variant}/train.json",
@@ -38,8 +35,8 @@ rule train_stage1:
 rule encode_latents:
     """The train and val splits as latents of one variant's autoencoder: Stage 2's data."""
     input:
-        model="results/stage1/{variant}/model.pt",
-        dataset="results/data/dataset.zarr",
+        model=rules.train_stage1.output.model,
+        dataset=rules.preprocess.output[0],
     output:
         directory("results/stage1/{variant}/latents.zarr"),
     conda:
@@ -61,9 +58,9 @@ rule encode_latents:
 rule evaluate_stage1:
     """Reconstruction, inversion metrics and PDE deviation per family; Table 5's Stage-1 rows; examples."""
     input:
-        model="results/stage1/{variant}/model.pt",
-        dataset="results/data/dataset.zarr",
-        latents="results/stage1/{variant}/latents.zarr",
+        model=rules.train_stage1.output.model,
+        dataset=rules.preprocess.output[0],
+        latents=rules.encode_latents.output[0],
     output:
         metrics="results/stage1/{variant}/metrics.csv",
         table5="results/stage1/{variant}/table5.csv",

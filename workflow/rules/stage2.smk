@@ -4,7 +4,7 @@
 rule train_stage2:
     """Train the diffusion UNet (with an EMA of its weights) on one variant's training latents; resumes after a crash."""
     input:
-        "results/stage1/{variant}/latents.zarr",
+        rules.encode_latents.output[0],
     output:
         model="results/stage2/{variant}/model.pt",
         record="results/stage2/{variant}/train.json",
@@ -31,10 +31,10 @@ rule train_stage2:
 rule diffusion_trajectory:
     """The paper's central experiment: PDE deviation of decoded latents along the forward and reverse diffusion, DDIM step counts, Table 5."""
     input:
-        stage1_model="results/stage1/{variant}/model.pt",
-        stage2_model="results/stage2/{variant}/model.pt",
-        latents="results/stage1/{variant}/latents.zarr",
-        dataset="results/data/dataset.zarr",
+        stage1_model=rules.train_stage1.output.model,
+        stage2_model=rules.train_stage2.output.model,
+        latents=rules.encode_latents.output[0],
+        dataset=rules.preprocess.output[0],
         stage1_table5="results/stage1/{variant}/table5.csv",
     output:
         deviation="results/trajectory/{variant}/deviation.csv",

@@ -36,7 +36,7 @@ class PreprocessSettings:
     time_samples: int = 1024
     receivers: int = 64
     velocity_size: int = 64
-    samples_per_shard: int = 16
+    samples_per_shard: int = 256
     max_train_per_family: int | None = None
     max_test_per_family: int | None = None
     val_fraction: float = 0.1
