@@ -78,18 +78,16 @@ def cmd_plot_velocity_families(args) -> None:
 
 def cmd_train_stage1(args) -> None:
     import json
-    from dataclasses import asdict
 
     from .files import write_json
     from .training.distributed import is_main, read_launch
-    from .training.runs import dataset_identity, run_directory
-    from .training.stage1 import Stage1Settings, train_stage1
+    from .training.runs import run_directory
+    from .training.stage1 import Stage1Settings, run_identity, train_stage1
 
     torch_threads(args.threads)
     settings = Stage1Settings(**json.loads(args.settings))
-    identity = {"variant": args.variant, "settings": asdict(settings), "dataset": dataset_identity(args.dataset),
-                "processes": read_launch().world_size}  # a checkpoint resumes only with as many processes
-    run = run_directory(Path(args.out).parent, identity)
+    run = run_directory(Path(args.out).parent, run_identity(args.dataset, args.variant, settings,
+                                                            read_launch().world_size))
     summary = train_stage1(args.dataset, args.variant, settings, run)
     if is_main():
         write_json(training_record(summary, run), args.record)
@@ -134,20 +132,15 @@ def finish_training(summary: dict, run: Path, out: str) -> None:
 
 def cmd_train_stage2(args) -> None:
     import json
-    from dataclasses import asdict
 
     from .files import write_json
     from .training.distributed import is_main, read_launch
     from .training.runs import run_directory
-    from .training.stage2 import Stage2Settings, open_latents, train_stage2
+    from .training.stage2 import Stage2Settings, run_identity, train_stage2
 
     torch_threads(args.threads)
     settings = Stage2Settings(**json.loads(args.settings))
-    latents = dict(open_latents(args.latents).attrs)
-    # the latents' identity: the autoencoder that made them and what they hold
-    identity = {"settings": asdict(settings), "latents": {"model_sha256": latents["model_sha256"], "stats": latents["stats"]},
-                "processes": read_launch().world_size}
-    run = run_directory(Path(args.out).parent, identity)
+    run = run_directory(Path(args.out).parent, run_identity(args.latents, settings, read_launch().world_size))
     summary = train_stage2(args.latents, settings, run)
     if is_main():
         write_json(training_record(summary, run), args.record)
@@ -363,31 +356,17 @@ def cmd_inversionnet_tables(args) -> None:
 def cmd_refine_inversion(args) -> None:
     import json
 
-    import numpy as np
-
-    from .data.families import indices_per_family
-    from .data.store import open_dataset
-    from .evaluation.refine import COLUMNS, RefineSettings, evaluate_refinement, plot_refinement
+    from .evaluation.refine import TABLE_COLUMNS, RefineSettings, plot_refinement, refinement_tables
     from .files import write_csv, write_json
-    from .training.inversionnet import evaluate_inversionnet
 
     torch_threads(args.threads)
     values = json.loads(args.settings)
     per_family = values.pop("per_family", None)  # which samples, not how: not a RefineSettings field
     settings = RefineSettings.from_dict({**values, "seed": args.seed})
-    rows, info, examples = evaluate_refinement(args.stage1_model, args.stage2_model, args.dataset, settings,
-                                               per_family=per_family)
-    # InversionNet (trained on all real pairs) on exactly the samples refined, for Table 9
-    chosen = indices_per_family(np.asarray(open_dataset(args.dataset)["test"]["family"][:]), per_family)
-    indices = np.sort(np.concatenate(list(chosen.values())))
-    rows["inversionnet"] = [{"method": "inversionnet", **row, "seismic_l2": float("nan")}
-                            for row in evaluate_inversionnet(args.inversionnet, args.dataset, indices=indices)]
-    variant = {"variant": args.variant}
-    columns = ("variant", *COLUMNS)
-    table9 = [{**variant, **row} for method in ("inversionnet", "stage1", "refined") for row in rows[method]]
-    table7 = [{**variant, **row} for method in ("stage1", "perturbed", "refined") for row in rows[method]]
-    write_csv(table9, args.table9, columns)
-    write_csv(table7, args.table7, columns)
+    table9, table7, info, examples = refinement_tables(args.stage1_model, args.stage2_model, args.inversionnet,
+                                                       args.dataset, settings, args.variant, per_family)
+    write_csv(table9, args.table9, TABLE_COLUMNS)
+    write_csv(table7, args.table7, TABLE_COLUMNS)
     write_json(info, args.info)
     plot_refinement(examples, args.figure)
     all_rows = {row["method"]: row["mae"] for row in table9 + table7 if row["family"] == "all"}

@@ -1,7 +1,7 @@
 """What the training loop and the sampler do to run fast on a GPU: compiling modules, the
 channels-last layout, fused optimiser steps (TrainConfig's `compile` and `channels_last`,
 sampling's `compile`). Each changes only the rounding of what is computed; the training
-loop's docstring says when each applies.
+loop's notes (docs/training.md) say when each applies.
 """
 
 from __future__ import annotations

@@ -1,71 +1,8 @@
 """Diffusion-refined inversion (the paper's Sec. 3.3, Table 9) and its perturbation
-ablation (Table 7).
-
-Stage 1 alone inverts an observed seismic section d by encoding and decoding:
-v = D_v(Q(E(d))).  The paper refines that latent with the Stage-2 diffusion model, using
-the seismic decoder as the judge: among latents the diffusion model proposes near the
-Stage-1 latent, keep the one whose decoded seismic D_s(z) is closest to d, then decode its
-velocity.  Because one latent decodes into both modalities, a latent that explains the
-observed data better is expected to carry a better velocity map.
-
-Refinement (`refine_latents`), for a batch of observations d:
-
-1. z0 = the Stage-1 latent of d (`VQAutoencoder.latent_for_diffusion`); the UNet works on
-   z0 * scale (the Stage-2 scale factor).
-2. Noise it forward to 0-based step t = K-1 with q(z_t | z_0) (K = `start_step`, the
-   paper's "last 10 reverse steps": the paper's steps K..1 are indices K-1..0 here).
-3. For t = K-1 .. 0: one UNet call gives p(z_{t-1} | z_t) = N(mean, std²)
-   (`ddpm_mean_std`); draw M candidates mean + std * ε_m, decode each candidate's seismic
-   and keep the one closest to d.  At t = 0 DDPM adds no noise (std = 0): the only
-   candidate is the mean, and no noise is drawn (as in `ddpm_sample`).
-4. Decode the velocity of the kept latent.
-
-How candidates are judged: by decoding **the candidate latent itself**, not the UNet's
-clean prediction ẑ_0 of it.  (a) That is the paper's description ("decode their seismic").
-(b) All M candidates of a step share one UNet call (they differ only in the added
-noise), so a step costs one UNet evaluation per observation plus M decodes; judging ẑ_0
-of each candidate would need a UNet call on every candidate, M times the UNet cost.
-(c) The latent that is scored is the latent that is returned, so the reported fit is
-exactly the fit of the result.  (d) In the last 10 steps the noise is small (paper
-schedule: sqrt(1 - ᾱ_9) ≈ 0.12 of the unit latent std), and `decode_latent` quantises
-before decoding (1vq snaps to the codebook), so a candidate's decoding is a meaningful
-pair, judged through the very path (quantise, decode, clamp) every generated pair takes.
-
-Two latents are carried through the steps, and why:
-
-- the **path** z_t: each step's best candidate, always -- even when it is worse than the
-  kept latent -- so every UNet input is a proper z_t at the noise level its timestep
-  says.  Feeding the kept latent back instead would hand the UNet a latent of another
-  noise level (at the start the kept latent is z0 itself, noise-free), off the
-  distribution it was trained on;
-- the **kept** latent: the best latent seen so far, starting with z0.  A step's best
-  candidate replaces it only if its score is strictly lower.  Scores are comparable across
-  noise levels because each is the distance of a fully decoded seismic section to the
-  same d, whatever noise level the latent came from.  So the kept score never increases
-  (the trace is monotone by construction), and refinement never returns a latent that
-  fits d worse than the Stage-1 latent it started from.
-
-Score: the mean squared difference between the decoded seismic and d over (S, T, R)
-(`physics.deviation.per_sample_mse`), i.e. the squared L2 distance divided by the number
-of elements -- the same ordering as the L2 distance, independent of the data size, and
-in the units of the paper's PDE deviation.  Tables call it `seismic_l2`.
-
-Ablation (`perturb_latents`): M' Gaussian perturbations z0 + σ ε (σ in the diffusion's
-unit-variance space when the Stage-2 scale is given), keep the closest in decoded seismic:
-the same search budget without the diffusion model, so Table 7 separates what the learnt
-prior adds from what mere search adds. As in the paper, z0 itself is not a candidate, so
-the ablation can come out worse than Stage 1 alone (the paper's does).
-
-Batching and randomness: the observations are the batch of the UNet; the B x M
-candidates of a step are flattened (observation-major) and decoded in chunks of at most
-`candidate_batch` latents, each chunk's noise drawn from the passed torch.Generator (on
-its device, then moved to the working device) in a fixed order: the forward noise of all
-B observations, then chunk by chunk.  Results are therefore fixed by the generator's
-seed, the batch of observations and `candidate_batch` (as the samplers' results depend on
-their batch size), and independent of the device's RNG when the generator is on the CPU.
-The UNet runs under bf16 autocast on a GPU when `precision` is "bf16"; decoders and all
-selection arithmetic run in float32.
-"""
+ablation (Table 7): starting from the Stage-1 latent of an observed seismic section, keep
+among the diffusion model's candidates over its last reverse steps the one whose decoded
+seismic is closest to the observation. docs/refinement.md says how and why (candidates,
+the two latents carried, the score, batching and randomness)."""
 
 from __future__ import annotations
 
@@ -88,6 +25,7 @@ from ..files import sha256_of
 from ..metrics import inversion_metrics
 from ..models.autoencoder import VQAutoencoder
 from ..physics.deviation import per_sample_mse
+from ..training.inversionnet import evaluate_inversionnet
 from ..training.loop import derive_seed
 from ..training.stage1 import load_autoencoder
 from ..training.stage2 import load_stage2
@@ -422,6 +360,25 @@ def table_rows(rows: dict[str, list[dict]]) -> list[dict]:
 
 
 # --- the figure ---------------------------------------------------------------------------------
+
+
+TABLE_COLUMNS = ("variant", *COLUMNS)
+
+
+def refinement_tables(stage1_model: str | Path, stage2_model: str | Path, inversionnet_model: str | Path,
+                      dataset: str | Path, settings: RefineSettings, variant: str, per_family: int | None = None
+                      ) -> tuple[list[dict], list[dict], dict, dict]:
+    """(Table 9, Table 7, info, examples) of one variant on the test split, in TABLE_COLUMNS.
+    Table 9 sets the refinement beside Stage 1 alone and InversionNet (trained on all real
+    pairs) evaluated on exactly the samples refined; Table 7 beside the perturbation ablation."""
+    rows, info, examples = evaluate_refinement(stage1_model, stage2_model, dataset, settings, per_family=per_family)
+    chosen = indices_per_family(np.asarray(open_dataset(dataset)["test"]["family"][:]), per_family)
+    indices = np.sort(np.concatenate(list(chosen.values())))
+    rows["inversionnet"] = [{"method": "inversionnet", **row, "seismic_l2": float("nan")}
+                            for row in evaluate_inversionnet(inversionnet_model, dataset, indices=indices)]
+    table9 = [{"variant": variant, **row} for method in ("inversionnet", "stage1", "refined") for row in rows[method]]
+    table7 = [{"variant": variant, **row} for method in ("stage1", "perturbed", "refined") for row in rows[method]]
+    return table9, table7, info, examples
 
 
 def plot_refinement(examples: dict, path: str | Path,

@@ -1,61 +1,6 @@
 """The paper's central experiment: the PDE deviation along the diffusion process.
 
-Rule `diffusion_trajectory` (config `stage2.trajectory`). With a trained Stage-1
-autoencoder (the decoders and the physics check) and a Stage-2 diffusion model over its
-latents:
-
-- forward: `n_forward` training latents, drawn without replacement from the latents
-  store's train split, are noised to each step t of the grid with the closed form
-  q(z_t | z_0) (in the diffusion's scaled space: z_t = q_sample(z_0 * scale, t, ε) / scale,
-  one ε per latent shared by all t), decoded and measured;
-- backward: `n_backward` samples are drawn with DDPM from pure noise; the latent entering
-  each grid step t (noise level ᾱ_t, the same as the forward row of that step) and the
-  final sample are decoded and measured;
-- DDIM (η = 0) with each number of steps in `ddim_steps`, and DPM-Solver++(2M) with each
-  in `dpm_solver_steps`: the deviation of `n_ddim` final samples, and the sampling time
-  per sample, to trade speed for consistency.
-
-Every latent goes through `evaluation.stage1.decode_and_check` -- the quantise, decode,
-clamp and simulate path of Stage 1's Table-5 rows -- so all numbers are comparable.
-
-Step convention (deviation.csv)
--------------------------------
-`step` is the diffusion's 0-based timestep index (diffusion/schedule.py): step t is a
-latent at noise level ᾱ_t, t = T-1 the noisiest. Both directions also get a row at
-**step = -1, the noise-free end** (ᾱ = 1; the paper's step 0): for "forward" the clean
-training latents themselves (Stage 1's reconstruction deviation of those latents), for
-"backward" the final DDPM sample (after the step at t = 0) -- the same samples as the
-"diffusion_ddpm" row of table5.csv and the "ddpm" row of ddim.csv. Rows run from the
-noisiest step to -1, forward rows first.
-
-Outputs
--------
-- deviation.csv: step, direction ("forward" | "backward"), mean, std, n.
-- table5.csv: Stage 1's Table-5 rows (evaluate_stage1's table5.csv, unchanged) followed
-  by the diffusion rows in the same columns: latents "diffusion_ddpm" (the final DDPM
-  samples of the backward run), "diffusion_ddim_<k>" per DDIM setting and
-  "diffusion_dpmpp2m_<k>" per DPM-Solver++ setting.
-- ddim.csv: sampler ("ddpm" | "ddim" | "dpmpp2m"), steps, n, mean, std, seconds_per_sample -- the
-  DDPM row is the backward run's final samples; seconds_per_sample is the sampler's wall
-  time only (no decoding or simulation), divided by the number of samples.
-- figure: mean ± std deviation against t for both directions (x axis from T-1 on the
-  left to -1, "clean", on the right, so the reverse process reads left to right), with
-  Stage 1's train-reconstruction and random-Gaussian rows as reference lines; beside it
-  the final deviation against the number of sampler steps (DDIM, DPM-Solver++, DDPM).
-- strip figure: one backward sample at about five grid steps and at the end, each row its
-  decoded seismic (middle shot), F(decoded velocity), the difference and the decoded
-  velocity (evaluation.stage1.plot_examples).
-- final_latents.npz: every sampler setting's final latents, for the FID of each sampler
-  (rule sampler_fid, evaluation/sampler_fid.py).
-
-Randomness: every draw comes from CPU torch.Generators seeded from `seed` (one stream per
-part, so changing e.g. n_forward leaves the samples unchanged). The pure-noise starts are
-drawn for all samples at once and shared: backward sample i and DDIM (DPM-Solver++) sample i
-start from the same z_{T-1} for every k, so those rows are paired with each other and with DDPM.
-Results depend on `seed` and `batch_size` (the forward noise and DDPM's step noise are
-drawn per batch), not on the device's RNG. The UNet runs under bf16 autocast on a GPU if
-`precision` is "bf16"; decoding and the simulator run in float32.
-"""
+docs/trajectory.md says how it works and why."""
 
 from __future__ import annotations
 

@@ -1,79 +1,7 @@
 """The project's one training loop: every model (Stage-1 autoencoder, Stage-2 UNet,
 InversionNet) trains through `train()`.
 
-Division of labour
-------------------
-The *task* (model-specific code) writes its training step out in full — forward,
-backward, optimiser step; a GAN writes a generator step and a discriminator step — because
-that is where the science is and it should be readable in one place. The *loop* owns
-everything that must be identical for every model and is easy to get subtly wrong: the
-data order and its sharding over ranks, DDP wrapping, the learning-rate schedule, bf16
-autocast, gradient clipping, validation averaged over ranks, early stopping, logs,
-checkpoints and exact resume.
-
-Batch size is GLOBAL
---------------------
-`TrainConfig.batch_size` is the number of samples per optimiser step summed over all
-processes (the paper's 16). Each of W processes takes batch_size / W of every global batch
-(batch_size must divide by W). So the optimisation — lr, steps per epoch, what one step
-averages over — does not change with the number of GPUs, and a 2-GPU run follows the
-1-GPU run up to floating-point summation order (tests/test_training_loop.py measures it).
-
-Data order and resume
----------------------
-Epoch e visits a permutation of the training set drawn from (seed, e) alone; global batch
-k of that epoch is permutation[k*B:(k+1)*B], and rank r takes the r-th slice of it. The
-final incomplete global batch is dropped, so every epoch has len(train) // B steps on
-every rank. A checkpoint records (epoch, batches done in that epoch), so resuming rebuilds
-the same permutation and starts at the next batch — no sample is repeated or skipped.
-Random augmentation inside a Dataset must derive from (seed, epoch, index) to resume
-exactly; the loop's own draws (permutation, loader seeds, validation) never touch the
-global RNG that training steps draw from.
-
-Initial weights
----------------
-A task builds its modules before `train()` is called, so the loop cannot seed their
-initialisation: the task must, by building them inside `seeded_init(config.seed)` (stream
-(seed, STREAM_INIT), the same on every rank). Unseeded, the weights come from whatever
-state torch's global generator is in, and a fresh process does not start from a fixed
-one (torch 2.14: `torch.initial_seed()` differs from process to process): DDP copies
-rank 0's weights to the other ranks, so the replicas agree with each other but not with
-the 1-process run (nor one run with the next). Under DDP the loop checks that all ranks
-built the same initial weights and warns if not, since that is the sign of unseeded
-initialisation.
-
-Learning rate
--------------
-lr(step, epoch) = base_lr · min(1, (step + 1) / warmup_steps) · lr_decay ** epoch,
-with `step` the 0-based index of the optimiser step about to be taken and `epoch` the
-0-based epoch it belongs to: linear warm-up over steps (Stage 2: 10 000) times the paper's
-exponential decay per epoch (0.98; epoch 0 runs at base_lr). The two multiply, so decay
-also runs during a warm-up that spans several epochs. base_lr is each optimiser param
-group's lr when the run started (stored in the group as "base_lr"), so a task may give
-its optimisers different base rates. The lr is a pure function of (step, epoch), so there
-is no scheduler object and nothing to checkpoint beyond the step.
-
-Precision
----------
-"bf16": `run.autocast()` is bf16 autocast on a GPU (bf16 has fp32's exponent range, so
-no GradScaler is needed and none is kept); on CPU it does nothing — CPU always runs fp32.
-"fp32": autocast does nothing anywhere.
-
-Speed on a GPU (none of it changes what is computed, only its rounding)
------------------------------------------------------------------------
-- `data_on_device`: the whole training (and validation) set is read once into GPU memory
-  and each batch is gathered there by index, in the same order as the DataLoader would
-  give it — no worker processes, no host-to-device copy per step. "auto" does so when
-  both splits take at most a quarter of the GPU's free memory. Datasets must return the
-  same sample for an index every time (no random augmentation), as ours do.
-- `compile`: each module is compiled with torch.compile, in place (state_dict keys are
-  unchanged), as one graph or as the parts its compile method names (gpu_speed.compile_module).
-  The first steps pay for the compilation (a minute or two for the paper's networks).
-- `channels_last`: modules and 4-D batches in NHWC, the layout the GPU's convolution
-  kernels work in (NCHW costs a transpose around every bf16 convolution).
-- Adam and AdamW take their fused single-kernel step on a GPU (torch's `fused=True`).
-On the CPU all four are off, so the CPU tests see exactly the plain loop.
-"""
+docs/training.md says how it works and why."""
 
 from __future__ import annotations
 
@@ -297,7 +225,7 @@ class Task(Protocol):
       them to the device, wraps them for DDP (in `run.wrapped`) and checkpoints them.
       Build them inside `seeded_init(config.seed)` (see "Initial weights" above).
     - `optimizers() -> dict[str, Optimizer]` — by name; checkpointed, their lr set each
-      step from the schedule (see the module docstring). Build them with `adam()` or your own.
+      step from the schedule (docs/training.md, "Learning rate"). Build them with `adam()` or your own.
     - `train_step(batch, step, run) -> dict[str, float | Tensor]` — ONE optimisation step,
       written out: forward under `run.autocast()`, `optimizer.zero_grad()`, `backward()`,
       `run.clip_and_step(optimizer)`; a GAN does its generator step and its discriminator
@@ -486,7 +414,7 @@ class _Trainer:
     # -- set-up -------------------------------------------------------------------------
 
     def _data_fits_on_device(self) -> bool:
-        """Whether to hold the data in GPU memory (data_on_device; module docstring)."""
+        """Whether to hold the data in GPU memory (data_on_device; docs/training.md)."""
         cfg = self.config
         if not self.on_gpu or cfg.data_on_device is False:
             return False

@@ -29,6 +29,7 @@ from ..models.discriminator import (
 from ..models.perceptual import PerceptualConfig, PerceptualLoss
 from . import checkpoint as ckpt
 from .loop import Run, TrainConfig, adam, seeded_init, train
+from .runs import dataset_identity
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,13 @@ def build_task(dataset: str | Path, variant: str, settings: Stage1Settings) -> t
     losses = Stage1Losses(**only_known(settings.losses, Stage1Losses, "stage1.losses"))
     train_config = TrainConfig(**only_known(settings.training, TrainConfig, "stage1.training"))
     return Stage1Task(model, disc, losses, train_config), train_config
+
+
+def run_identity(dataset: str | Path, variant: str, settings: Stage1Settings, processes: int) -> dict:
+    """What a Stage-1 run folder is named after (runs.run_directory): a rerun resumes only
+    with the same variant, settings, data and number of processes."""
+    return {"variant": variant, "settings": asdict(settings), "dataset": dataset_identity(dataset),
+            "processes": processes}
 
 
 def train_stage1(dataset: str | Path, variant: str, settings: Stage1Settings, out_dir: str | Path) -> dict:

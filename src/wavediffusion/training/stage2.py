@@ -241,6 +241,15 @@ def build_task(latents: str | Path, settings: Stage2Settings) -> tuple[Stage2Tas
     return Stage2Task(model_config, diffusion, scale, train_config), train_config
 
 
+def run_identity(latents: str | Path, settings: Stage2Settings, processes: int) -> dict:
+    """What a Stage-2 run folder is named after (runs.run_directory): the settings, the
+    latents' identity (the autoencoder that made them and their statistics) and the number
+    of processes a checkpoint can resume with."""
+    attrs = dict(open_latents(latents).attrs)
+    return {"settings": asdict(settings), "latents": {"model_sha256": attrs["model_sha256"], "stats": attrs["stats"]},
+            "processes": processes}
+
+
 def train_stage2(latents: str | Path, settings: Stage2Settings, out_dir: str | Path) -> dict:
     """Train the diffusion UNet on the store's train latents (validated on val); returns the
     loop's summary. Writes out_dir/final.pt and best.pt (weights + EMA + config)."""
