@@ -47,8 +47,9 @@ def publish(run_file: str | Path, final: str | Path) -> None:
 
 
 def validation_trend(log_csv: str | Path, metric: str | None) -> dict | None:
-    """How far the run's validation `metric` was still falling at the end: the best value of
-    the first two thirds of its validations against the best of the last third.
+    """How far the run's validation `metric` (lower is better, as for the loop's early
+    stopping) was still falling at the end: the best value of the first two thirds of its
+    validations against the best of the last third.
     `improvement_last_third` = (before - last) / before: ~0 on a plateau, > 0 while it falls.
     None when the run validated fewer than three times (or not at all)."""
     path = Path(log_csv)
