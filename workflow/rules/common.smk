@@ -91,8 +91,8 @@ def arm_inputs(wildcards):
     arm = parse_arm(wildcards.arm)
     inputs = {"dataset": rules.preprocess.output[0]}
     if arm.variant:
-        inputs["store"] = f"results/samples/{arm.variant}/pairs.zarr"
-        inputs["manifest"] = f"results/samples/{arm.variant}/manifest.json"
+        inputs["store"] = rules.create_pairs_store.output[0].format(variant=arm.variant)
+        inputs["manifest"] = rules.gather_samples.output[0].format(variant=arm.variant)
     if arm.finetune:
         inputs["init_weights"] = "results/inversionnet/real/model.pt"
     if arm.finetune and arm.variant:
@@ -117,6 +117,6 @@ def hard_test_arguments(wildcards, input):
     arguments = []
     for name in HARD_SETS:
         if f"hard_{name}" in input.keys():
-            variant = name.rsplit("-", 1)[0]
-            arguments.append(f"--hard-test {name},results/samples/{variant}/pairs.zarr,{input[f'hard_{name}']}")
+            store = rules.create_pairs_store.output[0].format(variant=name.rsplit("-", 1)[0])
+            arguments.append(f"--hard-test {name},{store},{input[f'hard_{name}']}")
     return " ".join(arguments)

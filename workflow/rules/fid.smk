@@ -33,8 +33,8 @@ rule fid_reference:
 rule fid_variant:
     """FID of one variant's generated pairs and of its Stage-1 random latents, per modality; t-SNE figures."""
     input:
-        manifest="results/samples/{variant}/manifest.json",
-        store="results/samples/{variant}/pairs.zarr",
+        manifest=rules.gather_samples.output[0],
+        store=rules.create_pairs_store.output[0],
         stage1_model=rules.train_stage1.output.model,
         latents=rules.encode_latents.output[0],
         reference="results/fid/reference_features.npz",

@@ -37,7 +37,7 @@ rule sample_shard:
     input:
         stage1_model=rules.train_stage1.output.model,
         stage2_model=rules.train_stage2.output.model,
-        store="results/samples/{variant}/pairs.zarr",
+        store=rules.create_pairs_store.output[0],
     output:
         "results/samples/{variant}/shards/sample-{shard}.json",
     conda:
@@ -65,7 +65,7 @@ rule check_shard:
     """The physics check of shard {shard}: F(decoded velocity) with deepwave, stored beside the decoded seismic, and the PDE deviation."""
     input:
         sampled="results/samples/{variant}/shards/sample-{shard}.json",
-        store="results/samples/{variant}/pairs.zarr",
+        store=rules.create_pairs_store.output[0],
         dataset=rules.preprocess.output[0],
     output:
         "results/samples/{variant}/shards/check-{shard}.json",
@@ -92,7 +92,7 @@ rule gather_samples:
     """manifest.json of one variant's pairs: counts, seeds, checkpoint hashes, sampler, deviation statistics."""
     input:
         checked=expand("results/samples/{{variant}}/shards/check-{shard}.json", shard=SHARDS),
-        store="results/samples/{variant}/pairs.zarr",
+        store=rules.create_pairs_store.output[0],
     output:
         "results/samples/{variant}/manifest.json",
     conda:
@@ -109,8 +109,8 @@ rule gather_samples:
 rule physics_report:
     """The physics filter (per family or absolute): `valid` and `family` in the store, acceptance per family, a histogram and the acceptance curve."""
     input:
-        manifest="results/samples/{variant}/manifest.json",
-        store="results/samples/{variant}/pairs.zarr",
+        manifest=rules.gather_samples.output[0],
+        store=rules.create_pairs_store.output[0],
         dataset=rules.preprocess.output[0],
         floor="results/physics/pde_floor.csv",
         true_pairs="results/physics/true_pair_deviation.csv",
@@ -143,8 +143,8 @@ rule physics_report:
 rule memorisation:
     """Does Stage 2 copy its training set? Generated vs held-out latents' distance to the nearest training latent."""
     input:
-        manifest="results/samples/{variant}/manifest.json",
-        store="results/samples/{variant}/pairs.zarr",
+        manifest=rules.gather_samples.output[0],
+        store=rules.create_pairs_store.output[0],
         latents=rules.encode_latents.output[0],
         stage1_model=rules.train_stage1.output.model,
     output:
@@ -171,7 +171,7 @@ rule export_openfwi:
     """Accepted pairs in OpenFWI's own layout: model{n}.npy (m/s) and data{n}.npy simulated with deepwave."""
     input:
         report="results/samples/{variant}/physics_report.csv",
-        store="results/samples/{variant}/pairs.zarr",
+        store=rules.create_pairs_store.output[0],
         dataset=rules.preprocess.output[0],
     output:
         directory("results/export/{variant}/openfwi"),
