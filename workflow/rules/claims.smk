@@ -4,15 +4,15 @@
 rule claims:
     """results/claims.csv: one row per claim and variant (measured, paper, held: yes / no / not testable at this scale)."""
     input:
-        table5=expand("results/trajectory/{variant}/table5.csv", variant=VARIANTS),
-        deviation=expand("results/trajectory/{variant}/deviation.csv", variant=VARIANTS),
-        memorisation=expand("results/samples/{variant}/memorisation.csv", variant=VARIANTS),
-        stage1_records=expand("results/stage1/{variant}/train.json", variant=VARIANTS),
-        stage2_records=expand("results/stage2/{variant}/train.json", variant=VARIANTS),
-        fid="results/fid_table.csv",
-        stage1_metrics="results/stage1/metrics.csv",
-        table2="results/inversionnet/table2.csv",
-        inversion_record="results/inversionnet/real/train.json",
+        table5=expand(rules.diffusion_trajectory.output.table5, variant=VARIANTS),
+        deviation=expand(rules.diffusion_trajectory.output.deviation, variant=VARIANTS),
+        memorisation=expand(rules.memorisation.output.table, variant=VARIANTS),
+        stage1_records=expand(rules.train_stage1.output.record, variant=VARIANTS),
+        stage2_records=expand(rules.train_stage2.output.record, variant=VARIANTS),
+        fid=rules.fid_table.output[0],
+        stage1_metrics=rules.stage1_metrics.output[0],
+        table2=rules.inversionnet_tables.output.table2,
+        inversion_record=expand(rules.train_inversionnet.output.record, arm="real")[0],
     output:
         "results/claims.csv",
     conda:
