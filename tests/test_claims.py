@@ -181,16 +181,17 @@ def test_memorisation_catches_a_generator_that_copies(encoded, tmp_path, copies)
     del group["val"]
     val = group.create_group("val")
     val.create_array("latent", data=held_out, chunks=(1, *held_out.shape[1:]))
-    # a copying generator: training latents slightly off (the codebook snap takes them back)
+    # a copying generator: training latents slightly off
     generated = train + 1e-3 * np.random.default_rng(2).standard_normal(train.shape).astype(np.float32) if copies \
         else fresh
     pairs = pairs_store_of(tmp_path / "pairs.zarr", generated)
-    rows = memorisation(store, pairs, root / "stage1.pt", "1vq", tmp_path / "m.csv", tmp_path / "m.png", device="cpu",
+    rows = memorisation(store, pairs, "1vq", tmp_path / "m.csv", tmp_path / "m.png", device="cpu",
                         progress=False)
     by_set = {row["set"]: row for row in rows}
     assert by_set["held_out"]["n"] == by_set["generated"]["n"] == 200
     assert memorised(rows) == copies
     if copies:
-        assert by_set["generated"]["distance_median"] < 1e-4 < by_set["held_out"]["distance_min"]  # float32 rounding
+        # the RMS of the 1e-3 perturbation, far below any held-out latent's distance
+        assert 0.9e-3 < by_set["generated"]["distance_median"] < 1.1e-3 < 10 * 1.1e-3 < by_set["held_out"]["distance_min"]
     assert (tmp_path / "m.png").stat().st_size > 10_000
 

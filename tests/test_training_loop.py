@@ -239,6 +239,17 @@ def test_max_steps_stops_mid_epoch_validates_and_checkpoints(tmp_path):
     assert (state["epoch"], state["batch_in_epoch"], state["finished"]) == (1, 5, True)
 
 
+def test_max_seconds_stops_at_the_first_log_step_after_the_budget(tmp_path):
+    config = toy.toy_config(max_epochs=5, max_seconds=1e-6, log_every_steps=3)
+    summary = train(*toy.build("regression", config), config, tmp_path)
+    assert (summary["stop_reason"], summary["steps"]) == ("max_seconds", 3)
+    assert summary["last_val"] and summary["seconds"] >= summary["seconds_this_call"] > 0
+    state = ckpt.load(tmp_path / "checkpoints" / "step_000000003.pt")["state"]
+    assert state["finished"] and 0 < state["seconds"] <= summary["seconds"]
+    with pytest.raises(ValueError, match="max_seconds must be positive"):
+        toy.toy_config(max_seconds=0)
+
+
 def test_a_training_set_smaller_than_one_batch_is_an_error_not_endless_epochs(tmp_path):
     config = toy.toy_config(batch_size=128)  # the toy training set has 96 samples
     with pytest.raises(ValueError, match="fewer than one global batch"):
@@ -329,7 +340,7 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in b), f"max |diff| = {max_abs_diff(a, b):.3g}"
 
     def timeless(rows):  # measurements of the machine, not results of the run
-        return [{k: v for k, v in r.items() if k not in ("samples_per_s", "gpu_peak_gib")} for r in rows]
+        return [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s", "gpu_peak_gib")} for r in rows]
 
     assert timeless(read_log(resumed / "log.csv")) == timeless(read_log(reference / "log.csv"))
 

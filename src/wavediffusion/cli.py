@@ -245,7 +245,7 @@ def cmd_memorisation(args) -> None:
     from .evaluation.memorisation import memorisation, memorised
 
     torch_threads(args.threads)
-    rows = memorisation(args.latents, args.store, args.stage1_model, args.variant, args.out, args.figure)
+    rows = memorisation(args.latents, args.store, args.variant, args.out, args.figure)
     held, made = (next(r for r in rows if r["set"] == name) for name in ("held_out", "generated"))
     print(f"wrote {args.out}: median distance to the nearest training latent {made['distance_median']:.4f} "
           f"(generated) vs {held['distance_median']:.4f} (held out); "
@@ -550,7 +550,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", required=True)
     p.add_argument("--store", required=True, help="the variant's pairs store")
     p.add_argument("--latents", required=True, help="encode-latents' store (train and held-out val latents)")
-    p.add_argument("--stage1-model", required=True)
     p.add_argument("--out", required=True, help="memorisation.csv to write")
     p.add_argument("--figure", required=True, help="histogram PNG to write")
     p.set_defaults(run=cmd_memorisation, claims_gpu=True)

@@ -146,7 +146,6 @@ rule memorisation:
         manifest=rules.gather_samples.output[0],
         store=rules.create_pairs_store.output[0],
         latents=rules.encode_latents.output[0],
-        stage1_model=rules.train_stage1.output.model,
     output:
         table="results/samples/{variant}/memorisation.csv",
         figure="results/samples/{variant}/memorisation.png",
@@ -163,7 +162,7 @@ rule memorisation:
         gpu=1,
     shell:
         "wavediffusion memorisation --variant {wildcards.variant} --store {input.store} --latents {input.latents}"
-        " --stage1-model {input.stage1_model} --threads {threads} --out {output.table} --figure {output.figure}"
+        " --threads {threads} --out {output.table} --figure {output.figure}"
         " > {log} 2>&1"
 
 

@@ -5,8 +5,7 @@ for held-out latents (the latents store's val split, which Stage 2 never trained
 many of each. A generator that samples the data's distribution leaves its latents about as
 far from the training set as held-out data lie; one that copies training latents leaves
 many of them far closer. Distances are RMS over the latent's elements, in the space Stage 2
-learns (1vq: generated latents snapped to the codebook, as the decoders read them and as
-the training latents are).
+learns (the encoder's continuous latents, unscaled).
 
 The verdict: memorisation shows when more than MAX_FRACTION_BELOW of the generated
 latents lie closer to the training set than the nearest 1 % of held-out latents do (by
@@ -24,7 +23,6 @@ from tqdm import tqdm
 from ..data.pairs_store import open_pairs_store
 from ..devices import resolve_device
 from ..files import write_csv
-from ..training.stage1 import load_autoencoder
 from ..training.stage2 import open_latents
 
 COLUMNS = ("variant", "set", "n", "distance_median", "distance_p01", "distance_min", "fraction_below_held_out_p01")
@@ -52,8 +50,7 @@ def distance_row(variant: str, name: str, distances: torch.Tensor, threshold: fl
             "fraction_below_held_out_p01": float((distances < threshold).double().mean())}
 
 
-def memorisation(latents: str | Path, pairs_store: str | Path, stage1_model: str | Path, variant: str,
-                 out_csv: str | Path, figure: str | Path, device: str | None = None,
+def memorisation(latents: str | Path, pairs_store: str | Path, variant: str, out_csv: str | Path, figure: str | Path, device: str | None = None,
                  progress: bool = True) -> list[dict]:
     """Nearest-training-latent distances of generated and held-out latents: two rows of
     COLUMNS (held_out, generated) to `out_csv`, their histograms to `figure`."""
@@ -65,16 +62,12 @@ def memorisation(latents: str | Path, pairs_store: str | Path, stage1_model: str
     if n < 2:
         raise ValueError(f"{latents}: {held_out.shape[0]} held-out (val) latents and {pairs_store}: "
                          f"{generated.shape[0]} generated ones; the comparison needs two of each at least")
-    autoencoder = load_autoencoder(stage1_model, device)
-    with torch.no_grad():
-        snapped = torch.cat([autoencoder.as_diffusion_latent(z.to(device)).cpu()
-                             for z in torch.from_numpy(np.asarray(generated[:n])).split(256)])
     train = root["train"]["latent"]
     # evenly spaced through the held-out split (stored family by family), all of it when it is the smaller
     index = np.linspace(0, held_out.shape[0] - 1, n).round().astype(np.int64)
     held = nearest_distances(torch.from_numpy(held_out.get_orthogonal_selection((index,))), train, device,
                              progress=progress)
-    made = nearest_distances(snapped, train, device, progress=progress)
+    made = nearest_distances(torch.from_numpy(np.asarray(generated[:n])), train, device, progress=progress)
     threshold = float(torch.quantile(held, HELD_OUT_QUANTILE))
     rows = [distance_row(variant, "held_out", held, threshold), distance_row(variant, "generated", made, threshold)]
     write_csv(rows, out_csv, COLUMNS)

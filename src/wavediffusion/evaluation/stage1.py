@@ -138,7 +138,7 @@ def test_split_metrics(model: VQAutoencoder, dataset: str | Path, variant: str, 
         latents, codes = [], {name: [] for name in model.quantizers()}
         for part in seismic.split(settings.batch_size):
             z = model.encode(part.to(device))
-            latents.append(model.as_diffusion_latent(z).float().cpu())
+            latents.append(z.float().cpu())  # the latent Stage 2 learns (latent_for_diffusion)
             for name, quantizer in model.quantizers().items():
                 codes[name].append(quantizer.nearest(z).flatten().cpu())
         latents = torch.cat(latents)

@@ -17,11 +17,11 @@ The seismic decoder mirrors the encoder; the velocity decoder upsamples the 32 x
 latent to 64 x 64 with its own (shorter) stack of levels.
 
 Variants:
-- ``1vq``: one codebook shared by both decoders; the diffusion model works on the
-  quantised latent.
-- ``2vq``: one codebook per modality, both quantising the same continuous latent; the
-  diffusion model works on the continuous latent, and each decoder sees its own
-  codebook's quantisation of it.
+- ``1vq``: one codebook shared by both decoders.
+- ``2vq``: one codebook per modality, both quantising the same continuous latent; each
+  decoder sees its own codebook's quantisation of it.
+In both, the diffusion model works on the continuous latent (the encoder's output) and
+decoding snaps it to the codes, as LDM does with its VQ autoencoders.
 
 Output activation: none (linear), as in VQGAN/LDM.  Both modalities are min-max
 normalised, so their extremes sit exactly on -1 and +1; a tanh output would need
@@ -107,7 +107,7 @@ class AutoencoderConfig:
         if self.codebook_dim != self.latent_channels:
             raise ValueError(
                 f"codebook_dim ({self.codebook_dim}) must equal latent_channels ({self.latent_channels}): "
-                "the quantised latent is the diffusion latent, so codes and latents share one space"
+                "the codebooks quantise the latent itself, so codes and latents share one space"
             )
         widths = [self.base_channels * m for m in self.channel_mult + self.velocity_channel_mult]
         bad = [w for w in widths if w % self.norm_groups]
@@ -467,21 +467,12 @@ class VQAutoencoder(nn.Module):
         )
 
     def latent_for_diffusion(self, seismic: torch.Tensor) -> torch.Tensor:
-        """(B, S, T, R) -> the latent (B, C, h, w) Stage 2 learns to generate.
-
-        1vq: the quantised latent (the codes both decoders read), as LDM's VQ models do;
-        2vq: the continuous pre-quantisation latent, the one tensor both codebooks
-        quantise (each codebook's codes alone would only serve one decoder).
-        No side effects on the codebooks (no usage tracking, no re-initialisation).
-        """
-        return self.as_diffusion_latent(self.encode(seismic))
-
-    def as_diffusion_latent(self, z: torch.Tensor) -> torch.Tensor:
-        """A latent (B, C, h, w) as Stage 2's training latents are: 1vq snapped to the shared
-        codebook, 2vq unchanged. No side effects on the codebooks."""
-        if self.config.variant == "1vq":
-            return self.quantizer.lookup(self.quantizer.nearest(z))
-        return z
+        """(B, S, T, R) -> the latent (B, C, h, w) Stage 2 learns to generate: the encoder's
+        continuous output, before any codebook, for both variants. LDM does the same with its
+        VQ autoencoders (its first stage encodes without quantising; decoding quantises), and
+        decode_latent snaps to the codes each decoder reads, so a training latent decodes to
+        its reconstruction. No side effects on the codebooks."""
+        return self.encode(seismic)
 
     def decode_latent(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A (generated) latent (B, C, h, w) -> (seismic (B, S, T, R), velocity (B, 1, V, V)) in [-1, 1].

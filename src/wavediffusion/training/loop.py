@@ -61,6 +61,8 @@ class TrainConfig:
 
     max_epochs: int = 500                 # paper: up to 500 epochs
     max_steps: int | None = None          # optional cap on optimiser steps (e.g. a 10-minute run)
+    max_seconds: float | None = None      # optional cap on wall-clock seconds of training, over all calls
+                                          # (checked at log steps): equal GPU time for models compared
     min_steps: int = 0                    # neither max_epochs nor early stopping ends a run before this many
                                           # steps: equal step budgets for training sets of different sizes
     batch_size: int = 16                  # GLOBAL samples per step, over all processes (paper: 16)
@@ -94,6 +96,8 @@ class TrainConfig:
             raise ValueError("batch_size and max_epochs must be >= 1")
         if self.checkpoint_every_steps < 1 or self.log_every_steps < 1 or self.validate_every_epochs < 1:
             raise ValueError("checkpoint_every_steps, log_every_steps and validate_every_epochs must be >= 1")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be positive or null, got {self.max_seconds}")
         if self.min_steps < 0 or (self.max_steps is not None and self.min_steps > self.max_steps):
             raise ValueError(f"min_steps must lie in [0, max_steps], got {self.min_steps} (max_steps {self.max_steps})")
         if self.data_on_device not in (True, False, "auto"):
@@ -338,6 +342,7 @@ class _State:
     last_val: dict = dataclasses.field(default_factory=dict)
     last_val_step: int | None = None
     log_rows: int = 0
+    seconds: float = 0.0         # wall-clock seconds of training up to the last checkpoint, over all calls
     finished: bool = False
     stop_reason: str | None = None
 
@@ -506,6 +511,7 @@ class _Trainer:
         if not self.main:
             return
         self.state.log_rows = len(self.log)
+        self.state.seconds = self._seconds()
         state = {
             "format": CHECKPOINT_FORMAT,
             "state": dataclasses.asdict(self.state),
@@ -520,6 +526,17 @@ class _Trainer:
         }
         ckpt.atomic_save(state, ckpt.checkpoint_path(self.ckpt_dir, self.state.step))
         ckpt.prune_checkpoints(self.ckpt_dir, self.config.keep_checkpoints)
+
+    def _seconds(self) -> float:
+        """Wall-clock seconds of training so far, earlier calls included."""
+        return self._seconds_before + time.perf_counter() - self._call_start
+
+    def _time_is_up(self) -> bool:
+        """max_seconds passed on any rank (one all-reduce, so every rank stops at the same step)."""
+        if self.config.max_seconds is None:
+            return False
+        late = torch.tensor([float(self._seconds() >= self.config.max_seconds)], device=self.env.device)
+        return all_reduce_sum(late).item() > 0
 
     def _checkpoint_due(self) -> bool:
         """A multiple of checkpoint_every_steps passed since the newest checkpoint."""
@@ -612,10 +629,12 @@ class _Trainer:
 
             stopping = cfg.max_steps is not None and st.step >= cfg.max_steps
             epoch_done = st.batch_in_epoch == self.steps_per_epoch
+            if st.step % cfg.log_every_steps == 0 and not stopping and self._time_is_up():
+                stopping, st.stop_reason = True, "max_seconds"
             if st.step % cfg.log_every_steps == 0 or stopping or epoch_done:
                 means = all_reduce_mean({k: sums[k] / counts[k] for k in sums}, env.device)
                 elapsed = time.perf_counter() - window_start
-                row = {"step": st.step, "epoch": st.epoch, "lr": self._lr(),
+                row = {"step": st.step, "epoch": st.epoch, "lr": self._lr(), "seconds": self._seconds(),
                        "samples_per_s": window_steps * cfg.batch_size / max(elapsed, 1e-9)}
                 if env.device.type == "cuda":  # this rank's peak since the run started
                     row["gpu_peak_gib"] = torch.cuda.max_memory_allocated(env.device) / 2**30
@@ -626,7 +645,7 @@ class _Trainer:
                 sums, counts = {}, {}
                 window_start, window_steps = time.perf_counter(), 0
             if stopping:
-                st.finished, st.stop_reason = True, "max_steps"
+                st.finished, st.stop_reason = True, st.stop_reason or "max_steps"
                 break
             if self._checkpoint_due() and not epoch_done:
                 self._save_checkpoint()  # (one due at an epoch's end is saved after its validation)
@@ -690,7 +709,7 @@ class _Trainer:
             self._save_weights(self.out_dir / "best.pt")
         else:
             st.bad_validations += 1  # NaN never improves, so it counts here too
-        row = {"step": st.step, "epoch": st.epoch, "lr": self._lr()}
+        row = {"step": st.step, "epoch": st.epoch, "lr": self._lr(), "seconds": self._seconds()}
         row.update({f"val/{k}": v for k, v in metrics.items()})
         self._write_row(row)
         if (cfg.early_stop_patience is not None and st.bad_validations >= cfg.early_stop_patience
@@ -702,15 +721,17 @@ class _Trainer:
     def fit(self) -> dict:
         st = self.state
         start_step, start_time = st.step, time.perf_counter()
+        self._call_start, self._seconds_before = start_time, st.seconds
         while not st.finished:
             if st.batch_in_epoch < self.steps_per_epoch:
                 self._train_rest_of_epoch()
             if st.batch_in_epoch == self.steps_per_epoch:
                 self._end_of_epoch()
-            elif st.finished:  # max_steps reached mid-epoch
+            elif st.finished:  # max_steps or max_seconds reached mid-epoch
+                stop_reason = st.stop_reason
                 if self.val_dataset is not None and st.last_val_step != st.step:
                     self._validate_and_track()
-                    st.finished, st.stop_reason = True, "max_steps"
+                    st.finished, st.stop_reason = True, stop_reason
                 self._save_checkpoint()
         self._save_weights(self.out_dir / "final.pt")
         summary = {
@@ -726,6 +747,7 @@ class _Trainer:
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
             "steps_this_call": st.step - start_step,
             "seconds_this_call": time.perf_counter() - start_time,
+            "seconds": self._seconds(),
             "gpu_peak_gib": (torch.cuda.max_memory_allocated(self.env.device) / 2**30
                              if self.env.device.type == "cuda" else None),
             "final": str(self.out_dir / "final.pt"),

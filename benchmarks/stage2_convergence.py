@@ -1,0 +1,205 @@
+"""Stage 2 at equal GPU time: which recipe makes physically consistent pairs within the
+science scale's budget?
+
+Trains each chosen recipe (`RECIPES`) on the same Stage-1 latents for the same wall-clock
+seconds (TrainConfig.max_seconds), then draws samples from its EMA weights with three
+samplers (DDIM-50 deterministic, DDIM-50 stochastic η = 1, DDPM-1000), decodes them and
+measures each pair's PDE deviation with deepwave, and each latent's distance to its nearest
+training latent. Two controls frame the numbers: held-out (val) latents decoded, what a
+perfect generator would reach, and latents drawn from the Gaussian fitted to the training
+latents, what the paper's Table 5 calls random latents.
+
+    python benchmarks/stage2_convergence.py --config config/science.yaml \
+        --latents results/stage1/1vq/latents.zarr --stage1-model results/stage1/1vq/model.pt \
+        --seconds 390 --recipes paper,small --out DIR
+
+Writes DIR/convergence.csv (one row per recipe and sampler, and the controls),
+DIR/<recipe>_log.csv (the training log), DIR/convergence.png (validation loss against
+seconds; deviation per recipe and sampler beside the controls).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+import zarr
+
+from wavediffusion.data.store import open_dataset, representation_of
+from wavediffusion.diffusion import run_sampler, synchronize, unet_autocast
+from wavediffusion.evaluation.memorisation import nearest_distances
+from wavediffusion.evaluation.stage1 import decode_and_check, gaussian_latents
+from wavediffusion.files import atomic_directory, write_csv
+from wavediffusion.plotting import plt, save_figure
+from wavediffusion.training.stage1 import load_autoencoder
+from wavediffusion.training.stage2 import Stage2Settings, load_stage2, open_latents, train_stage2
+
+# A UNet of a quarter of the paper's FLOPs (3.95 against 16.7 GFLOP per forward, 20.1M
+# against 131.2M parameters): half the width, four levels, attention at 16 and 8 only.
+SMALL_UNET = {"model_channels": 64, "channel_mult": [1, 2, 2, 4], "attention_resolutions": [16, 8], "num_heads": 4}
+
+# name -> (latents: "continuous" = the encoder's output, "codes" = snapped to the codebook;
+#          overrides of the config's stage2 section)
+RECIPES = {
+    "paper": ("continuous", {}),
+    "paper-codes": ("codes", {}),
+    "paper-lr3e-4": ("continuous", {"training": {"lr": 3e-4}}),
+    "small": ("continuous", {"model": SMALL_UNET, "training": {"lr": 2e-4}}),
+}
+# (sampler, steps, eta, share of --samples)
+SAMPLERS = (("ddim", 50, 0.0, 1.0), ("ddim", 50, 1.0, 1.0), ("ddpm", 1000, 1.0, 0.5))
+COLUMNS = ("recipe", "latents", "parameters", "train_steps", "train_seconds", "samples_per_s", "val_loss_ema",
+           "sampler", "sampler_steps", "eta", "n", "deviation_mean", "deviation_std", "deviation_median",
+           "nearest_train_median", "seconds_per_sample")
+
+
+@torch.no_grad()
+def snapped_store(latents: Path, stage1_model: Path, out: Path, device: torch.device) -> Path:
+    """The latents snapped to the shared codebook (the 1vq recipe before 2026-12-07), with
+    the statistics encode_latents writes."""
+    model = load_autoencoder(stage1_model, device)
+    source = open_latents(latents)
+    stats = {}
+    with atomic_directory(out) as tmp:
+        store = zarr.open_group(str(tmp), mode="w")
+        for split in ("train", "val"):
+            z = torch.from_numpy(source[split]["latent"][:])
+            codes = torch.cat([model.quantizer.lookup(model.quantizer.nearest(part.to(device))).cpu()
+                               for part in z.split(512)]).numpy()
+            group = store.create_group(split)
+            group.create_array("latent", data=codes, chunks=(1, *codes.shape[1:]))
+            group.create_array("family", data=np.asarray(source[split]["family"][:]), chunks=(len(codes),))
+            channel = codes.astype(np.float64)
+            stats[split] = {"n": len(codes), "channel_mean": channel.mean(axis=(0, 2, 3)).tolist(),
+                            "channel_std": channel.std(axis=(0, 2, 3)).tolist(), "std": float(channel.std())}
+        store.attrs.update({**dict(source.attrs), "stats": stats})
+    return out
+
+
+def settings_for(config: dict, overrides: dict, seconds: float) -> Stage2Settings:
+    section = config["stage2"]
+    training = {**section.get("training", {}), **overrides.get("training", {}),
+                "max_seconds": seconds, "max_steps": None, "checkpoint_every_steps": 10**9, "progress": False}
+    return Stage2Settings(model={**section.get("model", {}), **overrides.get("model", {})},
+                          diffusion=section.get("diffusion", {}), training=training)
+
+
+def deviation_row(recipe: str, kind: str, sampler: str, steps, eta, latents: torch.Tensor, train, autoencoder, rep,
+                  device, seconds_per_sample, **extra) -> dict:
+    checked = decode_and_check(autoencoder, latents, rep, "deepwave", 250, desc=f"{recipe} {sampler}", progress=False)
+    deviation = checked["deviation"]
+    nearest = nearest_distances(latents, train, device)
+    return {"recipe": recipe, "latents": kind, "sampler": sampler, "sampler_steps": steps, "eta": eta,
+            "n": len(deviation), "deviation_mean": float(deviation.mean()), "deviation_std": float(deviation.std()),
+            "deviation_median": float(deviation.median()), "nearest_train_median": float(nearest.median()),
+            "seconds_per_sample": seconds_per_sample, **extra}
+
+
+def sample(unet, schedule, scale: float, sampler: str, steps: int, eta: float, n: int, shape, device,
+           batch: int = 250) -> tuple[torch.Tensor, float]:
+    """n generated latents (unscaled, CPU) and the seconds per sample it took."""
+    generator = torch.Generator(device).manual_seed(0)
+    parts = []
+    synchronize(device)
+    start = time.perf_counter()
+    for first in range(0, n, batch):
+        result = run_sampler(sampler, unet, schedule, (min(batch, n - first), *shape), num_steps=steps, eta=eta,
+                             generator=generator, device=device, autocast=unet_autocast(device, "bf16"))
+        parts.append(result.z0.float().cpu() / scale)
+    synchronize(device)
+    return torch.cat(parts), (time.perf_counter() - start) / n
+
+
+def plot(rows: list[dict], logs: dict[str, list[dict]], path: Path) -> None:
+    figure, (curves, bars) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for recipe, log in logs.items():
+        points = [(float(r["seconds"]), float(r["val/val_loss_ema"])) for r in log if r.get("val/val_loss_ema")]
+        if points:
+            curves.plot(*zip(*points), marker="o", label=recipe)
+    curves.set(xlabel="training seconds (validation included)", ylabel="validation ε-loss, EMA weights", yscale="log",
+               title="Stage 2 validation loss")
+    curves.legend()
+    generated = [r for r in rows if r["recipe"] != "control"]
+    labels = [f"{r['recipe']}\n{r['sampler']}-{r['sampler_steps']} η={r['eta']}" for r in generated]
+    bars.bar(range(len(generated)), [r["deviation_mean"] for r in generated],
+             yerr=[r["deviation_std"] for r in generated], color="tab:blue")
+    for r, style in zip((r for r in rows if r["recipe"] == "control"), ("--", ":")):
+        bars.axhline(r["deviation_mean"], color="k", linestyle=style, label=r["sampler"])
+    bars.set_xticks(range(len(generated)), labels, rotation=60, ha="right", fontsize=7)
+    bars.set(ylabel="PDE deviation of decoded pairs", title="samples at the end of training")
+    bars.legend()
+    save_figure(figure, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--latents", required=True, type=Path, help="encode_latents' store")
+    parser.add_argument("--stage1-model", required=True, type=Path)
+    parser.add_argument("--seconds", type=float, required=True, help="training seconds per recipe")
+    parser.add_argument("--recipes", default="paper,small", help=f"comma-separated, of {sorted(RECIPES)}")
+    parser.add_argument("--samples", type=int, default=250, help="samples per DDIM setting (DDPM: half)")
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args()
+    recipes = args.recipes.split(",")
+    unknown = sorted(set(recipes) - set(RECIPES))
+    if unknown:
+        parser.error(f"unknown recipes {unknown}; choose from {sorted(RECIPES)}")
+    config = yaml.safe_load(args.config.read_text())
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = args.out / "work"  # models and derived latents: not results
+    autoencoder = load_autoencoder(args.stage1_model, device)
+    latents_root = open_latents(args.latents)
+    rep = representation_of(open_dataset(latents_root.attrs["dataset"]))
+    n = args.samples
+
+    rows = []
+    with torch.no_grad():
+        train = latents_root["train"]["latent"]
+        held_out = torch.from_numpy(latents_root["val"]["latent"][: min(n, latents_root["val"]["latent"].shape[0])])
+        gaussian = gaussian_latents(train, n, torch.Generator().manual_seed(0))
+        for name, z in (("held-out latents", held_out), ("Gaussian latents", gaussian)):
+            rows.append(deviation_row("control", "continuous", name, "", "", z, train, autoencoder, rep, device, ""))
+            print(rows[-1], flush=True)
+
+    logs = {}
+    for recipe in recipes:
+        kind, overrides = RECIPES[recipe]
+        latents = args.latents if kind == "continuous" else snapped_store(args.latents, args.stage1_model,
+                                                                            work / "latents-codes.zarr", device)
+        run = work / recipe
+        shutil.rmtree(run, ignore_errors=True)
+        summary = train_stage2(latents, settings_for(config, overrides, args.seconds), run)
+        with open(run / "log.csv", newline="") as handle:
+            logs[recipe] = list(csv.DictReader(handle))
+        shutil.copy(run / "log.csv", args.out / f"{recipe}_log.csv")
+        train_rows = [r for r in logs[recipe] if r.get("samples_per_s")]
+        info = {"parameters": None, "train_steps": summary["steps"], "train_seconds": round(summary["seconds"], 1),
+                "samples_per_s": round(float(np.median([float(r["samples_per_s"]) for r in train_rows])), 1),
+                "val_loss_ema": summary["last_val"].get("val_loss_ema")}
+        print(recipe, summary, flush=True)
+        unet, schedule, scale = load_stage2(run / "final.pt", device)
+        info["parameters"] = sum(p.numel() for p in unet.parameters())
+        shape = tuple(open_latents(latents)["train"]["latent"].shape[1:])
+        reference = open_latents(latents)["train"]["latent"]
+        with torch.no_grad():
+            for sampler, steps, eta, share in SAMPLERS:
+                z, seconds = sample(unet, schedule, scale, sampler, steps, eta, int(n * share), shape, device)
+                rows.append(deviation_row(recipe, kind, sampler, steps, eta, z, reference, autoencoder, rep, device,
+                                          round(seconds, 5), **info))
+                print(rows[-1], flush=True)
+        del unet
+        torch.cuda.empty_cache() if device.type == "cuda" else None
+        write_csv(rows, args.out / "convergence.csv", COLUMNS)  # after every recipe: a cut run keeps its rows
+    plot(rows, logs, args.out / "convergence.png")
+
+
+if __name__ == "__main__":
+    main()
