@@ -94,9 +94,9 @@ def arm_inputs(wildcards):
         inputs["store"] = rules.create_pairs_store.output[0].format(variant=arm.variant)
         inputs["manifest"] = rules.gather_samples.output[0].format(variant=arm.variant)
     if arm.finetune:
-        inputs["init_weights"] = "results/inversionnet/real/model.pt"
+        inputs["init_weights"] = REAL_INVERSIONNET
     if arm.finetune and arm.variant:
-        inputs["hard"] = f"results/inversionnet/hard/{arm.variant}-{arm.seismic}.npz"
+        inputs["hard"] = rules.hardest_generated.output[0].format(hard_set=f"{arm.variant}-{arm.seismic}")
     return inputs
 
 
@@ -109,7 +109,7 @@ def hard_tests(wildcards):
     """Table 4's arms (and `real`, their starting point) are also measured on every hardest-pairs test set."""
     if wildcards.arm not in ("real", *ARMS["table4"]):
         return {}
-    return {f"hard_{name}": f"results/inversionnet/hard/{name}.npz" for name in HARD_SETS}
+    return {f"hard_{name}": rules.hardest_generated.output[0].format(hard_set=name) for name in HARD_SETS}
 
 
 def hard_test_arguments(wildcards, input):

@@ -37,7 +37,7 @@ rule fid_variant:
         store=rules.create_pairs_store.output[0],
         stage1_model=rules.train_stage1.output.model,
         latents=rules.encode_latents.output[0],
-        reference="results/fid/reference_features.npz",
+        reference=rules.fid_reference.output[0],
     output:
         table="results/fid/{variant}/fid.csv",
         tsne_seismic="results/fid/{variant}/tsne_seismic.png",
@@ -67,11 +67,11 @@ rule fid_variant:
 rule sampler_fid:
     """FID of each sampler setting of the trajectory run (DDPM, DDIM, DPM-Solver++), beside its deviation and speed."""
     input:
-        final_latents="results/trajectory/{variant}/final_latents.npz",
-        ddim="results/trajectory/{variant}/ddim.csv",
+        final_latents=rules.diffusion_trajectory.output.final_latents,
+        ddim=rules.diffusion_trajectory.output.ddim,
         stage1_model=rules.train_stage1.output.model,
         latents=rules.encode_latents.output[0],
-        reference="results/fid/reference_features.npz",
+        reference=rules.fid_reference.output[0],
     output:
         table="results/fid/{variant}/samplers.csv",
         figure="results/fid/{variant}/samplers.png",
@@ -100,7 +100,7 @@ rule sampler_fid:
 rule fid_table:
     """results/fid_table.csv: every variant's FID rows in one table."""
     input:
-        expand("results/fid/{variant}/fid.csv", variant=config["stage1"]["variants"]),
+        expand(rules.fid_variant.output.table, variant=VARIANTS),
     output:
         "results/fid_table.csv",
     conda:

@@ -40,12 +40,16 @@ rule train_inversionnet:
         " --threads {threads} --record {output.record} --out {output.model} > {log} 2>&1"
 
 
+# the real-data InversionNet: the hardest pairs are those it predicts worst, and Tables 4 and 9 start from it
+REAL_INVERSIONNET = expand(rules.train_inversionnet.output.model, arm="real")[0]
+
+
 rule hardest_generated:
     """The generated pairs that `real`'s InversionNet predicts worst, split to fine-tune and test (Table 4)."""
     input:
-        model="results/inversionnet/real/model.pt",
-        store=lambda wildcards: f"results/samples/{wildcards.hard_set.rsplit('-', 1)[0]}/pairs.zarr",
-        manifest=lambda wildcards: f"results/samples/{wildcards.hard_set.rsplit('-', 1)[0]}/manifest.json",
+        model=REAL_INVERSIONNET,
+        store=lambda wildcards: rules.create_pairs_store.output[0].format(variant=wildcards.hard_set.rsplit("-", 1)[0]),
+        manifest=lambda wildcards: rules.gather_samples.output[0].format(variant=wildcards.hard_set.rsplit("-", 1)[0]),
     output:
         "results/inversionnet/hard/{hard_set}.npz",
     conda:
@@ -70,8 +74,8 @@ rule evaluate_inversionnet:
     """MAE, RMSE and SSIM of arm {arm} per family on the real test split (and on the hardest generated pairs for Table 4)."""
     input:
         unpack(hard_tests),
-        model="results/inversionnet/{arm}/model.pt",
-        record="results/inversionnet/{arm}/train.json",
+        model=rules.train_inversionnet.output.model,
+        record=rules.train_inversionnet.output.record,
         dataset=rules.preprocess.output[0],
     output:
         "results/inversionnet/{arm}/metrics.csv",
@@ -97,8 +101,8 @@ rule evaluate_inversionnet:
 rule inversionnet_tables:
     """Tables 2, 3 and 4 from every arm's metrics, and a figure of each Table-2 arm's predictions (Fig. 9)."""
     input:
-        metrics=expand("results/inversionnet/{arm}/metrics.csv", arm=sum(ARMS.values(), [])),
-        models=expand("results/inversionnet/{arm}/model.pt", arm=ARMS["table2"]),
+        metrics=expand(rules.evaluate_inversionnet.output[0], arm=sum(ARMS.values(), [])),
+        models=expand(rules.train_inversionnet.output.model, arm=ARMS["table2"]),
         dataset=rules.preprocess.output[0],
     output:
         table2="results/inversionnet/table2.csv",
@@ -123,7 +127,7 @@ rule refine_inversion:
     input:
         stage1_model=rules.train_stage1.output.model,
         stage2_model=rules.train_stage2.output.model,
-        inversionnet="results/inversionnet/real/model.pt",
+        inversionnet=REAL_INVERSIONNET,
         dataset=rules.preprocess.output[0],
     output:
         table9="results/refine/{variant}/table9.csv",
@@ -154,7 +158,7 @@ rule refine_inversion:
 rule refine_table9:
     """results/refine/table9.csv: every variant's Table-9 rows."""
     input:
-        expand("results/refine/{variant}/table9.csv", variant=VARIANTS),
+        expand(rules.refine_inversion.output.table9, variant=VARIANTS),
     output:
         "results/refine/table9.csv",
     conda:
@@ -171,7 +175,7 @@ rule refine_table9:
 rule refine_table7:
     """results/refine/table7.csv: every variant's Table-7 rows (the perturbation ablation)."""
     input:
-        expand("results/refine/{variant}/table7.csv", variant=VARIANTS),
+        expand(rules.refine_inversion.output.table7, variant=VARIANTS),
     output:
         "results/refine/table7.csv",
     conda:

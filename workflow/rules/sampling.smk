@@ -64,7 +64,7 @@ rule sample_shard:
 rule check_shard:
     """The physics check of shard {shard}: F(decoded velocity) with deepwave, stored beside the decoded seismic, and the PDE deviation."""
     input:
-        sampled="results/samples/{variant}/shards/sample-{shard}.json",
+        sampled=rules.sample_shard.output[0],
         store=rules.create_pairs_store.output[0],
         dataset=rules.preprocess.output[0],
     output:
@@ -91,7 +91,7 @@ rule check_shard:
 rule gather_samples:
     """manifest.json of one variant's pairs: counts, seeds, checkpoint hashes, sampler, deviation statistics."""
     input:
-        checked=expand("results/samples/{{variant}}/shards/check-{shard}.json", shard=SHARDS),
+        checked=expand(rules.check_shard.output[0], shard=SHARDS, allow_missing=True),
         store=rules.create_pairs_store.output[0],
     output:
         "results/samples/{variant}/manifest.json",
@@ -112,8 +112,8 @@ rule physics_report:
         manifest=rules.gather_samples.output[0],
         store=rules.create_pairs_store.output[0],
         dataset=rules.preprocess.output[0],
-        floor="results/physics/pde_floor.csv",
-        true_pairs="results/physics/true_pair_deviation.csv",
+        floor=rules.pde_floor.output.floor,
+        true_pairs=rules.pde_floor.output.true_pairs,
     output:
         report="results/samples/{variant}/physics_report.csv",
         figure="results/samples/{variant}/deviation_histogram.png",
@@ -169,7 +169,7 @@ rule memorisation:
 rule export_openfwi:
     """Accepted pairs in OpenFWI's own layout: model{n}.npy (m/s) and data{n}.npy simulated with deepwave."""
     input:
-        report="results/samples/{variant}/physics_report.csv",
+        report=rules.physics_report.output.report,
         store=rules.create_pairs_store.output[0],
         dataset=rules.preprocess.output[0],
     output:

@@ -87,7 +87,7 @@ rule evaluate_stage1:
 rule stage1_metrics:
     """Every variant's Stage-1 metrics in one table."""
     input:
-        expand("results/stage1/{variant}/metrics.csv", variant=config["stage1"]["variants"]),
+        expand(rules.evaluate_stage1.output.metrics, variant=VARIANTS),
     output:
         "results/stage1/metrics.csv",
     conda:

@@ -35,7 +35,7 @@ rule diffusion_trajectory:
         stage2_model=rules.train_stage2.output.model,
         latents=rules.encode_latents.output[0],
         dataset=rules.preprocess.output[0],
-        stage1_table5="results/stage1/{variant}/table5.csv",
+        stage1_table5=rules.evaluate_stage1.output.table5,
     output:
         deviation="results/trajectory/{variant}/deviation.csv",
         table5="results/trajectory/{variant}/table5.csv",
