@@ -15,6 +15,7 @@ from wavediffusion.evaluation.inversion_experiments import (
     evaluate_arm,
     hard_sets,
     mean_map_rows,
+    network_settings,
     train_arm,
     training_data,
     write_tables,
@@ -50,6 +51,16 @@ def test_arm_names_parse_back_to_what_they_train_on():
             parse_arm(bad)
     with pytest.raises(ValueError, match=r"inversionnet\.seismic"):
         ExperimentSettings(seismic=("painted",))
+
+
+def test_the_real_arm_and_the_fine_tuning_arms_take_their_own_overrides():
+    settings = ExperimentSettings(training={"max_steps": 5, "lr": 1e-3}, finetune_training={"max_steps": 1},
+                                  real_training={"max_seconds": 60.0})
+    budgets = {name: network_settings(settings, parse_arm(name)).training
+               for name in ("real", "real-10pct", "finetune-real", "gen-1vq-decoded")}
+    assert budgets["real"] == {"max_steps": 5, "lr": 1e-3, "max_seconds": 60.0}
+    assert budgets["finetune-real"] == {"max_steps": 1, "lr": 1e-3}
+    assert budgets["real-10pct"] == budgets["gen-1vq-decoded"] == {"max_steps": 5, "lr": 1e-3}
 
 
 def test_the_mean_map_predictor_is_the_training_mean_against_the_test_maps(store):  # noqa: F811

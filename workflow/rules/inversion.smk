@@ -22,7 +22,7 @@ rule train_inversionnet:
     benchmark:
         "benchmarks/out/train_inversionnet/{arm}.tsv"
     params:
-        settings=inversion_slice("model", "training", "finetune_training", "generated_size"),
+        settings=inversion_slice("model", "training", "finetune_training", "real_training", "generated_size"),
         seed=config["seed"],
         store=optional_argument("--store", "store"),
         hard=optional_argument("--hard", "hard"),

@@ -40,6 +40,9 @@ class ExperimentSettings:
     model: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     finetune_training: dict = field(default_factory=dict)  # TrainConfig overrides for Table 4's fine-tuning
+    # TrainConfig overrides for the `real` arm: Table 2's reference and the InversionNet that
+    # Stage 1's velocity decoder is measured against at equal GPU time (e.g. max_seconds)
+    real_training: dict = field(default_factory=dict)
     real_percents: tuple[float, ...] = (10.0, 1.0)  # Table 3
     seismic: tuple[str, ...] = SEISMIC_KINDS
     generated_size: int | None = None  # None: as many as the real training pairs

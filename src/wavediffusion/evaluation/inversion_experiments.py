@@ -46,9 +46,11 @@ METRIC_COLUMNS = ("arm", "table", "train_data", "variant", "seismic", "real_perc
                   "mae", "rmse", "ssim")
 
 
-def network_settings(settings: ExperimentSettings, finetune: bool = False) -> InversionNetSettings:
-    """The InversionNet model and training settings of an arm (Table 4's fine-tuning overrides)."""
-    training = {**settings.training, **(settings.finetune_training if finetune else {})}
+def network_settings(settings: ExperimentSettings, arm: Arm) -> InversionNetSettings:
+    """The InversionNet model and training settings of an arm: `training`, with Table 4's
+    fine-tuning overrides or the `real` arm's on top."""
+    training = {**settings.training, **(settings.finetune_training if arm.finetune else {}),
+                **(settings.real_training if arm.name == "real" else {})}
     return InversionNetSettings(model=settings.model, training=training)
 
 
@@ -97,7 +99,7 @@ def arm_identity(name: str, settings: ExperimentSettings, dataset: str | Path, s
         attrs = open_pairs_store(store, mode="r").attrs
         generated = {"config_sha256": attrs.get("config_sha256"), "seismic": arm.seismic,
                      "done": sorted(p.name for p in (Path(store) / "done").glob("*.json"))}
-    return {"arm": name, "network": asdict(network_settings(settings, arm.finetune)), "dataset": dataset_identity(dataset),
+    return {"arm": name, "network": asdict(network_settings(settings, arm)), "dataset": dataset_identity(dataset),
             "generated": generated, "generated_size": settings.generated_size, "seed": settings.seed,
             "hard_sha256": sha256_of(hard) if hard else None,
             "init_sha256": sha256_of(init_weights) if init_weights else None, "processes": processes}
@@ -117,7 +119,7 @@ def train_arm(name: str, dataset: str | Path, settings: ExperimentSettings, run_
     if arm.finetune and arm.variant and hard is None:
         raise ValueError(f"arm {name!r}: fine-tuning on the hardest generated pairs needs their .npz (hard)")
     train = training_data(arm, dataset, settings, store, hard)
-    network = network_settings(settings, arm.finetune)
+    network = network_settings(settings, arm)
     batch = network.train_config().batch_size
     if len(train) < batch:
         raise ValueError(f"arm {name!r}: {len(train)} training pairs, fewer than one batch "
