@@ -20,6 +20,8 @@ from wavediffusion.evaluation.trajectory import (
     DEVIATION_COLUMNS,
     TrajectorySettings,
     diffusion_trajectory,
+    sampler_key,
+    split_key,
 )
 from wavediffusion.files import sha256_of, write_csv
 
@@ -118,14 +120,16 @@ def test_table5_and_ddim_rows(outputs):
     columns, table5 = read(outputs["table5.csv"])
     assert tuple(columns) == TABLE5_COLUMNS
     assert [r["latents"] for r in table5] == [r["latents"] for r in STAGE1_ROWS] + [
-        "diffusion_ddpm", "diffusion_ddim_2", "diffusion_ddim_5", "diffusion_dpmpp2m_4"]
+        "diffusion_ddpm", "diffusion_ddim_2", "diffusion_ddim_5", "diffusion_ddim_2_eta1", "diffusion_ddim_5_eta1",
+        "diffusion_dpmpp2m_4"]
     assert float(table5[0]["deviation_mean"]) == 0.02  # Stage 1's rows pass through unchanged
     diffusion = {r["latents"]: r for r in table5[len(STAGE1_ROWS):]}
     assert all(r["variant"] == "1vq" and r["n"] == "2" and not r["weight"] for r in diffusion.values())
 
     columns, ddim = read(outputs["ddim.csv"])
     assert tuple(columns) == DDIM_COLUMNS
-    assert [(r["sampler"], int(r["steps"])) for r in ddim] == [("ddim", 2), ("ddim", 5), ("dpmpp2m", 4), ("ddpm", T)]
+    assert [(r["sampler"], int(r["steps"]), r["eta"]) for r in ddim] == [
+        ("ddim", 2, "0.0"), ("ddim", 5, "0.0"), ("ddim", 2, "1.0"), ("ddim", 5, "1.0"), ("dpmpp2m", 4, ""), ("ddpm", T, "")]
     assert all(int(r["n"]) == 2 and float(r["seconds_per_sample"]) > 0 for r in ddim)
     # one set of final DDPM samples behind three outputs
     _, deviation = read(outputs["deviation.csv"])
@@ -143,15 +147,16 @@ def test_final_latents_are_each_samplers_samples(artifacts, outputs):
     with np.load(outputs["final_latents.npz"]) as npz:
         assert str(npz["stage1_sha256"]) == sha256_of(artifacts["stage1"])
         finals = {key: npz[key] for key in npz.files if key != "stage1_sha256"}
-    assert sorted(finals) == ["ddim-2", "ddim-5", "ddpm-50", "dpmpp2m-4"]
+    assert sorted(finals) == ["ddim-2", "ddim-2-eta1", "ddim-5", "ddim-5-eta1", "ddpm-50", "dpmpp2m-4"]
     assert all(z.shape == (2, 8, 8, 8) and z.dtype == np.float32 for z in finals.values())
     model = load_autoencoder(artifacts["stage1"])
     _, ddim = read(outputs["ddim.csv"])
     for row in ddim:
-        z = torch.from_numpy(finals[f"{row['sampler']}-{row['steps']}"])
+        z = torch.from_numpy(finals[sampler_key(row["sampler"], int(row["steps"]), float(row["eta"] or 0))])
         deviation = decode_and_check(model, z, REP, "deepwave", 2, desc="", progress=False)["deviation"]
         assert float(deviation.mean()) == pytest.approx(float(row["mean"]), rel=1e-6)
     assert not np.allclose(finals["ddim-2"], finals["ddim-5"])
+    assert not np.allclose(finals["ddim-5"], finals["ddim-5-eta1"])  # η = 1 draws noise at every step
 
 
 def test_sampler_fid_scores_each_setting_against_the_reference(artifacts, outputs, tmp_path):
@@ -185,12 +190,14 @@ def test_sampler_fid_scores_each_setting_against_the_reference(artifacts, output
                        tmp_path / "samplers.png", device="cpu")
     columns, written = read(tmp_path / "samplers.csv")
     assert tuple(columns) == COLUMNS and len(written) == len(rows)
-    assert [(r["sampler"], r["steps"]) for r in rows] == [("ddpm", T), ("ddim", 2), ("ddim", 5), ("dpmpp2m", 4),
-                                                          (BASELINE, "")]
+    assert [(r["sampler"], r["steps"], r["eta"]) for r in rows] == [
+        ("ddpm", T, ""), ("ddim", 2, 0.0), ("ddim", 5, 0.0), ("ddim", 2, 1.0), ("ddim", 5, 1.0), ("dpmpp2m", 4, ""),
+        (BASELINE, "", "")]
     assert all(r["n"] == 2 and r["fid_seismic"] > 0 and r["fid_velocity"] > 0 for r in rows)
     _, ddim = read(outputs["ddim.csv"])
-    deviation = {(r["sampler"], int(r["steps"])): float(r["mean"]) for r in ddim}
-    assert all(float(r["deviation_mean"]) == deviation[(r["sampler"], r["steps"])] for r in rows[:-1])
+    deviation = {sampler_key(r["sampler"], int(r["steps"]), float(r["eta"] or 0)): float(r["mean"]) for r in ddim}
+    assert all(float(r["deviation_mean"]) == deviation[sampler_key(r["sampler"], r["steps"], r["eta"] or 0.0)]
+               for r in rows[:-1])
 
     with np.load(outputs["final_latents.npz"]) as npz:
         seismic, velocity = load_autoencoder(artifacts["stage1"]).decode_latent(torch.from_numpy(npz["ddim-5"]))
@@ -226,6 +233,9 @@ def test_same_seed_same_numbers(artifacts, outputs, tmp_path):
     ({"steps": ()}, "steps"),
     ({"ddim_steps": (0,)}, "ddim_steps"),
     ({"dpm_solver_steps": (1,)}, "dpm_solver_steps"),
+    ({"ddim_etas": (1.5,)}, "ddim_etas"),
+    ({"ddim_etas": ()}, "ddim_etas"),
+    ({"ddim_etas": (0, 0.0)}, "ddim_etas"),
     ({"n_forward": 0}, "n_forward"),
     ({"batch_size": 0}, "batch_size"),
     ({"backend": "devito"}, "backend"),
@@ -252,3 +262,10 @@ def test_grid_and_inputs_are_checked_against_the_models(artifacts, tmp_path):
     with pytest.raises(ValueError, match="variant"):
         run({**artifacts, "table5": other}, tmp_path)
     assert not (tmp_path / "deviation.csv").exists()
+
+
+@pytest.mark.parametrize("setting", [("ddpm", 1000, 0.0), ("ddim", 50, 0.0), ("ddim", 50, 1.0), ("ddim", 10, 0.5),
+                                     ("dpmpp2m", 20, 0.0)])
+def test_sampler_keys_name_each_setting_and_read_back(setting):
+    assert split_key(sampler_key(*setting)) == setting
+    assert sampler_key("ddim", 50) == "ddim-50" and sampler_key("ddim", 50, 1.0) == "ddim-50-eta1"

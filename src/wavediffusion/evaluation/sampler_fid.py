@@ -32,9 +32,9 @@ from .fid_table import (
     load_reference,
     stage1_random_pairs,
 )
-from .trajectory import split_key
+from .trajectory import same_setting, sampler_key, sampler_series, split_key
 
-COLUMNS = ("variant", "sampler", "steps", "n", "fid_seismic", "fid_velocity", "deviation_mean", "deviation_std",
+COLUMNS = ("variant", "sampler", "steps", "eta", "n", "fid_seismic", "fid_velocity", "deviation_mean", "deviation_std",
            "seconds_per_sample", "n_reference", "weights_sha256")
 BASELINE = "stage1-random-latents"
 
@@ -56,10 +56,9 @@ def plot_sampler_fid(rows: list[dict], path: str | Path) -> Path:
     figure, axes = plt.subplots(1, len(MODALITIES), figsize=(10, 3.8), layout="constrained")
     samplers = [r for r in rows if r["sampler"] != BASELINE]
     for ax, modality in zip(axes, MODALITIES):
-        for sampler, marker in (("ddim", "s-"), ("dpmpp2m", "^-"), ("ddpm", "D")):
-            points = sorted((r["steps"], r[f"fid_{modality}"]) for r in samplers if r["sampler"] == sampler)
-            if points:
-                ax.plot(*zip(*points), marker, label=sampler, markersize=5)
+        for sampler, eta, marker, label in sampler_series(samplers):
+            points = sorted((r["steps"], r[f"fid_{modality}"]) for r in samplers if same_setting(r, sampler, eta))
+            ax.plot(*zip(*points), marker, label=label, markersize=5)
         for r in rows:
             if r["sampler"] == BASELINE:
                 ax.axhline(r[f"fid_{modality}"], color="tab:gray", linestyle="--", linewidth=1,
@@ -79,15 +78,15 @@ def sampler_fid(variant: str, final_latents: str | Path, ddim_csv: str | Path, s
     out_csv and the figure."""
     device = resolve_device(device)
     finals = read_final_latents(final_latents, stage1_model)
-    speed = {(r["sampler"], int(r["steps"])): r for r in read_csv(ddim_csv)}
+    speed = {sampler_key(r["sampler"], int(r["steps"]), float(r["eta"] or 0)): r for r in read_csv(ddim_csv)}
     reference_feats, reference_info = load_reference(reference)
     model, weights = load_matching_inception(settings, reference, reference_info, device)
     autoencoder = load_autoencoder(stage1_model, device)
 
-    def fid_row(sampler: str, steps: int | str, pairs: dict[str, np.ndarray], measured: dict) -> dict:
+    def fid_row(sampler: str, steps: int | str, eta: float | str, pairs: dict[str, np.ndarray], measured: dict) -> dict:
         n = len(pairs["velocity"])
         features = _features(model, pairs, np.arange(n), settings, device, f"{variant} {sampler}-{steps}")
-        return {"variant": variant, "sampler": sampler, "steps": steps, "n": n,
+        return {"variant": variant, "sampler": sampler, "steps": steps, "eta": eta, "n": n,
                 **{f"fid_{m}": fid_from_features(features[m], reference_feats[m]) for m in MODALITIES},
                 "deviation_mean": measured.get("mean", ""), "deviation_std": measured.get("std", ""),
                 "seconds_per_sample": measured.get("seconds_per_sample", ""),
@@ -95,15 +94,15 @@ def sampler_fid(variant: str, final_latents: str | Path, ddim_csv: str | Path, s
 
     rows = []
     for key, z in finals.items():
-        sampler, steps = split_key(key)
-        if (sampler, steps) not in speed:
+        sampler, steps, eta = split_key(key)
+        if key not in speed:
             raise ValueError(f"{ddim_csv}: no row for {key} of {final_latents}; both must come from one trajectory run")
         pairs = decode_pairs(autoencoder, torch.from_numpy(z), device, settings.batch_size)
-        rows.append(fid_row(sampler, steps, pairs, speed[(sampler, steps)]))
+        rows.append(fid_row(sampler, steps, eta if sampler == "ddim" else "", pairs, speed[key]))
     for n in sorted({row["n"] for row in rows}):
         # Gaussian latents fitted to the training latents, seeded as fid_variant's baseline
         pairs = stage1_random_pairs(autoencoder, latents, n, derive_seed(settings.seed, 1), device, settings.batch_size)
-        rows.append(fid_row(BASELINE, "", pairs, {}))
+        rows.append(fid_row(BASELINE, "", "", pairs, {}))
     write_csv(rows, out_csv, COLUMNS)
     plot_sampler_fid(rows, figure)
     return rows

@@ -27,7 +27,7 @@ from ..training.stage2 import load_stage2, open_latents
 from .stage1 import TABLE5_COLUMNS, decode_and_check, deviation_row, plot_examples, random_training_latents
 
 DEVIATION_COLUMNS = ("step", "direction", "mean", "std", "n")
-DDIM_COLUMNS = ("sampler", "steps", "n", "mean", "std", "seconds_per_sample")
+DDIM_COLUMNS = ("sampler", "steps", "eta", "n", "mean", "std", "seconds_per_sample")  # eta: DDIM's only
 CLEAN_STEP = -1  # the noise-free end of the process (ᾱ = 1) in deviation.csv
 PRECISIONS = ("bf16", "fp32")
 KEY = "stage2.trajectory"
@@ -42,7 +42,8 @@ class TrajectorySettings:
     n_forward: int = 13_200  # training latents noised along the grid (paper: 13.2k)
     n_backward: int = 1000  # DDPM samples from pure noise, decoded along the grid
     steps: tuple[int, ...] = (0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)  # 0-based t, in [0, T-1]
-    ddim_steps: tuple[int, ...] = (10, 25, 50, 100)  # DDIM settings (η = 0), each in [1, T]
+    ddim_steps: tuple[int, ...] = (10, 25, 50, 100)  # DDIM settings, each in [1, T], run at every η of ddim_etas
+    ddim_etas: tuple[float, ...] = (0.0, 1.0)  # 0: deterministic (the ODE); 1: stochastic, DDPM's noise on DDIM's grid
     dpm_solver_steps: tuple[int, ...] = (10, 20)  # DPM-Solver++(2M) settings, each in [2, T]; may be empty
     n_ddim: int = 1000  # samples per DDIM and per DPM-Solver++ setting
     batch_size: int = 64  # sampler, decoder and simulator batch
@@ -61,6 +62,13 @@ class TrajectorySettings:
             if len(set(values)) != len(values):
                 raise ValueError(f"{KEY}.{name} has repeated values: {list(values)}")
             object.__setattr__(self, name, tuple(sorted(int(v) for v in values)))
+        etas = self.ddim_etas
+        if isinstance(etas, (int, float, str)) or not etas or not all(
+                isinstance(e, (int, float)) and not isinstance(e, bool) and 0 <= e <= 1 for e in etas):
+            raise ValueError(f"{KEY}.ddim_etas must be a non-empty list of numbers in [0, 1], got {etas!r}")
+        if len(set(etas)) != len(etas):
+            raise ValueError(f"{KEY}.ddim_etas has repeated values: {list(etas)}")
+        object.__setattr__(self, "ddim_etas", tuple(sorted(float(e) for e in etas)))
         if self.steps[0] < 0:
             raise ValueError(f"{KEY}.steps must be timesteps in [0, T-1], got {list(self.steps)}")
         if self.ddim_steps[0] < 1:
@@ -215,21 +223,22 @@ def backward_deviation(autoencoder, unet, schedule: NoiseSchedule, scale: float,
 
 
 def ode_deviation(autoencoder, unet, schedule: NoiseSchedule, scale: float, start: torch.Tensor, sampler: str,
-                  num_steps: int, rep: Representation, settings: TrajectorySettings, device: torch.device,
+                  num_steps: int, eta: float, rep: Representation, settings: TrajectorySettings, device: torch.device,
                   progress: bool = True) -> tuple[torch.Tensor, float, torch.Tensor]:
-    """(per-sample deviation of the final samples of `sampler` ("ddim" at η = 0 or "dpmpp2m")
+    """(per-sample deviation of the final samples of `sampler` ("ddim" at η = eta, or "dpmpp2m")
     with num_steps steps, sampling seconds per sample, the final latents (unscaled))."""
-    generator = _generator(settings.seed, "ddim")  # neither draws noise from a given start, but both take one
+    generator = _generator(settings.seed, "ddim")  # draws only for DDIM with η > 0
     autocast = unet_autocast(device, settings.precision)
     T = schedule.num_steps
     deviations, finals, seconds = [], [], 0.0
     batches = start.split(settings.batch_size)
-    with tqdm(total=len(batches) * num_steps, desc=f"{SAMPLER_LABELS[sampler]}-{num_steps}", unit="step",
+    with tqdm(total=len(batches) * num_steps, desc=sampler_label(sampler, num_steps, eta), unit="step",
               disable=not progress, dynamic_ncols=True) as bar:
         for batch in batches:
             synchronize(device)
             began = time.perf_counter()
-            result = run_sampler(sampler, unet, schedule, num_steps=num_steps, generator=generator, device=device,
+            result = run_sampler(sampler, unet, schedule, num_steps=num_steps, eta=eta, generator=generator,
+                                 device=device,
                                  start=(batch, T - 1), callback=lambda *_: bar.update(1), autocast=autocast)
             synchronize(device)
             seconds += time.perf_counter() - began
@@ -240,15 +249,21 @@ def ode_deviation(autoencoder, unet, schedule: NoiseSchedule, scale: float, star
     return torch.cat(deviations), seconds / len(start), torch.cat(finals)
 
 
-def sampler_key(sampler: str, steps: int) -> str:
-    """A sampler setting's name in final_latents.npz: "ddpm-1000", "ddim-50", "dpmpp2m-20"."""
-    return f"{sampler}-{steps}"
+def sampler_key(sampler: str, steps: int, eta: float = 0.0) -> str:
+    """A sampler setting's name in final_latents.npz: "ddpm-1000", "ddim-50", "ddim-50-eta1",
+    "dpmpp2m-20" (η only where it is not 0, and only DDIM has one)."""
+    return f"{sampler}-{steps}" + (f"-eta{eta:g}" if eta else "")
 
 
-def split_key(key: str) -> tuple[str, int]:
-    """sampler_key's inverse: "ddim-50" -> ("ddim", 50)."""
-    sampler, steps = key.rsplit("-", 1)
-    return sampler, int(steps)
+def split_key(key: str) -> tuple[str, int, float]:
+    """sampler_key's inverse: "ddim-50-eta1" -> ("ddim", 50, 1.0)."""
+    sampler, steps, *eta = key.split("-")
+    return sampler, int(steps), float(eta[0][len("eta"):]) if eta else 0.0
+
+
+def sampler_label(sampler: str, steps: int, eta: float = 0.0) -> str:
+    """What tables and figures call a setting: "DDIM-50 η=1"."""
+    return f"{SAMPLER_LABELS[sampler]}-{steps}" + (f" η={eta:g}" if eta else "")
 
 
 def write_final_latents(path: str | Path, finals: dict[str, torch.Tensor], stage1_model: str | Path) -> None:
@@ -261,6 +276,20 @@ def write_final_latents(path: str | Path, finals: dict[str, torch.Tensor], stage
 
 
 # --- figures ------------------------------------------------------------------------------------
+
+MARKERS = {"ddim": "s-", "dpmpp2m": "^-", "ddpm": "D"}  # stochastic DDIM: "o-"
+
+
+def sampler_series(rows: list[dict]) -> list[tuple[str, float, str, str]]:
+    """(sampler, η, marker, label) of each distinct sampler setting in ddim.csv-like rows
+    (an empty η reads as 0), for the figures."""
+    settings = sorted({(r["sampler"], float(r["eta"]) if r.get("eta") not in (None, "") else 0.0) for r in rows})
+    return [(sampler, eta, "o-" if eta else MARKERS[sampler], SAMPLER_LABELS[sampler] + (f" η={eta:g}" if eta else ""))
+            for sampler, eta in settings]
+
+
+def same_setting(row: dict, sampler: str, eta: float) -> bool:
+    return row["sampler"] == sampler and (float(row["eta"]) if row.get("eta") not in (None, "") else 0.0) == eta
 
 
 def plot_trajectory(deviation_rows: list[dict], ddim_rows: list[dict], stage1_rows: list[dict], num_steps: int,
@@ -294,11 +323,10 @@ def plot_trajectory(deviation_rows: list[dict], ddim_rows: list[dict], stage1_ro
     ax.set_title("deviation along the diffusion process (mean ± std)", fontsize=10)
     ax.legend(fontsize=8)
 
-    for sampler, marker in (("ddim", "s-"), ("dpmpp2m", "^-"), ("ddpm", "D")):
-        rows = sorted((r for r in ddim_rows if r["sampler"] == sampler), key=lambda r: r["steps"])
-        if rows:
-            ax_steps.errorbar([r["steps"] for r in rows], [r["mean"] for r in rows], yerr=[r["std"] for r in rows],
-                              fmt=marker, capsize=3, markersize=4, label=SAMPLER_LABELS[sampler])
+    for sampler, eta, marker, label in sampler_series(ddim_rows):
+        rows = sorted((r for r in ddim_rows if same_setting(r, sampler, eta)), key=lambda r: r["steps"])
+        ax_steps.errorbar([r["steps"] for r in rows], [r["mean"] for r in rows], yerr=[r["std"] for r in rows],
+                          fmt=marker, capsize=3, markersize=4, label=label)
     ax_steps.set_xscale("log")
     ax_steps.set_xticks(sorted({r["steps"] for r in ddim_rows}), [str(r) for r in sorted({r["steps"] for r in ddim_rows})])
     ax_steps.xaxis.set_minor_locator(NullLocator())
@@ -346,22 +374,24 @@ def diffusion_trajectory(stage1_model: str | Path, stage2_model: str | Path, lat
     start = _start_noise(shape, max(settings.n_backward, settings.n_ddim), settings)
     backward, example, ddpm_seconds, ddpm_latents = backward_deviation(autoencoder, unet, schedule, scale,
                                                          start[: settings.n_backward], rep, settings, device, progress)
-    ode = {(sampler, k): ode_deviation(autoencoder, unet, schedule, scale, start[: settings.n_ddim], sampler, k, rep,
-                                       settings, device, progress)
-           for sampler, counts in (("ddim", settings.ddim_steps), ("dpmpp2m", settings.dpm_solver_steps))
-           for k in counts}
+    ode_settings = [*(("ddim", k, eta) for eta in settings.ddim_etas for k in settings.ddim_steps),
+                    *(("dpmpp2m", k, 0.0) for k in settings.dpm_solver_steps)]
+    ode = {(sampler, k, eta): ode_deviation(autoencoder, unet, schedule, scale, start[: settings.n_ddim], sampler, k,
+                                            eta, rep, settings, device, progress)
+           for sampler, k, eta in ode_settings}
 
     deviation_rows = [{"step": t, "direction": direction, **_stats(values)}
                       for direction, per_step in (("forward", forward), ("backward", backward))
                       for t, values in per_step.items()]
     final = backward[CLEAN_STEP]
-    ddim_rows = [{"sampler": sampler, "steps": k, **_stats(values), "seconds_per_sample": seconds}
-                 for (sampler, k), (values, seconds, _) in ode.items()]
-    ddim_rows.append({"sampler": "ddpm", "steps": schedule.num_steps, **_stats(final),
+    ddim_rows = [{"sampler": sampler, "steps": k, "eta": eta if sampler == "ddim" else "", **_stats(values),
+                  "seconds_per_sample": seconds}
+                 for (sampler, k, eta), (values, seconds, _) in ode.items()]
+    ddim_rows.append({"sampler": "ddpm", "steps": schedule.num_steps, "eta": "", **_stats(final),
                       "seconds_per_sample": ddpm_seconds})
     table5_rows = [*stage1_rows, deviation_row(variant, "diffusion_ddpm", None, final),
-                   *(deviation_row(variant, f"diffusion_{sampler}_{k}", None, values)
-                     for (sampler, k), (values, _, _) in ode.items())]
+                   *(deviation_row(variant, "diffusion_" + sampler_key(sampler, k, eta).replace("-", "_"), None, values)
+                     for (sampler, k, eta), (values, _, _) in ode.items())]
 
     write_csv(deviation_rows, deviation_csv, DEVIATION_COLUMNS)
     write_csv(table5_rows, table5_csv, TABLE5_COLUMNS)
@@ -369,6 +399,6 @@ def diffusion_trajectory(stage1_model: str | Path, stage2_model: str | Path, lat
     plot_trajectory(deviation_rows, ddim_rows, stage1_rows, schedule.num_steps, figure)
     plot_examples(strip_examples(example), strip_figure, title="One reverse-diffusion trajectory, decoded")
     finals = {sampler_key("ddpm", schedule.num_steps): ddpm_latents,
-              **{sampler_key(sampler, k): latents for (sampler, k), (_, _, latents) in ode.items()}}
+              **{sampler_key(sampler, k, eta): latents for (sampler, k, eta), (_, _, latents) in ode.items()}}
     write_final_latents(final_latents, finals, stage1_model)
     return {"deviation": deviation_rows, "table5": table5_rows, "ddim": ddim_rows}
