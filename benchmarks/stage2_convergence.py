@@ -14,13 +14,20 @@ latents, what the paper's Table 5 calls random latents.
         --seconds 390 --recipes paper,small --out DIR
 
 Writes DIR/convergence.csv (one row per recipe and sampler, and the controls),
-DIR/<recipe>_log.csv (the training log), DIR/convergence.png (validation loss against
-seconds; deviation per recipe and sampler beside the controls).
+DIR/noise_levels.csv (per recipe and noise level t: the ε-prediction error on held-out
+latents and the gain of the predicted ε along the true one), DIR/<recipe>_log.csv (the
+training log), DIR/convergence.png (validation loss against seconds; deviation per recipe
+and sampler beside the controls).
+
+Why the gain: at the noisiest steps z_0 is read off as (z_t - sqrt(1 - ᾱ_t) ε̂) / sqrt(ᾱ_t),
+with sqrt(ᾱ_t) ~ 0.03 at t = T-1, so an ε̂ a few percent too short costs little in the loss
+but makes the reverse chain grow step after step: samples far larger than any latent.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import shutil
 import time
@@ -56,7 +63,9 @@ RECIPES = {
 SAMPLERS = (("ddim", 50, 0.0, 1.0), ("ddim", 50, 1.0, 1.0), ("ddpm", 1000, 1.0, 0.5))
 COLUMNS = ("recipe", "latents", "parameters", "train_steps", "train_seconds", "samples_per_s", "val_loss_ema",
            "sampler", "sampler_steps", "eta", "n", "deviation_mean", "deviation_std", "deviation_median",
-           "nearest_train_median", "seconds_per_sample")
+           "nearest_train_median", "rms_scaled", "seconds_per_sample")
+NOISE_COLUMNS = ("recipe", "t", "n", "eps_mse", "eps_gain")
+NOISE_LEVELS = (0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 950, 990, 999)
 
 
 @torch.no_grad()
@@ -91,14 +100,33 @@ def settings_for(config: dict, overrides: dict, seconds: float) -> Stage2Setting
 
 
 def deviation_row(recipe: str, kind: str, sampler: str, steps, eta, latents: torch.Tensor, train, autoencoder, rep,
-                  device, seconds_per_sample, **extra) -> dict:
+                  device, seconds_per_sample, scale: float, **extra) -> dict:
     checked = decode_and_check(autoencoder, latents, rep, "deepwave", 250, desc=f"{recipe} {sampler}", progress=False)
     deviation = checked["deviation"]
     nearest = nearest_distances(latents, train, device)
     return {"recipe": recipe, "latents": kind, "sampler": sampler, "sampler_steps": steps, "eta": eta,
             "n": len(deviation), "deviation_mean": float(deviation.mean()), "deviation_std": float(deviation.std()),
             "deviation_median": float(deviation.median()), "nearest_train_median": float(nearest.median()),
-            "seconds_per_sample": seconds_per_sample, **extra}
+            "rms_scaled": float((latents * scale).pow(2).mean().sqrt()), "seconds_per_sample": seconds_per_sample,
+            **extra}
+
+
+@torch.no_grad()
+def noise_level_rows(recipe: str, unet, schedule, scale: float, held_out: torch.Tensor, device) -> list[dict]:
+    """The ε-prediction error and gain <ε̂, ε> / <ε, ε> of held-out latents at each t of NOISE_LEVELS."""
+    z0 = held_out.to(device) * scale
+    generator = torch.Generator(device).manual_seed(0)
+    autocast = unet_autocast(device, "bf16")
+    rows = []
+    for t in NOISE_LEVELS:
+        noise = torch.randn(z0.shape, generator=generator, device=device)
+        timesteps = torch.full((len(z0),), t, dtype=torch.long, device=device)
+        z_t = schedule.q_sample(z0, timesteps, noise)
+        with autocast() if autocast else contextlib.nullcontext():
+            eps = torch.cat([unet(part, timesteps[: len(part)]) for part in z_t.split(250)]).float()
+        rows.append({"recipe": recipe, "t": t, "n": len(z0), "eps_mse": float((eps - noise).pow(2).mean()),
+                     "eps_gain": float((eps * noise).sum() / noise.pow(2).sum())})
+    return rows
 
 
 def sample(unet, schedule, scale: float, sampler: str, steps: int, eta: float, n: int, shape, device,
@@ -166,10 +194,11 @@ def main() -> None:
         held_out = torch.from_numpy(latents_root["val"]["latent"][: min(n, latents_root["val"]["latent"].shape[0])])
         gaussian = gaussian_latents(train, n, torch.Generator().manual_seed(0))
         for name, z in (("held-out latents", held_out), ("Gaussian latents", gaussian)):
-            rows.append(deviation_row("control", "continuous", name, "", "", z, train, autoencoder, rep, device, ""))
+            rows.append(deviation_row("control", "continuous", name, "", "", z, train, autoencoder, rep, device, "",
+                                      1.0 / float(latents_root.attrs["stats"]["train"]["std"])))
             print(rows[-1], flush=True)
 
-    logs = {}
+    logs, noise_rows = {}, []
     for recipe in recipes:
         kind, overrides = RECIPES[recipe]
         latents = args.latents if kind == "continuous" else snapped_store(args.latents, args.stage1_model,
@@ -193,8 +222,12 @@ def main() -> None:
             for sampler, steps, eta, share in SAMPLERS:
                 z, seconds = sample(unet, schedule, scale, sampler, steps, eta, int(n * share), shape, device)
                 rows.append(deviation_row(recipe, kind, sampler, steps, eta, z, reference, autoencoder, rep, device,
-                                          round(seconds, 5), **info))
+                                          round(seconds, 5), scale, **info))
                 print(rows[-1], flush=True)
+        held = torch.from_numpy(open_latents(latents)["val"]["latent"][: args.samples])
+        noise_rows += noise_level_rows(recipe, unet, schedule, scale, held, device)
+        write_csv(noise_rows, args.out / "noise_levels.csv", NOISE_COLUMNS)
+        print(noise_rows[-len(NOISE_LEVELS):], flush=True)
         del unet
         torch.cuda.empty_cache() if device.type == "cuda" else None
         write_csv(rows, args.out / "convergence.csv", COLUMNS)  # after every recipe: a cut run keeps its rows
