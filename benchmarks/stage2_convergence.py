@@ -57,6 +57,7 @@ RECIPES = {
     "paper": ("continuous", {}),
     "paper-codes": ("codes", {}),
     "paper-lr3e-4": ("continuous", {"training": {"lr": 3e-4}}),
+    "paper-v": ("continuous", {"diffusion": {"prediction": "v"}}),
     "small": ("continuous", {"model": SMALL_UNET, "training": {"lr": 2e-4}}),
 }
 # (sampler, steps, eta, share of --samples)
@@ -96,7 +97,8 @@ def settings_for(config: dict, overrides: dict, seconds: float) -> Stage2Setting
     training = {**section.get("training", {}), **overrides.get("training", {}),
                 "max_seconds": seconds, "max_steps": None, "checkpoint_every_steps": 10**9, "progress": False}
     return Stage2Settings(model={**section.get("model", {}), **overrides.get("model", {})},
-                          diffusion=section.get("diffusion", {}), training=training)
+                          diffusion={**section.get("diffusion", {}), **overrides.get("diffusion", {})},
+                          training=training)
 
 
 def deviation_row(recipe: str, kind: str, sampler: str, steps, eta, latents: torch.Tensor, train, autoencoder, rep,

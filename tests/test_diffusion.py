@@ -17,6 +17,7 @@ from wavediffusion.diffusion import (
     ddpm_sample,
     dpm_solver_sample,
 )
+from wavediffusion.diffusion.schedule import EpsFromV
 from wavediffusion.models.unet import (
     UNet,
     UNetConfig,
@@ -101,6 +102,30 @@ def test_training_loss_is_zero_for_the_oracle_and_one_for_a_zero_model():
     zero = lambda z, t: torch.zeros_like(z)
     assert schedule.training_loss(zero, z0, generator=gen).item() == pytest.approx(1.0, abs=0.05)
     assert schedule.training_loss(zero, z0, generator=gen, loss="l1").item() == pytest.approx((2 / np.pi) ** 0.5, abs=0.05)
+
+
+def test_v_prediction_target_and_its_epsilon():
+    """v = sqrt(ᾱ) ε - sqrt(1 - ᾱ) z_0 turns back into ε exactly; an oracle v-model has zero loss
+    and, seen through EpsFromV, is the ε oracle, so every sampler recovers z_0 from it."""
+    schedule = NoiseSchedule()
+    gen = torch.Generator().manual_seed(4)
+    z0 = torch.randn(64, 2, 4, 4, generator=gen, dtype=torch.float64)
+    t, noise = schedule.sample_timesteps(64, "cpu", gen), torch.randn(64, 2, 4, 4, generator=gen, dtype=torch.float64)
+    z_t = schedule.q_sample(z0, t, noise)
+    v = schedule.v_target(z0, t, noise)
+    torch.testing.assert_close(schedule.eps_from_v(z_t, t, v), noise, atol=1e-10, rtol=0)
+    at_noisiest = torch.full((64,), 999)
+    torch.testing.assert_close(schedule.v_target(z0, at_noisiest, noise), -z0, atol=0.15, rtol=0)  # -z_0 + 0.026 ε
+
+    eps_oracle = Oracle(schedule, z0[:3])
+    v_oracle = lambda z, t: schedule.v_target(  # noqa: E731
+        eps_oracle.z0.to(z.dtype), t, eps_oracle(z, t))
+    assert schedule.training_loss(v_oracle, z0[:3].float(), t=t[:3], noise=noise[:3].float(), prediction="v") < 1e-8
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        schedule.training_loss(v_oracle, z0[:3].float(), prediction="x0")
+    result = ddim_sample(EpsFromV(lambda z, t: v_oracle(z, t), schedule), schedule, (3, 2, 4, 4), num_steps=10,
+                         generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(result.z0.double(), z0[:3], atol=1e-3, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------

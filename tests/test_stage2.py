@@ -11,6 +11,7 @@ import pytest
 import torch
 import zarr
 
+from wavediffusion.diffusion.schedule import EpsFromV
 from wavediffusion.models.unet import UNet
 from wavediffusion.training import checkpoint as ckpt
 from wavediffusion.training import train
@@ -120,6 +121,21 @@ def test_train_stage2_writes_weights_that_load_for_sampling(latents, tmp_path):
     with torch.no_grad():
         out = unet(torch.randn(2, 4, 8, 8), torch.tensor([0, 99]))
     assert out.shape == (2, 4, 8, 8) and out.abs().sum() > 0  # trained away from the zero start
+
+
+def test_a_v_prediction_model_loads_as_an_epsilon_model(latents, tmp_path):
+    torch.manual_seed(0)
+    v_settings = settings()
+    v_settings = Stage2Settings(model=v_settings.model, diffusion={**v_settings.diffusion, "prediction": "v"},
+                                training=v_settings.training)
+    train_stage2(latents, v_settings, tmp_path)
+    model, schedule, _ = load_stage2(tmp_path / "final.pt")
+    assert isinstance(model, EpsFromV) and isinstance(model.model, UNet) and model.config == model.model.config
+    z, t = torch.randn(2, 4, 8, 8), torch.tensor([3, 90])
+    with torch.no_grad():
+        torch.testing.assert_close(model(z, t), schedule.eps_from_v(z, t, model.model(z, t)))
+    with pytest.raises(ValueError, match=r"stage2\.diffusion\.prediction"):
+        DiffusionSettings(prediction="x0")
 
 
 def test_ema_follows_ldm_warmup_then_the_decay():

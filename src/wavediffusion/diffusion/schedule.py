@@ -22,6 +22,7 @@ from torch import nn
 
 SCHEDULE_KINDS = ("linear", "linear_beta")
 LOSSES = ("l2", "l1")
+PREDICTIONS = ("eps", "v")  # what the network predicts: ε (DDPM's, the paper's) or v = sqrt(ᾱ) ε - sqrt(1 - ᾱ) z_0
 
 
 def make_betas(num_steps: int, beta_start: float, beta_end: float, kind: str) -> torch.Tensor:
@@ -96,6 +97,14 @@ class NoiseSchedule:
         return ((self.coef("sqrt_recip_alphas_cumprod", t, z_t) * z_t - z0)
                 / self.coef("sqrt_recipm1_alphas_cumprod", t, z_t))
 
+    def v_target(self, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) z_0 (Salimans & Ho 2022): ε at low noise, -z_0 at high."""
+        return self.coef("sqrt_alphas_cumprod", t, z0) * noise - self.coef("sqrt_one_minus_alphas_cumprod", t, z0) * z0
+
+    def eps_from_v(self, z_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The ε of a v-prediction: ε = sqrt(1 - ᾱ_t) z_t + sqrt(ᾱ_t) v."""
+        return self.coef("sqrt_one_minus_alphas_cumprod", t, z_t) * z_t + self.coef("sqrt_alphas_cumprod", t, z_t) * v
+
     def posterior(self, z0: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor):
         """Mean, variance and clipped log-variance of q(z_{t-1} | z_t, z_0) (DDPM's "fixed
         small" reverse variance)."""
@@ -114,8 +123,9 @@ class NoiseSchedule:
 
     def training_loss(self, model: nn.Module, z0: torch.Tensor, *, t: torch.Tensor | None = None,
                       noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                      loss: str = "l2") -> torch.Tensor:
-        """The ε-prediction loss E_{t, ε} ‖ε - ε_θ(z_t, t)‖ (mean over all elements).
+                      loss: str = "l2", prediction: str = "eps") -> torch.Tensor:
+        """The ε-prediction loss E_{t, ε} ‖ε - ε_θ(z_t, t)‖ (mean over all elements), or with
+        prediction="v" the v-prediction loss ‖v - v_θ(z_t, t)‖ (v_target).
 
         t and ε are drawn (t uniform, ε standard normal) unless given, from `generator` if
         given (then moved to z0's device) or else from the global RNG of z0's device — the
@@ -124,11 +134,29 @@ class NoiseSchedule:
         """
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if t is None:
             t = self.sample_timesteps(z0.shape[0], z0.device, generator)
         if noise is None:
             where = generator.device if generator is not None else z0.device
             noise = torch.randn(z0.shape, generator=generator, device=where, dtype=z0.dtype).to(z0.device)
         z_t = self.q_sample(z0, t, noise)
-        eps = model(z_t, t).float()
-        return F.mse_loss(eps, noise.float()) if loss == "l2" else F.l1_loss(eps, noise.float())
+        output = model(z_t, t).float()
+        target = (noise if prediction == "eps" else self.v_target(z0, t, noise)).float()
+        return F.mse_loss(output, target) if loss == "l2" else F.l1_loss(output, target)
+
+
+class EpsFromV(nn.Module):
+    """A v-prediction network seen as the ε-prediction network every sampler takes."""
+
+    def __init__(self, model: nn.Module, schedule: NoiseSchedule):
+        super().__init__()
+        self.model, self.schedule = model, schedule
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.schedule.eps_from_v(z_t.float(), t, self.model(z_t, t).float())

@@ -26,7 +26,7 @@ import zarr
 from torch.utils.data import Dataset
 
 from ..config import only_known
-from ..diffusion.schedule import LOSSES, NoiseSchedule
+from ..diffusion.schedule import LOSSES, PREDICTIONS, EpsFromV, NoiseSchedule
 from ..models.unet import UNet, UNetConfig
 from . import checkpoint as ckpt
 from .loop import Run, TrainConfig, adam, seeded_init, train
@@ -43,7 +43,10 @@ class DiffusionSettings:
     beta_start: float = 0.0015
     beta_end: float = 0.0155
     schedule: str = "linear"  # "linear" (LDM: linear in sqrt(beta)) | "linear_beta" (DDPM)
-    loss: str = "l2"  # ε-prediction loss: "l2" | "l1"
+    loss: str = "l2"  # prediction loss: "l2" | "l1"
+    # what the UNet predicts: "eps" (the paper's) | "v", whose z_0 estimate stays bounded at the
+    # noisiest steps however inaccurate the network still is (docs/results.md, 2026-12-07)
+    prediction: str = "eps"
     ema_decay: float = 0.9999
     ema_warmup: bool = True  # LDM's EMA: decay_n = min(ema_decay, (1 + n) / (10 + n)) at update n
     scale_by_std: bool = True  # multiply latents by 1 / std(train latents) before diffusion
@@ -51,6 +54,8 @@ class DiffusionSettings:
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"stage2.diffusion.loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"stage2.diffusion.prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"stage2.diffusion.ema_decay must be in [0, 1), got {self.ema_decay}")
         self.make_schedule()  # fail at construction on a bad schedule
@@ -202,7 +207,8 @@ class Stage2Task:
     def train_step(self, batch: dict, step: int, run: Run) -> dict:
         z0 = batch["latent"] * self.scale_factor  # (B, C, h, w), unit variance
         with run.autocast():
-            loss = self.schedule.training_loss(run.wrapped["unet"], z0, loss=self.diffusion.loss)
+            loss = self.schedule.training_loss(run.wrapped["unet"], z0, loss=self.diffusion.loss,
+                                               prediction=self.diffusion.prediction)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = run.clip_and_step(self.optimizer)
@@ -217,7 +223,8 @@ class Stage2Task:
         metrics = {}
         for name, model in (("val_loss", self.unet), ("val_loss_ema", self.ema)):
             with run.autocast():
-                metrics[name] = self.schedule.training_loss(model, z0, t=t, noise=noise, loss=self.diffusion.loss)
+                metrics[name] = self.schedule.training_loss(model, z0, t=t, noise=noise, loss=self.diffusion.loss,
+                                                            prediction=self.diffusion.prediction)
         return metrics
 
 
@@ -266,9 +273,10 @@ def save_stage2(unet: UNet, diffusion: DiffusionSettings, scale_factor: float, p
                       "extra_state": {"ema": unet.state_dict()}}, path)
 
 
-def load_stage2(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, NoiseSchedule, float]:
-    """(EMA UNet in eval mode, its NoiseSchedule, latent scale factor) from a Stage-2 weights
-    file (train_stage2's final.pt or best.pt). Generated latents are z / scale_factor."""
+def load_stage2(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, NoiseSchedule, float]:
+    """(EMA UNet in eval mode as an ε-prediction network, its NoiseSchedule, latent scale
+    factor) from a Stage-2 weights file (train_stage2's final.pt or best.pt); a v-prediction
+    UNet comes wrapped in EpsFromV. Generated latents are z / scale_factor."""
     weights = ckpt.load(path)
     try:
         task = weights["config"]["task"]
@@ -280,4 +288,6 @@ def load_stage2(path: str | Path, device: str | torch.device = "cpu") -> tuple[U
         raise ValueError(f"{path}: not a Stage-2 weights file ({error})") from None
     unet = UNet(model_config)
     unet.load_state_dict(ema_state)
-    return unet.to(device).eval().requires_grad_(False), diffusion.make_schedule(), scale_factor
+    unet = unet.to(device).eval().requires_grad_(False)
+    schedule = diffusion.make_schedule()
+    return (EpsFromV(unet, schedule) if diffusion.prediction == "v" else unet), schedule, scale_factor
