@@ -119,7 +119,9 @@ def test_tiny_dag_produces_every_output(tiny_run):
     with open(workdir / "results/trajectory/1vq/table5.csv") as handle:
         names = [row["latents"] for row in csv.DictReader(handle)]
     assert names[:3] == ["test_reconstruction", "train_reconstruction", "random_gaussian"]
-    samplers = [*[f"diffusion_ddim_{k}" for k in trajectory["ddim_steps"]],
+    etas = trajectory.get("ddim_etas", [0.0, 1.0])
+    samplers = [*[f"diffusion_ddim_{k}" + (f"_eta{eta:g}" if eta else "")
+                  for eta in etas for k in trajectory["ddim_steps"]],
                 *[f"diffusion_dpmpp2m_{k}" for k in trajectory["dpm_solver_steps"]]]
     assert names[-1 - len(samplers):] == ["diffusion_ddpm", *samplers]
     for figure in ("deviation.png", "trajectory_examples.png"):
@@ -165,12 +167,13 @@ def test_tiny_dag_produces_every_output(tiny_run):
         assert (workdir / f"results/fid/1vq/tsne_{modality}.png").stat().st_size > 10_000
     # FID per sampler setting of the trajectory run, beside the random latents at the same count
     with open(workdir / "results/fid/1vq/samplers.csv") as handle:
-        samplers = [(r["sampler"], r["steps"], int(r["n"])) for r in csv.DictReader(handle)]
-    assert samplers == [("ddpm", str(config["stage2"]["diffusion"].get("num_steps", 1000)), trajectory["n_backward"]),
-                        *[("ddim", str(k), trajectory["n_ddim"]) for k in trajectory["ddim_steps"]],
-                        *[("dpmpp2m", str(k), trajectory["n_ddim"]) for k in trajectory["dpm_solver_steps"]],
-                        *[("stage1-random-latents", "", n) for n in sorted({trajectory["n_backward"],
-                                                                            trajectory["n_ddim"]})]]
+        samplers = [(r["sampler"], r["steps"], r["eta"], int(r["n"])) for r in csv.DictReader(handle)]
+    assert samplers == [("ddpm", str(config["stage2"]["diffusion"].get("num_steps", 1000)), "", trajectory["n_backward"]),
+                        *[("ddim", str(k), str(float(eta)), trajectory["n_ddim"]) for eta in etas
+                          for k in trajectory["ddim_steps"]],
+                        *[("dpmpp2m", str(k), "", trajectory["n_ddim"]) for k in trajectory["dpm_solver_steps"]],
+                        *[("stage1-random-latents", "", "", n) for n in sorted({trajectory["n_backward"],
+                                                                                trajectory["n_ddim"]})]]
 
     # the InversionNet tables: every arm, each family of the real test split and "all"
     families = [*config["data"]["families"], "all"]
