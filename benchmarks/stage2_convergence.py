@@ -20,8 +20,9 @@ training log), DIR/convergence.png (validation loss against seconds; deviation p
 and sampler beside the controls).
 
 Why the gain: at the noisiest steps z_0 is read off as (z_t - sqrt(1 - ᾱ_t) ε̂) / sqrt(ᾱ_t),
-with sqrt(ᾱ_t) ~ 0.03 at t = T-1, so an ε̂ a few percent too short costs little in the loss
-but makes the reverse chain grow step after step: samples far larger than any latent.
+with sqrt(ᾱ_t) ~ 0.03 at t = T-1, so an error of ε̂ there reaches ẑ_0 thirty-fold while it
+costs little in the loss; a gain well below 1 there went with samples far larger than any
+latent (docs/results.md, "Stage 2 at a short budget").
 """
 
 from __future__ import annotations
