@@ -219,15 +219,16 @@ def main() -> None:
         print(recipe, summary, flush=True)
         unet, schedule, scale = load_stage2(run / "final.pt", device)
         info["parameters"] = sum(p.numel() for p in unet.parameters())
-        shape = tuple(open_latents(latents)["train"]["latent"].shape[1:])
-        reference = open_latents(latents)["train"]["latent"]
+        recipe_latents = open_latents(latents)  # the continuous store, or the snapped one
+        reference = recipe_latents["train"]["latent"]
+        shape = tuple(reference.shape[1:])
         with torch.no_grad():
             for sampler, steps, eta, share in SAMPLERS:
                 z, seconds = sample(unet, schedule, scale, sampler, steps, eta, int(n * share), shape, device)
                 rows.append(deviation_row(recipe, kind, sampler, steps, eta, z, reference, autoencoder, rep, device,
                                           round(seconds, 5), scale, **info))
                 print(rows[-1], flush=True)
-        held = torch.from_numpy(open_latents(latents)["val"]["latent"][: args.samples])
+        held = torch.from_numpy(recipe_latents["val"]["latent"][: args.samples])
         noise_rows += noise_level_rows(recipe, unet, schedule, scale, held, device)
         write_csv(noise_rows, args.out / "noise_levels.csv", NOISE_COLUMNS)
         print(noise_rows[-len(NOISE_LEVELS):], flush=True)

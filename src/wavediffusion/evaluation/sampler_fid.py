@@ -32,7 +32,7 @@ from .fid_table import (
     load_reference,
     stage1_random_pairs,
 )
-from .trajectory import same_setting, sampler_key, sampler_series, split_key
+from .trajectory import row_eta, same_setting, sampler_key, sampler_series, split_key
 
 COLUMNS = ("variant", "sampler", "steps", "eta", "n", "fid_seismic", "fid_velocity", "deviation_mean", "deviation_std",
            "seconds_per_sample", "n_reference", "weights_sha256")
@@ -78,7 +78,7 @@ def sampler_fid(variant: str, final_latents: str | Path, ddim_csv: str | Path, s
     out_csv and the figure."""
     device = resolve_device(device)
     finals = read_final_latents(final_latents, stage1_model)
-    speed = {sampler_key(r["sampler"], int(r["steps"]), float(r["eta"] or 0)): r for r in read_csv(ddim_csv)}
+    speed = {sampler_key(r["sampler"], int(r["steps"]), row_eta(r)): r for r in read_csv(ddim_csv)}
     reference_feats, reference_info = load_reference(reference)
     model, weights = load_matching_inception(settings, reference, reference_info, device)
     autoencoder = load_autoencoder(stage1_model, device)

@@ -280,16 +280,21 @@ def write_final_latents(path: str | Path, finals: dict[str, torch.Tensor], stage
 MARKERS = {"ddim": "s-", "dpmpp2m": "^-", "ddpm": "D"}  # stochastic DDIM: "o-"
 
 
+def row_eta(row: dict) -> float:
+    """The η of a ddim.csv-like row (read back or in memory); empty (not DDIM) reads as 0."""
+    return float(row["eta"]) if row.get("eta") not in (None, "") else 0.0
+
+
 def sampler_series(rows: list[dict]) -> list[tuple[str, float, str, str]]:
-    """(sampler, η, marker, label) of each distinct sampler setting in ddim.csv-like rows
-    (an empty η reads as 0), for the figures."""
-    settings = sorted({(r["sampler"], float(r["eta"]) if r.get("eta") not in (None, "") else 0.0) for r in rows})
+    """(sampler, η, marker, label) of each distinct sampler setting in ddim.csv-like rows,
+    for the figures."""
+    settings = sorted({(r["sampler"], row_eta(r)) for r in rows})
     return [(sampler, eta, "o-" if eta else MARKERS[sampler], SAMPLER_LABELS[sampler] + (f" η={eta:g}" if eta else ""))
             for sampler, eta in settings]
 
 
 def same_setting(row: dict, sampler: str, eta: float) -> bool:
-    return row["sampler"] == sampler and (float(row["eta"]) if row.get("eta") not in (None, "") else 0.0) == eta
+    return row["sampler"] == sampler and row_eta(row) == eta
 
 
 def plot_trajectory(deviation_rows: list[dict], ddim_rows: list[dict], stage1_rows: list[dict], num_steps: int,
