@@ -5,8 +5,10 @@
 # second pass that redoes only what failed. On one GPU, GPU_JOBS=3 lets the InversionNet
 # arms, FID and the physics check run beside the longer jobs (each job's peak memory is a
 # few GiB, Stage 1 ~15 GiB). SCIENCE_SEED=N trains the whole chain with seed N (gate 6's
-# three seeds are three runs). SCIENCE_TARGETS="..." replaces the targets, e.g. the trajectory
-# and the Stage-1 metrics only when less device time is left than the whole chain needs.
+# three seeds are three runs). STAGE2_STEPS=N cuts Stage 2 to N steps where the device time
+# left cannot hold the config's (the run's README then says so). SCIENCE_TARGETS="..."
+# replaces the targets, e.g. the trajectory and the Stage-1 metrics only when less device
+# time is left than the whole chain needs.
 set -x
 mkdir -p logs results
 python3 -c "
@@ -14,6 +16,8 @@ import yaml
 config = yaml.safe_load(open('config/science.yaml'))
 config['fid']['weights'] = '/root/fid/default_1.pt'
 config['seed'] = int('${SCIENCE_SEED:-0}')
+if '${STAGE2_STEPS:-}':
+    config['stage2']['training']['max_steps'] = int('${STAGE2_STEPS:-}')
 yaml.safe_dump(config, open('/root/science_gpu.yaml', 'w'))"
 TARGETS=${SCIENCE_TARGETS:-"results/claims.csv results/fid/1vq/samplers.csv results/samples/1vq/physics_report.csv results/refine/table9.csv"}
 CONFIG=/root/science_gpu.yaml mini_snakemake --prioritize results/stage2/1vq/model.pt -- $TARGETS
