@@ -53,9 +53,11 @@ from wavediffusion.training.stage2 import Stage2Settings, load_stage2, open_late
 SMALL_UNET = {"model_channels": 64, "channel_mult": [1, 2, 2, 4], "attention_resolutions": [16, 8], "num_heads": 4}
 
 # name -> (latents: "continuous" = the encoder's output, "codes" = snapped to the codebook;
-#          overrides of the config's stage2 section)
+#          overrides of the config's stage2 section). "paper" is the config's own recipe (the
+#          science config predicts v since 2026-12-07); -eps and -v name the target.
 RECIPES = {
     "paper": ("continuous", {}),
+    "paper-eps": ("continuous", {"diffusion": {"prediction": "eps"}}),
     "paper-codes": ("codes", {}),
     "paper-lr3e-4": ("continuous", {"training": {"lr": 3e-4}}),
     "paper-v": ("continuous", {"diffusion": {"prediction": "v"}}),
