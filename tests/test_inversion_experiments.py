@@ -109,7 +109,7 @@ def test_table4_fine_tunes_real_on_its_hardest_pairs_and_measures_them(store, pa
                         {"1vq-decoded": (str(pairs[0]), str(tmp_path / "hard.npz"))}, device="cpu")
     assert [r["family"] for r in rows] == ["FlatVel-A", "CurveFault-A", "all", "hard-test 1vq-decoded"]
     assert rows[-1]["n"] == 2 and rows[-1]["mae"] > 0
-    write_tables([tmp_path / "metrics.csv"], tmp_path, store)
+    write_tables([tmp_path / "metrics.csv"], {t: tmp_path / f"{t}.csv" for t in ("table2", "table3", "table4")}, store)
     with open(tmp_path / "table4.csv") as handle:
         table4 = list(csv.DictReader(handle))
     # the mean-map predictor's reference rows first (per family and all), then the arm's four

@@ -25,7 +25,7 @@ from wavediffusion.training.inversionnet import (
     hardest_generated,
     load_inversionnet,
     predict,
-    predict_dataset,
+    predicted_batches,
     real_subset,
     split_by_fraction,
     train_inversionnet,
@@ -33,6 +33,13 @@ from wavediffusion.training.inversionnet import (
 from wavediffusion.training.loop import train_batches
 
 from test_preprocess import make_small_store
+
+
+def predict_dataset(model, dataset, batch_size):
+    """(prediction, target, family or None) of the whole dataset, in order: the evaluation's oracle."""
+    batches = list(predicted_batches(model, dataset, batch_size, progress=False))
+    family = torch.cat([b["family"] for _, b in batches]) if "family" in batches[0][1] else None
+    return torch.cat([p for p, _ in batches]), torch.cat([b["velocity"] for _, b in batches]), family
 
 SEISMIC_SHAPE, VELOCITY_SIZE = (3, 64, 16), 16  # the tiny representation (config/tiny.yaml)
 TINY_MODEL = {"channels": [4, 8, 8, 16, 16], "decoder_start": 1}
@@ -233,8 +240,7 @@ def test_training_writes_weights_and_evaluation_reports_each_family(trained, sto
     rows = evaluate_inversionnet(out / "final.pt", store, "test", batch_size=4, progress=False)
     assert [r["family"] for r in rows] == ["FlatVel-A", "CurveFault-A", "all"]
     assert [r["n"] for r in rows] == [3, 3, 6]
-    prediction, target, family = predict_dataset(model, RealPairs(store, "test", with_family=True), batch_size=4,
-                                                 progress=False)
+    prediction, target, family = predict_dataset(model, RealPairs(store, "test", with_family=True), batch_size=4)
     errors = mae(prediction, target)
     assert rows[-1]["mae"] == pytest.approx(float(errors.mean()), rel=1e-6)
     assert rows[0]["mae"] == pytest.approx(float(errors[family == 0].mean()), rel=1e-6)
@@ -260,7 +266,7 @@ def test_fine_tuning_starts_from_the_initial_weights(trained, store, tmp_path):
     first = train_batches(len(train_set), 4, world_size=1, rank=0, seed=0, epoch=0)[0]
     with torch.no_grad():
         expected.train()(torch.stack([train_set[i]["seismic"] for i in first]))
-    prediction, target, _ = predict_dataset(expected.eval(), val_set, batch_size=4, progress=False)
+    prediction, target, _ = predict_dataset(expected.eval(), val_set, batch_size=4)
     assert summary["last_val"]["val_mae"] == pytest.approx(float(mae(prediction, target).mean()), rel=1e-5)
     tuned = ckpt.load(tmp_path / "tuned" / "final.pt")["modules"]["inversionnet"]
     initial = ckpt.load(init)["modules"]["inversionnet"]

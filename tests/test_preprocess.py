@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from torch.utils.data import DataLoader
 
-from wavediffusion.data.dataset import PairDataset, make_dataloader
+from wavediffusion.data.dataset import PairDataset
 from wavediffusion.data.families import FAMILY_NAMES, get_family
 from wavediffusion.data.openfwi import write_split_file
 from wavediffusion.data.preprocess import PreprocessSettings, preprocess
@@ -180,8 +181,12 @@ def test_dataloader_reads_lazily_with_workers(tree, tmp_path):
     sample = dataset[3]
     assert sample["seismic"].shape == (3, 1024, 64) and sample["velocity"].shape == (1, 64, 64)
     np.testing.assert_array_equal(sample["seismic"].numpy(), zarr.open_group(str(out), mode="r")["train/seismic"][3])
-    order = [batch["family"].tolist() for batch in make_dataloader(out, "train", batch_size=5, num_workers=2, seed=7)]
-    again = [batch["family"].tolist() for batch in make_dataloader(out, "train", batch_size=5, num_workers=2, seed=7)]
+    def shuffled_families(seed: int) -> list[list[int]]:
+        loader = DataLoader(dataset, batch_size=5, shuffle=True, num_workers=2,
+                            generator=torch.Generator().manual_seed(seed))
+        return [batch["family"].tolist() for batch in loader]
+
+    order, again = shuffled_families(7), shuffled_families(7)
     assert order == again and sum(len(b) for b in order) == 12
     with pytest.raises(FileNotFoundError, match="not a dataset store"):
         PairDataset(tmp_path / "missing.zarr", "train")

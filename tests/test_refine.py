@@ -30,7 +30,6 @@ from wavediffusion.evaluation.refine import (
     plot_refinement,
     refine_latents,
     score_latents,
-    table_rows,
 )
 from wavediffusion.files import write_csv
 from wavediffusion.models.autoencoder import AutoencoderConfig, VQAutoencoder
@@ -269,7 +268,7 @@ def test_evaluate_refinement_rows_per_method_and_family(models, dataset, tmp_pat
     torch.testing.assert_close(examples["true"][0], velocity[0])
 
     table = tmp_path / "refine.csv"
-    write_csv(table_rows(rows), table, COLUMNS)
+    write_csv([row for method in METHODS for row in rows[method]], table, COLUMNS)
     assert len(table.read_text().splitlines()) == 1 + 3 * 3
     figure = plot_refinement(examples, tmp_path / "refine.png")
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -51,7 +51,6 @@ rule fid_variant:
     params:
         settings=json.dumps(FID, sort_keys=True),
         seed=config["seed"],
-        figures=subpath(output.table, parent=True),
     threads: 2
     resources:
         mem_mb=16000,
@@ -61,7 +60,7 @@ rule fid_variant:
         "wavediffusion fid-variant --variant {wildcards.variant} --store {input.store}"
         " --stage1-model {input.stage1_model} --latents {input.latents} --reference {input.reference}"
         " --settings {params.settings:q} --seed {params.seed} --threads {threads} --out {output.table}"
-        " --figures {params.figures} > {log} 2>&1"
+        " --tsne-seismic {output.tsne_seismic} --tsne-velocity {output.tsne_velocity} > {log} 2>&1"
 
 
 rule sampler_fid:

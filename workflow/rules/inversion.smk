@@ -119,7 +119,8 @@ rule inversionnet_tables:
         runtime=30,
     shell:
         "wavediffusion inversionnet-tables --metrics {input.metrics} --models {input.models} --dataset {input.dataset}"
-        " --threads {threads} --table2 {output.table2} --figure {output.figure} > {log} 2>&1"
+        " --threads {threads} --table2 {output.table2} --table3 {output.table3} --table4 {output.table4}"
+        " --figure {output.figure} > {log} 2>&1"
 
 
 rule refine_inversion:

@@ -51,7 +51,6 @@ rule diffusion_trajectory:
         "benchmarks/out/diffusion_trajectory/{variant}.tsv"
     params:
         settings=json.dumps(config["stage2"]["trajectory"], sort_keys=True),
-        out=subpath(output.deviation, parent=True),
     threads: 2
     resources:
         mem_mb=16000,
@@ -60,4 +59,6 @@ rule diffusion_trajectory:
     shell:
         "wavediffusion diffusion-trajectory --stage1-model {input.stage1_model} --stage2-model {input.stage2_model}"
         " --latents {input.latents} --dataset {input.dataset} --stage1-table5 {input.stage1_table5}"
-        " --settings {params.settings:q} --threads {threads} --out {params.out} > {log} 2>&1"
+        " --settings {params.settings:q} --threads {threads} --deviation {output.deviation} --table5 {output.table5}"
+        " --ddim {output.ddim} --figure {output.figure} --examples {output.examples}"
+        " --final-latents {output.final_latents} > {log} 2>&1"

@@ -1,4 +1,4 @@
-"""A torch Dataset / DataLoader over one split of the dataset store.
+"""A torch Dataset over one split of the dataset store.
 
 Each worker opens the store's arrays itself on first use (Zarr handles are not shared
 across processes), and reads one sample per __getitem__: nothing loads the whole store.
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .store import SPLITS, open_dataset
 
@@ -63,25 +63,3 @@ class PairDataset(Dataset):
         state = dict(self.__dict__)
         state["_arrays"] = None  # each worker process opens its own handles
         return state
-
-
-def make_dataloader(
-    path: str | Path,
-    split: str,
-    batch_size: int,
-    shuffle: bool = True,
-    num_workers: int = 0,
-    seed: int = 0,
-    drop_last: bool = False,
-) -> DataLoader:
-    """A DataLoader whose shuffle order depends only on `seed`."""
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        PairDataset(path, split),
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=num_workers,
-        generator=generator,
-        drop_last=drop_last,
-        persistent_workers=num_workers > 0,
-    )

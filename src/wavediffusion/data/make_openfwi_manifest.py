@@ -1,28 +1,11 @@
 """Build openfwi_manifest.json: every native file of the ten 2D OpenFWI families.
 
 Regenerate with `python -m wavediffusion.data.make_openfwi_manifest` (writes the JSON beside
-this file; tests check the committed JSON equals what this script builds).  Every fact below
-names where it comes from; what no source gives stays null in the JSON.
-
-- File names, folders and the train/test split: lanl/OpenFWI `split_files/<family>_train.txt`
-  and `<family>_val.txt` (commit dff72fc46631456663f4921e93a5a31f24fe8304), which list
-  LANL's own paths, e.g. `FlatVel_A/data/data1.npy  FlatVel_A/model/model1.npy` and
-  `FlatFault_A/seis2_1_0.npy  FlatFault_A/vel2_1_0.npy`.  OpenFWI calls the held-out split
-  "val"; this project calls it "test".
-- Official hosting: one Google Drive folder per family, linked from the OpenFWI data page
-  https://openfwi-lanl.github.io/docs/data.html.  No per-file links are published, and Drive
-  folders are not fetchable with plain HTTP, so those files get `url: null` and the folder
-  link is recorded per family.
-- Per-file URLs: the Hugging Face dataset ashynf/OpenFWI (unofficial mirror, CC BY-NC-SA 4.0
-  like OpenFWI) holds the same .npy files under OpenFWI's relative paths.  Its layout is
-  seen for the families in MIRROR_EVIDENCE only; the others keep `url: null` until someone
-  checks them (download_family(..., base_url=...) reaches any mirror with OpenFWI's layout).
-- Sizes: .npy version 1.0 of float32 C-order arrays [500, 5, 1000, 70] (seismic) and
-  [500, 1, 70, 70] (velocity), computed below with numpy's own header writer: 128-byte
-  header + payload.  Git-LFS pointers of mirrored files agree (700000128 for
-  FlatFault_A/seis2_1_0.npy).
-- sha256: only digests published for a specific file (Git-LFS pointers of the mirrors),
-  listed in SHA256 with their page.  All others are null.
+this file; tests check the committed JSON equals what this script builds). Every fact names
+its source (lanl/OpenFWI's split files, the OpenFWI data page, the Hugging Face mirror
+ashynf/OpenFWI, numpy's .npy header, Git-LFS pointers); what no source gives stays null.
+OpenFWI's held-out split "val" is this project's "test".
+Details: docs/data.md, 'The OpenFWI manifest'.
 """
 
 from __future__ import annotations

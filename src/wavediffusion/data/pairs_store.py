@@ -1,34 +1,11 @@
 """The pairs store: one Zarr v3 group of generated pairs, written shard by shard.
 
-Layout (N = num_pairs, s = shard_size = rows per sampling job, b = block = rows per Zarr
-shard; b divides s, so sampling shard k owns Zarr shards [k s/b, (k+1) s/b) of every array,
-and no two jobs ever write the same file):
-
-    latent            (N, C, h, w)  float32  chunks (1, C, h, w)  shards (b, C, h, w)   z / scale_factor
-    seismic           (N, S, T, R)  float32  chunks (1, S, T, R)  shards (b, S, T, R)   decoded, [-1, 1]
-    velocity          (N, 1, V, V)  float32  chunks (1, 1, V, V)  shards (b, 1, V, V)   decoded, [-1, 1]
-    seismic_simulated (N, S, T, R)  float32  chunks (1, S, T, R)  shards (b, S, T, R)   F(velocity), model space
-    deviation         (N,)          float64  chunks (b,)          shards (b,)           PDE deviation (MSE)
-    seed              (N,)          int64    chunks (b,)          shards (b,)           the shard's seed
-    index_in_shard    (N,)          int64    chunks (b,)          shards (b,)           row - k * s
-    valid             (N,)          bool     chunks (b,)          shards (b,)           accepted by the physics filter
-    family            (N,)          int16    chunks (b,)          shards (b,)           its nearest true pair's family
-
-Float arrays are filled with NaN, integer arrays with -1 and `valid` with False until
-written. The last shard may be partial (N not a multiple of s).
-
-Why a block smaller than the job: Zarr rewrites a whole shard file whenever any part of it
-changes, so a job that wrote its rows batch by batch into one shard of s rows would rewrite
-that file s / batch times (at the paper's s = 25 000, a 20 GB seismic file, hundreds of
-times). Jobs therefore write through `BlockWriter`, which buffers rows and writes each
-block of b rows once, whole (about 200 MB of seismic at b = 256).
-
-Completion: `done/<kind>-<k:05d>.json` inside the store (`done` is an empty Zarr group, so
-the root's member listing stays clean), one small file per shard and job kind ("sample",
-"check"), written atomically *after* the shard's data. A shard without
-its marker is incomplete, whatever its arrays hold (e.g. a job killed mid-write), and is
-redone. One file per shard, not group attributes: attribute writes from several
-processes would race (read-modify-write of one zarr.json).
+Arrays latent (N, C, h, w), seismic and seismic_simulated (N, S, T, R), velocity
+(N, 1, V, V), and per-row deviation, seed, index_in_shard, valid, family. Sampling job k
+owns rows [k s, (k+1) s) (s = shard_size), written through `BlockWriter` one Zarr shard of
+b rows at a time, so no two jobs write the same file; unwritten values are NaN / -1 / False.
+A shard is complete only once its marker done/<kind>-<k:05d>.json exists.
+Details: docs/data.md, 'The pairs store'.
 """
 
 from __future__ import annotations

@@ -1,52 +1,11 @@
 """Synthetic OpenFWI-like velocity maps for the families with no embedded real data.
 
-OpenFWI (Deng et al., "OpenFWI: Large-scale multi-structural benchmark datasets for full
-waveform inversion", NeurIPS 2022 Datasets and Benchmarks; openfwi.github.io) builds its Vel
-and Fault families from layered velocity maps on a 70 x 70 grid (10 m cells) with velocities
-in 1500-4500 m/s:
-
-* FlatVel: "simple situation with flat layers"; CurveVel: "... with curved layers";
-* FlatFault / CurveFault: flat / curved layers "with one fault";
-* every "-B" set is the "difficult version" of its "-A" set.
-
-Their velocity-model generator is not released (lanl/OpenFWI issue #12), so the recipes
-below are ours.  The A recipes are calibrated against the real FlatVel-A and CurveVel-A maps
-embedded in this package (tests/test_synthetic.py checks the match); they reproduce what
-those maps show:
-
-* M in {3, ..., 7} equally spaced interfaces, spacing T = 70 / M cells, so M + 1 layers of
-  which the deepest may sit below the bottom edge (FlatVel-A shows 3-8 layers, CurveVel-A
-  4-8);
-* velocities: M + 1 sorted uniform draws from [1500, 4500] m/s, whole m/s, increasing with
-  depth in every real map;
-* FlatVel-A: the whole stack is shifted by one offset drawn from U(-T/2, T/2);
-* CurveVel-A: the offset varies along x instead. Its values at columns 0, 10, ..., 60 are
-  independent U(-T/2, T/2) draws, joined by a C1 piecewise-quadratic curve built left to
-  right, which bends more toward the right edge, as the real maps do. Every interface
-  gets the same curve, so the layers are parallel folds;
-* each interface also gets its own jitter of U(-0.75, 0.75) cells at every knot: real
-  layer thicknesses vary by a cell or so (FlatVel-A), and real folds are parallel only to
-  a cell or two (CurveVel-A).
-
-The B and fault recipes follow the one-line descriptions above. What makes a B set
-"difficult" is not spelled out there, so these parameters are our choices:
-
-* B stacks: more layers (6-11 interfaces), uneven thicknesses, and velocities drawn
-  independently per layer, not sorted, so low-velocity layers sit under fast ones; adjacent
-  layers differ by at least 300 m/s. Contrasts are larger than in A, where sorting M + 1
-  draws makes neighbours close. CurveVel-B folds have twice A's amplitude relative to
-  the mean layer thickness.
-* faults: a straight fault plane crossing the whole section, dipping 45-80 degrees left or
-  right; the block above the plane (hanging wall) slides along it, down (normal fault) or
-  up (reverse fault). A families have one fault with 4-14 cells of vertical throw; B
-  families have one or two with 6-22 cells.
-
-Style-A/B are not here: OpenFWI makes them from natural images by style transfer, which no
-geometric recipe reproduces.
-
-Every map is drawn from its own random generator, seeded by (seed, family, index). So
-generate_velocity(f, n, s)[:k] equals generate_velocity(f, k, s), and each map is
-reproducible by itself.
+Layered FlatVel / CurveVel / FlatFault / CurveFault maps (A and B) on OpenFWI's 70 x 70 grid
+(10 m cells), 1500-4500 m/s. OpenFWI's generator is unreleased, so the recipes are ours: the
+A recipes are calibrated against the embedded real FlatVel-A and CurveVel-A maps, the B and
+fault parameters are our choices; no Style-A/B. Each map has its own generator, seeded by
+(seed, family, index), so generate_velocity(f, n, s)[:k] equals generate_velocity(f, k, s).
+Details: docs/data.md, 'The synthetic velocity families'.
 """
 
 from __future__ import annotations

@@ -1,31 +1,11 @@
 """Reverse-process samplers for an ε-prediction model: DDPM (the paper's), DDIM and
 DPM-Solver++(2M).
 
-All take any `model(z_t, t) -> ε` (the UNet, a compiled UNet, or an oracle in tests)
-and a NoiseSchedule, and share the same conventions:
-
-- Timesteps are the schedule's 0-based indices; a full run starts from z at t = T-1 and
-  ends after the step at t = 0, returning the sample z_0.
-- `start=(z_t, t_start)` starts from a given latent at noise level t_start instead of pure
-  noise (refinement: noise a latent to step K with `schedule.q_sample`, run only the
-  remaining steps). Without it, z_{T-1} ~ N(0, I) is drawn first from the generator, so
-  runs of every sampler with the same seed start from the same noise.
-- Randomness: every draw comes from the passed torch.Generator, in a fixed order (the
-  start noise, then one noise tensor per stochastic step), on the generator's device and
-  then moved to `device`. A CPU generator makes results independent of the device's RNG
-  (but each step's noise is then drawn on the CPU — at a batch of 512 latents of
-  32x32x32 that is ~16M normals per step; pass a CUDA generator to draw on the GPU when
-  that matters, at the price of CPU-vs-GPU reproducibility).
-- Precision: the model runs under `autocast()` if given (e.g.
-  `lambda: torch.autocast("cuda", torch.bfloat16)`); its output is cast to float32 and all
-  update arithmetic runs in float32 with coefficients computed in float64.
-- `callback(t, z_t, z0_pred)` is called at every visited step, before the update, with
-  the current latent and the model's z_0 prediction; `record_at` keeps copies (on the
-  CPU) of z_t and of z_0-predictions at chosen steps in the result.
-- Candidate selection (keep, of several noise draws, the one whose decoding fits an
-  observation best) needs the step before the noise is added: `ddpm_mean_std` gives the
-  mean and standard deviation of p(z_{t-1} | z_t), so a caller can form
-  mean + std * noise_k for its own candidates and choose.
+All take any `model(z_t, t) -> ε` and a NoiseSchedule. Timesteps are the schedule's 0-based
+indices: a run starts from z_{T-1} ~ N(0, I) (or from `start=(z_t, t_start)`) and returns z_0.
+Every draw comes from the passed torch.Generator, in a fixed order; the update arithmetic is
+float32 with float64 coefficients; `ddpm_mean_std` gives a DDPM step before its noise.
+Details: docs/trajectory.md, 'The samplers' conventions'.
 """
 
 from __future__ import annotations

@@ -1,25 +1,11 @@
 """The InversionNet augmentation experiments (the paper's Tables 2-4) as named *arms*.
 
-An arm is one InversionNet training run, named by what it trains on; the name is the
-{arm} wildcard of rules train_inversionnet and evaluate_inversionnet, so every arm is its
-own job and its own folder results/inversionnet/<arm>/:
-
-    real                            all real training pairs                   (Table 2)
-    gen-<variant>-<seismic>         generated pairs alone                     (Table 2)
-    real-<p>pct                     a fixed p % subset of the real pairs      (Table 3)
-    gen-<variant>-<seismic>+real-<p>pct   generated + that same p % subset    (Table 3)
-    finetune-real                   `real`'s model, fine-tuned on real pairs  (Table 4)
-    finetune-<variant>-<seismic>    `real`'s model, fine-tuned on the real pairs plus the hardest
-                                    generated ones (the paper: "original OpenFWI + generated
-                                    challenging samples")
-
-<seismic> is "decoded" (the paper's joint pairs: the decoder's seismic) or "simulated"
-(F(decoded velocity) from the physics check): the alternative a user would try.
-
-This module names the arms and reads the config; it imports no torch, because the
-Snakefile imports it (workflow/rules/common.smk) and every Snakemake process, a SLURM
-job's included, would otherwise pay torch's import. evaluation/inversion_experiments.py
-trains, evaluates and tabulates them.
+An arm is one InversionNet training run, named by what it trains on; the name is the {arm}
+wildcard (one job, one folder results/inversionnet/<arm>/): real, gen-<variant>-<seismic>,
+real-<p>pct, gen-<variant>-<seismic>+real-<p>pct, finetune-real, finetune-<variant>-<seismic>,
+with <seismic> "decoded" or "simulated". It imports no torch: the Snakefile imports it.
+evaluation/inversion_experiments.py trains, evaluates and tabulates them.
+Details: docs/training.md, 'The arms'.
 """
 
 from __future__ import annotations

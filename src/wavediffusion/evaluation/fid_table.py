@@ -145,10 +145,10 @@ def stage1_random_pairs(model, latents: str | Path, n: int, seed: int, device,
 
 
 def variant_fid(variant: str, store: str | Path, stage1_model: str | Path, latents: str | Path,
-                reference: str | Path, settings: FIDSettings, out_csv: str | Path, tsne_dir: str | Path,
-                device: str | None = None) -> list[dict]:
+                reference: str | Path, settings: FIDSettings, out_csv: str | Path,
+                tsne_figures: dict[str, str | Path], device: str | None = None) -> list[dict]:
     """FID rows of one variant (diffusion samples and the Stage-1 baseline, both modalities),
-    and tsne_dir/tsne_{modality}.png."""
+    and a t-SNE figure per modality (tsne_figures: modality -> PNG path)."""
     device = _device(device)
     reference_feats, reference_info = load_reference(reference)
     model, weights = load_matching_inception(settings, reference, reference_info, device)
@@ -175,7 +175,7 @@ def variant_fid(variant: str, store: str | Path, stage1_model: str | Path, laten
     for modality in MODALITIES:
         tsne_figure(reference_feats[modality], {"WaveDiffusion": generated[modality],
                                                  "Stage-1 random latents": baseline[modality]},
-                    Path(tsne_dir) / f"tsne_{modality}.png", seed=settings.seed, max_points=settings.tsne_points,
+                    tsne_figures[modality], seed=settings.seed, max_points=settings.tsne_points,
                     title=f"{variant}: t-SNE of Inception features, {modality} "
                           f"(real: {reference_info['split']} split)")
     return rows

@@ -182,9 +182,10 @@ def mean_map_rows(dataset: str | Path, split: str = "test") -> list[dict]:
     return [{**base, **row} for row in rows]
 
 
-def write_tables(metrics: list[str | Path], out_dir: str | Path, dataset: str | Path) -> dict[str, int]:
-    """table2.csv, table3.csv, table4.csv from every arm's metrics.csv (long format: one row
-    per arm and family; each table sorted as arm_names lists its arms). Every table opens
+def write_tables(metrics: list[str | Path], tables: dict[str, str | Path], dataset: str | Path) -> dict[str, int]:
+    """Tables 2, 3 and 4 (`tables`: "table2" | "table3" | "table4" -> CSV path) from every
+    arm's metrics.csv (long format: one row per arm and family; each table sorted as
+    arm_names lists its arms). Every table opens
     with two reference rows: the mean-map predictor (the floor a network must beat) and
     `real`, the InversionNet trained on all the real pairs (Table 2's own arm, Table 4's
     starting point)."""
@@ -195,7 +196,7 @@ def write_tables(metrics: list[str | Path], out_dir: str | Path, dataset: str | 
     for table in ("table2", "table3", "table4"):
         arms = [row for row in rows if row["table"] == table and row["arm"] != "real"]
         selected = [{**row, "table": table} for row in mean_map] + real + arms
-        write_csv(selected, Path(out_dir) / f"{table}.csv", METRIC_COLUMNS)
+        write_csv(selected, tables[table], METRIC_COLUMNS)
         counts[table] = len(selected)
     return counts
 

@@ -354,11 +354,6 @@ def evaluate_refinement(stage1_model: str | Path, stage2_model: str | Path, data
     return table, info, examples
 
 
-def table_rows(rows: dict[str, list[dict]]) -> list[dict]:
-    """evaluate_refinement's rows as one list (methods in METHODS order) for write_csv(..., COLUMNS)."""
-    return [row for method in METHODS for row in rows[method]]
-
-
 # --- the figure ---------------------------------------------------------------------------------
 
 

@@ -1,35 +1,11 @@
 """Stage 1: the shared-latent VQ autoencoder (one encoder, two decoders; 1VQ and 2VQ).
 
-The paper encodes seismic data [3, 1024, 64] (shots x time x receivers) into one latent
-map [32, 32, 32] from which two decoders reconstruct the seismic data and predict the
-velocity map [1, 64, 64].  Because both decoders read the same latent, a latent sampled
-by the Stage-2 diffusion model decodes into a *pair*; their physical consistency is what
-the workflow measures.  Building blocks follow VQGAN / LDM (taming-transformers): ResNet
-blocks of GroupNorm-SiLU-conv, one self-attention block in the middle of each network,
-strided-conv downsampling, nearest-neighbour + conv upsampling.
-
-Non-uniform resampling: time goes 1024 -> 32 (x32, five halvings) while receivers go
-64 -> 32 (x2, one halving), so each resampling step has its own (time, receiver) stride.
-:func:`resampling_strides` derives them from the configured sizes: an axis is halved at
-each of the first log2(factor) steps, so the receiver axis is halved at the first step
-(this keeps the expensive high-resolution levels small) and the time axis at all five.
-The seismic decoder mirrors the encoder; the velocity decoder upsamples the 32 x 32
-latent to 64 x 64 with its own (shorter) stack of levels.
-
-Variants:
-- ``1vq``: one codebook shared by both decoders.
-- ``2vq``: one codebook per modality, both quantising the same continuous latent; each
-  decoder sees its own codebook's quantisation of it.
-In both, the diffusion model works on the continuous latent (the encoder's output) and
-decoding snaps it to the codes, as LDM does with its VQ autoencoders.
-
-Output activation: none (linear), as in VQGAN/LDM.  Both modalities are min-max
-normalised, so their extremes sit exactly on -1 and +1; a tanh output would need
-unbounded pre-activations there and its vanishing gradient would slow learning exactly at
-the strongest arrivals and the velocity bounds.  The training losses see the raw output;
-:meth:`VQAutoencoder.decode_latent`, the entry point for generated pairs, clamps to
-[-1, 1] so that every generated velocity maps back into 1500-4500 m/s (the range the
-forward operator is stable for).
+Seismic [3, 1024, 64] (shots x time x receivers) -> one latent [32, 32, 32] -> two decoders:
+the seismic data and the velocity map [1, 64, 64], so a sampled latent decodes into a *pair*.
+VQGAN / LDM blocks; each resampling step has its own (time, receiver) stride
+(:func:`resampling_strides`). Outputs are linear; :meth:`VQAutoencoder.decode_latent` clamps
+to [-1, 1] so generated velocities map back into 1500-4500 m/s.
+Details: docs/architecture.md, 'The Stage-1 autoencoder'.
 """
 
 from __future__ import annotations

@@ -1,31 +1,11 @@
 """InversionNet (Wu & Lin 2019, as released in lanl/OpenFWI `network.py`): the data-driven
 FWI baseline the paper trains on generated and real pairs (Tables 2-4).
 
-Seismic (B, S, T, R) -> velocity (B, 1, V, V) in [-1, 1]. OpenFWI's network, block for block:
-
-- Encoder: conv blocks (Conv2d + BatchNorm + LeakyReLU(0.2)). Four blocks stride the time
-  axis only, with (7, 1) then (3, 1) kernels, each followed (from the second on) by a
-  stride-1 (3, 1) block; then three 3x3 blocks with stride 2 on both axes, each followed by
-  a stride-1 3x3 block; finally one conv whose kernel is the whole remaining (H, W) map,
-  giving a 512-channel 1x1 code. Every strided conv maps a side n to ceil(n / 2).
-- Decoder: a transposed conv from the 1x1 code to `decoder_start` x `decoder_start`, then
-  four (transposed conv 4x4 stride 2 -> conv block) stages that double the side, a center
-  crop to V x V, and a last Conv + BatchNorm + Tanh to one channel.
-
-Natively (`InversionNetConfig.openfwi()`): (5, 1000, 70) -> time 500, 250, 125, 63, 32,
-16, 8 and receivers 35, 18, 9, so the code conv's kernel is (8, 9); the decoder grows
-1 -> 5 -> 10 -> 20 -> 40 -> 80 and crops 5 pixels per side to 70. 24.4M parameters.
-
-In the project's model space (`InversionNetConfig.model_space()`), seismic (3, 1024, 64)
--> velocity (1, 64, 64), every layer is kept and only what the shapes force changes:
-3 input channels instead of 5; 1024 time samples halve to 8 just as 1000 do (512, 256,
-128, 64, 32, 16, 8), so the time strides are OpenFWI's; 64 receivers give 32, 16, 8, so
-the code conv's kernel is (8, 8) instead of (8, 9); and the same 80 x 80 decoder output is
-cropped by 8 pixels per side to 64 instead of 5 to 70. That is 23.4M parameters.
-
-The submodules keep OpenFWI's names (convblock1 ... convblock8, deconv1_1 ... deconv6, each
-a `layers` Sequential), so a state dict of OpenFWI's InversionNet loads into the native
-configuration.
+Seismic (B, S, T, R) -> velocity (B, 1, V, V) in [-1, 1], OpenFWI's network block for block
+(submodule names included, so OpenFWI's state dicts load). Natively (5, 1000, 70) -> 70 x 70,
+24.4M parameters; in model space (3, 1024, 64) -> 64 x 64 only what the shapes force
+changes (the code conv's kernel (8, 8), the final crop 8 per side), 23.4M parameters.
+Details: docs/architecture.md, 'InversionNet'.
 """
 
 from __future__ import annotations

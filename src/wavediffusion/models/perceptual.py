@@ -1,39 +1,11 @@
 """Optional perceptual loss for Stage 1: LPIPS on VGG16 features, from local weight files.
 
-The paper adds a perceptual term (weight 0.5) as VQGAN does: LPIPS (Zhang et al. 2018)
-with a VGG16 trunk.  LPIPS needs two weight files, and neither can be downloaded by this
-workflow (compute nodes are offline), so both are given as local paths:
-
-1. ``vgg_weights``: torchvision's ImageNet VGG16 state dict, ``vgg16-397923af.pth`` from
-   https://download.pytorch.org/models/vgg16-397923af.pth (528 MB; only the ``features.*``
-   tensors, 14.7M parameters, are used).  A state dict holding only the ``features``
-   tensors, with or without the ``features.`` prefix, works too.
-2. ``lpips_heads`` (optional): LPIPS v0.1's learned per-channel weights for the five VGG
-   taps, ``lpips/weights/v0.1/vgg.pth`` (7 KB).  They ship inside the ``lpips`` wheel on
-   PyPI (lpips 0.1.4: pure Python, BSD-2-Clause, 54 KB; checked by downloading it), so
-   ``pip install lpips`` then :func:`installed_lpips_heads` gives the path.  These are the
-   same heads taming-transformers downloads for VQGAN's perceptual loss.  Without them
-   the loss is LPIPS's documented "baseline" (``lpips.LPIPS(lpips=False)``): the same
-   unit-normalised VGG feature differences, with every channel weighted 1.  With both
-   files the value equals ``lpips.LPIPS(net="vgg", version="0.1")``.
-
-What it computes, for inputs x, y in [-1, 1] of shape (B, 3, H, W): LPIPS's input scaling
-((x - shift) / scale, its ImageNet statistics for [-1, 1] inputs), VGG16 activations
-after relu1_2, relu2_2, relu3_3, relu4_3, relu5_3; each unit-normalised over channels;
-squared difference; weighted sum over channels; mean over positions; sum over the five
-taps.  Returns one value per sample (B,).
-
-Channels -> VGG's RGB input (explicit, because neither modality is a colour image):
-- 3 channels (the seismic data: 3 shots): the shots are the R, G, B channels in the
-  configured shot order.  This is what an off-the-shelf LPIPS sees when handed the
-  paper's [3, 1024, 64] tensors, so it is the paper-faithful choice.
-- 1 channel (velocity): repeated into R = G = B, a grey-scale image.
-- any other count: each channel as its own grey-scale image, losses averaged.
-
-What switching it off changes: training optimises reconstruction (+ adversarial) loss
-only; LPIPS's ImageNet features reward sharp edges and wavelet texture beyond what a
-pixel loss does, so without it reconstructions tend to be smoother.  The perceptual
-weight lives in the training config (0 by default, i.e. off).
+The paper's perceptual term (weight 0.5, as VQGAN): LPIPS with a VGG16 trunk. Compute nodes
+are offline, so the weights are local paths: ``vgg_weights`` (torchvision's
+``vgg16-397923af.pth``) and optional ``lpips_heads`` (LPIPS v0.1 ``vgg.pth``, see
+:func:`installed_lpips_heads`; without it, LPIPS's unit-weight "baseline"). Inputs (B, C, H, W)
+in [-1, 1], one value per sample (B,); 3 channels are R, G, B, 1 is grey. Off by default.
+Details: docs/architecture.md, 'The perceptual loss'.
 """
 
 from __future__ import annotations

@@ -1,42 +1,11 @@
 """Vector quantiser: nearest-code lookup with a straight-through estimator (VQ-VAE).
 
-The paper quantises the shared latent with a codebook of 8192 vectors of dimension 32
-(one codebook for 1VQ, one per modality for 2VQ).  This module follows VQ-VAE
-(van den Oord et al. 2017):
-
-- each latent vector z (one per spatial position) is replaced by its nearest code e;
-- the decoder's gradient passes straight through the non-differentiable lookup to the
-  encoder: z_q = sg[e] + (z - sg[z]), exactly e in value, identity gradient to z;
-- loss = ||sg[z] - e||^2 (codebook: pulls the chosen codes to the encoder outputs)
-         + beta * ||z - sg[e]||^2 (commitment: keeps the encoder near its codes).
-  (taming-transformers' ``legacy=True`` puts beta on the other term; this is the
-  paper's form.)
-
-Dead codes.  An 8192-entry codebook fed by a freshly initialised encoder uses a handful
-of codes; the rest never receive a gradient and stay dead.  Each code therefore carries a
-counter of training steps since it was last chosen; once it reaches ``dead_code_steps``
-the code is re-initialised from a randomly chosen encoder output of the current batch
-(as in Jukebox / ``vector-quantize-pytorch``'s dead-code expiry).  The counters start
-*at* the threshold, so a code that has never been used counts as dead: the first
-training step replaces every code the first batch did not choose by an encoder output,
-which is a data-dependent initialisation for free.  The draw uses the torch RNG of the
-latent's device, so it is deterministic given that RNG state.  Adam's moment estimates
-for a re-initialised row are left as they are (they have decayed while the code was
-unused).
-
-Distributed training.  When ``torch.distributed`` is initialised with more than one
-process (and ``sync_distributed`` is on), a training-mode forward is a collective: the
-per-code usage counts are summed over all ranks (so the counters, the perplexity and the
-dead set are identical everywhere), and the replacement vectors are drawn by rank 0 from
-the encoder outputs of all ranks (the global batch) and broadcast, so every rank writes the same codebook rows and the
-replicas never drift apart (DDP only averages gradients; it would not notice a codebook
-row rewritten differently on each rank).  Consequence: every rank must run the same
-number of training-mode forwards through each quantiser, in the same order.  Eval-mode
-forwards, :meth:`nearest` and :meth:`lookup` never communicate.
-
-The counters advance once per training-mode forward call, so ``dead_code_steps`` counts
-forward passes: a loop that runs the generator forward twice per optimiser step (as
-taming's Lightning module does for its two optimisers) ages codes twice as fast.
+The paper's codebook: 8192 vectors of dimension 32 (one for 1VQ, one per modality for 2VQ).
+z_q = sg[e] + (z - sg[z]); loss = ||sg[z] - e||^2 + beta * ||z - sg[e]||^2 (the paper's form).
+Codes unchosen for ``dead_code_steps`` training forwards (counters start at the threshold)
+are re-initialised from encoder outputs of the batch. Under torch.distributed a training
+forward is a collective: every rank must run the same training forwards, in the same order.
+Details: docs/architecture.md, 'The quantizer'.
 """
 
 from __future__ import annotations

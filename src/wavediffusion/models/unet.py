@@ -1,35 +1,11 @@
 """Stage 2: the ε-prediction UNet of the latent diffusion model (ADM / LDM design).
 
-The paper's appendix gives the LDM "openaimodel" UNet: 32 latent channels in and out,
-model_channels 128, channel_mult (1, 2, 2, 4, 4), 2 res blocks per level, self-attention
-at feature-map sizes 32/16/8/4, 8 heads, scale-shift norm, and res blocks that do the
-down- and up-sampling. This file writes that architecture out from its description
-(Dhariwal & Nichol 2021, "Diffusion Models Beat GANs", and Rombach et al. 2022):
-
-- timestep t -> sinusoidal embedding (model_channels) -> MLP -> embedding of width
-  4 * model_channels, fed to every res block;
-- encoder: a 3x3 conv, then per level `num_res_blocks` res blocks (+ attention where the
-  feature map's size is in `attention_resolutions`), then a down-sampling res block
-  (except after the last level); every block's output is kept as a skip connection;
-- middle: res block, attention, res block;
-- decoder: per level (deepest first) `num_res_blocks + 1` res blocks, each taking one
-  skip connection concatenated on channels (+ attention as in the encoder), and an
-  up-sampling res block at the end of every level but the shallowest;
-- head: GroupNorm, SiLU, a zero-initialised 3x3 conv.
-
-Zero initialisation (as ADM): the last conv of every res block, the output projection of
-every attention block and the head conv start at zero, so each block starts as the
-identity and the untrained network predicts ε = 0.
-
-Attention resolutions are the *spatial sizes* of the feature maps (ADM's command-line
-convention: with image_size 32, attention at 32/16/8/4 means downsampling factors
-1/2/4/8), not LDM-yaml downsampling factors.
-
-Parameter count (measured with `count_parameters`, 32x32x32 latents):
-`UNetConfig.paper()` has 131,214,112 parameters. With `resblock_updown=False` (strided-conv
-down, nearest+conv up, ADM's default resampling) the same network has 118,858,144, ~10 %
-smaller than the paper's: an "LDM-sized UNet" of 118.9M parameters in a speed comparison is
-most likely this plain-resampling variant.
+The paper's LDM "openaimodel" UNet written out from its description: 32 latent channels in
+and out, model_channels 128, channel_mult (1, 2, 2, 4, 4), 2 res blocks per level, attention
+at feature-map sizes 32/16/8/4 (spatial sizes, ADM's convention), 8 heads, scale-shift norm,
+res-block resampling; zero-initialised so the untrained network predicts ε = 0.
+`UNetConfig.paper()` has 131,214,112 parameters (118,858,144 with `resblock_updown=False`).
+Details: docs/architecture.md, 'The Stage-2 UNet'.
 """
 
 from __future__ import annotations

@@ -1,31 +1,11 @@
 """The forward operator F: velocity maps -> seismic data in OpenFWI's native layout.
 
-Two backends give the same data in the same units, sign and timing:
-
-- ``"deepwave"`` (default, fast): deepwave's compiled scalar propagator, 4th-order
-  space stencil, C-PML, one internal step per 1 ms (the same leapfrog as OpenFWI).
-- ``"openfwi"`` (reference): the scheme OpenFWI describes for its published data, with
-  its 120-cell sponge (:mod:`.openfwi_fd`); ~20x slower on the CPU.
-
-Calibration (docs/physics.md gives the measurements). Inside the model both backends
-run the identical finite-difference update; they differ in three conventions, which the
-deepwave path corrects:
-
-1. Sign: deepwave adds -v^2 dt^2 * amplitude at the source cell, OpenFWI adds
-   +v^2 dt^2 * wavelet. Fed ``DEEPWAVE_SOURCE_SCALE * wavelet`` (= -wavelet), deepwave
-   solves OpenFWI's equation in OpenFWI's units.
-2. Timing: deepwave records a receiver *before* the step that injects the source,
-   OpenFWI *after* it, so deepwave's sample k is OpenFWI's sample k - 1. The deepwave
-   path runs ``DEEPWAVE_DELAY_SAMPLES`` (= 1) extra step and drops that many more
-   leading samples.
-3. Absorbing boundary: deepwave's 20-cell C-PML vs OpenFWI's 120-cell sponge. This
-   cannot be matched; it is the remaining difference between the backends: on real
-   OpenFWI maps 0.2-0.3 % relative on average (at most 2.2 %), concentrated in the weak
-   late arrivals, where OpenFWI's sponge leaks and deepwave's PML hardly does
-   (docs/physics.md).
-
-A least-squares fit of scale and shift on real OpenFWI maps recovers these values
-(scale -1.00, shift 1 sample; benchmarks/forward_modelling.py --calibrate re-measures).
+Two backends give the same data in the same units, sign and timing: ``"deepwave"`` (default,
+fast: 4th-order stencil, C-PML, one step per 1 ms) and ``"openfwi"`` (reference: OpenFWI's
+scheme with its 120-cell sponge, :mod:`.openfwi_fd`; ~20x slower on the CPU). The deepwave
+path corrects the source sign (``DEEPWAVE_SOURCE_SCALE`` = -1) and a one-sample recording
+delay (``DEEPWAVE_DELAY_SAMPLES`` = 1); only the absorbing boundaries still differ.
+Details: docs/physics.md, 'The deepwave backend and its calibration'.
 """
 
 from __future__ import annotations

@@ -1,34 +1,11 @@
 """OpenFWI's published forward-modelling scheme as a batched torch stencil.
 
-OpenFWI describes its generator as 2nd-order-in-time, 4th-order-in-space finite
-differences of the constant-density acoustic wave equation with a 120-cell absorbing
-layer. That is the CSIM/KAUST Matlab code ``a2d_mod_abc24`` (Xin Wang, 2012) that the
-OpenFWI group's own PyTorch re-implementation (UPFWI, Jin et al., ICLR 2022:
-``FWIForward.FWM`` with ``nbc=120``) ports line by line. Per step, on the velocity map
-padded by ``nbc`` cells of replicated edge values:
-
-    p_next = (2 - 5 alpha - kappa) p - (1 - kappa) p_prev
-             + alpha * (4/3 (4 nearest neighbours) - 1/12 (4 next-nearest neighbours))
-    p_next[source] += (v dt)^2 * w[step]
-    record p_next at the receivers
-
-with alpha = (v dt / dx)^2 and kappa = d dt, where d is the damping profile of
-:func:`damping_profile`: zero at the model edge, growing quadratically to
-3 v_min ln(1e7) / (2 a) at the outer edge, a = (nbc - 1) dx. This is the damped wave
-equation p_tt + d p_t = v^2 lap p + v^2 w delta_cell, i.e. a sponge layer, not a PML.
-
-Neighbours are taken periodically, as the Matlab ``circshift`` and UPFWI's
-``torch.roll`` do: a wave that crosses the absorbing layer re-enters on the opposite side.
-That matters more than one might expect. In this damped (not perfectly matched) layer
-the amplitude falls as exp(-d t / 2), so a wave crossing 120 cells of a fast
-(4500 m/s) layer in a model whose minimum is 1500 m/s keeps ~26 % of its amplitude; and
-CSIM's layout damps the corners by lateral distance only, so the columns just outside
-the model's sides are almost undamped through the whole top and bottom layers. Such
-waves wrap around and come back late in the record. A zero (Dirichlet) edge instead
-changes the data of a CurveVel-A map by 2.8e-3 relative, so the periodic wrap is kept to
-stay faithful to OpenFWI's data (docs/physics.md quantifies the leak).
-
-Runs on any device in float32, batched over models (B) and shots (S).
+2nd order in time, 4th in space, constant-density acoustic, on the velocity map padded by
+``nbc`` (120) replicated cells with a quadratic sponge (:func:`damping_profile`; not a PML):
+the CSIM Matlab ``a2d_mod_abc24``, as UPFWI's ``FWIForward.FWM`` ports it. Neighbours wrap
+periodically, as there, so waves leaking through the sponge return late in the record; kept
+on purpose, to stay faithful to OpenFWI's data. Float32 on any device, batched over models
+(B) and shots (S). Details: docs/physics.md, 'The openfwi backend'.
 """
 
 from __future__ import annotations

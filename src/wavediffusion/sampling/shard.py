@@ -1,24 +1,11 @@
 """The sampling jobs: one shard of generated pairs, its physics check, and the gather.
 
-- `sample_shard` (rule sample_shard, one job per shard): latents from the Stage-2 model
-  (DDPM or DDIM), seeded by derive_seed(seed, k) through a torch.Generator of its own on
-  the sampling device -- so a shard's values do not depend on the global RNG or on other
-  shards (a GPU draws other numbers than the CPU from the same seed) -- decoded by the
-  Stage-1 autoencoder, written into the shard's own rows, then marked done. Rows are
-  written a whole Zarr shard (store block) at a time (store.BlockWriter), from a thread
-  of their own while the GPU denoises the next batch (store.BackgroundWriter); a job killed
-  before its marker leaves an incomplete shard that is_done reports as such, and
-  re-running rewrites all of its rows. With the same
-  settings (batch_size included: the generator's draws follow the batches) and device, a
-  re-run gives identical values (bitwise on the CPU).
-- `check_shard` (rule check_shard): the stored velocity -> 70x70 m/s -> acoustic forward
-  operator -> the model's seismic space (`seismic_simulated`), and the paper's PDE
-  deviation per sample (`deviation`, MSE against the decoded seismic); the next batch is
-  read and the last one written by threads while the GPU simulates. It simulates the
-  stored velocity (what a user of the store gets) rather than re-decoding the latent; on
-  the same device both are the same numbers as evaluation.stage1.decode_and_check.
-- `gather` (rule gather_samples): refuses incomplete stores (naming the shards), returns
-  the manifest (counts, seeds, checkpoint hashes, sampler, deviation statistics).
+- `sample_shard`: Stage-2 latents seeded by derive_seed(seed, k) on a generator of their
+  own, decoded by Stage 1, written into the shard's rows, then marked done.
+- `check_shard`: the stored velocity -> forward operator -> `seismic_simulated`, and the
+  paper's PDE deviation per sample (`deviation`).
+- `gather`: refuses incomplete stores (naming the shards), returns the manifest.
+Details: docs/data.md, 'The sampling jobs'.
 """
 
 from __future__ import annotations

@@ -1,28 +1,12 @@
 """InversionNet for the paper's augmentation experiments (Tables 2-4): training on generated
 pairs, real pairs or both, fine-tuning from earlier weights, and OpenFWI's evaluation.
 
-The arms of Tables 2-3 are datasets combined with torch's ConcatDataset:
-`GeneratedPairs` (a pairs store; its decoded seismic, or F(velocity) from the physics
-check), `RealPairs` (a split of the dataset store, optionally a `real_subset` of it: the
-10 % / 1 % arms). Every sample is {"seismic": (S, T, R), "velocity": (1, V, V)} float32 in
-the normalised [-1, 1] model space, so the arms mix freely.
-
-Training recipe (lanl/OpenFWI train.py with its README's `-g2v 0`): AdamW, betas (0.9,
-0.999), weight decay 1e-4, L1 loss, 256 samples per process per step, lr 1e-4 x world
-size, constant lr (no milestones, no warm-up), no gradient clipping, 120 epochs (3 blocks
-of 40), the weights with the best validation loss kept. Our loop's batch is GLOBAL
-(training/loop.py), so OpenFWI's "lr 1e-4 x world size at 256 per process" is "1e-4 per
-256 samples of global batch": unless the settings give `lr`, it is 1e-4 x batch_size / 256
--- OpenFWI's value on W GPUs at batch 256 W, and independent of how many processes share
-the batch. Everything else -- devices, DDP, bf16, checkpoints, exact resume, logs -- is
-the project's one loop.
-
-Fine-tuning (Table 4) starts from `init_weights`, a weights file of an earlier
-`train_inversionnet` run; its sha256 is part of the task's configuration, so it travels in
-every checkpoint and a resume against another initial model is refused.
-
-Evaluation follows OpenFWI: MAE and RMSE on the [-1, 1] maps, SSIM on x/2 + 0.5
-(metrics.py), per family and over all samples.
+Arms are ConcatDatasets of `GeneratedPairs` and `RealPairs`; every sample is
+{"seismic": (S, T, R), "velocity": (1, V, V)} float32 in the [-1, 1] model space. OpenFWI's
+recipe (AdamW, L1, constant lr, 120 epochs) on the project's loop, whose batch is global:
+lr defaults to 1e-4 x batch_size / 256. Fine-tuning starts from `init_weights` (sha256 in the
+configuration). Evaluation: MAE, RMSE and SSIM as OpenFWI's, per family and overall.
+Details: docs/training.md, 'InversionNet's training'.
 """
 
 from __future__ import annotations
@@ -332,20 +316,6 @@ def predicted_batches(model: InversionNet, dataset: Dataset, batch_size: int, de
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     for batch in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True):
         yield model(batch["seismic"].to(device)).float().cpu(), batch
-
-
-def predict_dataset(model: InversionNet, dataset: Dataset, batch_size: int = 64, device=None, num_workers: int = 0,
-                    progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(prediction, target) (N, 1, V, V) and the family codes (N,) -- None when the dataset's
-    samples carry no "family" (RealPairs(..., with_family=True) do) -- in dataset order."""
-    predictions, targets, families = [], [], []
-    for prediction, batch in predicted_batches(model, dataset, batch_size, device, num_workers, progress):
-        predictions.append(prediction)
-        targets.append(batch["velocity"])
-        if "family" in batch:
-            families.append(batch["family"])
-    family = torch.cat(families) if families else None
-    return torch.cat(predictions), torch.cat(targets), family
 
 
 def family_rows(metrics: dict[str, torch.Tensor], family: torch.Tensor, names: list[str], codes) -> list[dict]:

@@ -1,0 +1,57 @@
+"""The workflow's steps: each Snakemake rule's shell runs one `wavediffusion <command>`, and
+each command is one `run_<command>` function here, in the module named like the rule file
+(rules/stage1.smk -> steps/stage1.py). A step's signature is its command's options: the CLI
+is generated from it (cli.py), so an option has one home. Steps read the config slice a
+rule passes, call the libraries below and report; the libraries do the work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+# The modules in the order of the DAG: `wavediffusion --help` lists the commands so.
+MODULES = ("common", "data", "physics", "stage1", "stage2", "sampling", "fid", "inversion", "claims")
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the CLI needs to know of a step beyond its options."""
+
+    gpu: bool = False  # its rule asks for a GPU: claim one (devices.claim_local_gpu) before CUDA starts
+    batch_key: str | None = None  # the config key to lower when it runs out of GPU memory
+
+
+def step(*, gpu: bool = False, batch_key: str | None = None):
+    """Mark a function as a workflow step (a CLI command)."""
+
+    def mark(function):
+        function.step = Step(gpu, batch_key)
+        return function
+
+    return mark
+
+
+class Positional(str):
+    """The help text of an argument given by position rather than as `--name`."""
+
+
+# Options many steps share.
+Threads = Annotated[int | None, "CPU threads for torch (Snakemake passes the rule's threads; default: torch's choice)"]
+Seed = Annotated[int, "the global seed (config seed), from which each random draw derives its own"]
+
+
+def use_threads(threads: int | None) -> None:
+    """Honour the rule's `threads:` instead of torch's guess."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def settings_from_json(cls, text: str, seed: int):
+    """A rule's --settings JSON (its config slice) with the global seed, as `cls` (whose
+    from_dict rejects unknown keys, naming the config section)."""
+    import json
+
+    return cls.from_dict({**json.loads(text), "seed": seed})

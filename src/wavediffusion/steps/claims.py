@@ -1,0 +1,28 @@
+"""The step of rules/claims.smk: each claim of the paper tested on the run's own tables."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from . import step
+
+
+@step()
+def run_claims(variants: list[str],
+               table5: Annotated[list[str], "diffusion-trajectory's table5.csv per variant, in order"],
+               deviation: Annotated[list[str], "diffusion-trajectory's deviation.csv per variant"],
+               memorisation: Annotated[list[str], "memorisation.csv per variant"],
+               fid: Annotated[str, "fid_table.csv"],
+               stage1_metrics: Annotated[str, "results/stage1/metrics.csv"],
+               stage1_records: Annotated[list[str], "train-stage1's train.json per variant"],
+               stage2_records: Annotated[list[str], "train-stage2's train.json per variant"],
+               table2: Annotated[str, "results/inversionnet/table2.csv"],
+               inversion_record: Annotated[str, "the arm `real`'s train.json"],
+               out: str) -> None:
+    """the paper's claims tested on the run's result tables (results/claims.csv)"""
+    from ..evaluation.claims import claims_table
+
+    rows = claims_table(variants, table5, deviation, memorisation, stage1_records, stage2_records, fid,
+                        stage1_metrics, table2, inversion_record, out)
+    for row in rows:
+        print(f"{row['claim']:>24} {row['variant']}: {row['held']:<26} {row['measured']}")

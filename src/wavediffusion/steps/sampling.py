@@ -1,0 +1,126 @@
+"""The steps of rules/sampling.smk: the pairs store, its shards sampled and checked against
+the wave equation, the physics filter, the memorisation check and the OpenFWI export."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from . import Seed, Threads, settings_from_json, step, use_threads
+
+SamplingJSON = Annotated[str, "JSON of config sampling"]
+
+
+def sampling_settings(text: str, seed: int):
+    from ..sampling.shard import SamplingSettings
+
+    return settings_from_json(SamplingSettings, text, seed)
+
+
+@step()
+def run_create_pairs_store(stage1_model: str, settings: SamplingJSON, out: str, seed: Seed) -> None:
+    """the empty pairs store that sampling shards fill"""
+    from ..sampling.shard import create_store_for_models
+
+    values = sampling_settings(settings, seed)
+    create_store_for_models(stage1_model, out, values)
+    print(f"created {out}: {values.num_pairs} pairs in {values.num_shards} shards of {values.shard_size}")
+
+
+@step(gpu=True, batch_key="sampling.batch_size")
+def run_sample_shard(stage1_model: str, stage2_model: str, store: str, shard: int, settings: SamplingJSON,
+                     record: Annotated[str, "JSON written once the shard is complete"], seed: Seed,
+                     threads: Threads = None) -> None:
+    """generate and decode one shard of pairs into the pairs store"""
+    from ..files import write_json
+    from ..sampling.shard import sample_shard
+
+    use_threads(threads)
+    info = sample_shard(stage1_model, stage2_model, store, shard, sampling_settings(settings, seed))
+    write_json(info, record)  # the rule's output: this shard's record, written last
+    print(f"shard {shard}: {info['n']} pairs at {info['pairs_per_second']:.2f} pairs/s")
+
+
+@step(gpu=True, batch_key="physics.batch_size")
+def run_check_shard(store: str, shard: int,
+                    dataset: Annotated[str, "the dataset store (its representation)"],
+                    backend: Literal["deepwave", "openfwi"], batch_size: int,
+                    record: Annotated[str, "JSON written once the shard is checked"],
+                    threads: Threads = None) -> None:
+    """the wave-equation check of one shard's pairs (deepwave)"""
+    from ..files import write_json
+    from ..sampling.shard import check_shard
+
+    use_threads(threads)
+    info = check_shard(store, shard, dataset, backend=backend, batch_size=batch_size)
+    write_json(info, record)
+    print(f"shard {shard}: PDE deviation mean {info['deviation_mean']:.4f}")
+
+
+@step()
+def run_gather_samples(store: str, out: str) -> None:
+    """manifest.json of a complete pairs store (refuses an incomplete one)"""
+    from ..sampling.shard import write_manifest
+
+    manifest = write_manifest(store, out)
+    print(f"wrote {out}: {manifest['n_checked']} checked pairs")
+
+
+@step()
+def run_physics_report(store: str, variant: str,
+                       settings: Annotated[str, "JSON of config physics"],
+                       dataset: Annotated[str, "the dataset store (pde_floor's true pairs, for the families)"],
+                       floor: Annotated[str, "pde_floor.csv (the data set's own deviation)"],
+                       true_pairs: Annotated[str, "pde-floor's per-pair deviations of the true pairs"],
+                       out: Annotated[str, "physics_report.csv to write"],
+                       acceptance: Annotated[str, "acceptance.csv to write (acceptance rate vs threshold)"],
+                       acceptance_figure: Annotated[str, "acceptance PNG to write"],
+                       figure: Annotated[str, "histogram PNG to write"],
+                       threads: Threads = None) -> None:
+    """the physics filter: valid mask, acceptance rate, deviation histogram"""
+    import json
+
+    from ..sampling.physics_filter import FilterSettings, physics_report
+
+    use_threads(threads)
+    physics = json.loads(settings)
+    values = FilterSettings.from_dict(physics)
+    rows = physics_report(store, variant, values, dataset, physics["floor_samples_per_family"], floor, true_pairs,
+                          out, figure, acceptance, acceptance_figure)
+    for row in rows:
+        print(f"{row['family']}: {row['n_valid']} of {row['n']} pairs accepted ({row['acceptance_rate']:.1%}; "
+              f"filter {values.filter}, threshold {row['threshold'] or 'per family'})")
+
+
+@step(gpu=True)
+def run_memorisation(variant: str,
+                     store: Annotated[str, "the variant's pairs store"],
+                     latents: Annotated[str, "encode-latents' store (train and held-out val latents)"],
+                     out: Annotated[str, "memorisation.csv to write"],
+                     figure: Annotated[str, "histogram PNG to write"],
+                     threads: Threads = None) -> None:
+    """generated vs held-out latents' distance to the nearest training latent"""
+    from ..evaluation.memorisation import memorisation, memorised
+
+    use_threads(threads)
+    rows = memorisation(latents, store, variant, out, figure)
+    held, made = (next(r for r in rows if r["set"] == name) for name in ("held_out", "generated"))
+    print(f"wrote {out}: median distance to the nearest training latent {made['distance_median']:.4f} "
+          f"(generated) vs {held['distance_median']:.4f} (held out); "
+          f"{made['fraction_below_held_out_p01']:.1%} of generated latents below the held-out 1 % quantile"
+          f"{' -- memorised' if memorised(rows) else ''}")
+
+
+@step(gpu=True)
+def run_export_openfwi(store: str,
+                       dataset: Annotated[str, "the dataset store (its representation)"],
+                       settings: Annotated[str, "JSON of config export"],
+                       out: Annotated[str, "the folder to write (replaced atomically)"],
+                       threads: Threads = None) -> None:
+    """accepted pairs as OpenFWI files (model{n}.npy, data{n}.npy)"""
+    import json
+
+    from ..sampling.export import ExportSettings, export_openfwi
+
+    use_threads(threads)
+    info = export_openfwi(store, dataset, out, ExportSettings.from_dict(json.loads(settings)))
+    print(f"wrote {out}: {info['num_exported']} accepted pairs in {info['num_files']} pairs of OpenFWI files")
