@@ -43,7 +43,7 @@ from wavediffusion.data.store import open_dataset, representation_of
 from wavediffusion.diffusion import run_sampler, synchronize, unet_autocast
 from wavediffusion.evaluation.memorisation import nearest_distances
 from wavediffusion.evaluation.stage1 import decode_and_check, gaussian_latents
-from wavediffusion.files import atomic_directory, write_csv
+from wavediffusion.files import atomic_directory, read_csv, write_csv
 from wavediffusion.plotting import plt, save_figure
 from wavediffusion.training.stage1 import load_autoencoder
 from wavediffusion.training.stage2 import Stage2Settings, load_stage2, open_latents, train_stage2
@@ -155,31 +155,46 @@ def plot(rows: list[dict], logs: dict[str, list[dict]], path: Path) -> None:
         points = [(float(r["seconds"]), float(r["val/val_loss_ema"])) for r in log if r.get("val/val_loss_ema")]
         if points:
             curves.plot(*zip(*points), marker="o", label=recipe)
-    curves.set(xlabel="training seconds (validation included)", ylabel="validation ε-loss, EMA weights", yscale="log",
-               title="Stage 2 validation loss")
+    # each recipe's loss is on its own target (ε or v): the curves show flattening, not which is better
+    curves.set(xlabel="training seconds (validation included)", ylabel="validation loss on its own target, EMA weights",
+               yscale="log", title="Stage 2 validation loss")
     curves.legend()
     generated = [r for r in rows if r["recipe"] != "control"]
-    labels = [f"{r['recipe']}\n{r['sampler']}-{r['sampler_steps']} η={r['eta']}" for r in generated]
-    bars.bar(range(len(generated)), [r["deviation_mean"] for r in generated],
-             yerr=[r["deviation_std"] for r in generated], color="tab:blue")
+    labels = [f"{r['recipe']} {r['sampler']}-{r['sampler_steps']} η={float(r['eta']):g}" for r in generated]
+    bars.bar(range(len(generated)), [float(r["deviation_mean"]) for r in generated],
+             yerr=[float(r["deviation_std"]) for r in generated], color="tab:blue")
     for r, style in zip((r for r in rows if r["recipe"] == "control"), ("--", ":")):
-        bars.axhline(r["deviation_mean"], color="k", linestyle=style, label=r["sampler"])
-    bars.set_xticks(range(len(generated)), labels, rotation=60, ha="right", fontsize=7)
+        bars.axhline(float(r["deviation_mean"]), color="k", linestyle=style, label=r["sampler"])
+    bars.set_xticks(range(len(generated)), labels, rotation=30, ha="right", fontsize=8)
     bars.set(ylabel="PDE deviation of decoded pairs", title="samples at the end of training")
     bars.legend()
+    figure.tight_layout()
     save_figure(figure, path)
+
+
+def replot(folder: Path) -> None:
+    """Redraw folder/convergence.png from the CSVs a run left there."""
+    rows = read_csv(folder / "convergence.csv")
+    recipes = dict.fromkeys(r["recipe"] for r in rows if r["recipe"] != "control")
+    plot(rows, {recipe: read_csv(folder / f"{recipe}_log.csv") for recipe in recipes}, folder / "convergence.png")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, type=Path)
-    parser.add_argument("--latents", required=True, type=Path, help="encode_latents' store")
-    parser.add_argument("--stage1-model", required=True, type=Path)
-    parser.add_argument("--seconds", type=float, required=True, help="training seconds per recipe")
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("--latents", type=Path, help="encode_latents' store")
+    parser.add_argument("--stage1-model", type=Path)
+    parser.add_argument("--seconds", type=float, help="training seconds per recipe")
     parser.add_argument("--recipes", default="paper,small", help=f"comma-separated, of {sorted(RECIPES)}")
     parser.add_argument("--samples", type=int, default=250, help="samples per DDIM setting (DDPM: half)")
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--replot", action="store_true", help="only redraw OUT/convergence.png from OUT's CSVs")
     args = parser.parse_args()
+    if args.replot:
+        return replot(args.out)
+    missing = [name for name in ("config", "latents", "stage1_model", "seconds") if getattr(args, name) is None]
+    if missing:
+        parser.error(f"training needs --{', --'.join(m.replace('_', '-') for m in missing)}")
     recipes = args.recipes.split(",")
     unknown = sorted(set(recipes) - set(RECIPES))
     if unknown:
