@@ -28,7 +28,7 @@ def test_an_empty_config_is_the_full_scale_and_the_demo_states_its_own_values():
 def settings_classes():
     """(config section, the library's settings class read from it)."""
     from wavediffusion.evaluation.arms import ExperimentSettings
-    from wavediffusion.evaluation.fid_table import FIDSettings
+    from wavediffusion.evaluation.fid_scores import FIDSettings
     from wavediffusion.evaluation.refine import RefineSettings
     from wavediffusion.evaluation.stage1 import Stage1Evaluation
     from wavediffusion.evaluation.trajectory import TrajectorySettings

@@ -170,7 +170,7 @@ def test_sampler_fid_scores_each_setting_against_the_reference(artifacts, output
         load_fid_inception,
         to_inception_images,
     )
-    from wavediffusion.evaluation.fid_table import FIDSettings
+    from wavediffusion.evaluation.fid_scores import FIDSettings
     from wavediffusion.evaluation.sampler_fid import BASELINE, COLUMNS, sampler_fid
     from wavediffusion.training.stage1 import load_autoencoder
 

@@ -23,7 +23,7 @@ from ..files import read_csv, sha256_of, write_csv
 from ..training.loop import derive_seed
 from ..training.stage1 import load_autoencoder
 from .fid import fid_from_features
-from .fid_table import (
+from .fid_scores import (
     MODALITIES,
     FIDSettings,
     _features,

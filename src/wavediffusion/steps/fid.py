@@ -13,7 +13,7 @@ Reference = Annotated[str, "fid-reference's .npz"]
 
 
 def fid_settings(text: str, seed: int):
-    from ..evaluation.fid_table import FIDSettings
+    from ..evaluation.fid_scores import FIDSettings
 
     return settings_from_json(FIDSettings, text, seed)
 
@@ -22,7 +22,7 @@ def fid_settings(text: str, seed: int):
 def run_fid_reference(dataset: str, settings: FidJSON, out: Annotated[str, ".npz to write"], seed: Seed,
                       threads: Threads = None) -> None:
     """Inception features of the real data, both modalities"""
-    from ..evaluation.fid_table import reference_features
+    from ..evaluation.fid_scores import reference_features
 
     use_threads(threads)
     info = reference_features(dataset, fid_settings(settings, seed), out)
@@ -38,7 +38,7 @@ def run_fid_variant(variant: str, stage1_model: str, latents: StageOneLatents, r
                     tsne_velocity: Annotated[str, "t-SNE figure of the velocity features, PNG to write"],
                     seed: Seed, threads: Threads = None) -> None:
     """FID of one variant's samples and its Stage-1 random latents (Table 1)"""
-    from ..evaluation.fid_table import variant_fid
+    from ..evaluation.fid_scores import variant_fid
 
     use_threads(threads)
     rows = variant_fid(variant, store, stage1_model, latents, reference, fid_settings(settings, seed), out,

@@ -1,5 +1,6 @@
-"""The paper's Table 1: FID of generated seismic and velocity against real data, per variant,
-beside the Stage-1 random-latent baseline; and the t-SNE of Inception features (Fig. 6).
+"""FID scores of the workflow's sets, the rows of the paper's Table 1: generated seismic and
+velocity against real data, per variant, beside the Stage-1 random-latent baseline; and the
+t-SNE of Inception features (Fig. 6). The rule fid_table concatenates the variants' rows.
 
 Two steps, two rules:
 - `reference_features`: Inception features of the real data (one split of the dataset
