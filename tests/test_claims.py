@@ -13,12 +13,15 @@ import torch
 import zarr
 
 from wavediffusion.data.transforms import Representation
-from wavediffusion.evaluation.claims import COLUMNS, NO, UNDECIDED, YES, claims_table, fid_claims, ordering_claim
+from wavediffusion.evaluation.claims import COLUMNS, NO, UNDECIDED, YES, fid_claims, ordering_claim
 from wavediffusion.evaluation.memorisation import memorisation, memorised, nearest_distances
 from wavediffusion.evaluation.stage1 import TABLE5_COLUMNS
 from wavediffusion.evaluation.trajectory import DEVIATION_COLUMNS
-from wavediffusion.files import write_csv
-from wavediffusion.data.pairs_store import create_pairs_store
+from wavediffusion.files import read_csv, write_csv
+from wavediffusion.data.pairs_store import create_pairs_store, open_pairs_store
+from wavediffusion.plotting import save_figure
+from wavediffusion.steps.claims import run_claims
+from wavediffusion.training.stage2 import open_latents
 
 from test_trajectory import write_latents
 from tiny_models import save_tiny_autoencoder
@@ -43,6 +46,7 @@ def test_table5_ordering_yes_no_and_undecided():
 
 
 def write_fid(path, n_diffusion, n_baseline, fid_diffusion, fid_baseline):
+    """fid_table.csv of one variant, both modalities; returns its rows as read back."""
     columns = ("variant", "source", "modality", "fid", "n_generated", "n_reference", "reference_split",
                "weights_source", "weights_sha256")
     rows = [{"variant": "1vq", "source": source, "modality": modality, "fid": fid, "n_generated": n,
@@ -51,7 +55,7 @@ def write_fid(path, n_diffusion, n_baseline, fid_diffusion, fid_baseline):
             for source, fid, n in (("diffusion", fid_diffusion, n_diffusion),
                                    ("stage1-random-latents", fid_baseline, n_baseline))]
     write_csv(rows, path, columns)
-    return path
+    return read_csv(path)
 
 
 def test_fid_claims_need_equal_sample_counts(tmp_path):
@@ -92,7 +96,7 @@ def test_claims_table_from_the_result_files(tmp_path):
     write_csv([{"arm": "real", "family": "FlatVel-A", "n": 10, "mae": 0.05},
                {"arm": "real", "family": "all", "n": 20, "mae": 0.1}], tmp_path / "table2.csv",
               ("arm", "family", "n", "mae"))
-    fid = write_fid(tmp_path / "fid.csv", 100, 100, 50.0, 80.0)
+    write_fid(tmp_path / "fid.csv", 100, 100, 50.0, 80.0)
     stage1_record, inversion_record = tmp_path / "stage1.json", tmp_path / "real.json"
     stage1_record.write_text(json.dumps({"seconds": 300.0}))
     inversion_record.write_text(json.dumps({"seconds": 400.0}))
@@ -100,9 +104,12 @@ def test_claims_table_from_the_result_files(tmp_path):
     stage2_record.write_text(json.dumps({"validation": converged}))
 
     def table():
-        return claims_table(["1vq"], [tmp_path / "table5.csv"], [tmp_path / "deviation.csv"],
-                            [tmp_path / "memorisation.csv"], [stage1_record], [stage2_record], fid,
-                            tmp_path / "stage1.csv", tmp_path / "table2.csv", inversion_record, tmp_path / "claims.csv")
+        """The step's claims.csv, read back."""
+        run_claims(["1vq"], [str(tmp_path / "table5.csv")], [str(tmp_path / "deviation.csv")],
+                   [str(tmp_path / "memorisation.csv")], str(tmp_path / "fid.csv"), str(tmp_path / "stage1.csv"),
+                   [str(stage1_record)], [str(stage2_record)], str(tmp_path / "table2.csv"), str(inversion_record),
+                   str(tmp_path / "claims.csv"))
+        return read_csv(tmp_path / "claims.csv")
 
     rows = table()
     with open(tmp_path / "claims.csv", newline="") as handle:
@@ -185,8 +192,10 @@ def test_memorisation_catches_a_generator_that_copies(encoded, tmp_path, copies)
     generated = train + 1e-3 * np.random.default_rng(2).standard_normal(train.shape).astype(np.float32) if copies \
         else fresh
     pairs = pairs_store_of(tmp_path / "pairs.zarr", generated)
-    rows = memorisation(store, pairs, "1vq", tmp_path / "m.csv", tmp_path / "m.png", device="cpu",
-                        progress=False)
+    latents = open_latents(store)
+    rows, figure = memorisation(latents["train"]["latent"], latents["val"]["latent"],
+                                open_pairs_store(pairs, mode="r")["latent"], "1vq", device="cpu", progress=False)
+    save_figure(figure, tmp_path / "m.png")
     by_set = {row["set"]: row for row in rows}
     assert by_set["held_out"]["n"] == by_set["generated"]["n"] == 200
     assert memorised(rows) == copies

@@ -1,13 +1,21 @@
-"""Pieces of the Stage-1 evaluation (the rule itself runs in tests/test_workflow.py)."""
+"""Pieces of the Stage-1 evaluation, and its step on tiny artifacts (the rule itself runs in
+tests/test_workflow.py)."""
 
 from __future__ import annotations
+
+import json
+import math
 
 import numpy as np
 import pytest
 import torch
 import zarr
 
+from wavediffusion.data.store import create_split_arrays
+from wavediffusion.data.transforms import Representation
 from wavediffusion.evaluation.stage1 import (
+    METRICS_COLUMNS,
+    TABLE5_COLUMNS,
     Stage1Evaluation,
     codebook_usage,
     indices_per_family,
@@ -15,7 +23,12 @@ from wavediffusion.evaluation.stage1 import (
     streamed_moments,
 )
 from wavediffusion.models.autoencoder import AutoencoderConfig, VQAutoencoder
-from wavediffusion.files import combine_csv, write_csv
+from wavediffusion.files import combine_csv, read_csv, write_csv
+from wavediffusion.steps.stage1 import run_evaluate_stage1
+
+from tiny_models import save_tiny_autoencoder
+
+REP = Representation(time_samples=64, receivers=16, velocity_size=16, seismic_log_min=-4.0, seismic_log_max=4.0)
 
 
 @pytest.fixture
@@ -78,3 +91,42 @@ def test_codebook_usage_counts_equally_used_codes(variant):
     perplexities = [4.0] if variant == "1vq" else [4.0, float(np.exp(-(0.75 * np.log(0.75) + 0.25 * np.log(0.25))))]
     assert usage["codebook_perplexity"] == pytest.approx(np.mean(perplexities))
     assert usage["codebook_unused"] == pytest.approx(size - 4 if variant == "1vq" else ((size - 4) + (size - 2)) / 2)
+
+
+def test_the_step_writes_metrics_table5_and_figure(tmp_path):
+    """run_evaluate_stage1 on an untrained tiny autoencoder, a test split of two families and
+    its latents: a metrics row per family and one for all, Stage 1's Table-5 rows, the figure."""
+    autoencoder = save_tiny_autoencoder(tmp_path / "stage1.pt")
+    families = np.array([2, 0, 0, 2, 0], dtype=np.int16)  # CurveVel-A, FlatVel-A, interleaved
+    dataset = zarr.open_group(str(tmp_path / "dataset.zarr"), mode="w")
+    dataset.attrs["representation"] = REP.to_attrs()
+    test = dataset.create_group("test")
+    create_split_arrays(test, len(families), REP, samples_per_shard=4)
+    generator = torch.Generator().manual_seed(1)
+    test["seismic"][:] = (torch.rand(len(families), *REP.seismic_shape, generator=generator) * 2 - 1).numpy()
+    test["velocity"][:] = (torch.rand(len(families), *REP.velocity_shape, generator=generator) * 2 - 1).numpy()
+    test["family"][:] = families
+    with torch.no_grad():  # the training latents encode_latents would write (here: of the test seismic)
+        z = autoencoder.latent_for_diffusion(torch.from_numpy(test["seismic"][:])).numpy()
+    latents = zarr.open_group(str(tmp_path / "latents.zarr"), mode="w")
+    latents.create_group("train").create_array("latent", data=z)
+    latents.attrs["stats"] = {"train": {"n": len(z), "std": float(z.std())}}
+    settings = {"train_latents": 3, "random_latents": 4, "interpolation_pairs": 2, "interpolation_weights": [0.5],
+                "batch_size": 2}
+    out = {name: tmp_path / "out" / name for name in ("metrics.csv", "table5.csv", "examples.png")}
+    run_evaluate_stage1(str(tmp_path / "stage1.pt"), str(tmp_path / "dataset.zarr"), str(tmp_path / "latents.zarr"),
+                        json.dumps(settings), *map(str, out.values()))
+
+    metrics = read_csv(out["metrics.csv"])
+    assert tuple(metrics[0]) == METRICS_COLUMNS
+    assert [(r["variant"], r["family"], r["n"]) for r in metrics] == [
+        ("1vq", "FlatVel-A", "3"), ("1vq", "CurveVel-A", "2"), ("1vq", "all", "5")]
+    assert all(math.isfinite(float(r[name])) for r in metrics for name in METRICS_COLUMNS[3:])
+    table5 = read_csv(out["table5.csv"])
+    assert tuple(table5[0]) == TABLE5_COLUMNS
+    assert [(r["latents"], r["weight"], r["n"]) for r in table5] == [
+        ("test_reconstruction", "", "5"), ("train_reconstruction", "", "3"), ("random_gaussian", "", "4"),
+        ("interpolation", "0.5", "2")]
+    assert table5[0]["deviation_mean"] == metrics[-1]["pde_deviation"]  # one measurement of the test split
+    assert out["examples.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out["examples.png"].stat().st_size > 10_000

@@ -356,13 +356,100 @@ def test_to_inception_images_rejects_other_shapes(shape, modality):
         fid.to_inception_images(torch.zeros(shape), modality)
 
 
-def test_tsne_figure_writes_a_png(tmp_path):
+def test_tsne_figure_draws_every_set(tmp_path):
+    from wavediffusion.plotting import save_figure
+
     rng = np.random.default_rng(7)
     real = rng.standard_normal((40, 2048))
     generated = {"1vq": rng.standard_normal((30, 2048)) + 0.5, "2vq": rng.standard_normal((60, 2048)) - 0.5}
-    path = fid.tsne_figure(real, generated, tmp_path / "figures" / "tsne.png", max_points=50)
-    assert path == tmp_path / "figures" / "tsne.png"
+    figure = fid.tsne_figure(real, generated, max_points=50)
+    labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert labels == ["real (40)", "1vq (30)", "2vq (50)"]  # 2vq subsampled to max_points
+    path = save_figure(figure, tmp_path / "figures" / "tsne.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not [p for p in path.parent.iterdir() if p != path]  # no temporary left behind
     with pytest.raises(ValueError):
-        fid.tsne_figure(real, {"x": rng.standard_normal((5, 16))}, tmp_path / "bad.png")
+        fid.tsne_figure(real, {"x": rng.standard_normal((5, 16))})
+
+
+# --------------------------------------------------------------------------- the steps (Table 1)
+
+
+@needs_fid_helper
+def test_reference_and_variant_steps(tmp_path, monkeypatch):
+    """fid-reference writes the real data's features; fid-variant scores the first
+    num_generated pairs of a pairs store and num_baseline Stage-1 random latents against
+    them, draws both t-SNE figures, and refuses features of other Inception weights."""
+    import json
+
+    import zarr
+
+    from wavediffusion.data.pairs_store import create_pairs_store
+    from wavediffusion.data.store import create_split_arrays
+    from wavediffusion.data.transforms import Representation
+    from wavediffusion.evaluation.fid_scores import COLUMNS, MODALITIES, SOURCES
+    from wavediffusion.files import read_csv
+    from wavediffusion.steps.fid import run_fid_reference, run_fid_variant
+
+    from tiny_models import save_tiny_autoencoder
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the expected features are the CPU's
+    rep = Representation(time_samples=64, receivers=16, velocity_size=16, seismic_log_min=-4.0, seismic_log_max=4.0)
+    generator = torch.Generator().manual_seed(8)
+
+    def random_pairs(n: int) -> dict[str, np.ndarray]:
+        return {"seismic": (torch.rand(n, *rep.seismic_shape, generator=generator) * 2 - 1).numpy(),
+                "velocity": (torch.rand(n, *rep.velocity_shape, generator=generator) * 2 - 1).numpy()}
+
+    dataset = zarr.open_group(str(tmp_path / "dataset.zarr"), mode="w")
+    dataset.attrs["representation"] = rep.to_attrs()
+    create_split_arrays(dataset.create_group("train"), 3, rep, samples_per_shard=3)
+    real = random_pairs(3)
+    for modality in MODALITIES:
+        dataset["train"][modality][:] = real[modality]
+    autoencoder = save_tiny_autoencoder(tmp_path / "stage1.pt")
+    with torch.no_grad():  # encode_latents' training latents (here: of the real seismic)
+        z = autoencoder.latent_for_diffusion(torch.from_numpy(real["seismic"])).numpy()
+    latents = zarr.open_group(str(tmp_path / "latents.zarr"), mode="w")
+    latents.create_group("train").create_array("latent", data=z)
+    latents.attrs["stats"] = {"train": {"n": len(z), "std": float(z.std())}}
+    store = create_pairs_store(tmp_path / "pairs.zarr", 3, 3, z.shape[1:], rep.seismic_shape, rep.velocity_shape)
+    generated = random_pairs(3)
+    for modality in MODALITIES:
+        store[modality][:] = generated[modality]
+
+    weights = str(fid.fid_helper_torchscript_path())
+    settings = json.dumps({"weights": weights, "batch_size": 2, "num_generated": 2, "num_baseline": 2})
+    reference = tmp_path / "fid" / "reference_features.npz"
+    run_fid_reference(str(tmp_path / "dataset.zarr"), settings, str(reference), seed=0)
+    inception, _ = fid.load_fid_inception(weights)
+    velocity_features = fid.inception_features(inception, [fid.to_inception_images(real["velocity"], "velocity")])
+    with np.load(reference) as npz:
+        assert npz["rows"].tolist() == [0, 1, 2] and str(npz["split"]) == "train"
+        assert str(npz["weights_sha256"]) == TORCHSCRIPT_SHA256 and str(npz["weights_source"]) == "user-torchscript"
+        assert npz["seismic"].shape == npz["velocity"].shape == (3, fid.FEATURE_DIM)
+        np.testing.assert_allclose(npz["velocity"], velocity_features, rtol=1e-5, atol=1e-6)
+
+    def variant(reference_npz, name: str) -> dict:
+        paths = {what: tmp_path / name / f"{what}.{'csv' if what == 'fid' else 'png'}"
+                 for what in ("fid", "tsne_seismic", "tsne_velocity")}
+        run_fid_variant("1vq", str(tmp_path / "stage1.pt"), str(tmp_path / "latents.zarr"), str(reference_npz),
+                        settings, str(tmp_path / "pairs.zarr"), *map(str, paths.values()), seed=0)
+        return paths
+
+    paths = variant(reference, "out")
+    rows = read_csv(paths["fid"])
+    assert tuple(rows[0]) == COLUMNS
+    assert [(r["source"], r["modality"], r["n_generated"]) for r in rows] == [
+        (source, modality, "2") for source in SOURCES for modality in MODALITIES]
+    assert all(r["variant"] == "1vq" and r["n_reference"] == "3" and r["reference_split"] == "train"
+               and r["weights_sha256"] == TORCHSCRIPT_SHA256 and float(r["fid"]) > 0 for r in rows)
+    first_two = fid.inception_features(inception, [fid.to_inception_images(generated["velocity"][:2], "velocity")])
+    assert float(rows[1]["fid"]) == pytest.approx(fid.fid_from_features(first_two, velocity_features), rel=1e-5)
+    for modality in MODALITIES:
+        assert paths[f"tsne_{modality}"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    other = tmp_path / "other_reference.npz"
+    with np.load(reference) as npz:
+        np.savez(other, **{key: npz[key] for key in npz.files if key != "weights_sha256"}, weights_sha256="0" * 64)
+    with pytest.raises(ValueError, match="rerun the reference features"):
+        variant(other, "other")

@@ -4,6 +4,8 @@ real subsets across arms, Table 4's hardest pairs, and the evaluation rows."""
 from __future__ import annotations
 
 import csv
+import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -14,14 +16,15 @@ from wavediffusion.evaluation.arms import Arm, ExperimentSettings, arm_names, pa
 from wavediffusion.evaluation.inversion_experiments import (
     evaluate_arm,
     hard_sets,
+    inversionnet_tables,
     mean_map_rows,
     network_settings,
     train_arm,
     training_data,
-    write_tables,
 )
 from wavediffusion.files import write_json
-from wavediffusion.training.inversionnet import GeneratedPairs, RealPairs
+from wavediffusion.steps.inversion import run_evaluate_inversionnet, run_hardest_generated, run_inversionnet_tables
+from wavediffusion.training.inversionnet import GeneratedPairs, RealPairs, evaluate_inversionnet, load_inversionnet
 
 from test_inversionnet import TINY_MODEL, pairs, store  # noqa: F401  (module fixtures)
 
@@ -31,6 +34,7 @@ SETTINGS = ExperimentSettings(
               "tensorboard": False, "checkpoint_every_steps": 2},
     finetune_training={"max_steps": 1, "batch_size": 2},
     real_percents=(50, 25), hard_fraction=0.4, hard_train_fraction=0.5, eval_batch_size=4)
+SETTINGS_JSON = json.dumps(asdict(SETTINGS))  # as a rule passes it to the steps
 
 
 def test_arm_names_parse_back_to_what_they_train_on():
@@ -67,7 +71,7 @@ def test_the_mean_map_predictor_is_the_training_mean_against_the_test_maps(store
     root = zarr.open_group(str(store), mode="r")
     mean_map = torch.from_numpy(root["train"]["velocity"][:]).double().mean(dim=0)
     test = torch.from_numpy(root["test"]["velocity"][:]).double()
-    rows = {row["family"]: row for row in mean_map_rows(store)}
+    rows = {row["family"]: row for row in mean_map_rows(root)}
     assert rows["all"]["n"] == len(test)
     assert rows["all"]["mae"] == pytest.approx(float((test - mean_map).abs().mean()), rel=1e-5)
     assert sum(rows[f]["n"] for f in rows if f != "all") == len(test)
@@ -90,10 +94,15 @@ def test_table4_fine_tunes_real_on_its_hardest_pairs_and_measures_them(store, pa
     summary, record = train_arm("real", store, SETTINGS, tmp_path / "real")
     real = tmp_path / "real.pt"
     real.write_bytes(open(summary["final"], "rb").read())
-    info = hard_sets(real, pairs[0], "decoded", SETTINGS, tmp_path / "hard.npz", device="cpu")
+    sets, info = hard_sets(real, pairs[0], "decoded", SETTINGS, device="cpu")
     assert info == {"n_store": 10, "n_hard": 4, "n_train": 2, "n_test": 2}
-    with np.load(tmp_path / "hard.npz") as sets:
-        assert not set(sets["train"]) & set(sets["test"])
+    assert not set(sets["train"]) & set(sets["test"])
+    run_hardest_generated(str(real), str(pairs[0]), "decoded", SETTINGS_JSON, str(tmp_path / "hard.npz"),
+                          seed=SETTINGS.seed)
+    with np.load(tmp_path / "hard.npz") as written:
+        assert sorted(written.files) == ["test", "train"] and len(written["train"]) == len(written["test"]) == 2
+        assert not set(written["train"]) & set(written["test"])
+        hard_test = written["test"]
     with pytest.raises(ValueError, match="needs the weights of arm 'real'"):
         train_arm("finetune-1vq-decoded", store, SETTINGS, tmp_path / "ft", store=pairs[0], hard=tmp_path / "hard.npz")
     summary, record = train_arm("finetune-1vq-decoded", store, SETTINGS, tmp_path / "ft", store=pairs[0],
@@ -104,18 +113,32 @@ def test_table4_fine_tunes_real_on_its_hardest_pairs_and_measures_them(store, pa
     assert isinstance(generated, GeneratedPairs) and len(generated) == 2
     assert isinstance(real, RealPairs) and len(real) == len(RealPairs(store, "train"))
     assert record["n_train"] == 2 + len(real) and record["table"] == "table4" and summary["steps"] == 1
-    write_json(record, tmp_path / "ft.json")
-    rows = evaluate_arm(summary["final"], tmp_path / "ft.json", store, SETTINGS, tmp_path / "metrics.csv",
-                        {"1vq-decoded": (str(pairs[0]), str(tmp_path / "hard.npz"))}, device="cpu")
+    test_rows = evaluate_inversionnet(summary["final"], store, batch_size=SETTINGS.eval_batch_size, device="cpu",
+                                      progress=False)
+    rows = evaluate_arm(record, test_rows, SETTINGS, load_inversionnet(summary["final"]),
+                        {"1vq-decoded": GeneratedPairs(pairs[0], indices=hard_test)}, device="cpu")
     assert [r["family"] for r in rows] == ["FlatVel-A", "CurveFault-A", "all", "hard-test 1vq-decoded"]
     assert rows[-1]["n"] == 2 and rows[-1]["mae"] > 0
-    write_tables([tmp_path / "metrics.csv"], {t: tmp_path / f"{t}.csv" for t in ("table2", "table3", "table4")}, store)
+    tables = inversionnet_tables(rows, mean_map_rows(zarr.open_group(str(store), mode="r")))
+    # the mean-map predictor's reference rows first (per family and all), then the arm's four
+    assert [r["arm"] for r in tables["table4"]] == ["mean-map"] * 3 + ["finetune-1vq-decoded"] * 4
+    assert [r["arm"] for r in tables["table2"]] == ["mean-map"] * 3  # no Table-2 arm ran here
+
+    # the steps write the same through files: the arm's metrics.csv, then the tables and the figure
+    write_json(record, tmp_path / "ft.json")
+    run_evaluate_inversionnet(summary["final"], str(tmp_path / "ft.json"), str(store), SETTINGS_JSON,
+                              str(tmp_path / "metrics.csv"), seed=SETTINGS.seed,
+                              hard_test=[f"1vq-decoded,{pairs[0]},{tmp_path / 'hard.npz'}"])
+    outputs = {t: str(tmp_path / f"{t}.csv") for t in ("table2", "table3", "table4")}
+    run_inversionnet_tables([str(tmp_path / "metrics.csv")], [summary["final"]], str(store), **outputs,
+                            figure=str(tmp_path / "predictions.png"))
     with open(tmp_path / "table4.csv") as handle:
         table4 = list(csv.DictReader(handle))
-    # the mean-map predictor's reference rows first (per family and all), then the arm's four
     assert [r["arm"] for r in table4] == ["mean-map"] * 3 + ["finetune-1vq-decoded"] * 4
+    assert [r["family"] for r in table4[3:]] == [r["family"] for r in rows]
     with open(tmp_path / "table2.csv") as handle:
-        assert [r["arm"] for r in csv.DictReader(handle)] == ["mean-map"] * 3  # no Table-2 arm ran here
+        assert [r["arm"] for r in csv.DictReader(handle)] == ["mean-map"] * 3
+    assert (tmp_path / "predictions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # an arm with fewer pairs than one batch would not train at all: refused, naming the key
     too_large = ExperimentSettings(**{**SETTINGS.__dict__, "finetune_training": {"batch_size": 10_000}})
     with pytest.raises(ValueError, match=r"inversionnet\.training\.batch_size"):

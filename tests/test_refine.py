@@ -17,24 +17,29 @@ import pytest
 import torch
 import zarr
 
-from wavediffusion.data.store import create_split_arrays
+from wavediffusion.data.store import create_split_arrays, open_dataset
 from wavediffusion.data.transforms import Representation
 from wavediffusion.diffusion import ddpm_sample, draw_noise
 from wavediffusion.evaluation.refine import (
     COLUMNS,
     METHODS,
+    TABLE_COLUMNS,
     RefineSettings,
     best_of_candidates,
     evaluate_refinement,
     perturb_latents,
     plot_refinement,
     refine_latents,
+    refined_indices,
+    refinement_tables,
     score_latents,
 )
 from wavediffusion.files import write_csv
 from wavediffusion.models.autoencoder import AutoencoderConfig, VQAutoencoder
 from wavediffusion.physics.deviation import per_sample_mse
+from wavediffusion.plotting import save_figure
 from wavediffusion.training import checkpoint as ckpt
+from wavediffusion.training.stage1 import load_autoencoder
 from wavediffusion.training.stage2 import load_stage2
 
 from tiny_models import save_tiny_autoencoder, save_tiny_stage2
@@ -234,7 +239,9 @@ def dataset(tmp_path_factory):
 
 def test_evaluate_refinement_rows_per_method_and_family(models, dataset, tmp_path):
     config = settings(start_step=3, candidates=3, perturbations=4, batch_size=2)
-    rows, info, examples = evaluate_refinement(models["stage1"], models["stage2"], dataset, config, per_family=3,
+    root = open_dataset(dataset)
+    autoencoder, (unet, schedule, scale) = load_autoencoder(models["stage1"]), load_stage2(models["stage2"])
+    rows, info, examples = evaluate_refinement(autoencoder, unet, schedule, scale, root, config, per_family=3,
                                                device="cpu", progress=False)
     assert list(rows) == list(METHODS)
     for method, table in rows.items():
@@ -270,5 +277,17 @@ def test_evaluate_refinement_rows_per_method_and_family(models, dataset, tmp_pat
     table = tmp_path / "refine.csv"
     write_csv([row for method in METHODS for row in rows[method]], table, COLUMNS)
     assert len(table.read_text().splitlines()) == 1 + 3 * 3
-    figure = plot_refinement(examples, tmp_path / "refine.png")
+    figure = save_figure(plot_refinement(examples), tmp_path / "refine.png")
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the tables: InversionNet is evaluated on the samples refined (the 6th lies beyond per_family=3)
+    assert refined_indices(root, 3).tolist() == [0, 1, 2, 3, 4]
+    inversionnet = [{"family": family, "n": n, "mae": 0.1, "rmse": 0.2, "ssim": 0.3}
+                    for family, n in (("FlatVel-A", 3), ("CurveVel-A", 2), ("all", 5))]
+    table9, table7 = refinement_tables(rows, inversionnet, "1vq")
+    assert all(tuple(row) == TABLE_COLUMNS and row["variant"] == "1vq" for row in table9 + table7)
+    assert [r["method"] for r in table9] == [m for m in ("inversionnet", "stage1", "refined") for _ in range(3)]
+    assert [r["method"] for r in table7] == [m for m in ("stage1", "perturbed", "refined") for _ in range(3)]
+    assert [r["family"] for r in table9[:3]] == ["FlatVel-A", "CurveVel-A", "all"]
+    assert all(math.isnan(r["seismic_l2"]) for r in table9[:3])
+    assert table9[3:] == [{"variant": "1vq", **row} for method in ("stage1", "refined") for row in rows[method]]

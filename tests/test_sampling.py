@@ -17,11 +17,14 @@ import torch
 import zarr
 
 from wavediffusion.data.families import FAMILY_NAMES
+from wavediffusion.data.store import open_dataset
 from wavediffusion.data.transforms import Representation, velocity_from_model
 from wavediffusion.diffusion import dpm_solver_sample
 from wavediffusion.evaluation.stage1 import decode_and_check
+from wavediffusion.files import read_csv
 from wavediffusion.physics.deviation import per_sample_mse
 from wavediffusion.physics.forward import forward_model
+from wavediffusion.plotting import plt
 from wavediffusion.sampling.export import ExportSettings, export_openfwi
 from wavediffusion.sampling.physics_filter import (
     ACCEPTANCE_COLUMNS,
@@ -46,9 +49,11 @@ from wavediffusion.data.pairs_store import (
     is_done,
     mark_done,
     num_shards,
+    open_pairs_store,
     read_done,
     shard_range,
 )
+from wavediffusion.steps.sampling import run_physics_report
 from wavediffusion.training.loop import derive_seed
 from wavediffusion.training.stage1 import load_autoencoder
 from wavediffusion.training.stage2 import load_stage2
@@ -388,9 +393,17 @@ def test_physics_filter_per_family_and_absolute(artifacts, reference, tmp_path):
     true_pairs = tmp_path / "true_pairs.csv"
     true_pairs.write_text(f"family,deviation\nFlatVel-A,{flat_threshold}\nFlatVel-A,{flat_threshold}\n"
                           f"CurveVel-A,{deviation[3:].min() / 4}\nCurveVel-A,{deviation[3:].min() / 2}\n")
-    outputs = [tmp_path / name for name in ("report.csv", "histogram.png", "acceptance.csv", "acceptance.png")]
-    rows = physics_report(store, "1vq", FilterSettings(), dataset, 4, floor_csv(tmp_path / "floor.csv"), true_pairs,
-                          *outputs)
+    floor = floor_csv(tmp_path / "floor.csv")
+
+    def report(settings: FilterSettings):
+        """The report's rows and the acceptance curve's (the step writes and checks the figures)."""
+        rows, points, *figures = physics_report(open_pairs_store(store), "1vq", settings, open_dataset(dataset), 4,
+                                                read_csv(floor), read_csv(true_pairs))
+        for figure in figures:
+            plt.close(figure)
+        return rows, points
+
+    rows, points = report(FilterSettings())
     values = arrays(store)
     assert values["family"].tolist() == [flat] * 3 + [curve] * 4
     curve_threshold = deviation[3:].min() / 4 + 0.99 * (deviation[3:].min() / 4)  # the 0.99-quantile of two
@@ -401,23 +414,33 @@ def test_physics_filter_per_family_and_absolute(artifacts, reference, tmp_path):
     assert rows[0]["threshold"] == pytest.approx(flat_threshold) and rows[-1]["threshold"] == ""
     assert rows[-1]["data_floor"] == pytest.approx((4 * 0.001 + 12 * 0.003) / 16)  # deepwave/model64 rows only
     assert rows[0]["data_floor"] == pytest.approx(flat_threshold)  # the family's true pairs' mean
-    with open(outputs[0]) as handle:
-        assert handle.readline().strip().split(",") == list(REPORT_COLUMNS)
     assert zarr.open_group(str(store), mode="r").attrs["physics_filter"]["filter"] == "per_family"
     # the acceptance curve: both sets rise from 0 to 1; each family's threshold is one of its points
-    with open(outputs[2]) as handle:
-        points = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(handle)]
     assert list(points[0]) == list(ACCEPTANCE_COLUMNS)
     for column in ("acceptance_generated", "acceptance_real"):
         accepted = [r[column] for r in points]
         assert accepted == sorted(accepted) and accepted[-1] == 1.0
     at_flat = next(r for r in points if r["threshold"] == pytest.approx(flat_threshold))
     assert at_flat["acceptance_generated"] == pytest.approx(np.mean(deviation <= flat_threshold))
-    assert outputs[1].stat().st_size > 1000 and outputs[3].stat().st_size > 1000
+
+    # the step: the same filter into the store, the report and the curve as CSVs, both figures
+    outputs = [tmp_path / name for name in ("report.csv", "acceptance.csv", "acceptance.png", "histogram.png")]
+    physics = json.dumps({**asdict(FilterSettings()), "floor_samples_per_family": 4})
+
+    def step(on):
+        run_physics_report(str(on), "1vq", physics, str(dataset), str(floor), str(true_pairs), *map(str, outputs))
+
+    step(store)
+    np.testing.assert_array_equal(arrays(store)["valid"], values["valid"])
+    with open(outputs[0]) as handle:
+        assert handle.readline().strip().split(",") == list(REPORT_COLUMNS)
+    assert read_csv(outputs[0]) == [{k: str(v) for k, v in r.items()} for r in rows]
+    with open(outputs[1]) as handle:
+        assert [{k: float(v) for k, v in r.items()} for r in csv.DictReader(handle)] == points
+    assert outputs[2].stat().st_size > 1000 and outputs[3].stat().st_size > 1000
 
     epsilon = float(np.median(deviation))
-    rows = physics_report(store, "1vq", FilterSettings(filter="absolute", max_deviation=epsilon), dataset, 4,
-                          floor_csv(tmp_path / "floor.csv"), true_pairs, *outputs)
+    rows = report(FilterSettings(filter="absolute", max_deviation=epsilon))[0]
     np.testing.assert_array_equal(arrays(store)["valid"], deviation <= epsilon)
     assert rows[-1]["n_valid"] == 4 and rows[-1]["threshold"] == epsilon
     assert {r["threshold"] for r in rows} == {epsilon}
@@ -428,12 +451,12 @@ def test_physics_filter_per_family_and_absolute(artifacts, reference, tmp_path):
         FilterSettings(family_quantile=0)
     assert FilterSettings.from_dict({"filter": "absolute", "batch_size": 8}).filter == "absolute"
     with pytest.raises(ValueError, match=r"thresholds must be positive"):
-        apply_physics_filter(store, 0.0)
+        apply_physics_filter(open_pairs_store(store), 0.0)
     # an incomplete store is refused, naming the shards
     incomplete = new_store(artifacts, tmp_path / "incomplete.zarr")
     sample_all(artifacts, incomplete, shards=[0])
     with pytest.raises(RuntimeError, match=r"sample: shards \[1, 2\]"):
-        apply_physics_filter(incomplete, epsilon)
+        step(incomplete)
 
 
 def test_export_writes_openfwi_files_of_accepted_pairs(artifacts, reference, tmp_path):
@@ -447,7 +470,7 @@ def test_export_writes_openfwi_files_of_accepted_pairs(artifacts, reference, tmp
         export_openfwi(store, dataset, out, settings, device="cpu", progress=False)
     assert not out.exists()  # nothing half-written under the final name
     deviation = arrays(store)["deviation"]
-    apply_physics_filter(store, float(np.median(deviation)))
+    apply_physics_filter(open_pairs_store(store), float(np.median(deviation)))
     accepted = np.flatnonzero(arrays(store)["valid"])
     info = export_openfwi(store, dataset, out, settings, device="cpu", progress=False)
     assert info["num_exported"] == 3 and info["num_files"] == 2 and info["num_accepted"] == 4

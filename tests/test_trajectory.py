@@ -1,9 +1,11 @@
-"""The deviation-along-the-trajectory experiment (evaluation/trajectory.py) on tiny,
-hand-built artifacts: an untrained tiny autoencoder, its latents, an untrained tiny UNet."""
+"""The deviation-along-the-trajectory experiment (evaluation/trajectory.py, run by the step
+run_diffusion_trajectory) on tiny, hand-built artifacts: an untrained tiny autoencoder, its
+latents, an untrained tiny UNet."""
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 from dataclasses import asdict
 
@@ -19,11 +21,12 @@ from wavediffusion.evaluation.trajectory import (
     DDIM_COLUMNS,
     DEVIATION_COLUMNS,
     TrajectorySettings,
-    diffusion_trajectory,
     sampler_key,
     split_key,
 )
 from wavediffusion.files import sha256_of, write_csv
+from wavediffusion.steps.fid import run_sampler_fid
+from wavediffusion.steps.stage2 import run_diffusion_trajectory
 
 from tiny_models import save_tiny_autoencoder, save_tiny_stage2
 
@@ -56,9 +59,18 @@ def write_latents(path, latents: np.ndarray, model_sha256: str):
     return path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def on_the_cpu():
+    """The steps take the GPU when there is one; these tests compare with CPU numbers."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.cuda, "is_available", lambda: False)
+        yield
+
+
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    """Stage-1 weights, latents, Stage-2 weights and Stage 1's table5.csv, as the rule gets them."""
+    """Stage-1 weights, latents, a dataset store (only its representation), Stage-2 weights
+    and Stage 1's table5.csv, as the rule gets them."""
     root = tmp_path_factory.mktemp("trajectory")
     stage1 = root / "stage1.pt"
     autoencoder = save_tiny_autoencoder(stage1)
@@ -66,19 +78,22 @@ def artifacts(tmp_path_factory):
         seismic = torch.rand(N_TRAIN, *REP.seismic_shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
         latents = autoencoder.latent_for_diffusion(seismic).numpy()
     store = write_latents(root / "latents.zarr", latents, sha256_of(stage1))
+    dataset = root / "dataset.zarr"
+    zarr.open_group(str(dataset), mode="w").attrs["representation"] = REP.to_attrs()
 
     stage2 = root / "stage2.pt"
     save_tiny_stage2(stage2, num_steps=T, scale_factor=1.0 / float(latents.std()))
     table5 = root / "stage1_table5.csv"
     write_csv(STAGE1_ROWS, table5, TABLE5_COLUMNS)
-    return {"stage1": stage1, "stage2": stage2, "latents": store, "table5": table5}
+    return {"stage1": stage1, "stage2": stage2, "latents": store, "dataset": dataset, "table5": table5}
 
 
 def run(artifacts, out, settings=SETTINGS):
     paths = {name: out / name for name in ("deviation.csv", "table5.csv", "ddim.csv", "figure.png", "strip.png",
                                            "final_latents.npz")}
-    diffusion_trajectory(artifacts["stage1"], artifacts["stage2"], artifacts["latents"], artifacts["table5"],
-                         settings, *paths.values(), dataset=REP, device="cpu", progress=False)
+    run_diffusion_trajectory(str(artifacts["stage1"]), str(artifacts["stage2"]), str(artifacts["latents"]),
+                             str(artifacts["dataset"]), str(artifacts["table5"]), json.dumps(asdict(settings)),
+                             *map(str, paths.values()))
     return paths
 
 
@@ -170,12 +185,11 @@ def test_sampler_fid_scores_each_setting_against_the_reference(artifacts, output
         load_fid_inception,
         to_inception_images,
     )
-    from wavediffusion.evaluation.fid_scores import FIDSettings
-    from wavediffusion.evaluation.sampler_fid import BASELINE, COLUMNS, sampler_fid
+    from wavediffusion.evaluation.sampler_fid import BASELINE, COLUMNS
     from wavediffusion.training.stage1 import load_autoencoder
 
-    settings = FIDSettings(weights=str(fid_helper_torchscript_path()), batch_size=4)
-    inception, weights = load_fid_inception(settings.weights)
+    settings = json.dumps({"weights": str(fid_helper_torchscript_path()), "batch_size": 4})
+    inception, weights = load_fid_inception(str(fid_helper_torchscript_path()))
     real = torch.rand(4, *REP.seismic_shape, generator=torch.Generator().manual_seed(5)) * 2 - 1
     real_velocity = torch.rand(4, 1, REP.velocity_size, REP.velocity_size,
                                generator=torch.Generator().manual_seed(6)) * 2 - 1
@@ -185,32 +199,33 @@ def test_sampler_fid_scores_each_setting_against_the_reference(artifacts, output
     np.savez(reference_npz, rows=np.arange(4), split="train", weights_source=weights["source"],
              weights_sha256=weights["sha256"], **reference)
 
-    rows = sampler_fid("1vq", outputs["final_latents.npz"], outputs["ddim.csv"], artifacts["stage1"],
-                       artifacts["latents"], reference_npz, settings, tmp_path / "samplers.csv",
-                       tmp_path / "samplers.png", device="cpu")
-    columns, written = read(tmp_path / "samplers.csv")
-    assert tuple(columns) == COLUMNS and len(written) == len(rows)
+    def sampler_fid(stage1, out_csv, figure):
+        run_sampler_fid("1vq", str(stage1), str(artifacts["latents"]), str(reference_npz), settings,
+                        str(outputs["final_latents.npz"]), str(outputs["ddim.csv"]), str(out_csv), str(figure), seed=0)
+
+    sampler_fid(artifacts["stage1"], tmp_path / "samplers.csv", tmp_path / "samplers.png")
+    columns, rows = read(tmp_path / "samplers.csv")
+    assert tuple(columns) == COLUMNS
     assert [(r["sampler"], r["steps"], r["eta"]) for r in rows] == [
-        ("ddpm", T, ""), ("ddim", 2, 0.0), ("ddim", 5, 0.0), ("ddim", 2, 1.0), ("ddim", 5, 1.0), ("dpmpp2m", 4, ""),
-        (BASELINE, "", "")]
-    assert all(r["n"] == 2 and r["fid_seismic"] > 0 and r["fid_velocity"] > 0 for r in rows)
+        ("ddpm", str(T), ""), ("ddim", "2", "0.0"), ("ddim", "5", "0.0"), ("ddim", "2", "1.0"), ("ddim", "5", "1.0"),
+        ("dpmpp2m", "4", ""), (BASELINE, "", "")]
+    assert all(int(r["n"]) == 2 and float(r["fid_seismic"]) > 0 and float(r["fid_velocity"]) > 0 for r in rows)
     _, ddim = read(outputs["ddim.csv"])
     deviation = {sampler_key(r["sampler"], int(r["steps"]), float(r["eta"] or 0)): float(r["mean"]) for r in ddim}
-    assert all(float(r["deviation_mean"]) == deviation[sampler_key(r["sampler"], r["steps"], r["eta"] or 0.0)]
+    assert all(float(r["deviation_mean"]) == deviation[sampler_key(r["sampler"], int(r["steps"]), float(r["eta"] or 0))]
                for r in rows[:-1])
 
     with np.load(outputs["final_latents.npz"]) as npz:
         seismic, velocity = load_autoencoder(artifacts["stage1"]).decode_latent(torch.from_numpy(npz["ddim-5"]))
     expected = fid_from_features(inception_features(inception, [to_inception_images(velocity.detach(), "velocity")]),
                                  reference["velocity"])
-    assert rows[2]["fid_velocity"] == pytest.approx(expected, rel=1e-5)
+    assert float(rows[2]["fid_velocity"]) == pytest.approx(expected, rel=1e-5)
     assert (tmp_path / "samplers.png").stat().st_size > 10_000
 
     other = tmp_path / "other_stage1.pt"
     save_tiny_autoencoder(other, seed=1)
     with pytest.raises(ValueError, match="another Stage-1 model"):
-        sampler_fid("1vq", outputs["final_latents.npz"], outputs["ddim.csv"], other, artifacts["latents"],
-                    reference_npz, settings, tmp_path / "x.csv", tmp_path / "x.png", device="cpu")
+        sampler_fid(other, tmp_path / "x.csv", tmp_path / "x.png")
 
 
 def test_figures_are_written(outputs):

@@ -12,10 +12,6 @@ loss was still falling), with the reason in `note`.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from ..files import read_csv, write_csv
 from .memorisation import MAX_FRACTION_BELOW, memorised
 
 COLUMNS = ("claim", "variant", "criterion", "measured", "paper", "held", "note")
@@ -91,8 +87,10 @@ def ratio_of_means(top: tuple[float, float, int], bottom: tuple[float, float, in
     return ratio, abs(ratio) * ((s_top / m_top) ** 2 / n_top + (s_bottom / m_bottom) ** 2 / n_bottom) ** 0.5
 
 
-def trajectory_claims(variant: str, table5_csv, deviation_csv) -> list[dict]:
-    stats = table5_stats(read_csv(table5_csv))
+def trajectory_claims(variant: str, table5: list[dict], deviation: list[dict]) -> list[dict]:
+    """Table 5's ordering and ratio, and Fig. 5's end against its start, from the rows of
+    diffusion-trajectory's table5.csv and deviation.csv."""
+    stats = table5_stats(table5)
     claims = [ordering_claim(variant, stats)]
     if "random_gaussian" in stats and "diffusion_ddpm" in stats:
         ratio, standard_error = ratio_of_means(stats["random_gaussian"], stats["diffusion_ddpm"])
@@ -100,7 +98,7 @@ def trajectory_claims(variant: str, table5_csv, deviation_csv) -> list[dict]:
                                   f"deviation of random latents / diffusion samples >= {TABLE5_RATIO:g}", ratio,
                                   TABLE5_RATIO, True, "2.2 (0.0082 / 0.0038)", standard_error=standard_error))
     clean = {r["direction"]: (float(r["mean"]), float(r["std"]), int(r["n"]))
-             for r in read_csv(deviation_csv) if int(r["step"]) == -1}
+             for r in deviation if int(r["step"]) == -1}
     ratio, standard_error = ratio_of_means(clean["backward"], clean["forward"])
     claims.append(ratio_claim("fig5_end_vs_start", variant,
                               f"reverse trajectory's end / forward trajectory's start <= {TRAJECTORY_RATIO:g}",
@@ -110,10 +108,10 @@ def trajectory_claims(variant: str, table5_csv, deviation_csv) -> list[dict]:
     return claims
 
 
-def convergence_problem(stage2_record) -> str:
+def convergence_problem(stage2_record: dict) -> str:
     """Why claims about Stage 2's samples cannot be judged yet ("" when they can): its
     validation loss had not flattened (train.json's `validation`, runs.validation_trend)."""
-    trend = json.loads(Path(stage2_record).read_text()).get("validation")
+    trend = stage2_record.get("validation")
     if trend is None:
         return "Stage 2 validated fewer than three times, so whether it converged is unknown"
     if trend["improvement_last_third"] >= PLATEAU:
@@ -132,9 +130,10 @@ def pending_convergence(claims: list[dict], problem: str) -> list[dict]:
             for claim in claims]
 
 
-def fid_claims(fid_csv) -> list[dict]:
-    """Per variant and modality: the diffusion samples' FID below the Stage-1 random latents'."""
-    by_key = {(r["variant"], r["source"], r["modality"]): r for r in read_csv(fid_csv)}
+def fid_claims(fid: list[dict]) -> list[dict]:
+    """Per variant and modality: the diffusion samples' FID below the Stage-1 random latents'
+    (`fid`: fid_table.csv's rows)."""
+    by_key = {(r["variant"], r["source"], r["modality"]): r for r in fid}
     claims = []
     for (variant, source, modality), diffusion in by_key.items():
         baseline = by_key.get((variant, "stage1-random-latents", modality))
@@ -156,20 +155,22 @@ def fid_claims(fid_csv) -> list[dict]:
     return claims
 
 
-def inversion_claim(variant: str, stage1_metrics_csv, table2_csv, stage1_record, inversion_record) -> dict:
+def inversion_claim(variant: str, stage1_metrics: list[dict], table2: list[dict], stage1_record: dict,
+                    inversion_record: dict) -> dict:
     """Stage 1's velocity decoder as an inversion model against InversionNet on real data, for
     the same GPU time (the records' training seconds). A verdict stands only where the times
     cannot have decided it: "yes" when InversionNet had at least Stage 1's time, "no" when it
-    had at most Stage 1's; otherwise the claim is not testable, and the note says why."""
-    stage1 = next((r for r in read_csv(stage1_metrics_csv) if r["variant"] == variant and r["family"] == "all"), None)
-    real = next((r for r in read_csv(table2_csv) if r["arm"] == "real" and r["family"] == "all"), None)
+    had at most Stage 1's; otherwise the claim is not testable, and the note says why. The
+    records are the train.json of each."""
+    stage1 = next((r for r in stage1_metrics if r["variant"] == variant and r["family"] == "all"), None)
+    real = next((r for r in table2 if r["arm"] == "real" and r["family"] == "all"), None)
     criterion = f"test MAE of D_v(E(s)) / InversionNet's <= {INVERSION_RATIO:g}, same GPU time"
     if stage1 is None or real is None:
         return row("stage1_inversion", variant, criterion, "", "", UNDECIDED,
-                   f"no 'all' row of {variant} in {stage1_metrics_csv}" if stage1 is None
-                   else f"no 'all' row of the arm 'real' in {table2_csv}")
-    seconds_stage1 = float(json.loads(Path(stage1_record).read_text())["seconds"])
-    seconds_inversion = float(json.loads(Path(inversion_record).read_text())["seconds"])
+                   f"no 'all' row of {variant} in Stage 1's metrics" if stage1 is None
+                   else "no 'all' row of the arm 'real' in Table 2")
+    seconds_stage1 = float(stage1_record["seconds"])
+    seconds_inversion = float(inversion_record["seconds"])
     ratio = float(stage1["mae"]) / float(real["mae"])
     claim = ratio_claim("stage1_inversion", variant, criterion, ratio, INVERSION_RATIO, False, "",
                         f"MAE {float(stage1['mae']):.4g} (Stage 1, n={stage1['n']}, {seconds_stage1:.0f} s of "
@@ -184,8 +185,9 @@ def inversion_claim(variant: str, stage1_metrics_csv, table2_csv, stage1_record,
     return claim
 
 
-def memorisation_claim(variant: str, memorisation_csv) -> dict:
-    rows = {r["set"]: r for r in read_csv(memorisation_csv)}
+def memorisation_claim(variant: str, memorisation: list[dict]) -> dict:
+    """No memorisation, from the rows of the variant's memorisation.csv."""
+    rows = {r["set"]: r for r in memorisation}
     fraction = float(rows["generated"]["fraction_below_held_out_p01"])
     held = NO if memorised(list(rows.values())) else YES
     return row("no_memorisation", variant,
@@ -195,19 +197,21 @@ def memorisation_claim(variant: str, memorisation_csv) -> dict:
                f"{float(rows['held_out']['distance_median']):.4g} (held out), n={rows['generated']['n']}")
 
 
-def claims_table(variants: list[str], table5: list, deviation: list, memorisation: list, stage1_records: list,
-                 stage2_records: list, fid_csv, stage1_metrics_csv, table2_csv, inversion_record, out_csv) -> list[dict]:
-    """results/claims.csv from the result tables (per-variant lists in `variants` order). The
-    claims about the diffusion samples (Table 5, Fig. 5, FID) wait for Stage 2's convergence;
-    the memorisation check does not: copying shows at any stage of training."""
+def claims_table(variants: list[str], table5: list[list[dict]], deviation: list[list[dict]],
+                 memorisation: list[list[dict]], stage1_records: list[dict], stage2_records: list[dict],
+                 fid: list[dict], stage1_metrics: list[dict], table2: list[dict],
+                 inversion_record: dict) -> list[dict]:
+    """The rows of results/claims.csv (COLUMNS) from the result tables' rows and the training
+    records (per-variant lists in `variants` order). The claims about the diffusion samples
+    (Table 5, Fig. 5, FID) wait for Stage 2's convergence; the memorisation check does not:
+    copying shows at any stage of training."""
     rows, problems = [], {}
-    for variant, table5_csv, deviation_csv, memorisation_csv, stage1_record, stage2_record in zip(
+    for variant, variant_table5, variant_deviation, variant_memorisation, stage1_record, stage2_record in zip(
             variants, table5, deviation, memorisation, stage1_records, stage2_records, strict=True):
         problems[variant] = convergence_problem(stage2_record)
-        rows += pending_convergence(trajectory_claims(variant, table5_csv, deviation_csv), problems[variant])
-        rows.append(inversion_claim(variant, stage1_metrics_csv, table2_csv, stage1_record, inversion_record))
-        rows.append(memorisation_claim(variant, memorisation_csv))
-    for claim in fid_claims(fid_csv):
+        rows += pending_convergence(trajectory_claims(variant, variant_table5, variant_deviation), problems[variant])
+        rows.append(inversion_claim(variant, stage1_metrics, table2, stage1_record, inversion_record))
+        rows.append(memorisation_claim(variant, variant_memorisation))
+    for claim in fid_claims(fid):
         rows += pending_convergence([claim], problems.get(claim["variant"], ""))
-    write_csv(rows, out_csv, COLUMNS)
     return rows

@@ -21,6 +21,7 @@ import warnings
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 from unittest import mock
 
 import numpy as np
@@ -32,6 +33,9 @@ from tqdm import tqdm
 from ..files import sha256_of
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FEATURE_DIM = 2048
 FID_WEIGHTS_URL = pytorch_fid_inception.FID_WEIGHTS_URL
@@ -438,13 +442,12 @@ def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
 def tsne_figure(
     real_features: np.ndarray,
     generated_features_by_name: Mapping[str, np.ndarray],
-    path: str | Path,
     seed: int = 0,
     max_points: int = 2000,
     perplexity: float = 30.0,
     title: str = "t-SNE of Inception features",
-) -> Path:
-    """2-D t-SNE scatter of real vs generated Inception features, written atomically as PNG.
+) -> Figure:
+    """2-D t-SNE scatter of real vs generated Inception features.
 
     Each set is subsampled to at most `max_points` rows (seeded), all sets are embedded jointly:
     PCA to 50 dimensions (when D > 50), then sklearn's TSNE (PCA init, `random_state=seed`,
@@ -453,7 +456,7 @@ def tsne_figure(
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
-    from ..plotting import plt, save_figure
+    from ..plotting import plt
 
     rng = np.random.default_rng(seed)
     sets = {"real": np.asarray(real_features, np.float64)}
@@ -488,4 +491,4 @@ def tsne_figure(
     ax.set_yticks([])
     ax.set_title(title)
     ax.legend(markerscale=3, fontsize=8)
-    return save_figure(figure, path)
+    return figure

@@ -19,21 +19,19 @@ are the 3 colour channels, velocity is replicated to grey; both mapped from [-1,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import zarr
 
 from ..config import only_known
-from ..data.pairs_store import open_pairs_store
-from ..data.store import open_dataset
-from ..devices import resolve_device
-from ..files import atomic_file, write_csv
 from ..training.loop import derive_seed
-from ..training.stage1 import load_autoencoder
-from ..training.stage2 import open_latents
-from .fid import fid_from_features, inception_features, load_fid_inception, to_inception_images, tsne_figure
+from .fid import fid_from_features, inception_features, to_inception_images, tsne_figure
 from .stage1 import gaussian_latents
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 KEY = "fid"
 MODALITIES = ("seismic", "velocity")
@@ -73,8 +71,15 @@ class FIDSettings:
         return cls(**only_known(values, cls, KEY))
 
 
-def _device(device) -> torch.device:
-    return resolve_device(device)
+@dataclass(frozen=True)
+class FIDReference:
+    """The real data's features (fid-reference's .npz) and the Inception network that made them."""
+
+    features: dict[str, np.ndarray]  # per modality, (n, 2048)
+    n: int  # real samples
+    split: str  # the dataset split they came from
+    inception: torch.nn.Module  # evaluation.fid.load_fid_inception's network ...
+    weights: dict  # ... and its weights' info (source, path, sha256)
 
 
 def _features(model, arrays: dict, rows: np.ndarray, settings: FIDSettings, device, desc: str) -> dict[str, np.ndarray]:
@@ -90,40 +95,18 @@ def _features(model, arrays: dict, rows: np.ndarray, settings: FIDSettings, devi
     return out
 
 
-def reference_features(dataset: str | Path, settings: FIDSettings, out: str | Path, device: str | None = None) -> dict:
-    """Write the real data's features to `out` (.npz: seismic, velocity, rows, weights info)."""
-    device = _device(device)
-    split = open_dataset(dataset)[settings.reference_split]
+def reference_features(split: zarr.Group, inception: torch.nn.Module, settings: FIDSettings,
+                       device: torch.device) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(the rows used, {modality: features}) of the real data: one split of the dataset store,
+    a seeded subset of it when fid.num_reference caps it."""
     n = split["velocity"].shape[0]
     if n < 2:
-        raise ValueError(f"{dataset}: split {settings.reference_split!r} has {n} samples; FID needs at least 2")
+        raise ValueError(f"split {settings.reference_split!r} has {n} samples; FID needs at least 2")
     rows = np.arange(n)
     if settings.num_reference is not None and settings.num_reference < n:
         rng = np.random.default_rng(derive_seed(settings.seed, 0))
         rows = np.sort(rng.choice(n, settings.num_reference, replace=False))  # all families, not the first ones
-    model, weights = load_fid_inception(settings.weights, device=device)
-    features = _features(model, {m: split[m] for m in MODALITIES}, rows, settings, device, "reference")
-    with atomic_file(out) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, rows=rows, split=settings.reference_split, weights_source=weights["source"],
-                 weights_sha256=weights["sha256"], **features)
-    return {"n": len(rows), **weights}
-
-
-def load_reference(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
-    with np.load(path) as npz:
-        features = {m: npz[m] for m in MODALITIES}
-        info = {"n": len(npz["rows"]), "split": str(npz["split"]), "weights_source": str(npz["weights_source"]),
-                "weights_sha256": str(npz["weights_sha256"])}
-    return features, info
-
-
-def load_matching_inception(settings: FIDSettings, reference: str | Path, reference_info: dict, device):
-    """The Inception network and its weights' info, refused unless they made the reference's features."""
-    model, weights = load_fid_inception(settings.weights, device=device)
-    if weights["sha256"] != reference_info["weights_sha256"]:
-        raise ValueError(f"{reference}: features were made with Inception weights {reference_info['weights_sha256']}, "
-                         f"but this run loads {weights['sha256']} ({weights['path']}); rerun the reference features")
-    return model, weights
+    return rows, _features(inception, {m: split[m] for m in MODALITIES}, rows, settings, device, "reference")
 
 
 @torch.no_grad()
@@ -137,46 +120,41 @@ def decode_pairs(model, z: torch.Tensor, device, batch_size: int = 64) -> dict[s
     return {m: np.concatenate(parts) for m, parts in pairs.items()}
 
 
-def stage1_random_pairs(model, latents: str | Path, n: int, seed: int, device,
+def stage1_random_pairs(model, training_latents: zarr.Array, n: int, seed: int, device,
                         batch_size: int = 64) -> dict[str, np.ndarray]:
     """n pairs decoded by the Stage-1 autoencoder `model` from Gaussian latents fitted to the
     training latents: the baseline."""
-    z = gaussian_latents(open_latents(latents)["train"]["latent"], n, torch.Generator().manual_seed(seed))
+    z = gaussian_latents(training_latents, n, torch.Generator().manual_seed(seed))
     return decode_pairs(model, z, device, batch_size)
 
 
-def variant_fid(variant: str, store: str | Path, stage1_model: str | Path, latents: str | Path,
-                reference: str | Path, settings: FIDSettings, out_csv: str | Path,
-                tsne_figures: dict[str, str | Path], device: str | None = None) -> list[dict]:
-    """FID rows of one variant (diffusion samples and the Stage-1 baseline, both modalities),
-    and a t-SNE figure per modality (tsne_figures: modality -> PNG path)."""
-    device = _device(device)
-    reference_feats, reference_info = load_reference(reference)
-    model, weights = load_matching_inception(settings, reference, reference_info, device)
-    root = open_pairs_store(store, mode="r")
-    n_store = root["velocity"].shape[0]
+def variant_fid(variant: str, pairs: zarr.Group, autoencoder, training_latents: zarr.Array, reference: FIDReference,
+                settings: FIDSettings, device: torch.device) -> tuple[list[dict], dict[str, Figure]]:
+    """FID rows (COLUMNS) of one variant's pairs store and of its Stage-1 baseline (from the
+    autoencoder and its training latents), both modalities; and per modality the t-SNE figure
+    of the three feature sets."""
+    n_store = pairs["velocity"].shape[0]
     n_generated = n_store if settings.num_generated is None else min(settings.num_generated, n_store)
-    generated = _features(model, {m: root[m] for m in MODALITIES}, np.arange(n_generated), settings, device,
-                          f"{variant} diffusion samples")
-    baseline_pairs = stage1_random_pairs(load_autoencoder(stage1_model, device), latents, settings.num_baseline,
+    generated = _features(reference.inception, {m: pairs[m] for m in MODALITIES}, np.arange(n_generated), settings,
+                          device, f"{variant} diffusion samples")
+    baseline_pairs = stage1_random_pairs(autoencoder, training_latents, settings.num_baseline,
                                          derive_seed(settings.seed, 1), device)
-    baseline = _features(model, baseline_pairs,
+    baseline = _features(reference.inception, baseline_pairs,
                          np.arange(settings.num_baseline), settings, device, f"{variant} Stage-1 random latents")
     rows = []
     for source, features in zip(SOURCES, (generated, baseline)):
         for modality in MODALITIES:
             rows.append({
                 "variant": variant, "source": source, "modality": modality,
-                "fid": fid_from_features(features[modality], reference_feats[modality]),
-                "n_generated": len(features[modality]), "n_reference": reference_info["n"],
-                "reference_split": reference_info["split"], "weights_source": weights["source"],
-                "weights_sha256": weights["sha256"],
+                "fid": fid_from_features(features[modality], reference.features[modality]),
+                "n_generated": len(features[modality]), "n_reference": reference.n,
+                "reference_split": reference.split, "weights_source": reference.weights["source"],
+                "weights_sha256": reference.weights["sha256"],
             })
-    write_csv(rows, out_csv, COLUMNS)
-    for modality in MODALITIES:
-        tsne_figure(reference_feats[modality], {"WaveDiffusion": generated[modality],
-                                                 "Stage-1 random latents": baseline[modality]},
-                    tsne_figures[modality], seed=settings.seed, max_points=settings.tsne_points,
-                    title=f"{variant}: t-SNE of Inception features, {modality} "
-                          f"(real: {reference_info['split']} split)")
-    return rows
+    figures = {modality: tsne_figure(reference.features[modality],
+                                     {"WaveDiffusion": generated[modality], "Stage-1 random latents": baseline[modality]},
+                                     seed=settings.seed, max_points=settings.tsne_points,
+                                     title=f"{variant}: t-SNE of Inception features, {modality} "
+                                           f"(real: {reference.split} split)")
+               for modality in MODALITIES}
+    return rows, figures

@@ -11,27 +11,26 @@ inversionnet.hard_fraction of the store, split train / test by hard_train_fracti
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import zarr
 from torch.utils.data import ConcatDataset
 
 from ..data.pairs_store import open_pairs_store
 from ..data.store import open_dataset, representation_of
-from ..devices import resolve_device
-from ..files import atomic_file, read_csv, sha256_of, write_csv
+from ..files import sha256_of
 from ..metrics import inversion_metrics
+from ..models.inversionnet import InversionNet
 from ..training.inversionnet import (
     GeneratedPairs,
     InversionNetSettings,
     RealPairs,
-    evaluate_inversionnet,
     family_rows,
     hardest_generated,
-    load_inversionnet,
     per_sample_mae,
     predict,
     real_subset,
@@ -41,6 +40,9 @@ from ..training.inversionnet import (
 from ..training.runs import dataset_identity
 from .arms import Arm, ExperimentSettings, parse_arm
 from .stage1 import streamed_moments
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 METRIC_COLUMNS = ("arm", "table", "train_data", "variant", "seismic", "real_percent", "n_train", "family", "n",
                   "mae", "rmse", "ssim")
@@ -58,17 +60,16 @@ def network_settings(settings: ExperimentSettings, arm: Arm) -> InversionNetSett
 # Training an arm.
 
 
-def hard_sets(model: str | Path, store: str | Path, seismic: str, settings: ExperimentSettings, out: str | Path,
-              device=None) -> dict:
-    """The hardest generated pairs for `model` (real's): train and test store indices, .npz."""
+def hard_sets(model: str | Path, store: str | Path, seismic: str, settings: ExperimentSettings,
+              device=None) -> tuple[dict[str, np.ndarray], dict]:
+    """The hardest generated pairs for `model` (real's weights file) in the pairs `store`:
+    ({"train", "test"} store indices, counts). Paths, as hardest_generated takes them."""
     n = len(GeneratedPairs(store, seismic=seismic))
     count = max(2, round(settings.hard_fraction * n))
     hardest = hardest_generated(model, store, count, seismic=seismic, batch_size=settings.eval_batch_size,
                                 device=device)
     train, test = split_by_fraction(hardest, settings.hard_train_fraction, settings.seed)
-    with atomic_file(out) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, train=train, test=test)
-    return {"n_store": n, "n_hard": count, "n_train": len(train), "n_test": len(test)}
+    return {"train": train, "test": test}, {"n_store": n, "n_hard": count, "n_train": len(train), "n_test": len(test)}
 
 
 def training_data(arm: Arm, dataset: str | Path, settings: ExperimentSettings, store: str | Path | None = None,
@@ -142,80 +143,69 @@ def train_arm(name: str, dataset: str | Path, settings: ExperimentSettings, run_
 # Evaluating an arm, and the tables.
 
 
-def evaluate_arm(model: str | Path, record: str | Path, dataset: str | Path, settings: ExperimentSettings,
-                 out: str | Path, hard_tests: dict[str, tuple[str, str]] | None = None, device=None) -> list[dict]:
-    """The real test split per family (+ "all"), and for each hard test set named in
-    hard_tests {name: (store, npz)} a row on it; written to out."""
-    info = json.loads(Path(record).read_text())
-    base = {key: info[key] for key in ("arm", "table", "train_data", "variant", "seismic", "real_percent", "n_train")}
-    rows = [{**base, **row} for row in evaluate_inversionnet(model, dataset, batch_size=settings.eval_batch_size,
-                                                             device=device)]
-    network = load_inversionnet(model, resolve_device(device)) if hard_tests else None
-    for name, (store, npz) in (hard_tests or {}).items():
-        seismic = name.rsplit("-", 1)[1]
-        with np.load(npz) as sets:
-            test = GeneratedPairs(store, indices=sets["test"], seismic=seismic)
+def evaluate_arm(record: dict, test_rows: list[dict], settings: ExperimentSettings,
+                 network: InversionNet | None = None, hard_tests: dict[str, GeneratedPairs] | None = None,
+                 device=None) -> list[dict]:
+    """An arm's metric rows (METRIC_COLUMNS): evaluate_inversionnet's rows on the real test
+    split (per family + "all") under the arm's record, then for each hard test set in
+    hard_tests {name: pairs} a row of the network's MAE on it."""
+    base = {key: record[key] for key in ("arm", "table", "train_data", "variant", "seismic", "real_percent", "n_train")}
+    rows = [{**base, **row} for row in test_rows]
+    for name, test in (hard_tests or {}).items():
         errors = per_sample_mae(network, test, settings.eval_batch_size, device)
         rows.append({**base, "family": f"hard-test {name}", "n": len(test), "mae": float(errors.double().mean()),
                      "rmse": float("nan"), "ssim": float("nan")})
-    write_csv(rows, out, METRIC_COLUMNS)
     return rows
 
 
 MEAN_MAP = "mean-map"  # the reference row of a predictor that outputs the training set's mean velocity
 
 
-def mean_map_rows(dataset: str | Path, split: str = "test") -> list[dict]:
+def mean_map_rows(dataset: zarr.Group, split: str = "test") -> list[dict]:
     """The floor any inversion model must beat: OpenFWI's metrics of predicting the training
-    split's mean velocity map for every sample of `split`, whatever its seismic. Rows in
-    METRIC_COLUMNS, every family present and "all" (the table left to the caller)."""
-    root = open_dataset(dataset)
-    train = root["train"]["velocity"]
+    split's mean velocity map for every sample of `split` of the opened dataset store,
+    whatever its seismic. Rows in METRIC_COLUMNS, every family present and "all" (the table
+    left to the caller)."""
+    train = dataset["train"]["velocity"]
     mean_map, _ = streamed_moments(train)
-    target = RealPairs(dataset, split, with_family=True)
-    velocity = torch.from_numpy(root[split]["velocity"][:])[torch.from_numpy(target.indices)]
-    family = torch.from_numpy(target.family_codes)
-    rows = family_rows(inversion_metrics(mean_map.expand_as(velocity), velocity), family, target.family_names,
-                       sorted(set(family.tolist())))
+    velocity = torch.from_numpy(dataset[split]["velocity"][:])
+    family = torch.from_numpy(np.asarray(dataset[split]["family"][:], dtype=np.int64))
+    rows = family_rows(inversion_metrics(mean_map.expand_as(velocity), velocity), family,
+                       list(dataset.attrs["families"]), sorted(set(family.tolist())))
     base = {"arm": MEAN_MAP, "train_data": "the real training set's mean velocity map, for every input",
             "variant": "", "seismic": "", "real_percent": 100.0, "n_train": train.shape[0]}
     return [{**base, **row} for row in rows]
 
 
-def write_tables(metrics: list[str | Path], tables: dict[str, str | Path], dataset: str | Path) -> dict[str, int]:
-    """Tables 2, 3 and 4 (`tables`: "table2" | "table3" | "table4" -> CSV path) from every
-    arm's metrics.csv (long format: one row per arm and family; each table sorted as
-    arm_names lists its arms). Every table opens
-    with two reference rows: the mean-map predictor (the floor a network must beat) and
-    `real`, the InversionNet trained on all the real pairs (Table 2's own arm, Table 4's
-    starting point)."""
-    rows = [row for path in metrics for row in read_csv(path)]
-    mean_map = mean_map_rows(dataset)
+def inversionnet_tables(rows: list[dict], mean_map: list[dict]) -> dict[str, list[dict]]:
+    """Tables 2, 3 and 4 ("table2" | "table3" | "table4" -> rows in METRIC_COLUMNS) from every
+    arm's metric rows (long format: one row per arm and family; each table sorted as
+    arm_names lists its arms). Every table opens with two reference rows: the mean-map
+    predictor (mean_map_rows: the floor a network must beat) and `real`, the InversionNet
+    trained on all the real pairs (Table 2's own arm, Table 4's starting point)."""
     real = [row for row in rows if row["arm"] == "real"]
-    counts = {}
+    tables = {}
     for table in ("table2", "table3", "table4"):
         arms = [row for row in rows if row["table"] == table and row["arm"] != "real"]
-        selected = [{**row, "table": table} for row in mean_map] + real + arms
-        write_csv(selected, tables[table], METRIC_COLUMNS)
-        counts[table] = len(selected)
-    return counts
+        tables[table] = [{**row, "table": table} for row in mean_map] + real + arms
+    return tables
 
 
-def plot_predictions(models: dict[str, str | Path], dataset: str | Path, path: str | Path, device=None) -> Path:
-    """The paper's Fig. 9: one test sample per family, the true velocity and each arm's prediction."""
-    from ..plotting import plt, save_figure
+def plot_predictions(models: dict[str, InversionNet], dataset: zarr.Group, device=None) -> Figure:
+    """The paper's Fig. 9: one test sample per family of the opened dataset store,
+    the true velocity and each arm's prediction."""
+    from ..plotting import plt
 
-    real = RealPairs(dataset, "test", with_family=True)
+    test = dataset["test"]
+    family_names = list(dataset.attrs["families"])
     first = {}
-    for i, code in enumerate(real.family_codes.tolist()):
+    for i, code in enumerate(np.asarray(test["family"][:], dtype=np.int64).tolist()):
         first.setdefault(code, i)
-    samples = [real[i] for i in first.values()]
-    seismic = torch.stack([s["seismic"] for s in samples])
-    columns = {"true": torch.stack([s["velocity"] for s in samples])}
-    device = resolve_device(device)
-    for name, weights in models.items():
-        columns[name] = predict(load_inversionnet(weights, device), [seismic], device)
-    figure, axes = plt.subplots(len(samples), len(columns), figsize=(1.7 * len(columns), 1.7 * len(samples)),
+    seismic = torch.stack([torch.from_numpy(test["seismic"][i]) for i in first.values()])
+    columns = {"true": torch.stack([torch.from_numpy(test["velocity"][i]) for i in first.values()])}
+    for name, network in models.items():
+        columns[name] = predict(network, [seismic], device)
+    figure, axes = plt.subplots(len(first), len(columns), figsize=(1.7 * len(columns), 1.7 * len(first)),
                                 squeeze=False, layout="constrained")
     for row, code in enumerate(first):
         for col, (name, maps) in enumerate(columns.items()):
@@ -226,5 +216,5 @@ def plot_predictions(models: dict[str, str | Path], dataset: str | Path, path: s
             if row == 0:
                 axis.set_title(name, fontsize=7)
             if col == 0:
-                axis.set_ylabel(real.family_names[code], fontsize=7)
-    return save_figure(figure, path)
+                axis.set_ylabel(family_names[code], fontsize=7)
+    return figure

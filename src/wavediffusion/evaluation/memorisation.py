@@ -14,16 +14,16 @@ construction about 1 % of held-out latents do).
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.pairs_store import open_pairs_store
 from ..devices import resolve_device
-from ..files import write_csv
-from ..training.stage2 import open_latents
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 COLUMNS = ("variant", "set", "n", "distance_median", "distance_p01", "distance_min", "fraction_below_held_out_p01")
 HELD_OUT_QUANTILE = 0.01
@@ -50,19 +50,16 @@ def distance_row(variant: str, name: str, distances: torch.Tensor, threshold: fl
             "fraction_below_held_out_p01": float((distances < threshold).double().mean())}
 
 
-def memorisation(latents: str | Path, pairs_store: str | Path, variant: str, out_csv: str | Path, figure: str | Path, device: str | None = None,
-                 progress: bool = True) -> list[dict]:
-    """Nearest-training-latent distances of generated and held-out latents: two rows of
-    COLUMNS (held_out, generated) to `out_csv`, their histograms to `figure`."""
+def memorisation(train, held_out, generated, variant: str, device: str | None = None,
+                 progress: bool = True) -> tuple[list[dict], Figure]:
+    """Distances to the nearest `train` latent of the `generated` latents and of as many
+    `held_out` ones (a Zarr array: the latents store's val split): two rows of COLUMNS
+    (held_out, generated) and the figure of their histograms."""
     device = resolve_device(device)
-    root = open_latents(latents)
-    held_out = root["val"]["latent"]
-    generated = open_pairs_store(pairs_store, mode="r")["latent"]
     n = min(held_out.shape[0], generated.shape[0])  # as many of each: equally noisy quantiles
     if n < 2:
-        raise ValueError(f"{latents}: {held_out.shape[0]} held-out (val) latents and {pairs_store}: "
-                         f"{generated.shape[0]} generated ones; the comparison needs two of each at least")
-    train = root["train"]["latent"]
+        raise ValueError(f"{held_out.shape[0]} held-out (val) latents and {generated.shape[0]} generated ones; "
+                         "the comparison needs two of each at least")
     # evenly spaced through the held-out split (stored family by family), all of it when it is the smaller
     index = np.linspace(0, held_out.shape[0] - 1, n).round().astype(np.int64)
     held = nearest_distances(torch.from_numpy(held_out.get_orthogonal_selection((index,))), train, device,
@@ -70,9 +67,7 @@ def memorisation(latents: str | Path, pairs_store: str | Path, variant: str, out
     made = nearest_distances(torch.from_numpy(np.asarray(generated[:n])), train, device, progress=progress)
     threshold = float(torch.quantile(held, HELD_OUT_QUANTILE))
     rows = [distance_row(variant, "held_out", held, threshold), distance_row(variant, "generated", made, threshold)]
-    write_csv(rows, out_csv, COLUMNS)
-    plot_distances(held, made, threshold, variant, figure)
-    return rows
+    return rows, plot_distances(held, made, threshold, variant)
 
 
 def memorised(rows: list[dict]) -> bool:
@@ -81,8 +76,9 @@ def memorised(rows: list[dict]) -> bool:
     return float(generated["fraction_below_held_out_p01"]) > MAX_FRACTION_BELOW
 
 
-def plot_distances(held: torch.Tensor, made: torch.Tensor, threshold: float, variant: str, path: str | Path) -> Path:
-    from ..plotting import plt, save_figure
+def plot_distances(held: torch.Tensor, made: torch.Tensor, threshold: float, variant: str) -> Figure:
+    """Histograms of the held-out and generated latents' distances, the held-out 1 % quantile marked."""
+    from ..plotting import plt
 
     figure, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
     bins = np.histogram_bin_edges(torch.cat([held, made]).numpy(), bins=40)
@@ -93,4 +89,4 @@ def plot_distances(held: torch.Tensor, made: torch.Tensor, threshold: float, var
     ax.set_ylabel("latents")
     ax.set_title(f"{variant}: does Stage 2 copy its training set?", fontsize=10)
     ax.legend(fontsize=8)
-    return save_figure(figure, path)
+    return figure

@@ -9,26 +9,25 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import zarr
 from tqdm import tqdm
 
 from ..config import only_known
 from ..data.families import FAMILY_NAMES, indices_per_family
-from ..data.store import open_dataset
 from ..devices import resolve_device
 from ..diffusion.samplers import ddpm_mean_std, draw_noise, synchronize, unet_autocast
 from ..diffusion.schedule import NoiseSchedule
-from ..files import sha256_of
 from ..metrics import inversion_metrics
 from ..models.autoencoder import VQAutoencoder
 from ..physics.deviation import per_sample_mse
-from ..training.inversionnet import evaluate_inversionnet
 from ..training.loop import derive_seed
-from ..training.stage1 import load_autoencoder
-from ..training.stage2 import load_stage2
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 KEY = "refine"
 PRECISIONS = ("bf16", "fp32")
@@ -268,12 +267,21 @@ def _check_models(autoencoder: VQAutoencoder, unet: torch.nn.Module, settings: R
     settings.check_schedule(schedule.num_steps)
 
 
+def refined_indices(dataset: zarr.Group, per_family: int | None, split: str = "test") -> np.ndarray:
+    """The indices of the split's samples that evaluate_refinement evaluates with this cap,
+    sorted (Table 9 evaluates InversionNet on exactly these)."""
+    chosen = indices_per_family(np.asarray(dataset[split]["family"][:]), per_family)
+    return np.sort(np.concatenate(list(chosen.values())))
+
+
 @torch.no_grad()
-def evaluate_refinement(stage1_model: str | Path, stage2_model: str | Path, dataset: str | Path,
-                        settings: RefineSettings, split: str = "test", per_family: int | None = None,
-                        device: str | None = None, progress: bool = True
-                        ) -> tuple[dict[str, list[dict]], dict, dict]:
-    """Table 9 and Table 7 on a dataset split: invert each observed seismic section three ways.
+def evaluate_refinement(autoencoder: VQAutoencoder, unet: torch.nn.Module, schedule: NoiseSchedule, scale: float,
+                        dataset: zarr.Group, settings: RefineSettings, split: str = "test",
+                        per_family: int | None = None, device: str | torch.device | None = None,
+                        progress: bool = True) -> tuple[dict[str, list[dict]], dict, dict]:
+    """Table 9 and Table 7 on a split of the opened dataset store: invert each observed
+    seismic section three ways, with the Stage-1 autoencoder and the Stage-2 model
+    (load_stage2's unet, schedule and scale), both on `device`.
 
     - "stage1": the velocity decoded from the Stage-1 latent (Stage 1 alone);
     - "refined": `refine_latents` (the diffusion model with candidate selection);
@@ -292,17 +300,15 @@ def evaluate_refinement(stage1_model: str | Path, stage2_model: str | Path, data
       over samples of the decoded seismic's MSE to the observation);
     - info (JSON-serialisable): per method n, seconds and samples_per_second (wall time of
       encoding, search and final decoding on `device`; data reading excluded), plus the
-      settings, device, precision used, scale factor and both checkpoints' sha256;
+      settings, device, precision used and scale factor;
     - examples: the first sample of each family for `plot_refinement`: "family" (names)
       and velocities (n, 1, V, V) "true", "stage1", "refined", "perturbed" (CPU).
     """
     if per_family is not None and (not _is_int(per_family) or per_family < 1):
         raise ValueError(f"per_family must be a positive integer or None, got {per_family!r}")
     device = resolve_device(device)
-    autoencoder = load_autoencoder(stage1_model, device)
-    unet, schedule, scale = load_stage2(stage2_model, device)
     _check_models(autoencoder, unet, settings, schedule)
-    data = open_dataset(dataset)[split]
+    data = dataset[split]
     chosen = indices_per_family(np.asarray(data["family"][:]), per_family)
     if not chosen:
         raise ValueError(f"{dataset}: the {split} split holds no samples")
@@ -345,7 +351,6 @@ def evaluate_refinement(stage1_model: str | Path, stage2_model: str | Path, data
         "split": split, "per_family": per_family, "n": n, "device": str(device),
         "precision": settings.precision if unet_autocast(device, settings.precision) is not None else "fp32",
         "scale_factor": scale, "num_steps": schedule.num_steps, "settings": asdict(settings),
-        "stage1_sha256": sha256_of(stage1_model), "stage2_sha256": sha256_of(stage2_model),
         "throughput": {method: {"n": n, "seconds": seconds[method],
                                 "samples_per_second": n / seconds[method] if seconds[method] > 0 else None}
                        for method in METHODS},
@@ -360,27 +365,24 @@ def evaluate_refinement(stage1_model: str | Path, stage2_model: str | Path, data
 TABLE_COLUMNS = ("variant", *COLUMNS)
 
 
-def refinement_tables(stage1_model: str | Path, stage2_model: str | Path, inversionnet_model: str | Path,
-                      dataset: str | Path, settings: RefineSettings, variant: str, per_family: int | None = None
-                      ) -> tuple[list[dict], list[dict], dict, dict]:
-    """(Table 9, Table 7, info, examples) of one variant on the test split, in TABLE_COLUMNS.
-    Table 9 sets the refinement beside Stage 1 alone and InversionNet (trained on all real
-    pairs) evaluated on exactly the samples refined; Table 7 beside the perturbation ablation."""
-    rows, info, examples = evaluate_refinement(stage1_model, stage2_model, dataset, settings, per_family=per_family)
-    chosen = indices_per_family(np.asarray(open_dataset(dataset)["test"]["family"][:]), per_family)
-    indices = np.sort(np.concatenate(list(chosen.values())))
-    rows["inversionnet"] = [{"method": "inversionnet", **row, "seismic_l2": float("nan")}
-                            for row in evaluate_inversionnet(inversionnet_model, dataset, indices=indices)]
+def refinement_tables(rows: dict[str, list[dict]], inversionnet_rows: list[dict], variant: str
+                      ) -> tuple[list[dict], list[dict]]:
+    """(Table 9, Table 7) of one variant, in TABLE_COLUMNS, from evaluate_refinement's rows
+    and evaluate_inversionnet's (InversionNet trained on all real pairs, on refined_indices).
+    Table 9 sets the refinement beside Stage 1 alone and InversionNet evaluated on exactly the
+    samples refined; Table 7 beside the perturbation ablation."""
+    rows = {**rows, "inversionnet": [{"method": "inversionnet", **row, "seismic_l2": float("nan")}
+                                     for row in inversionnet_rows]}
     table9 = [{"variant": variant, **row} for method in ("inversionnet", "stage1", "refined") for row in rows[method]]
     table7 = [{"variant": variant, **row} for method in ("stage1", "perturbed", "refined") for row in rows[method]]
-    return table9, table7, info, examples
+    return table9, table7
 
 
-def plot_refinement(examples: dict, path: str | Path,
-                    title: str = "Inversion: Stage 1 alone, diffusion-refined, perturbation ablation") -> Path:
+def plot_refinement(examples: dict,
+                    title: str = "Inversion: Stage 1 alone, diffusion-refined, perturbation ablation") -> Figure:
     """One row per example: true velocity, Stage-1, refined and perturbed velocity (all in
-    [-1, 1], one colour scale), each inversion titled with its MAE; written atomically."""
-    from ..plotting import plt, save_figure
+    [-1, 1], one colour scale), each inversion titled with its MAE."""
+    from ..plotting import plt
 
     panels = (("true", "true velocity"), ("stage1", "Stage 1"), ("refined", "refined"), ("perturbed", "perturbed"))
     count = len(examples["family"])
@@ -403,4 +405,4 @@ def plot_refinement(examples: dict, path: str | Path,
         axes[row, 0].set_ylabel(examples["family"][row], fontsize=8)
     figure.colorbar(image, ax=axes, shrink=0.6, label="velocity ([-1, 1])")
     figure.suptitle(title, fontsize=9)
-    return save_figure(figure, path)
+    return figure

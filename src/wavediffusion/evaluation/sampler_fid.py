@@ -13,45 +13,28 @@ not comparable with fid_table.csv's, which are computed on more samples.
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import zarr
 
-from ..devices import resolve_device
-from ..files import read_csv, sha256_of, write_csv
 from ..training.loop import derive_seed
-from ..training.stage1 import load_autoencoder
 from .fid import fid_from_features
-from .fid_scores import (
-    MODALITIES,
-    FIDSettings,
-    _features,
-    decode_pairs,
-    load_matching_inception,
-    load_reference,
-    stage1_random_pairs,
-)
+from .fid_scores import MODALITIES, FIDReference, FIDSettings, _features, decode_pairs, stage1_random_pairs
 from .trajectory import row_eta, same_setting, sampler_key, sampler_series, split_key
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 COLUMNS = ("variant", "sampler", "steps", "eta", "n", "fid_seismic", "fid_velocity", "deviation_mean", "deviation_std",
            "seconds_per_sample", "n_reference", "weights_sha256")
 BASELINE = "stage1-random-latents"
 
 
-def read_final_latents(path: str | Path, stage1_model: str | Path) -> dict[str, np.ndarray]:
-    """{sampler setting ("ddim-50", ...): latents} of the trajectory rule, refused unless they
-    were sampled for this Stage-1 model."""
-    with np.load(path) as npz:
-        recorded = str(npz["stage1_sha256"])
-        if recorded != sha256_of(stage1_model):
-            raise ValueError(f"{path}: sampled for another Stage-1 model than {stage1_model}; rerun the trajectory")
-        return {key: npz[key] for key in npz.files if key != "stage1_sha256"}
-
-
-def plot_sampler_fid(rows: list[dict], path: str | Path) -> Path:
+def plot_sampler_fid(rows: list[dict]) -> Figure:
     """FID against sampler steps, one panel per modality, the random-latent baseline dashed."""
-    from ..plotting import plt, save_figure
+    from ..plotting import plt
 
     figure, axes = plt.subplots(1, len(MODALITIES), figsize=(10, 3.8), layout="constrained")
     samplers = [r for r in rows if r["sampler"] != BASELINE]
@@ -68,41 +51,37 @@ def plot_sampler_fid(rows: list[dict], path: str | Path) -> Path:
         ax.set_ylabel("FID")
         ax.set_title(f"{modality}: FID of each sampler (n={samplers[0]['n'] if samplers else 0} each)", fontsize=10)
         ax.legend(fontsize=8)
-    return save_figure(figure, path)
+    return figure
 
 
-def sampler_fid(variant: str, final_latents: str | Path, ddim_csv: str | Path, stage1_model: str | Path,
-                latents: str | Path, reference: str | Path, settings: FIDSettings, out_csv: str | Path,
-                figure: str | Path, device: str | None = None) -> list[dict]:
-    """One row per sampler setting and one per distinct count of Stage-1 random latents; writes
-    out_csv and the figure."""
-    device = resolve_device(device)
-    finals = read_final_latents(final_latents, stage1_model)
-    speed = {sampler_key(r["sampler"], int(r["steps"]), row_eta(r)): r for r in read_csv(ddim_csv)}
-    reference_feats, reference_info = load_reference(reference)
-    model, weights = load_matching_inception(settings, reference, reference_info, device)
-    autoencoder = load_autoencoder(stage1_model, device)
+def sampler_fid(variant: str, finals: dict[str, np.ndarray], ddim_rows: list[dict], autoencoder,
+                training_latents: zarr.Array, reference: FIDReference, settings: FIDSettings,
+                device: torch.device) -> tuple[list[dict], Figure]:
+    """Rows (COLUMNS) of each sampler setting's final latents ({sampler_key: latents}, decoded by
+    the Stage-1 autoencoder) joined with its ddim.csv row, and one per distinct count of Stage-1
+    random latents (from the training latents); and the figure of them."""
+    speed = {sampler_key(r["sampler"], int(r["steps"]), row_eta(r)): r for r in ddim_rows}
 
     def fid_row(sampler: str, steps: int | str, eta: float | str, pairs: dict[str, np.ndarray], measured: dict) -> dict:
         n = len(pairs["velocity"])
-        features = _features(model, pairs, np.arange(n), settings, device, f"{variant} {sampler}-{steps}")
+        features = _features(reference.inception, pairs, np.arange(n), settings, device, f"{variant} {sampler}-{steps}")
         return {"variant": variant, "sampler": sampler, "steps": steps, "eta": eta, "n": n,
-                **{f"fid_{m}": fid_from_features(features[m], reference_feats[m]) for m in MODALITIES},
+                **{f"fid_{m}": fid_from_features(features[m], reference.features[m]) for m in MODALITIES},
                 "deviation_mean": measured.get("mean", ""), "deviation_std": measured.get("std", ""),
                 "seconds_per_sample": measured.get("seconds_per_sample", ""),
-                "n_reference": reference_info["n"], "weights_sha256": weights["sha256"]}
+                "n_reference": reference.n, "weights_sha256": reference.weights["sha256"]}
 
     rows = []
     for key, z in finals.items():
         sampler, steps, eta = split_key(key)
         if key not in speed:
-            raise ValueError(f"{ddim_csv}: no row for {key} of {final_latents}; both must come from one trajectory run")
+            raise ValueError(f"ddim.csv has no row for {key} of the final latents; both must come from one "
+                             "trajectory run")
         pairs = decode_pairs(autoencoder, torch.from_numpy(z), device, settings.batch_size)
         rows.append(fid_row(sampler, steps, eta if sampler == "ddim" else "", pairs, speed[key]))
     for n in sorted({row["n"] for row in rows}):
         # Gaussian latents fitted to the training latents, seeded as fid_variant's baseline
-        pairs = stage1_random_pairs(autoencoder, latents, n, derive_seed(settings.seed, 1), device, settings.batch_size)
+        pairs = stage1_random_pairs(autoencoder, training_latents, n, derive_seed(settings.seed, 1), device,
+                                    settings.batch_size)
         rows.append(fid_row(BASELINE, "", "", pairs, {}))
-    write_csv(rows, out_csv, COLUMNS)
-    plot_sampler_fid(rows, figure)
-    return rows
+    return rows, plot_sampler_fid(rows)

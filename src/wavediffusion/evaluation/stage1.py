@@ -22,7 +22,7 @@ Table 5 and the later diffusion rows are measured alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,14 +30,14 @@ import zarr
 from tqdm import tqdm
 
 from ..data.families import indices_per_family
-from ..data.store import open_dataset, representation_of
+from ..data.store import representation_of
 from ..data.transforms import Representation, velocity_from_model
-from ..devices import resolve_device
-from ..files import write_csv
 from ..metrics import inversion_metrics
 from ..models.autoencoder import VQAutoencoder
 from ..physics.deviation import per_sample_mse, simulate_in_model_space
-from ..training.stage1 import load_autoencoder
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 METRICS_COLUMNS = ("variant", "family", "n", "mse_seismic", "mse_velocity", "mae", "rmse", "ssim",
                    "pde_deviation", "pde_deviation_data", "codebook_perplexity", "codebook_unused")
@@ -119,17 +119,17 @@ def codebook_usage(model: VQAutoencoder, codes: dict[str, torch.Tensor]) -> dict
 
 
 @torch.no_grad()
-def test_split_metrics(model: VQAutoencoder, dataset: str | Path, variant: str, settings: Stage1Evaluation,
+def test_split_metrics(model: VQAutoencoder, dataset: zarr.Group, variant: str, settings: Stage1Evaluation,
                        progress: bool = True) -> tuple[list[dict], torch.Tensor, dict]:
-    """Per-family reconstruction, inversion and PDE-deviation rows (plus an "all" row).
+    """Per-family reconstruction, inversion and PDE-deviation rows (plus an "all" row) of a
+    dataset store's test split.
 
     Also returns every evaluated sample's PDE deviation (N,) and the first family's first
     decoded pair, for the example figure.
     """
     device = next(model.parameters()).device
-    root = open_dataset(dataset)
-    rep = representation_of(root)
-    test = root["test"]
+    rep = representation_of(dataset)
+    test = dataset["test"]
     per_family = indices_per_family(np.asarray(test["family"][:]), settings.test_per_family)
     rows, columns, all_codes, example = [], {}, {}, {}
     for family, index in per_family.items():
@@ -214,10 +214,10 @@ def interpolation_pairs(latents: zarr.Array, n_pairs: int, generator: torch.Gene
     return chosen[:n_pairs], chosen[n_pairs:]
 
 
-def latent_space_rows(model: VQAutoencoder, latents_path: str | Path, rep: Representation, variant: str,
+def latent_space_rows(model: VQAutoencoder, latents: zarr.Array, rep: Representation, variant: str,
                       settings: Stage1Evaluation, progress: bool = True) -> tuple[list[dict], list[dict]]:
-    """Table-5 rows of decoded training, Gaussian and interpolated latents, and one example of each."""
-    latents = zarr.open_group(str(latents_path), mode="r")["train"]["latent"]
+    """Table-5 rows of decoded training, Gaussian and interpolated latents (`latents`: the
+    training latents), and one example of each."""
     generator = torch.Generator().manual_seed(settings.seed)
     rows, examples = [], []
 
@@ -240,10 +240,10 @@ def latent_space_rows(model: VQAutoencoder, latents_path: str | Path, rep: Repre
 # --- the figure ------------------------------------------------------------------------------
 
 
-def plot_examples(examples: list[dict], path: str | Path, title: str = "Stage 1: decoded pairs against the wave equation",
-                  shot: int | None = None) -> Path:
+def plot_examples(examples: list[dict], title: str = "Stage 1: decoded pairs against the wave equation",
+                  shot: int | None = None) -> Figure:
     """One row per example: decoded seismic, F(decoded velocity), their difference, decoded velocity."""
-    from ..plotting import plt, save_figure
+    from ..plotting import plt
 
     rows = len(examples)
     figure, axes = plt.subplots(rows, 4, figsize=(10, 2.6 * rows), squeeze=False, layout="constrained")
@@ -263,24 +263,20 @@ def plot_examples(examples: list[dict], path: str | Path, title: str = "Stage 1:
             ax.set_title(title, fontsize=8)
         axes[row, 0].set_ylabel(f"{example['title']}\ndeviation {deviation:.4f}", fontsize=8)
     figure.suptitle(f"{title} (shot index {s}; [-1, 1] space)", fontsize=9)
-    return save_figure(figure, path)
+    return figure
 
 
 # --- the rule's one call ---------------------------------------------------------------------
 
 
-def evaluate_stage1(model_path: str | Path, dataset: str | Path, latents_path: str | Path, settings: Stage1Evaluation,
-                    metrics_out: str | Path, table5_out: str | Path, figure_out: str | Path,
-                    device: str | None = None, progress: bool = True) -> tuple[list[dict], list[dict]]:
-    """Write metrics.csv (per family), table5.csv (deviation per kind of latent) and the figure."""
-    device = resolve_device(device)
-    model = load_autoencoder(model_path, device)
+def evaluate_stage1(model: VQAutoencoder, dataset: zarr.Group, latents: zarr.Array, settings: Stage1Evaluation,
+                    progress: bool = True) -> tuple[list[dict], list[dict], Figure]:
+    """Metrics rows (per family; METRICS_COLUMNS), Table-5 rows (deviation per kind of latent;
+    TABLE5_COLUMNS) and the example figure, of an autoencoder on a dataset store and its
+    training latents."""
     variant = model.config.variant
-    rep = representation_of(open_dataset(dataset))
+    rep = representation_of(dataset)
     metrics, test_deviation, test_example = test_split_metrics(model, dataset, variant, settings, progress)
-    table5, examples = latent_space_rows(model, latents_path, rep, variant, settings, progress)
+    table5, examples = latent_space_rows(model, latents, rep, variant, settings, progress)
     table5.insert(0, deviation_row(variant, "test_reconstruction", None, test_deviation))
-    write_csv(metrics, metrics_out, METRICS_COLUMNS)
-    write_csv(table5, table5_out, TABLE5_COLUMNS)
-    plot_examples([test_example, *examples], figure_out)
-    return metrics, table5
+    return metrics, table5, plot_examples([test_example, *examples])

@@ -4,27 +4,25 @@ docs/trajectory.md says how it works and why."""
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import zarr
 from tqdm import tqdm
 
 from ..config import only_known
-from ..data.store import open_dataset, representation_of
 from ..data.transforms import Representation
-from ..devices import resolve_device
 from ..diffusion import NoiseSchedule, ddpm_sample, run_sampler, synchronize, unet_autocast
 from ..diffusion.samplers import SAMPLER_LABELS
-from ..files import atomic_file, sha256_of, write_csv
 from ..physics.forward import BACKENDS
-from ..training.stage1 import load_autoencoder
-from ..training.stage2 import load_stage2, open_latents
 from .stage1 import TABLE5_COLUMNS, decode_and_check, deviation_row, plot_examples, random_training_latents
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DEVIATION_COLUMNS = ("step", "direction", "mean", "std", "n")
 DDIM_COLUMNS = ("sampler", "steps", "eta", "n", "mean", "std", "seconds_per_sample")  # eta: DDIM's only
@@ -113,41 +111,30 @@ def _stats(deviation: torch.Tensor) -> dict:
             "n": len(deviation)}
 
 
-def _representation(dataset, latents_root) -> Representation:
-    if isinstance(dataset, Representation):
-        return dataset
-    if dataset is None:
-        dataset = latents_root.attrs.get("dataset")
-        if not dataset:
-            raise ValueError("no dataset given and the latents store records none")
-    return representation_of(open_dataset(dataset))
-
-
-def read_table5(path: str | Path, variant: str) -> list[dict]:
-    """Stage 1's table5.csv rows, checked to be this autoencoder's."""
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        if tuple(reader.fieldnames or ()) != TABLE5_COLUMNS:
-            raise ValueError(f"{path}: columns {reader.fieldnames}, expected {list(TABLE5_COLUMNS)} "
-                             "(evaluate_stage1's table5.csv)")
-        rows = list(reader)
+def _check_table5(rows: list[dict], variant: str) -> None:
+    """Stage 1's table5.csv rows must be evaluate_stage1's, of this autoencoder."""
+    columns = next((tuple(row) for row in rows if tuple(row) != TABLE5_COLUMNS), None)
+    if columns is not None:
+        raise ValueError(f"Stage 1's table5.csv: columns {list(columns)}, expected {list(TABLE5_COLUMNS)} "
+                         "(evaluate_stage1's table5.csv)")
     others = sorted({row["variant"] for row in rows} - {variant})
     if others:
-        raise ValueError(f"{path}: rows of variant(s) {others}, but the Stage-1 model is {variant!r}")
-    return rows
+        raise ValueError(f"Stage 1's table5.csv: rows of variant(s) {others}, but the Stage-1 model is {variant!r}")
 
 
-def _check_inputs(autoencoder, unet, scale: float, latents_root, stage1_model, latents_path) -> None:
+def _check_inputs(autoencoder, unet, scale: float, latents_root: zarr.Group, stage1_sha256: str) -> None:
     """The three artifacts belong together: same latent shape, same autoencoder, same scale."""
     shape = tuple(latents_root["train"]["latent"].shape[1:])
     if shape != tuple(autoencoder.config.latent_shape):
-        raise ValueError(f"{latents_path}: latents {shape} but the Stage-1 model's are {autoencoder.config.latent_shape}")
+        raise ValueError(f"the latents store holds latents {shape} but the Stage-1 model's are "
+                         f"{autoencoder.config.latent_shape}")
     unet_shape = (unet.config.in_channels, unet.config.image_size, unet.config.image_size)
     if unet_shape != shape:
         raise ValueError(f"the Stage-2 model generates latents {unet_shape}; the store holds {shape}")
     recorded = latents_root.attrs.get("model_sha256")
-    if recorded and recorded != sha256_of(stage1_model):
-        raise ValueError(f"{latents_path} was encoded by another Stage-1 model than {stage1_model}")
+    if recorded and recorded != stage1_sha256:
+        raise ValueError(f"the latents store was encoded by another Stage-1 model (sha256 {recorded}) than this one "
+                         f"({stage1_sha256})")
     std = float(latents_root.attrs["stats"]["train"]["std"])
     if scale != 1.0 and not math.isclose(scale, 1.0 / std, rel_tol=1e-4):
         raise ValueError(f"the Stage-2 model's scale factor {scale:.6g} is neither 1 nor 1/std of these latents "
@@ -266,15 +253,6 @@ def sampler_label(sampler: str, steps: int, eta: float = 0.0) -> str:
     return f"{SAMPLER_LABELS[sampler]}-{steps}" + (f" η={eta:g}" if eta else "")
 
 
-def write_final_latents(path: str | Path, finals: dict[str, torch.Tensor], stage1_model: str | Path) -> None:
-    """Each sampler setting's final latents (float32, unscaled: what the Stage-1 decoders take),
-    under sampler_key, beside the Stage-1 model's hash: the FID of each sampler (rule
-    sampler_fid) decodes them."""
-    arrays = {key: latents.numpy().astype(np.float32) for key, latents in finals.items()}
-    with atomic_file(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, stage1_sha256=sha256_of(stage1_model), **arrays)
-
-
 # --- figures ------------------------------------------------------------------------------------
 
 MARKERS = {"ddim": "s-", "dpmpp2m": "^-", "ddpm": "D"}  # stochastic DDIM: "o-"
@@ -297,12 +275,12 @@ def same_setting(row: dict, sampler: str, eta: float) -> bool:
     return row["sampler"] == sampler and row_eta(row) == eta
 
 
-def plot_trajectory(deviation_rows: list[dict], ddim_rows: list[dict], stage1_rows: list[dict], num_steps: int,
-                    path: str | Path) -> Path:
+def plot_trajectory(deviation_rows: list[dict], ddim_rows: list[dict], stage1_rows: list[dict],
+                    num_steps: int) -> Figure:
     """Fig. 5: deviation against t, forward and backward, and the final deviation per sampler."""
     from matplotlib.ticker import NullLocator
 
-    from ..plotting import plt, save_figure
+    from ..plotting import plt
 
     figure, (ax, ax_steps) = plt.subplots(1, 2, figsize=(11, 4), width_ratios=(2, 1), layout="constrained")
     styles = {"forward": ("tab:blue", "forward: noised training latents"),
@@ -338,7 +316,7 @@ def plot_trajectory(deviation_rows: list[dict], ddim_rows: list[dict], stage1_ro
     ax_steps.set_xlabel("sampler steps")
     ax_steps.set_title("final samples: deviation vs steps", fontsize=10)
     ax_steps.legend(fontsize=8)
-    return save_figure(figure, path)
+    return figure
 
 
 def strip_examples(example: list[dict], count: int = 5) -> list[dict]:
@@ -352,27 +330,34 @@ def strip_examples(example: list[dict], count: int = 5) -> list[dict]:
 # --- the rule's one call ---------------------------------------------------------------------
 
 
-def diffusion_trajectory(stage1_model: str | Path, stage2_model: str | Path, latents: str | Path,
-                         stage1_table5: str | Path, settings: TrajectorySettings, deviation_csv: str | Path,
-                         table5_csv: str | Path, ddim_csv: str | Path, figure: str | Path, strip_figure: str | Path,
-                         final_latents: str | Path, dataset: str | Path | Representation | None = None,
-                         device: str | None = None, progress: bool = True) -> dict[str, list[dict]]:
-    """Run the forward, backward, DDIM and DPM-Solver++ measurements and write the three CSVs,
-    two figures and every sampler's final latents (`final_latents`, .npz: see write_final_latents).
+@dataclass
+class TrajectoryResult:
+    """What diffusion_trajectory measured and drew."""
 
-    `dataset` fixes the representation the deviation is measured in (the dataset store the
-    latents were encoded from, or a Representation); None takes the dataset path the
-    latents store records. Returns {"deviation": rows, "table5": rows, "ddim": rows}.
+    deviation: list[dict]  # DEVIATION_COLUMNS: the deviation along both chains
+    table5: list[dict]  # TABLE5_COLUMNS: Stage 1's rows, then each sampler's final samples
+    ddim: list[dict]  # DDIM_COLUMNS: each sampler setting's final deviation and speed
+    figure: Figure  # Fig. 5 (plot_trajectory)
+    strip_figure: Figure  # one reverse trajectory, decoded (Fig. 4)
+    # each sampler setting's final latents (float32, unscaled: what the Stage-1 decoders take), under
+    # sampler_key: the FID of each sampler (rule sampler_fid) decodes them
+    final_latents: dict[str, np.ndarray]
+
+
+def diffusion_trajectory(autoencoder, unet, schedule: NoiseSchedule, scale: float, latents_root: zarr.Group,
+                         stage1_sha256: str, stage1_rows: list[dict], rep: Representation,
+                         settings: TrajectorySettings, device: torch.device,
+                         progress: bool = True) -> TrajectoryResult:
+    """Run the forward, backward, DDIM and DPM-Solver++ measurements.
+
+    autoencoder: the Stage-1 model (its weights file's sha256 `stage1_sha256`); unet, schedule,
+    scale: load_stage2's; latents_root: the latents store; stage1_rows: Stage 1's table5.csv;
+    rep: the representation the deviation is measured in (the dataset store's).
     """
-    device = resolve_device(device)
-    autoencoder = load_autoencoder(stage1_model, device)
-    unet, schedule, scale = load_stage2(stage2_model, device)
-    latents_root = open_latents(latents)
     settings.check_schedule(schedule.num_steps)
-    _check_inputs(autoencoder, unet, scale, latents_root, stage1_model, latents)
+    _check_inputs(autoencoder, unet, scale, latents_root, stage1_sha256)
     variant = autoencoder.config.variant
-    stage1_rows = read_table5(stage1_table5, variant)
-    rep = _representation(dataset, latents_root)
+    _check_table5(stage1_rows, variant)
 
     forward = forward_deviation(autoencoder, schedule, scale, latents_root, rep, settings, progress)
     shape = tuple(latents_root["train"]["latent"].shape[1:])
@@ -398,12 +383,10 @@ def diffusion_trajectory(stage1_model: str | Path, stage2_model: str | Path, lat
                    *(deviation_row(variant, "diffusion_" + sampler_key(sampler, k, eta).replace("-", "_"), None, values)
                      for (sampler, k, eta), (values, _, _) in ode.items())]
 
-    write_csv(deviation_rows, deviation_csv, DEVIATION_COLUMNS)
-    write_csv(table5_rows, table5_csv, TABLE5_COLUMNS)
-    write_csv(ddim_rows, ddim_csv, DDIM_COLUMNS)
-    plot_trajectory(deviation_rows, ddim_rows, stage1_rows, schedule.num_steps, figure)
-    plot_examples(strip_examples(example), strip_figure, title="One reverse-diffusion trajectory, decoded")
     finals = {sampler_key("ddpm", schedule.num_steps): ddpm_latents,
               **{sampler_key(sampler, k, eta): latents for (sampler, k, eta), (_, _, latents) in ode.items()}}
-    write_final_latents(final_latents, finals, stage1_model)
-    return {"deviation": deviation_rows, "table5": table5_rows, "ddim": ddim_rows}
+    return TrajectoryResult(
+        deviation=deviation_rows, table5=table5_rows, ddim=ddim_rows,
+        figure=plot_trajectory(deviation_rows, ddim_rows, stage1_rows, schedule.num_steps),
+        strip_figure=plot_examples(strip_examples(example), title="One reverse-diffusion trajectory, decoded"),
+        final_latents={key: latents.numpy().astype(np.float32) for key, latents in finals.items()})

@@ -12,17 +12,17 @@ this design: docs/physics.md, "The physics filter".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..data.families import FAMILY_NAMES, indices_per_family
-from ..data.pairs_store import open_pairs_store
-from ..data.store import open_dataset
-from ..files import read_csv, write_csv
-from ..plotting import plt, save_figure
-from .shard import gather
+from ..plotting import plt
+
+if TYPE_CHECKING:
+    import zarr
+    from matplotlib.figure import Figure
 
 KEY = "physics"
 FILTERS = ("per_family", "absolute")
@@ -65,27 +65,26 @@ class FilterSettings:
                 for family in np.unique(true_family)}
 
 
-def data_floor(floor_csv: str | Path) -> float:
+def data_floor(floor_rows: list[dict]) -> float:
     """The n-weighted mean deviation of the data set's true pairs, as the check measures them
-    (deepwave on the model-space velocity), from pde_floor.csv."""
-    rows = [row for row in read_csv(floor_csv) if row["backend"] == "deepwave" and row["velocity_input"] == "model64"]
+    (deepwave on the model-space velocity), from pde_floor.csv's rows."""
+    rows = [row for row in floor_rows if row["backend"] == "deepwave" and row["velocity_input"] == "model64"]
     if not rows:
-        raise ValueError(f"{floor_csv}: no deepwave/model64 rows; is it the pde_floor rule's output?")
+        raise ValueError("the floor table has no deepwave/model64 rows; is it the pde_floor rule's output?")
     n = np.array([float(row["n"]) for row in rows])
     mean = np.array([float(row["deviation_mean"]) for row in rows])
     return float((n * mean).sum() / n.sum())
 
 
-def apply_physics_filter(store: str | Path, threshold: float | np.ndarray, family: np.ndarray | None = None,
+def apply_physics_filter(root: zarr.Group, threshold: float | np.ndarray, family: np.ndarray | None = None,
                          info: dict | None = None) -> np.ndarray:
     """Write `valid` = deviation <= threshold (one for all pairs, or one per pair) and the
-    pairs' family codes, if given, into a complete store; returns the mask."""
+    pairs' family codes, if given, into a complete pairs store opened for writing (the
+    caller checks completeness: shard.gather); returns the mask."""
     threshold = np.asarray(threshold, dtype=np.float64)
     if not (threshold > 0).all():
         raise ValueError(f"the physics filter's thresholds must be positive (physics.max_deviation, or a family's "
                          f"true-pair quantile), got {threshold.min()!r}")
-    gather(store)  # refuses a store with shards not sampled or not checked, naming them
-    root = open_pairs_store(store)
     deviation = np.asarray(root["deviation"][:], dtype=np.float64)
     valid = deviation <= threshold
     root["valid"][:] = valid  # one writer: this rule runs after every shard is done
@@ -95,18 +94,17 @@ def apply_physics_filter(store: str | Path, threshold: float | np.ndarray, famil
     return valid
 
 
-def read_true_pairs(true_pairs_csv: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(family names, deviations) of the true pairs (pde-floor's per-pair CSV)."""
-    rows = read_csv(true_pairs_csv)
+def true_pair_deviations(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(family names, deviations) of the true pairs, from the rows of pde-floor's per-pair CSV."""
     if not rows:
-        raise ValueError(f"{true_pairs_csv}: no true pairs; physics.floor_backends must include deepwave")
+        raise ValueError("no true pairs in pde-floor's per-pair table; physics.floor_backends must include deepwave")
     return np.array([row["family"] for row in rows]), np.array([float(row["deviation"]) for row in rows])
 
 
-def true_pair_maps(dataset: str | Path, per_family: int) -> tuple[np.ndarray, np.ndarray]:
-    """(velocity maps, family names) of pde_floor's true pairs: the test split's first
-    `per_family` maps of each family."""
-    test = open_dataset(dataset)["test"]
+def true_pair_maps(dataset: zarr.Group, per_family: int) -> tuple[np.ndarray, np.ndarray]:
+    """(velocity maps, family names) of pde_floor's true pairs: the dataset store's test
+    split's first `per_family` maps of each family."""
+    test = dataset["test"]
     codes = np.asarray(test["family"][:])
     index = np.sort(np.concatenate(list(indices_per_family(codes, per_family).values())))
     return test["velocity"].get_orthogonal_selection((index,)), np.array([FAMILY_NAMES[c] for c in codes[index]])
@@ -137,26 +135,24 @@ def acceptance_curve(generated: np.ndarray, real: np.ndarray, marked: list[float
              "acceptance_real": float((real <= t).mean())} for t in thresholds]
 
 
-def physics_report(store: str | Path, variant: str, settings: FilterSettings, dataset: str | Path,
-                   floor_samples_per_family: int, floor_csv: str | Path, true_pairs_csv: str | Path,
-                   out_csv: str | Path, figure: str | Path, acceptance_csv: str | Path,
-                   acceptance_figure: str | Path) -> list[dict]:
-    """Filter the store, then write the report (a row per family the generated pairs were
-    given, and "all"), the histogram of deviations and the acceptance curve of generated and
-    true pairs. `dataset` and floor_samples_per_family name pde_floor's true pairs."""
-    true_family, true_deviation = read_true_pairs(true_pairs_csv)
+def physics_report(root: zarr.Group, variant: str, settings: FilterSettings, dataset: zarr.Group,
+                   floor_samples_per_family: int, floor_rows: list[dict],
+                   true_pair_rows: list[dict]) -> tuple[list[dict], list[dict], Figure, Figure]:
+    """Filter the complete pairs store `root` (opened for writing), then report: the rows of
+    REPORT_COLUMNS (a row per family the generated pairs were given, and "all"), the acceptance
+    curve's rows of ACCEPTANCE_COLUMNS, the histogram of deviations and the acceptance curve's
+    figure. `dataset` and floor_samples_per_family name pde_floor's true pairs, `floor_rows`
+    and `true_pair_rows` are its two tables."""
+    true_family, true_deviation = true_pair_deviations(true_pair_rows)
     thresholds = settings.family_thresholds(true_family, true_deviation)
     maps, map_family = true_pair_maps(dataset, floor_samples_per_family)
-    gather(store)  # before the family assignment reads the velocities: refuses an incomplete store
-    root = open_pairs_store(store, mode="r")
     family = nearest_family(root["velocity"], maps, map_family)
     threshold = np.array([thresholds[f] for f in family])
     info = {"filter": settings.filter, "thresholds": thresholds}
-    valid = apply_physics_filter(store, threshold, np.array([FAMILY_NAMES.index(f) for f in family]), info)
+    valid = apply_physics_filter(root, threshold, np.array([FAMILY_NAMES.index(f) for f in family]), info)
     deviation = np.asarray(root["deviation"][:], dtype=np.float64)
     curve = acceptance_curve(deviation, true_deviation, sorted(set(thresholds.values())))
-    write_csv(curve, acceptance_csv, ACCEPTANCE_COLUMNS)
-    plot_acceptance(curve, thresholds, variant, len(deviation), len(true_deviation), acceptance_figure)
+    acceptance = plot_acceptance(curve, thresholds, variant, len(deviation), len(true_deviation))
 
     def report_row(name: str, mask: np.ndarray, floor: float, limit) -> dict:
         part = deviation[mask]
@@ -167,12 +163,10 @@ def physics_report(store: str | Path, variant: str, settings: FilterSettings, da
 
     rows = [report_row(name, family == name, float(true_deviation[true_family == name].mean()), thresholds[name])
             for name in FAMILY_NAMES if (family == name).any()]
-    floor = data_floor(floor_csv)
+    floor = data_floor(floor_rows)
     rows.append(report_row("all", np.ones(len(deviation), dtype=bool), floor,
                            settings.max_deviation if settings.filter == "absolute" else ""))
-    write_csv(rows, out_csv, REPORT_COLUMNS)
-    plot_deviation_histogram(deviation, thresholds, floor, variant, figure)
-    return rows
+    return rows, curve, plot_deviation_histogram(deviation, thresholds, floor, variant), acceptance
 
 
 def _mark_thresholds(axis, thresholds: dict[str, float]) -> None:
@@ -186,8 +180,8 @@ def _mark_thresholds(axis, thresholds: dict[str, float]) -> None:
         axis.axvline(value, color=colours(i % 10), linestyle=":", label=f"{family}: {value:.2g}")
 
 
-def plot_acceptance(curve: list[dict], thresholds: dict[str, float], variant: str, n_generated: int, n_real: int,
-                    path: str | Path) -> Path:
+def plot_acceptance(curve: list[dict], thresholds: dict[str, float], variant: str, n_generated: int,
+                    n_real: int) -> Figure:
     """Acceptance rate against the threshold, generated and true pairs, log threshold axis."""
     figure, axis = plt.subplots(figsize=(6.5, 3.8))
     x = [row["threshold"] for row in curve]
@@ -202,11 +196,11 @@ def plot_acceptance(curve: list[dict], thresholds: dict[str, float], variant: st
     axis.set_ylabel("accepted fraction")
     axis.set_title(f"{variant}: acceptance against the threshold", fontsize=10)
     axis.legend(fontsize=8)
-    return save_figure(figure, path)
+    return figure
 
 
-def plot_deviation_histogram(deviation: np.ndarray, thresholds: dict[str, float], floor: float, variant: str,
-                             path: str | Path) -> Path:
+def plot_deviation_histogram(deviation: np.ndarray, thresholds: dict[str, float], floor: float,
+                             variant: str) -> Figure:
     """Deviations on a log axis, with the filter's thresholds and the data floor marked."""
     positive = deviation[deviation > 0]
     low = min(positive.min(), floor, *thresholds.values()) / 1.5
@@ -220,4 +214,4 @@ def plot_deviation_histogram(deviation: np.ndarray, thresholds: dict[str, float]
     axis.set_ylabel("pairs")
     axis.set_title(f"{variant}: {len(deviation)} generated pairs against the wave equation")
     axis.legend(fontsize=8)
-    return save_figure(figure, path)
+    return figure

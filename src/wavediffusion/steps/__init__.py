@@ -1,8 +1,11 @@
 """The workflow's steps: each Snakemake rule's shell runs one `wavediffusion <command>`, and
 each command is one `run_<command>` function here, in the module named like the rule file
 (rules/stage1.smk -> steps/stage1.py). A step's signature is its command's options: the CLI
-is generated from it (cli.py), so an option has one home. Steps read the config slice a
-rule passes, call the libraries below and report; the libraries do the work.
+is generated from it (cli.py), so an option has one home. A step parses the config slice
+its rule passes, loads its inputs (models, stores, tables), calls the libraries below, which
+take and return objects, and writes its outputs. The exceptions are the jobs whose work is
+files: training (checkpoints in a run folder), the stores' writers (preprocess, encoding,
+sampling and checking shards) and the downloads and exports.
 """
 
 from __future__ import annotations

@@ -20,9 +20,19 @@ def run_claims(variants: list[str],
                inversion_record: Annotated[str, "the arm `real`'s train.json"],
                out: str) -> None:
     """the paper's claims tested on the run's result tables (results/claims.csv)"""
-    from ..evaluation.claims import claims_table
+    import json
+    from pathlib import Path
 
-    rows = claims_table(variants, table5, deviation, memorisation, stage1_records, stage2_records, fid,
-                        stage1_metrics, table2, inversion_record, out)
+    from ..evaluation.claims import COLUMNS, claims_table
+    from ..files import read_csv, write_csv
+
+    def record(path: str) -> dict:
+        return json.loads(Path(path).read_text())
+
+    rows = claims_table(variants, [read_csv(path) for path in table5], [read_csv(path) for path in deviation],
+                        [read_csv(path) for path in memorisation], [record(path) for path in stage1_records],
+                        [record(path) for path in stage2_records], read_csv(fid), read_csv(stage1_metrics),
+                        read_csv(table2), record(inversion_record))
+    write_csv(rows, out, COLUMNS)
     for row in rows:
         print(f"{row['claim']:>24} {row['variant']}: {row['held']:<26} {row['measured']}")

@@ -18,15 +18,46 @@ def fid_settings(text: str, seed: int):
     return settings_from_json(FIDSettings, text, seed)
 
 
+def read_reference(path: str, settings, device):
+    """fid-reference's .npz with the Inception network, refused unless its weights made those
+    features (an evaluation.fid_scores.FIDReference)."""
+    import numpy as np
+
+    from ..evaluation.fid import load_fid_inception
+    from ..evaluation.fid_scores import MODALITIES, FIDReference
+
+    with np.load(path) as npz:
+        features = {m: npz[m] for m in MODALITIES}
+        n, split, recorded = len(npz["rows"]), str(npz["split"]), str(npz["weights_sha256"])
+    inception, weights = load_fid_inception(settings.weights, device=device)
+    if weights["sha256"] != recorded:
+        raise ValueError(f"{path}: features were made with Inception weights {recorded}, "
+                         f"but this run loads {weights['sha256']} ({weights['path']}); rerun the reference features")
+    return FIDReference(features, n, split, inception, weights)
+
+
 @step(gpu=True, batch_key="fid.batch_size")
 def run_fid_reference(dataset: str, settings: FidJSON, out: Annotated[str, ".npz to write"], seed: Seed,
                       threads: Threads = None) -> None:
     """Inception features of the real data, both modalities"""
+    import numpy as np
+
+    from ..data.store import open_dataset
+    from ..devices import resolve_device
+    from ..evaluation.fid import load_fid_inception
     from ..evaluation.fid_scores import reference_features
+    from ..files import atomic_file
 
     use_threads(threads)
-    info = reference_features(dataset, fid_settings(settings, seed), out)
-    print(f"wrote {out}: {info['n']} real samples, Inception weights from {info['source']}")
+    values = fid_settings(settings, seed)
+    device = resolve_device()
+    split = open_dataset(dataset)[values.reference_split]
+    inception, weights = load_fid_inception(values.weights, device=device)
+    rows, features = reference_features(split, inception, values, device)
+    with atomic_file(out) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, rows=rows, split=values.reference_split, weights_source=weights["source"],
+                 weights_sha256=weights["sha256"], **features)
+    print(f"wrote {out}: {len(rows)} real samples, Inception weights from {weights['source']}")
 
 
 @step(gpu=True, batch_key="fid.batch_size")
@@ -38,11 +69,25 @@ def run_fid_variant(variant: str, stage1_model: str, latents: StageOneLatents, r
                     tsne_velocity: Annotated[str, "t-SNE figure of the velocity features, PNG to write"],
                     seed: Seed, threads: Threads = None) -> None:
     """FID of one variant's samples and its Stage-1 random latents (Table 1)"""
-    from ..evaluation.fid_scores import variant_fid
+    from ..data.pairs_store import open_pairs_store
+    from ..devices import resolve_device
+    from ..evaluation.fid_scores import COLUMNS, variant_fid
+    from ..files import write_csv
+    from ..plotting import save_figure
+    from ..training.stage1 import load_autoencoder
+    from ..training.stage2 import open_latents
 
     use_threads(threads)
-    rows = variant_fid(variant, store, stage1_model, latents, reference, fid_settings(settings, seed), out,
-                       {"seismic": tsne_seismic, "velocity": tsne_velocity})
+    values = fid_settings(settings, seed)
+    device = resolve_device()
+    real = read_reference(reference, values, device)
+    pairs = open_pairs_store(store, mode="r")
+    autoencoder = load_autoencoder(stage1_model, device)
+    rows, figures = variant_fid(variant, pairs, autoencoder, open_latents(latents)["train"]["latent"], real, values,
+                             device)
+    write_csv(rows, out, COLUMNS)
+    for modality, path in (("seismic", tsne_seismic), ("velocity", tsne_velocity)):
+        save_figure(figures[modality], path)
     for row in rows:
         print(f"{row['variant']} {row['source']} {row['modality']}: FID {row['fid']:.2f}")
 
@@ -56,11 +101,30 @@ def run_sampler_fid(variant: str, stage1_model: str, latents: StageOneLatents, r
                     figure: Annotated[str, "samplers.png to write"],
                     seed: Seed, threads: Threads = None) -> None:
     """FID of each sampler setting of the trajectory run, beside its deviation"""
-    from ..evaluation.sampler_fid import sampler_fid
+    import numpy as np
+
+    from ..devices import resolve_device
+    from ..evaluation.sampler_fid import COLUMNS, sampler_fid
+    from ..files import read_csv, sha256_of, write_csv
+    from ..plotting import save_figure
+    from ..training.stage1 import load_autoencoder
+    from ..training.stage2 import open_latents
 
     use_threads(threads)
-    rows = sampler_fid(variant, final_latents, ddim, stage1_model, latents, reference, fid_settings(settings, seed),
-                       out, figure)
+    values = fid_settings(settings, seed)
+    device = resolve_device()
+    with np.load(final_latents) as npz:  # {sampler setting ("ddim-50", ...): latents}, for one Stage-1 model
+        if str(npz["stage1_sha256"]) != sha256_of(stage1_model):
+            raise ValueError(f"{final_latents}: sampled for another Stage-1 model than {stage1_model}; "
+                             "rerun the trajectory")
+        finals = {key: npz[key] for key in npz.files if key != "stage1_sha256"}
+    ddim_rows = read_csv(ddim)
+    real = read_reference(reference, values, device)
+    autoencoder = load_autoencoder(stage1_model, device)
+    rows, plot = sampler_fid(variant, finals, ddim_rows, autoencoder, open_latents(latents)["train"]["latent"], real,
+                             values, device)
+    write_csv(rows, out, COLUMNS)
+    save_figure(plot, figure)
     for row in rows:
         print(f"{row['variant']} {row['sampler']}-{row['steps']}: FID seismic {row['fid_seismic']:.2f}, "
               f"velocity {row['fid_velocity']:.2f} (n={row['n']})")

@@ -46,10 +46,15 @@ def run_hardest_generated(model: Annotated[str, "InversionNet weights (arm real)
                           out: Annotated[str, ".npz (train, test) to write"], seed: Seed,
                           threads: Threads = None) -> None:
     """the generated pairs a model predicts worst, split train/test (Table 4)"""
+    import numpy as np
+
     from ..evaluation.inversion_experiments import hard_sets
+    from ..files import atomic_file
 
     use_threads(threads)
-    info = hard_sets(model, store, seismic, experiment_settings(settings, seed), out)
+    sets, info = hard_sets(model, store, seismic, experiment_settings(settings, seed))
+    with atomic_file(out) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **sets)
     print(f"wrote {out}: {info['n_hard']} hardest of {info['n_store']} generated pairs "
           f"({info['n_train']} to fine-tune on, {info['n_test']} to test on)")
 
@@ -63,15 +68,33 @@ def run_evaluate_inversionnet(model: str, record: Annotated[str, "train-inversio
                                                    " (repeatable)"] = None,
                               threads: Threads = None) -> None:
     """one arm's MAE/RMSE/SSIM per family on the real test split"""
-    from ..evaluation.inversion_experiments import evaluate_arm
+    import json
+
+    import numpy as np
+
+    from ..devices import resolve_device
+    from ..evaluation.inversion_experiments import METRIC_COLUMNS, evaluate_arm
+    from ..files import write_csv
+    from ..training.inversionnet import (
+        GeneratedPairs,
+        evaluate_inversionnet,
+        load_inversionnet,
+    )
 
     use_threads(threads)
+    values = experiment_settings(settings, seed)
+    about = json.loads(Path(record).read_text())
+    # evaluate_inversionnet (training/inversionnet.py) opens the weights and the dataset store itself
+    test_rows = evaluate_inversionnet(model, dataset, batch_size=values.eval_batch_size)
     hard_tests = {}
     for item in hard_test or []:
         name, hard_store, npz = item.split(",")
-        hard_tests[name] = (hard_store, npz)
-    rows = evaluate_arm(model, record, dataset, experiment_settings(settings, seed), out, hard_tests)
-    print(f"wrote {out}: test MAE {[r['mae'] for r in rows if r['family'] == 'all'][0]:.4f}")
+        with np.load(npz) as sets:
+            hard_tests[name] = GeneratedPairs(hard_store, indices=sets["test"], seismic=name.rsplit("-", 1)[1])
+    network = load_inversionnet(model, resolve_device()) if hard_tests else None
+    rows = evaluate_arm(about, test_rows, values, network, hard_tests)
+    write_csv(rows, out, METRIC_COLUMNS)
+    print(f"wrote {out}: test MAE {next(r['mae'] for r in rows if r['family'] == 'all'):.4f}")
 
 
 @step()
@@ -80,12 +103,27 @@ def run_inversionnet_tables(metrics: list[str],
                             dataset: str,
                             table2: str, table3: str, table4: str, figure: str, threads: Threads = None) -> None:
     """Tables 2-4 from every arm's metrics, and the predictions figure"""
-    from ..evaluation.inversion_experiments import plot_predictions, write_tables
+    from ..data.store import open_dataset
+    from ..devices import resolve_device
+    from ..evaluation.inversion_experiments import (
+        METRIC_COLUMNS,
+        inversionnet_tables,
+        mean_map_rows,
+        plot_predictions,
+    )
+    from ..files import read_csv, write_csv
+    from ..plotting import save_figure
+    from ..training.inversionnet import load_inversionnet
 
     use_threads(threads)
-    counts = write_tables(metrics, {"table2": table2, "table3": table3, "table4": table4}, dataset)
-    plot_predictions({Path(path).parent.name: path for path in models}, dataset, figure)
-    print(f"wrote {counts} rows and {figure}")
+    root = open_dataset(dataset)
+    tables = inversionnet_tables([row for path in metrics for row in read_csv(path)], mean_map_rows(root))
+    for name, path in {"table2": table2, "table3": table3, "table4": table4}.items():
+        write_csv(tables[name], path, METRIC_COLUMNS)
+    device = resolve_device()
+    networks = {Path(path).parent.name: load_inversionnet(path, device) for path in models}
+    save_figure(plot_predictions(networks, root, device), figure)
+    print(f"wrote {({name: len(rows) for name, rows in tables.items()})} rows and {figure}")
 
 
 @step(gpu=True, batch_key="refine.batch_size or refine.candidate_batch")
@@ -98,18 +136,38 @@ def run_refine_inversion(variant: str, stage1_model: str, stage2_model: str,
     """diffusion-refined inversion and its ablation (Tables 9 and 7)"""
     import json
 
-    from ..evaluation.refine import TABLE_COLUMNS, RefineSettings, plot_refinement, refinement_tables
-    from ..files import write_csv, write_json
+    from ..data.store import open_dataset
+    from ..devices import resolve_device
+    from ..evaluation.refine import (
+        TABLE_COLUMNS,
+        RefineSettings,
+        evaluate_refinement,
+        plot_refinement,
+        refined_indices,
+        refinement_tables,
+    )
+    from ..files import sha256_of, write_csv, write_json
+    from ..plotting import save_figure
+    from ..training.inversionnet import evaluate_inversionnet
+    from ..training.stage1 import load_autoencoder
+    from ..training.stage2 import load_stage2
 
     use_threads(threads)
     values = json.loads(settings)
     per_family = values.pop("per_family", None)  # which samples, not how: not a RefineSettings field
     refine = RefineSettings.from_dict({**values, "seed": seed})
-    rows9, rows7, about, examples = refinement_tables(stage1_model, stage2_model, inversionnet, dataset, refine,
-                                                      variant, per_family)
+    device = resolve_device()
+    autoencoder = load_autoencoder(stage1_model, device)
+    unet, schedule, scale = load_stage2(stage2_model, device)
+    root = open_dataset(dataset)
+    rows, about, examples = evaluate_refinement(autoencoder, unet, schedule, scale, root, refine,
+                                                per_family=per_family, device=device)
+    # InversionNet on exactly the samples refined (evaluate_inversionnet opens the weights and the store itself)
+    inversion = evaluate_inversionnet(inversionnet, dataset, indices=refined_indices(root, per_family))
+    rows9, rows7 = refinement_tables(rows, inversion, variant)
     write_csv(rows9, table9, TABLE_COLUMNS)
     write_csv(rows7, table7, TABLE_COLUMNS)
-    write_json(about, info)
-    plot_refinement(examples, figure)
+    write_json({**about, "stage1_sha256": sha256_of(stage1_model), "stage2_sha256": sha256_of(stage2_model)}, info)
+    save_figure(plot_refinement(examples), figure)
     all_rows = {row["method"]: row["mae"] for row in rows9 + rows7 if row["family"] == "all"}
     print(f"wrote {table9}, {table7}: MAE (all) {all_rows}")

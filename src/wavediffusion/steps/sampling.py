@@ -79,13 +79,24 @@ def run_physics_report(store: str, variant: str,
     """the physics filter: valid mask, acceptance rate, deviation histogram"""
     import json
 
-    from ..sampling.physics_filter import FilterSettings, physics_report
+    from ..data.pairs_store import open_pairs_store
+    from ..data.store import open_dataset
+    from ..files import read_csv, write_csv
+    from ..plotting import save_figure
+    from ..sampling.physics_filter import ACCEPTANCE_COLUMNS, REPORT_COLUMNS, FilterSettings, physics_report
+    from ..sampling.shard import gather
 
     use_threads(threads)
     physics = json.loads(settings)
     values = FilterSettings.from_dict(physics)
-    rows = physics_report(store, variant, values, dataset, physics["floor_samples_per_family"], floor, true_pairs,
-                          out, figure, acceptance, acceptance_figure)
+    gather(store)  # refuses a store with shards not sampled or not checked, naming them
+    rows, curve, histogram, acceptance_plot = physics_report(
+        open_pairs_store(store), variant, values, open_dataset(dataset), physics["floor_samples_per_family"],
+        read_csv(floor), read_csv(true_pairs))
+    write_csv(curve, acceptance, ACCEPTANCE_COLUMNS)
+    save_figure(acceptance_plot, acceptance_figure)
+    write_csv(rows, out, REPORT_COLUMNS)
+    save_figure(histogram, figure)
     for row in rows:
         print(f"{row['family']}: {row['n_valid']} of {row['n']} pairs accepted ({row['acceptance_rate']:.1%}; "
               f"filter {values.filter}, threshold {row['threshold'] or 'per family'})")
@@ -99,10 +110,18 @@ def run_memorisation(variant: str,
                      figure: Annotated[str, "histogram PNG to write"],
                      threads: Threads = None) -> None:
     """generated vs held-out latents' distance to the nearest training latent"""
-    from ..evaluation.memorisation import memorisation, memorised
+    from ..data.pairs_store import open_pairs_store
+    from ..evaluation.memorisation import COLUMNS, memorisation, memorised
+    from ..files import write_csv
+    from ..plotting import save_figure
+    from ..training.stage2 import open_latents
 
     use_threads(threads)
-    rows = memorisation(latents, store, variant, out, figure)
+    splits = open_latents(latents)
+    rows, histogram = memorisation(splits["train"]["latent"], splits["val"]["latent"],
+                                   open_pairs_store(store, mode="r")["latent"], variant)
+    write_csv(rows, out, COLUMNS)
+    save_figure(histogram, figure)
     held, made = (next(r for r in rows if r["set"] == name) for name in ("held_out", "generated"))
     print(f"wrote {out}: median distance to the nearest training latent {made['distance_median']:.4f} "
           f"(generated) vs {held['distance_median']:.4f} (held out); "

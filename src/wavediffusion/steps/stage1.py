@@ -53,10 +53,21 @@ def run_evaluate_stage1(model: str, dataset: str,
     import json
 
     from ..config import only_known
-    from ..evaluation.stage1 import Stage1Evaluation, evaluate_stage1
+    from ..data.store import open_dataset
+    from ..devices import resolve_device
+    from ..evaluation.stage1 import METRICS_COLUMNS, TABLE5_COLUMNS, Stage1Evaluation, evaluate_stage1
+    from ..files import write_csv
+    from ..plotting import save_figure
+    from ..training.stage1 import load_autoencoder
+    from ..training.stage2 import open_latents
 
     use_threads(threads)
     values = Stage1Evaluation(**only_known(json.loads(settings), Stage1Evaluation, "stage1.evaluation"))
-    rows, _ = evaluate_stage1(model, dataset, latents, values, metrics, table5, figure)
+    autoencoder = load_autoencoder(model, resolve_device())
+    training_latents = open_latents(latents)["train"]["latent"]
+    rows, table5_rows, examples = evaluate_stage1(autoencoder, open_dataset(dataset), training_latents, values)
+    write_csv(rows, metrics, METRICS_COLUMNS)
+    write_csv(table5_rows, table5, TABLE5_COLUMNS)
+    save_figure(examples, figure)
     print(f"wrote {metrics}, {table5}, {figure}: test PDE deviation {rows[-1]['pde_deviation']:.4f}, "
           f"inversion MAE {rows[-1]['mae']:.4f}")

@@ -47,11 +47,32 @@ def run_diffusion_trajectory(stage1_model: str, stage2_model: str,
     """PDE deviation along the forward and reverse diffusion (Fig. 5, Table 5)"""
     import json
 
-    from ..evaluation.trajectory import TrajectorySettings, diffusion_trajectory
+    import numpy as np
+
+    from ..data.store import open_dataset, representation_of
+    from ..devices import resolve_device
+    from ..evaluation.stage1 import TABLE5_COLUMNS
+    from ..evaluation.trajectory import DDIM_COLUMNS, DEVIATION_COLUMNS, TrajectorySettings, diffusion_trajectory
+    from ..files import atomic_file, read_csv, sha256_of, write_csv
+    from ..plotting import save_figure
+    from ..training.stage1 import load_autoencoder
+    from ..training.stage2 import load_stage2, open_latents
 
     use_threads(threads)
     values = TrajectorySettings.from_dict(json.loads(settings))
-    tables = diffusion_trajectory(stage1_model, stage2_model, latents, stage1_table5, values, deviation, table5, ddim,
-                                  figure, examples, final_latents, dataset=dataset)
-    final = next(row for row in tables["table5"] if row["latents"] == "diffusion_ddpm")
+    device = resolve_device()
+    autoencoder = load_autoencoder(stage1_model, device)
+    unet, schedule, scale = load_stage2(stage2_model, device)
+    stage1_sha256 = sha256_of(stage1_model)
+    result = diffusion_trajectory(autoencoder, unet, schedule, scale, open_latents(latents), stage1_sha256,
+                                  read_csv(stage1_table5), representation_of(open_dataset(dataset)), values, device)
+    write_csv(result.deviation, deviation, DEVIATION_COLUMNS)
+    write_csv(result.table5, table5, TABLE5_COLUMNS)
+    write_csv(result.ddim, ddim, DDIM_COLUMNS)
+    save_figure(result.figure, figure)
+    save_figure(result.strip_figure, examples)
+    # beside the Stage-1 model's hash: sampler-fid decodes these latents with that model only
+    with atomic_file(final_latents) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, stage1_sha256=stage1_sha256, **result.final_latents)
+    final = next(row for row in result.table5 if row["latents"] == "diffusion_ddpm")
     print(f"wrote {table5}: DDPM samples' PDE deviation {final['deviation_mean']:.4f}")
