@@ -35,7 +35,6 @@ from wavediffusion.evaluation.refine import (
     score_latents,
 )
 from wavediffusion.files import write_csv
-from wavediffusion.models.autoencoder import AutoencoderConfig, VQAutoencoder
 from wavediffusion.physics.deviation import per_sample_mse
 from wavediffusion.plotting import save_figure
 from wavediffusion.training import checkpoint as ckpt

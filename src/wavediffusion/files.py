@@ -71,6 +71,15 @@ def write_json(data: dict, path: str | Path) -> None:
         Path(tmp).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
+def write_npz(path: str | Path, **arrays) -> None:
+    """Write `arrays` as an .npz file, atomically (through a handle: np.savez would add .npz
+    to a temporary name)."""
+    import numpy as np
+
+    with atomic_file(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
 def combine_csv(tables: list[str | Path], out: str | Path) -> None:
     """Concatenate CSV files that share one header into `out`, atomically."""
     rows, columns = [], None

@@ -40,13 +40,11 @@ def read_reference(path: str, settings, device):
 def run_fid_reference(dataset: str, settings: FidJSON, out: Annotated[str, ".npz to write"], seed: Seed,
                       threads: Threads = None) -> None:
     """Inception features of the real data, both modalities"""
-    import numpy as np
-
     from ..data.store import open_dataset
     from ..devices import resolve_device
     from ..evaluation.fid import load_fid_inception
     from ..evaluation.fid_scores import reference_features
-    from ..files import atomic_file
+    from ..files import write_npz
 
     use_threads(threads)
     values = fid_settings(settings, seed)
@@ -54,9 +52,8 @@ def run_fid_reference(dataset: str, settings: FidJSON, out: Annotated[str, ".npz
     split = open_dataset(dataset)[values.reference_split]
     inception, weights = load_fid_inception(values.weights, device=device)
     rows, features = reference_features(split, inception, values, device)
-    with atomic_file(out) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, rows=rows, split=values.reference_split, weights_source=weights["source"],
-                 weights_sha256=weights["sha256"], **features)
+    write_npz(out, rows=rows, split=values.reference_split, weights_source=weights["source"],
+              weights_sha256=weights["sha256"], **features)
     print(f"wrote {out}: {len(rows)} real samples, Inception weights from {weights['source']}")
 
 

@@ -46,15 +46,12 @@ def run_hardest_generated(model: Annotated[str, "InversionNet weights (arm real)
                           out: Annotated[str, ".npz (train, test) to write"], seed: Seed,
                           threads: Threads = None) -> None:
     """the generated pairs a model predicts worst, split train/test (Table 4)"""
-    import numpy as np
-
     from ..evaluation.inversion_experiments import hard_sets
-    from ..files import atomic_file
+    from ..files import write_npz
 
     use_threads(threads)
     sets, info = hard_sets(model, store, seismic, experiment_settings(settings, seed))
-    with atomic_file(out) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **sets)
+    write_npz(out, **sets)
     print(f"wrote {out}: {info['n_hard']} hardest of {info['n_store']} generated pairs "
           f"({info['n_train']} to fine-tune on, {info['n_test']} to test on)")
 

@@ -47,13 +47,11 @@ def run_diffusion_trajectory(stage1_model: str, stage2_model: str,
     """PDE deviation along the forward and reverse diffusion (Fig. 5, Table 5)"""
     import json
 
-    import numpy as np
-
     from ..data.store import open_dataset, representation_of
     from ..devices import resolve_device
     from ..evaluation.stage1 import TABLE5_COLUMNS
     from ..evaluation.trajectory import DDIM_COLUMNS, DEVIATION_COLUMNS, TrajectorySettings, diffusion_trajectory
-    from ..files import atomic_file, read_csv, sha256_of, write_csv
+    from ..files import read_csv, sha256_of, write_csv, write_npz
     from ..plotting import save_figure
     from ..training.stage1 import load_autoencoder
     from ..training.stage2 import load_stage2, open_latents
@@ -72,7 +70,6 @@ def run_diffusion_trajectory(stage1_model: str, stage2_model: str,
     save_figure(result.figure, figure)
     save_figure(result.strip_figure, examples)
     # beside the Stage-1 model's hash: sampler-fid decodes these latents with that model only
-    with atomic_file(final_latents) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, stage1_sha256=stage1_sha256, **result.final_latents)
+    write_npz(final_latents, stage1_sha256=stage1_sha256, **result.final_latents)
     final = next(row for row in result.table5 if row["latents"] == "diffusion_ddpm")
     print(f"wrote {table5}: DDPM samples' PDE deviation {final['deviation_mean']:.4f}")
