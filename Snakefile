@@ -1,11 +1,11 @@
 # WaveDiffusion workflow. Thin on purpose: config, validation, includes, `rule all`.
 # Each step is one rule in workflow/rules/<stage>.smk whose shell is one
-# `wavediffusion <command>` call (src/wavediffusion/cli.py).
+# `wavediffusion <command>` call (the command's function: src/wavediffusion/steps/<stage>.py).
 
 import os
 import sys
 
-from wavediffusion.config import validate_config
+from wavediffusion.config import validate_config  # and its schema, config.schema.yaml beside it
 
 # Rules call the `wavediffusion` command installed beside the Python that runs Snakemake
 # (.venv/bin after `make install`), also when that environment is not activated.
@@ -24,7 +24,23 @@ if not workflow.overwrite_configfiles:
     configfile: "config.yaml"
 
 
-config = validate_config(config, workflow.source_path("workflow/schemas/config.schema.yaml"))
+config = validate_config(config)
+
+
+onstart:
+    # The jobs' own checks of every section (unknown keys under stage1.model, a sampler step
+    # count beyond the schedule, ...), once before the first job: they need torch, which
+    # parsing this file must not import. Skipped where Snakemake's own Python has no torch
+    # (--sdm conda with a bare Snakemake): the jobs still check.
+    import importlib.util, tempfile, yaml
+
+    if importlib.util.find_spec("torch") is None:
+        print("wavediffusion: no torch beside Snakemake; the config's sections are checked by the jobs only")
+    else:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="wavediffusion-config-") as checked:
+            yaml.safe_dump(config, checked)
+            checked.flush()
+            shell(f"{sys.executable} -m wavediffusion.cli check-config {checked.name} --name 'the run config'")
 
 
 include: "workflow/rules/common.smk"

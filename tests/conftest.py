@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from wavediffusion.config import SCHEMA as PACKAGE_SCHEMA
+
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = PACKAGE_SCHEMA  # shipped with the package
 
 # One thread: tiny tensors gain nothing from two, and two OpenMP threads on a shared
 # 2-core machine can spin-wait each other into 10x slowdowns.

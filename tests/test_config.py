@@ -13,8 +13,11 @@ from conftest import REPO, SCHEMA
 @pytest.mark.parametrize("name", ["config.yaml", "config/tiny.yaml", "config/mini.yaml", "config/science.yaml",
                                   "config/paper.yaml"])
 def test_shipped_configs_are_valid(name):
+    from wavediffusion.steps.common import config_problems
+
     config = load_config(REPO / name, SCHEMA)
     assert config["data"]["families"]
+    assert config_problems(config) == []  # every section builds as the jobs will build it
 
 
 def test_an_empty_config_is_the_full_scale_and_the_demo_states_its_own_values():
@@ -76,6 +79,7 @@ def test_the_schema_and_the_settings_classes_agree_on_every_default(section, cls
         ({"physics": {"floor_backends": ["specfem"]}}, "physics.floor_backends[0]", "specfem"),
         ({"data": {"families": ["FlatVel-A", "Style-A"]}}, "data.families[1]", "no embedded source"),
         ({"data": {"openfwi_root": "/data/openfwi"}}, "data.openfwi_root", "data.source: openfwi"),
+        ({"preprocess": {"receivers": 500}}, "preprocess.receivers", "500 is greater than the maximum of 70"),
     ],
 )
 def test_bad_values_name_the_key(patch, key, words):
@@ -84,6 +88,49 @@ def test_bad_values_name_the_key(patch, key, words):
     message = str(error.value)
     assert f"  {key}:" in message
     assert words in message
+
+
+@pytest.mark.parametrize(
+    "section, key, value, words",
+    [
+        ("stage1.model", "latent_chanels", 8, "stage1.model: unknown keys ['latent_chanels']"),
+        ("stage1.training", "max_step", 8, "stage1.training: unknown keys ['max_step']"),
+        ("stage1.losses", "disc_begin", 8, "stage1.losses: unknown keys ['disc_begin']"),
+        ("stage2.model", "num_head", 8, "stage2.model: unknown keys ['num_head']"),
+        ("stage2.model", "image_size", 8, "stage2.model: ['image_size'] come from the latents"),
+        ("stage2.training", "lrr", 1, "stage2.training: unknown keys ['lrr']"),
+        ("stage2.diffusion", "ema_decay", 2.0, "stage2.diffusion.ema_decay must be in [0, 1)"),
+        ("inversionnet.training", "batchsize", 8, "inversionnet.training: unknown keys ['batchsize']"),
+        ("inversionnet.model", "width", 8, "inversionnet.model: unknown keys ['width']"),
+        ("sampling", "steps", 10**5, "sampling.steps (100000) exceeds stage2.diffusion.num_steps (50)"),
+        ("sampling", "store_block", 3, "sampling.store_block (3) must be a positive divisor"),
+        ("stage2.trajectory", "steps", [0, 10**5], "stage2.trajectory.steps [100000] lie outside [0, 49]"),
+    ],
+)
+def test_check_config_finds_what_a_job_would_refuse(tmp_path, capsys, section, key, value, words):
+    """Problems the schema cannot see (the free-form sections, keys checked against the
+    Stage-2 schedule): `check-config` names them, as the Snakefile's onstart does before any
+    job runs, instead of the job itself after its upstream jobs."""
+    from wavediffusion import cli
+
+    config = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    part = config
+    for name in section.split("."):
+        part = part.setdefault(name, {})
+    part[key] = value
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert cli.main(["check-config", str(path), "--schema", str(SCHEMA)]) == 2
+    error = capsys.readouterr().err
+    assert "bad.yaml is invalid:" in error and words in error
+
+
+def test_check_config_works_from_any_folder(tmp_path, monkeypatch, capsys):
+    from wavediffusion import cli
+
+    monkeypatch.chdir(tmp_path)  # no workflow/ here: the schema comes with the package
+    assert cli.main(["check-config", str(REPO / "config.yaml")]) == 0
+    assert "config.yaml: valid (scale demo" in capsys.readouterr().out
 
 
 def test_config_file_errors_name_the_file(tmp_path):

@@ -461,6 +461,15 @@ def test_invalid_config_stops_the_run_naming_the_key(tmp_path):
         snakemake(tmp_path, "--dry-run", "all")
 
 
+def test_a_key_only_a_job_would_refuse_stops_the_run_before_any_job(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    config["stage2"]["model"]["num_head"] = 2  # a typo of num_heads, in a free-form section
+    write_config(tmp_path, config)
+    with pytest.raises(AssertionError, match=r"the run config is invalid:\n  stage2\.model: unknown keys \['num_head'\]"):
+        snakemake(tmp_path, "all")
+    assert not (tmp_path / "results").exists()  # no job ran, nothing was written or removed
+
+
 def test_the_snakefile_imports_no_torch():
     """Every Snakemake process parses the Snakefile, a SLURM job's included: the modules it
     imports must not pull in torch (about 5 s a process on the dev box)."""

@@ -1,4 +1,4 @@
-"""Config validation: config.yaml against workflow/schemas/config.schema.yaml.
+"""Config validation: config.yaml against the schema beside this module (config.schema.yaml).
 
 The Snakefile calls `validate_config` once; every rule then receives the slice of the
 validated config it uses. Errors name the offending key as a dotted path
@@ -14,6 +14,10 @@ from typing import Any
 
 import jsonschema
 import yaml
+
+# Every key of config.yaml: its documentation, check and default. Shipped with the package,
+# so that `wavediffusion check-config` works from any folder.
+SCHEMA = Path(__file__).with_name("config.schema.yaml")
 
 
 class ConfigError(ValueError):
@@ -47,7 +51,7 @@ def _fill_defaults(instance: dict, schema: dict) -> None:
             _fill_defaults(instance[name], sub)
 
 
-def validate_config(config: dict[str, Any], schema_path: str | Path, source: str = "config") -> dict:
+def validate_config(config: dict[str, Any], schema_path: str | Path = SCHEMA, source: str = "config") -> dict:
     """Return a copy of `config` with defaults filled in; raise ConfigError naming the key."""
     schema = yaml.safe_load(Path(schema_path).read_text())
     filled = copy.deepcopy(dict(config))
@@ -80,7 +84,7 @@ def cross_key_problems(config: dict) -> list[str]:
     return problems
 
 
-def load_config(path: str | Path, schema_path: str | Path) -> dict:
+def load_config(path: str | Path, schema_path: str | Path = SCHEMA) -> dict:
     """Read a YAML config file and validate it."""
     path = Path(path)
     try:

@@ -1,4 +1,5 @@
-"""Atomic writes: a result appears under its final name complete, or not at all."""
+"""Atomic writes (a result appears under its final name complete, or not at all), and reads
+that name the file when it is missing or damaged."""
 
 from __future__ import annotations
 
@@ -9,6 +10,30 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import zarr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(final: Path) -> None:
+    """Remove what killed writers of `final` left beside it (.<name>.tmp-<pid>, .<name>.old-<pid>):
+    a process that no longer runs on this machine cannot finish them."""
+    for path in final.parent.glob(f".{final.name}.*-*"):
+        kind, _, rest = path.name[len(final.name) + 2:].partition("-")
+        pid = rest.split(".")[0]
+        if kind in ("tmp", "old") and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -20,6 +45,7 @@ def atomic_directory(final: str | Path):
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -41,6 +67,7 @@ def atomic_file(final: str | Path):
     """Yield a temporary sibling file path; on success it is renamed to `final`."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}{final.suffix}")
     try:
         yield tmp
@@ -92,6 +119,21 @@ def combine_csv(tables: list[str | Path], out: str | Path) -> None:
                 raise ValueError(f"{table}: columns {reader.fieldnames} differ from {tables[0]}'s {columns}")
             rows.extend(reader)
     write_csv(rows, out, columns)
+
+
+def open_zarr_store(path: str | Path, kind: str, rule: str, mode: str = "r") -> zarr.Group:
+    """A Zarr store the workflow wrote, with errors that name it and the rule that writes it:
+    missing, or damaged (an unreadable zarr.json)."""
+    import zarr  # here, not at the top: most modules import this one
+
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        raise FileNotFoundError(f"{path}: not a {kind} (no zarr.json); run the {rule} rule first")
+    try:
+        return zarr.open_group(str(path), mode=mode)
+    except (ValueError, KeyError, OSError) as error:  # a damaged zarr.json is a JSON error (a ValueError)
+        raise ValueError(f"{path}: a damaged {kind} ({type(error).__name__}: {error}); delete it and rerun "
+                         f"the {rule} rule") from error
 
 
 def sha256_of(path: str | Path) -> str:

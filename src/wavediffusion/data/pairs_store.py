@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from ..files import write_json
+from ..files import open_zarr_store, write_json
 
 FORMAT = "wavediffusion-pairs-v1"
 DONE_DIR = "done"
@@ -148,10 +148,7 @@ class BlockWriter:
 
 def open_pairs_store(path: str | Path, mode: str = "r+") -> zarr.Group:
     """Open an existing pairs store, with a clear error when it is not one."""
-    path = Path(path)
-    if not (path / "zarr.json").exists():
-        raise FileNotFoundError(f"{path}: no pairs store here (no zarr.json); run the rule that creates it first")
-    root = zarr.open_group(str(path), mode=mode)
+    root = open_zarr_store(path, "pairs store", "create_pairs_store", mode)
     if root.attrs.get("format") != FORMAT:
         raise ValueError(f"{path}: not a pairs store (format {root.attrs.get('format')!r}, expected {FORMAT!r})")
     return root

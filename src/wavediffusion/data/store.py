@@ -19,6 +19,7 @@ from pathlib import Path
 
 import zarr
 
+from ..files import open_zarr_store
 from .families import VELOCITY_SHAPE
 from .transforms import Representation
 
@@ -47,10 +48,7 @@ def create_split_arrays(group: zarr.Group, n: int, rep: Representation, samples_
 
 def open_dataset(path: str | Path) -> zarr.Group:
     """Open a dataset store read-only, with a clear error when it is not one."""
-    path = Path(path)
-    if not (path / "zarr.json").exists():
-        raise FileNotFoundError(f"{path}: not a dataset store (no zarr.json); run the preprocess rule first")
-    root = zarr.open_group(str(path), mode="r")
+    root = open_zarr_store(path, "dataset store", "preprocess")
     if "representation" not in root.attrs:
         raise ValueError(f"{path}: Zarr group has no 'representation' attribute; not a WaveDiffusion dataset")
     return root

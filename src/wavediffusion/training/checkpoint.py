@@ -15,6 +15,7 @@ cannot run code when loaded.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 from collections.abc import Iterable, Mapping
@@ -71,8 +72,17 @@ def atomic_write_text(text: str, path: str | Path) -> Path:
 
 
 def load(path: str | Path) -> dict:
-    """Load a checkpoint (or final weights file) onto the CPU, without executing code."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint (or final weights file) onto the CPU, without executing code. A
+    damaged file is a ValueError naming it (torch's own message would suggest loading it
+    with code execution on)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+        raise ValueError(f"{path}: not a readable weights file ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0][:120]}); it is damaged or truncated: delete it and rerun "
+                         "the rule that writes it") from error
 
 
 def checkpoint_path(directory: str | Path, step: int) -> Path:

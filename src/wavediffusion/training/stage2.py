@@ -26,6 +26,7 @@ import zarr
 from torch.utils.data import Dataset
 
 from ..config import only_known
+from ..files import open_zarr_store
 from ..diffusion.schedule import LOSSES, PREDICTIONS, EpsFromV, NoiseSchedule
 from ..models.unet import UNet, UNetConfig
 from . import checkpoint as ckpt
@@ -79,10 +80,7 @@ class Stage2Settings:
 
 def open_latents(path: str | Path) -> zarr.Group:
     """Open a latents store (encode_latents' output) read-only, with a clear error if not one."""
-    path = Path(path)
-    if not (path / "zarr.json").exists():
-        raise FileNotFoundError(f"{path}: not a latents store (no zarr.json); run the encode rule first")
-    root = zarr.open_group(str(path), mode="r")
+    root = open_zarr_store(path, "latents store", "encode_latents")
     if "stats" not in root.attrs or "train" not in root:
         raise ValueError(f"{path}: no 'stats' attribute or 'train' group; not a latents store from encode_latents")
     return root
