@@ -101,6 +101,12 @@ class SamplingSettings:
         """Identifies these settings (the manifest's config hash; the models have their own)."""
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
 
+    def check_schedule(self, num_steps: int) -> None:
+        """Raise if the sampler's step count does not fit a schedule of num_steps (T)."""
+        if self.sampler != "ddpm" and self.steps > num_steps:
+            raise ValueError(f"{KEY}.steps ({self.steps}) exceeds stage2.diffusion.num_steps ({num_steps}), "
+                             "the Stage-2 model's T")
+
     def sampler_name(self, num_steps: int) -> str:
         return f"ddpm-{num_steps}" if self.sampler == "ddpm" else f"{self.sampler}-{self.steps}"
 
@@ -165,8 +171,7 @@ def sample_shard(stage1_model: str | Path, stage2_model: str | Path, store: str 
     if tuple(autoencoder.config.latent_shape) != latent_shape:
         raise ValueError(f"{store}: latent shape {latent_shape} differs from the autoencoder's "
                          f"{tuple(autoencoder.config.latent_shape)}")
-    if settings.sampler != "ddpm" and settings.steps > schedule.num_steps:
-        raise ValueError(f"{KEY}.steps ({settings.steps}) exceeds the Stage-2 model's T = {schedule.num_steps} steps")
+    settings.check_schedule(schedule.num_steps)
 
     # the data is about to change: neither the old sample nor its check counts any more
     for kind in DONE_KINDS:

@@ -35,15 +35,13 @@ def config_problems(config: dict) -> list[str]:
     from ..evaluation.refine import RefineSettings
     from ..evaluation.stage1 import Stage1Evaluation
     from ..evaluation.trajectory import TrajectorySettings
-    from ..models.autoencoder import AutoencoderConfig
     from ..models.discriminator import DiscriminatorConfig
-    from ..models.unet import UNetConfig
     from ..sampling.export import ExportSettings
     from ..sampling.physics_filter import FilterSettings
     from ..sampling.shard import SamplingSettings
     from ..training.loop import TrainConfig
-    from ..training.stage1 import Stage1Losses
-    from ..training.stage2 import FROM_LATENTS, DiffusionSettings
+    from ..training.stage1 import Stage1Losses, autoencoder_config
+    from ..training.stage2 import DiffusionSettings, unet_config
 
     problems = []
 
@@ -55,10 +53,9 @@ def config_problems(config: dict) -> list[str]:
             return None
 
     stage1, stage2, prep, seed = config["stage1"], config["stage2"], config["preprocess"], config["seed"]
-    autoencoders = [check(lambda variant=variant: AutoencoderConfig(
-        **only_known(stage1["model"], AutoencoderConfig, "stage1.model"), variant=variant,
-        seismic_channels=len(prep["shots"]), time_samples=prep["time_samples"], receivers=prep["receivers"],
-        velocity_size=prep["velocity_size"])) for variant in stage1["variants"]]
+    autoencoders = [check(lambda variant=variant: autoencoder_config(
+        stage1["model"], variant, len(prep["shots"]), prep["time_samples"], prep["receivers"], prep["velocity_size"]))
+        for variant in stage1["variants"]]
     check(lambda: DiscriminatorConfig(**only_known(stage1["discriminator"], DiscriminatorConfig, "stage1.discriminator")))
     check(lambda: Stage1Losses(**only_known(stage1["losses"], Stage1Losses, "stage1.losses")))
     check(lambda: Stage1Evaluation(**only_known(stage1["evaluation"], Stage1Evaluation, "stage1.evaluation")))
@@ -67,14 +64,9 @@ def config_problems(config: dict) -> list[str]:
                                                                f"{section}.training")))
 
     diffusion = check(lambda: DiffusionSettings(**only_known(stage2["diffusion"], DiffusionSettings, "stage2.diffusion")))
-    unet = check(lambda: only_known(stage2["model"], UNetConfig, "stage2.model"))
-    if unet is not None:
-        fixed = sorted(set(unet) & set(FROM_LATENTS))
-        if fixed:
-            problems.append(f"stage2.model: {fixed} come from the latents; remove them")
-        elif autoencoders and autoencoders[0] is not None:
-            channels, size, _ = autoencoders[0].latent_shape
-            check(lambda: UNetConfig(**unet, in_channels=channels, out_channels=channels, image_size=size))
+    if autoencoders[0] is not None:
+        channels, size, _ = autoencoders[0].latent_shape
+        check(lambda: unet_config(stage2["model"], channels, size))
 
     sampling = check(lambda: SamplingSettings.from_dict({**config["sampling"], "seed": seed}))
     trajectory = check(lambda: TrajectorySettings.from_dict(stage2["trajectory"]))
@@ -82,9 +74,7 @@ def config_problems(config: dict) -> list[str]:
         {key: value for key, value in config["refine"].items() if key != "per_family"} | {"seed": seed}))
     if diffusion is not None:
         steps = diffusion.num_steps
-        if sampling is not None and sampling.sampler != "ddpm" and sampling.steps > steps:
-            problems.append(f"sampling.steps ({sampling.steps}) exceeds stage2.diffusion.num_steps ({steps})")
-        for settings in (trajectory, refine):
+        for settings in (sampling, trajectory, refine):
             if settings is not None:
                 check(lambda settings=settings: settings.check_schedule(steps))
 

@@ -36,6 +36,16 @@ def read_reference(path: str, settings, device):
     return FIDReference(features, n, split, inception, weights)
 
 
+def scoring_inputs(reference: str, stage1_model: str, latents: str, settings, device):
+    """What scoring generated pairs beside the Stage-1 random-latent baseline needs: the real
+    features with their Inception network, the autoencoder and its training latents."""
+    from ..training.stage1 import load_autoencoder
+    from ..training.stage2 import open_latents
+
+    return (read_reference(reference, settings, device), load_autoencoder(stage1_model, device),
+            open_latents(latents)["train"]["latent"])
+
+
 @step(gpu=True, batch_key="fid.batch_size")
 def run_fid_reference(dataset: str, settings: FidJSON, out: Annotated[str, ".npz to write"], seed: Seed,
                       threads: Threads = None) -> None:
@@ -71,17 +81,13 @@ def run_fid_variant(variant: str, stage1_model: str, latents: StageOneLatents, r
     from ..evaluation.fid_scores import COLUMNS, variant_fid
     from ..files import write_csv
     from ..plotting import save_figure
-    from ..training.stage1 import load_autoencoder
-    from ..training.stage2 import open_latents
 
     use_threads(threads)
     values = fid_settings(settings, seed)
     device = resolve_device()
-    real = read_reference(reference, values, device)
-    pairs = open_pairs_store(store, mode="r")
-    autoencoder = load_autoencoder(stage1_model, device)
-    rows, figures = variant_fid(variant, pairs, autoencoder, open_latents(latents)["train"]["latent"], real, values,
-                             device)
+    real, autoencoder, training_latents = scoring_inputs(reference, stage1_model, latents, values, device)
+    rows, figures = variant_fid(variant, open_pairs_store(store, mode="r"), autoencoder, training_latents, real, values,
+                                device)
     write_csv(rows, out, COLUMNS)
     for modality, path in (("seismic", tsne_seismic), ("velocity", tsne_velocity)):
         save_figure(figures[modality], path)
@@ -104,8 +110,6 @@ def run_sampler_fid(variant: str, stage1_model: str, latents: StageOneLatents, r
     from ..evaluation.sampler_fid import COLUMNS, sampler_fid
     from ..files import read_csv, sha256_of, write_csv
     from ..plotting import save_figure
-    from ..training.stage1 import load_autoencoder
-    from ..training.stage2 import open_latents
 
     use_threads(threads)
     values = fid_settings(settings, seed)
@@ -115,11 +119,8 @@ def run_sampler_fid(variant: str, stage1_model: str, latents: StageOneLatents, r
             raise ValueError(f"{final_latents}: sampled for another Stage-1 model than {stage1_model}; "
                              "rerun the trajectory")
         finals = {key: npz[key] for key in npz.files if key != "stage1_sha256"}
-    ddim_rows = read_csv(ddim)
-    real = read_reference(reference, values, device)
-    autoencoder = load_autoencoder(stage1_model, device)
-    rows, plot = sampler_fid(variant, finals, ddim_rows, autoencoder, open_latents(latents)["train"]["latent"], real,
-                             values, device)
+    real, autoencoder, training_latents = scoring_inputs(reference, stage1_model, latents, values, device)
+    rows, plot = sampler_fid(variant, finals, read_csv(ddim), autoencoder, training_latents, real, values, device)
     write_csv(rows, out, COLUMNS)
     save_figure(plot, figure)
     for row in rows:

@@ -153,17 +153,20 @@ class Stage1Task:
                 "val_mae_velocity": (out.velocity.float() - velocity).abs().mean()}
 
 
+def autoencoder_config(model: dict, variant: str, shots: int, time_samples: int, receivers: int,
+                       velocity_size: int) -> AutoencoderConfig:
+    """The autoencoder of config stage1.model for data of these sizes (the store's, or the
+    preprocess section's when the config is checked before any job)."""
+    return AutoencoderConfig(**only_known(model, AutoencoderConfig, "stage1.model"), variant=variant,
+                             seismic_channels=shots, time_samples=time_samples, receivers=receivers,
+                             velocity_size=velocity_size)
+
+
 def build_task(dataset: str | Path, variant: str, settings: Stage1Settings) -> tuple[Stage1Task, TrainConfig]:
     """The Stage-1 task for a dataset store: model input sizes come from the store."""
     rep = representation_of(open_dataset(dataset))
-    model = AutoencoderConfig(
-        **only_known(settings.model, AutoencoderConfig, "stage1.model"),
-        variant=variant,
-        seismic_channels=len(rep.shots),
-        time_samples=rep.time_samples,
-        receivers=rep.receivers,
-        velocity_size=rep.velocity_size,
-    )
+    model = autoencoder_config(settings.model, variant, len(rep.shots), rep.time_samples, rep.receivers,
+                               rep.velocity_size)
     disc = DiscriminatorConfig(**only_known(settings.discriminator, DiscriminatorConfig, "stage1.discriminator"))
     losses = Stage1Losses(**only_known(settings.losses, Stage1Losses, "stage1.losses"))
     train_config = TrainConfig(**only_known(settings.training, TrainConfig, "stage1.training"))

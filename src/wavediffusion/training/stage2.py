@@ -230,16 +230,22 @@ class Stage2Task:
 # Entry points.
 
 
-def build_task(latents: str | Path, settings: Stage2Settings) -> tuple[Stage2Task, TrainConfig]:
-    """The Stage-2 task for a latents store: the UNet's channels and size come from it."""
-    model = only_known(settings.model, UNetConfig, "stage2.model")
-    fixed = sorted(set(model) & set(FROM_LATENTS))
+def unet_config(model: dict, channels: int, size: int) -> UNetConfig:
+    """The UNet of config stage2.model for latents of `channels` x `size` x `size` (the
+    store's, or the autoencoder's when the config is checked before any job)."""
+    values = only_known(model, UNetConfig, "stage2.model")
+    fixed = sorted(set(values) & set(FROM_LATENTS))
     if fixed:
         raise ValueError(f"stage2.model: {fixed} come from the latents store; remove them")
+    return UNetConfig(**values, in_channels=channels, out_channels=channels, image_size=size)
+
+
+def build_task(latents: str | Path, settings: Stage2Settings) -> tuple[Stage2Task, TrainConfig]:
+    """The Stage-2 task for a latents store: the UNet's channels and size come from it."""
     channels, height, width = open_latents(latents)["train"]["latent"].shape[1:]
     if height != width:
         raise ValueError(f"{latents}: latents are {height}x{width}; the UNet expects square latents")
-    model_config = UNetConfig(**model, in_channels=channels, out_channels=channels, image_size=height)
+    model_config = unet_config(settings.model, channels, height)
     diffusion = DiffusionSettings(**only_known(settings.diffusion, DiffusionSettings, "stage2.diffusion"))
     train_config = TrainConfig(**only_known(settings.training, TrainConfig, "stage2.training"))
     scale = latent_scale_factor(latents, diffusion.scale_by_std)
