@@ -2,7 +2,9 @@
 
 For a refactoring that must not change results: run the tiny DAG at the old and the new
 commit (each in its own work folder, `snakemake --directory DIR all` with config/tiny.yaml
-as DIR/config.yaml), then `python tests/compare_dag_results.py OLD/results NEW/results`.
+as DIR/config.yaml, and the same --cores for both: a job's torch threads follow it, and
+the thread count changes floating-point sums), then
+`python tests/compare_dag_results.py OLD/results NEW/results`.
 Files that record times (checkpoints, logs, training and shard records, the samplers'
 speed tables) differ between any two runs; they are listed apart, not counted as changes.
 Exit status 1 when another file differs or a file is missing on one side.
