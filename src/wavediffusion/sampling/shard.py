@@ -62,9 +62,9 @@ class SamplingSettings:
     num_pairs: int = 375_000  # paper
     shard_size: int = 5000  # samples per job
     store_block: int | None = None  # samples per Zarr shard (a divisor of shard_size); None: store.default_block
-    sampler: str = "ddpm"  # "ddpm" (the paper's, all T steps) | "ddim" | "dpmpp2m" (DPM-Solver++(2M))
-    steps: int = 50  # DDIM / DPM-Solver++ steps; ignored for ddpm
-    eta: float = 0.0  # DDIM η
+    sampler: str = "ddim"  # "ddpm" (the paper's, all T steps) | "ddim" | "dpmpp2m" (DPM-Solver++(2M))
+    steps: int = 25  # DDIM / DPM-Solver++ steps; ignored for ddpm
+    eta: float = 1.0  # DDIM η
     batch_size: int = 256  # sampler and decoder batch
     precision: str = "bf16"  # the UNet under autocast on a GPU; CPU always fp32
     compile: bool = False  # torch.compile the UNet and the decoders on a GPU (CPU: never; slow to compile, gains little)
