@@ -19,7 +19,7 @@ from conftest import REPO
 from test_workflow import snakemake, write_config
 
 # steps no rule of the tiny config's DAG runs: a user's command, and the download (tiny simulates its data)
-NOT_IN_TINY_DAG = {"check-config", "download-openfwi"}
+NOT_IN_TINY_DAG = {"check-config", "verify", "download-openfwi"}
 
 
 def shell_commands(workdir) -> list[list[str]]:

@@ -74,6 +74,11 @@ def make_pairs(path, n: int, shard_size: int, seed: int, done=("sample", "check"
               for name in ("seismic", "seismic_simulated", "velocity")}
     for name, values in arrays.items():
         root[name][:] = values
+    # what the sampling and checking jobs write besides: a store reader checks every array
+    root["latent"][:] = rng.standard_normal((n, 8, 8, 8)).astype(np.float32)
+    root["seed"][:] = seed
+    root["index_in_shard"][:] = np.arange(n) % shard_size
+    root["deviation"][:] = np.mean((arrays["seismic"] - arrays["seismic_simulated"]) ** 2, axis=(1, 2, 3))
     for kind in done:
         for k in range(num_shards(n, shard_size)):
             mark_done(path, kind, k, {})

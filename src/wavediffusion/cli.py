@@ -88,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def damaged_store_hint(error: Exception, options: dict) -> str:
+    """Zarr's checksum error names no file: say which stores the command read, and how to find the shard."""
+    from .data.integrity import CHECKSUM_ERROR
+
+    if CHECKSUM_ERROR not in str(error):
+        return ""
+    values = [v for value in options.values() for v in (value if isinstance(value, list) else [value])]
+    stores = [v for v in values if isinstance(v, str) and v.rstrip("/").endswith(".zarr")]
+    return (f"\nA chunk of one of this command's stores is damaged ({' '.join(stores) or 'its input stores'}): "
+            "`wavediffusion verify STORE` names the shard and the rule that rewrites it")
+
+
 def main(argv: list[str] | None = None) -> int:
     from .data.download import DownloadError
 
@@ -104,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         args.run(**options)
     except (ValueError, FileNotFoundError, DownloadError) as error:
         # Bad input: one clear line naming the file or key, not a traceback.
-        print(f"wavediffusion {args.command}: error: {error}", file=sys.stderr)
+        hint = damaged_store_hint(error, options) if args.command != "verify" else ""
+        print(f"wavediffusion {args.command}: error: {error}{hint}", file=sys.stderr)
         return 2
     except Exception as error:
         torch = sys.modules.get("torch")  # imported by the command if it raised torch's error

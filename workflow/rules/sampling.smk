@@ -91,6 +91,7 @@ rule check_shard:
 rule gather_samples:
     """manifest.json of one variant's pairs: counts, seeds, checkpoint hashes, sampler, deviation statistics."""
     input:
+        sampled=expand(rules.sample_shard.output[0], shard=SHARDS, allow_missing=True),
         checked=expand(rules.check_shard.output[0], shard=SHARDS, allow_missing=True),
         store=rules.create_pairs_store.output[0],
     output:
@@ -103,7 +104,8 @@ rule gather_samples:
         mem_mb=8000,
         runtime=30,
     shell:
-        "wavediffusion gather-samples --store {input.store} --out {output} > {log} 2>&1"
+        "wavediffusion gather-samples --store {input.store} --out {output}"
+        " --sample-records {input.sampled} --check-records {input.checked} > {log} 2>&1"
 
 
 rule physics_report:

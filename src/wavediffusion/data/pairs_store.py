@@ -4,7 +4,8 @@ Arrays latent (N, C, h, w), seismic and seismic_simulated (N, S, T, R), velocity
 (N, 1, V, V), and per-row deviation, seed, index_in_shard, valid, family. Sampling job k
 owns rows [k s, (k+1) s) (s = shard_size), written through `BlockWriter` one Zarr shard of
 b rows at a time, so no two jobs write the same file; unwritten values are NaN / -1 / False.
-A shard is complete only once its marker done/<kind>-<k:05d>.json exists.
+A shard is complete only once its marker done/<kind>-<k:05d>.json exists; a reader
+refuses a store where a shard file of a complete shard is gone (data/integrity.py).
 Details: docs/data.md, 'The pairs store'.
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 import zarr
 
 from ..files import open_zarr_store, write_json
+from . import integrity
 
 FORMAT = "wavediffusion-pairs-v1"
 DONE_DIR = "done"
@@ -37,6 +39,8 @@ ARRAYS = {
     "valid": (None, "bool", False),
     "family": (None, "int16", -1),  # FAMILY_NAMES code of the nearest true pair (physics filter); -1: not assigned
 }
+SAMPLE_ARRAYS = ("latent", "seismic", "velocity", "seed", "index_in_shard")  # written by sample_shard
+CHECK_ARRAYS = ("seismic_simulated", "deviation")  # by check_shard; valid and family by the physics filter
 MAX_BLOCK = 256  # rows per Zarr shard when the config leaves it to us (~200 MB of seismic)
 
 
@@ -87,9 +91,9 @@ def create_pairs_store(path: str | Path, n_pairs: int, shard_size: int, latent_s
         sample_shape = shapes[shape_key] if shape_key else ()
         inner = (1, *sample_shape) if sample_shape else (block,)
         root.create_array(name, shape=(n_pairs, *sample_shape), chunks=inner, shards=(block, *sample_shape),
-                          dtype=dtype, fill_value=fill)
+                          dtype=dtype, fill_value=fill, compressors=integrity.COMPRESSORS)
     root.attrs.update({**(attrs or {}), "format": FORMAT, "num_pairs": int(n_pairs), "shard_size": int(shard_size),
-                       "block": int(block),
+                       "block": int(block), integrity.ATTRIBUTE: integrity.VERSION,
                        "num_shards": num_shards(n_pairs, shard_size),
                        **{key: list(value) for key, value in shapes.items()}})
     # a (Zarr) group of its own, so that listing the store's members does not trip over it
@@ -147,11 +151,48 @@ class BlockWriter:
 
 
 def open_pairs_store(path: str | Path, mode: str = "r+") -> zarr.Group:
-    """Open an existing pairs store, with a clear error when it is not one."""
+    """Open an existing pairs store, with a clear error when it is not one. Read-only, it is
+    also refused when a shard file of a finished job is gone (the writers, mode r+, check the
+    rows they read themselves)."""
     root = open_zarr_store(path, "pairs store", "create_pairs_store", mode)
     if root.attrs.get("format") != FORMAT:
         raise ValueError(f"{path}: not a pairs store (format {root.attrs.get('format')!r}, expected {FORMAT!r})")
+    if mode == "r":
+        integrity.check_complete(path, root, written_rows(path, root), lambda damage: damage_remedy(root, damage))
     return root
+
+
+def written_rows(store: str | Path, root: zarr.Group) -> dict[str, list[range]]:
+    """The rows of each array that finished jobs wrote: the sampled shards' rows of
+    SAMPLE_ARRAYS, the checked shards' rows of CHECK_ARRAYS, and every row of valid (and
+    family) once the physics filter has run."""
+    n, size = int(root.attrs["num_pairs"]), int(root.attrs["shard_size"])
+    rows = {name: [] for name in ARRAYS}
+    for kind, names in (("sample", SAMPLE_ARRAYS), ("check", CHECK_ARRAYS)):
+        for k in done_shards(store, kind, num_shards(n, size)):
+            for name in names:
+                rows[name].append(shard_range(k, size, n))
+    applied = root.attrs.get("physics_filter")
+    if applied is not None:
+        rows["valid"].append(range(n))
+        if applied.get("family_assigned"):
+            rows["family"].append(range(n))
+    return {name: ranges for name, ranges in rows.items() if ranges}
+
+
+def damage_remedy(root: zarr.Group, damage: list[integrity.Damage]) -> str:
+    """What rewrites damaged rows: the sampling (and checking) jobs of their shards, or the physics report."""
+    size = int(root.attrs["shard_size"])
+    shards = sorted({k for d in damage if d.array in SAMPLE_ARRAYS + CHECK_ARRAYS
+                     for k in range(d.rows.start // size, (d.rows.stop - 1) // size + 1)})
+    parts = []
+    if shards:
+        parts.append(f"Shard(s) {shards} must be sampled again: delete their records shards/sample-<k>.json and "
+                     "shards/check-<k>.json beside the store and rerun the workflow (rules sample_shard, check_shard)")
+    if any(d.array in ("valid", "family") for d in damage):
+        parts.append("The physics filter's mask must be written again: rerun the physics_report rule "
+                     "(snakemake --forcerun physics_report)")
+    return ". ".join(parts) + "."
 
 
 def _marker(store: str | Path, kind: str, k: int) -> Path:

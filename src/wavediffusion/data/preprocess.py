@@ -23,6 +23,7 @@ from tqdm import tqdm
 from .families import FAMILY_NAMES, SEISMIC_SHAPE, VELOCITY_MAX, VELOCITY_MIN, VELOCITY_SHAPE
 from .openfwi import local_family_pairs
 from ..files import atomic_directory, sha256_of
+from . import integrity
 from .store import SPLITS, create_split_arrays
 from .transforms import Representation, seismic_log_resized, seismic_to_model, velocity_to_model
 
@@ -237,6 +238,7 @@ def preprocess(root: str | Path, out: str | Path, settings: PreprocessSettings, 
                 "counts": {split: len(refs[split]) for split in SPLITS},
                 "settings": json.loads(json.dumps(asdict(settings))),
                 "provenance": provenance,
+                integrity.ATTRIBUTE: integrity.VERSION,
             }
         )
         for split in SPLITS:

@@ -10,7 +10,8 @@
         source_index     (N,) int32   position of the sample in its family's source split
 
 One sample per chunk makes random access (a shuffled DataLoader) read exactly one sample;
-shards of many chunks keep the file count low and sequential reads fast.
+shards of many chunks keep the file count low and sequential reads fast. Chunks carry
+checksums and fill values no data takes (data/integrity.py): a damaged store is refused.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import zarr
 
 from ..files import open_zarr_store
+from . import integrity
 from .families import VELOCITY_SHAPE
 from .transforms import Representation
 
@@ -37,20 +39,27 @@ def create_split_arrays(group: zarr.Group, n: int, rep: Representation, samples_
             chunks=(1, *sample_shape),
             shards=(shard, *sample_shape),
             dtype="float32",
+            fill_value=float("nan"),
+            compressors=integrity.COMPRESSORS,
         )
 
     sample_array("seismic", rep.seismic_shape)
     sample_array("velocity", rep.velocity_shape)
     sample_array("velocity_native", VELOCITY_SHAPE)
-    group.create_array("family", shape=(n,), chunks=(max(1, n),), dtype="int16")
-    group.create_array("source_index", shape=(n,), chunks=(max(1, n),), dtype="int32")
+    for name, dtype in (("family", "int16"), ("source_index", "int32")):
+        group.create_array(name, shape=(n,), chunks=(max(1, n),), dtype=dtype, fill_value=-1,
+                           compressors=integrity.COMPRESSORS)
+
+
+REMEDY = "Delete the store and rerun the preprocess rule (Snakemake then rewrites it)."
 
 
 def open_dataset(path: str | Path) -> zarr.Group:
-    """Open a dataset store read-only, with a clear error when it is not one."""
+    """Open a dataset store read-only, with a clear error when it is not one or is damaged."""
     root = open_zarr_store(path, "dataset store", "preprocess")
     if "representation" not in root.attrs:
         raise ValueError(f"{path}: Zarr group has no 'representation' attribute; not a WaveDiffusion dataset")
+    integrity.check_complete(path, root, integrity.all_rows(root), REMEDY)
     return root
 
 

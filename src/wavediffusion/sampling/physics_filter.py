@@ -90,7 +90,8 @@ def apply_physics_filter(root: zarr.Group, threshold: float | np.ndarray, family
     root["valid"][:] = valid  # one writer: this rule runs after every shard is done
     if family is not None:
         root["family"][:] = family
-    root.attrs["physics_filter"] = {**(info or {"max_deviation": float(threshold.max())}), "n_valid": int(valid.sum())}
+    root.attrs["physics_filter"] = {**(info or {"max_deviation": float(threshold.max())}), "n_valid": int(valid.sum()),
+                                    "family_assigned": family is not None}
     return valid
 
 

@@ -23,13 +23,16 @@ import torch
 from tqdm import tqdm
 
 from ..config import only_known
+from ..data import integrity
 from ..data.pairs_store import (
     DONE_KINDS,
+    SAMPLE_ARRAYS,
     BackgroundWriter,
     BlockWriter,
     check_block,
     clear_done,
     create_pairs_store,
+    damage_remedy,
     done_shards,
     is_done,
     mark_done,
@@ -249,6 +252,8 @@ def check_shard(store: str | Path, k: int, dataset: str | Path | Representation,
     if not is_done(store, "sample", k):
         raise RuntimeError(f"{store}: shard {k} has not been sampled completely (no done marker); "
                            "run sample_shard for it first")
+    integrity.check_complete(store, root, {name: [rows] for name in SAMPLE_ARRAYS},
+                             lambda damage: damage_remedy(root, damage))
     rep = _representation(dataset)
     if tuple(rep.seismic_shape) != tuple(root.attrs["seismic_shape"]):
         raise ValueError(f"{store}: seismic shape {tuple(root.attrs['seismic_shape'])} differs from the "
@@ -313,8 +318,18 @@ def _sum_parts(records: list[dict]) -> dict[str, float]:
     return total
 
 
+class IncompleteStore(RuntimeError):
+    """A pairs store with shards not sampled, or not checked since they were last sampled;
+    `redo[kind]` lists the shards whose `kind` job must run again."""
+
+    def __init__(self, message: str, redo: dict[str, list[int]]):
+        super().__init__(message)
+        self.redo = redo
+
+
 def gather(store: str | Path) -> dict:
-    """The manifest of a complete store; raises naming the shards not sampled or not checked."""
+    """The manifest of a complete store; raises IncompleteStore naming the shards not
+    sampled or not checked."""
     root = open_pairs_store(store, mode="r")
     n, size = root.attrs["num_pairs"], root.attrs["shard_size"]
     count = num_shards(n, size)
@@ -322,12 +337,14 @@ def gather(store: str | Path) -> dict:
     missing = {kind: sorted(set(range(count)) - set(shards)) for kind, shards in done.items()}
     if any(missing.values()):
         parts = [f"{kind}: shards {shards}" for kind, shards in missing.items() if shards]
-        raise RuntimeError(f"{store}: incomplete, {count} shards expected; not done -- " + "; ".join(parts))
+        raise IncompleteStore(f"{store}: incomplete, {count} shards expected; not done -- " + "; ".join(parts),
+                              missing)
     samples = [read_done(store, "sample", k) for k in range(count)]
     checks = [read_done(store, "check", k) for k in range(count)]
     stale = [k for k, (s, c) in enumerate(zip(samples, checks)) if c.get("sample_seed") != s["seed"]]
     if stale:
-        raise RuntimeError(f"{store}: the check of shards {stale} does not belong to their current samples")
+        raise IncompleteStore(f"{store}: the check of shards {stale} does not belong to their current samples",
+                              {"sample": [], "check": stale})
     common = {}
     for key in ("stage1_sha256", "stage2_sha256", "sampler", "steps", "eta", "batch_size", "precision", "scale_factor"):
         values = {json.dumps(s[key]) for s in samples}

@@ -93,6 +93,39 @@ def config_problems(config: dict) -> list[str]:
 
 
 @step()
+def run_verify(store: Annotated[str, Positional("a store the workflow wrote: dataset.zarr, latents.zarr or pairs.zarr")]
+               ) -> None:
+    """read every shard of a store; name the damaged ones and the rule that rewrites them"""
+    import time
+
+    from ..data import integrity
+    from ..data.pairs_store import FORMAT, damage_remedy, written_rows
+    from ..data.store import REMEDY as DATASET_REMEDY
+    from ..files import open_zarr_store
+    from ..training.stage2 import LATENTS_REMEDY
+
+    started = time.perf_counter()
+    root = open_zarr_store(store, "store of the workflow", "rule that wrote it")
+    if root.attrs.get("format") == FORMAT:
+        kind, written, remedy = "pairs store", written_rows(store, root), lambda damage: damage_remedy(root, damage)
+    elif "representation" in root.attrs:
+        kind, written, remedy = "dataset store", integrity.all_rows(root), DATASET_REMEDY
+    elif "stats" in root.attrs:
+        kind, written, remedy = "latents store", integrity.all_rows(root), LATENTS_REMEDY
+    else:
+        raise ValueError(f"{store}: not a dataset, latents or pairs store of the workflow")
+    if root.attrs.get(integrity.ATTRIBUTE) != integrity.VERSION:
+        print(f"{store}: written before the stores carried checksums: only missing or undecodable shards can "
+              "be found; rewrite it (rerun its rule) to have every chunk checked")
+    damage = integrity.find_damage(store, root, written, decode=True)
+    if damage:
+        raise ValueError(integrity.damage_message(store, damage, remedy if isinstance(remedy, str) else remedy(damage)))
+    rows = sum(len(r) for ranges in written.values() for r in ranges)
+    print(f"{store}: a {kind}, intact: {len(written)} arrays, {rows} written rows read and checked in "
+          f"{time.perf_counter() - started:.1f} s")
+
+
+@step()
 def run_combine_tables(tables: Annotated[list[str], Positional("CSV tables with the same columns")], out: str) -> None:
     """concatenate CSV tables with the same columns into one"""
     from ..files import combine_csv

@@ -57,11 +57,23 @@ def run_check_shard(store: str, shard: int,
 
 
 @step()
-def run_gather_samples(store: str, out: str) -> None:
+def run_gather_samples(store: str, out: str,
+                       sample_records: Annotated[list[str], "the sample_shard records, in shard order"],
+                       check_records: Annotated[list[str], "the check_shard records, in shard order"]) -> None:
     """manifest.json of a complete pairs store (refuses an incomplete one)"""
-    from ..sampling.shard import write_manifest
+    from ..sampling.shard import IncompleteStore, write_manifest
 
-    manifest = write_manifest(store, out)
+    try:
+        manifest = write_manifest(store, out)
+    except IncompleteStore as error:
+        # Snakemake holds records of these jobs, so it will not redo them by itself: the
+        # store changed after them (a sample-shard run by hand, a job killed mid-rewrite)
+        records = {"sample": sample_records, "check": check_records}
+        stale = sorted({records[kind][k] for kind, shards in error.redo.items() for k in shards}
+                       | {check_records[k] for k in error.redo["sample"]})
+        raise ValueError(f"{error}. The workflow's records of those jobs are older than the store's data (was "
+                         f"sample-shard run by hand?): delete {' '.join(stale)} and rerun; Snakemake then "
+                         "redoes those jobs") from error
     print(f"wrote {out}: {manifest['n_checked']} checked pairs")
 
 

@@ -220,6 +220,7 @@ def encode_latents(model_path: str | Path, dataset: str | Path, out: str | Path,
     import zarr
     from tqdm import tqdm
 
+    from ..data import integrity
     from ..files import atomic_directory, sha256_of
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -235,8 +236,10 @@ def encode_latents(model_path: str | Path, dataset: str | Path, out: str | Path,
             group = store.create_group(split)
             shard = max(1, min(samples_per_shard, n))
             latents = group.create_array("latent", shape=(n, *latent_shape), chunks=(1, *latent_shape),
-                                         shards=(shard, *latent_shape), dtype="float32")
-            group.create_array("family", data=np.asarray(source["family"][:]), chunks=(max(1, n),))
+                                         shards=(shard, *latent_shape), dtype="float32", fill_value=float("nan"),
+                                         compressors=integrity.COMPRESSORS)
+            group.create_array("family", data=np.asarray(source["family"][:]), chunks=(max(1, n),), fill_value=-1,
+                               compressors=integrity.COMPRESSORS)
             total, total_sq = torch.zeros(latent_shape[0], dtype=torch.float64), torch.zeros(latent_shape[0], dtype=torch.float64)
             # blocks of whole shards: each write touches only its own Zarr shards
             block = max(shard, (batch_size // shard) * shard)
@@ -257,5 +260,6 @@ def encode_latents(model_path: str | Path, dataset: str | Path, out: str | Path,
             "model_sha256": sha256_of(model_path),
             "dataset": str(dataset),
             "stats": stats,
+            integrity.ATTRIBUTE: integrity.VERSION,
         })
     return stats

@@ -26,6 +26,7 @@ import zarr
 from torch.utils.data import Dataset
 
 from ..config import only_known
+from ..data import integrity
 from ..files import open_zarr_store
 from ..diffusion.schedule import LOSSES, PREDICTIONS, EpsFromV, NoiseSchedule
 from ..models.unet import UNet, UNetConfig
@@ -78,11 +79,15 @@ class Stage2Settings:
 # The latents.
 
 
+LATENTS_REMEDY = "Delete the store and rerun the encode_latents rule (Snakemake then rewrites it)."
+
+
 def open_latents(path: str | Path) -> zarr.Group:
     """Open a latents store (encode_latents' output) read-only, with a clear error if not one."""
     root = open_zarr_store(path, "latents store", "encode_latents")
     if "stats" not in root.attrs or "train" not in root:
         raise ValueError(f"{path}: no 'stats' attribute or 'train' group; not a latents store from encode_latents")
+    integrity.check_complete(path, root, integrity.all_rows(root), LATENTS_REMEDY)
     return root
 
 
