@@ -31,7 +31,9 @@ from wavediffusion.data.make_openfwi_manifest import MANIFEST_PATH, build_manife
 from wavediffusion.data.openfwi import (
     ManifestEntry,
     family_files,
+    folder_pairs,
     load_manifest,
+    local_family,
     local_family_pairs,
     read_split_file,
     write_split_file,
@@ -441,6 +443,33 @@ def test_split_file_overrides_manifest(tmp_path):
     write_split_file(folder / "split.json", "FlatFault-B", pairs)
     with pytest.raises(ValueError, match="FlatFault-B"):
         local_family_pairs(tmp_path, "FlatFault-A", "train")
+
+
+def test_local_family_keeps_openfwi_split_only_when_every_file_is_there(tmp_path):
+    pairs = [p for split in ("train", "test") for p in family_files("FlatVel-A", split)]
+    make_tree(tmp_path / "FlatVel_A", [name for pair in pairs for name in pair])
+    local = local_family(tmp_path, "FlatVel-A")
+    assert local.split_by == "openfwi" and len(local.file_split["train"]) == 48 and len(local.file_split["test"]) == 12
+    # one pair gone: no longer OpenFWI's split, so every pair left is split by map, in numeric order
+    (tmp_path / "FlatVel_A/data/data55.npy").unlink()
+    (tmp_path / "FlatVel_A/model/model55.npy").unlink()
+    local = local_family(tmp_path, "FlatVel-A")
+    assert local.split_by == "maps" and local.file_split is None and local.official_missing == 2
+    assert [s.name for s, _ in local.pairs_to_split[:11]] == [f"data{n}.npy" for n in range(1, 12)]
+    assert all(s.name[4:] == v.name[5:] for s, v in local.pairs_to_split) and len(local.pairs_to_split) == 59
+
+
+def test_folder_pairs_refuses_a_file_without_its_partner(tmp_path):
+    folder = tmp_path / "FlatFault_A"
+    make_tree(folder, ["seis1.npy", "vel1.npy", "seis2_1_0.npy", "part/vel3.npy"])
+    with pytest.raises(ValueError) as caught:
+        folder_pairs(folder, "FlatFault-A")
+    message = str(caught.value)
+    assert str(folder / "seis2_1_0.npy") in message and str(folder / "part/vel3.npy") in message
+    assert "seis1.npy" not in message and "no partner" in message
+    (folder / "seis2_1_0.npy").unlink()
+    (folder / "part/vel3.npy").unlink()
+    assert folder_pairs(folder, "FlatFault-A") == [(folder / "seis1.npy", folder / "vel1.npy")]
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from wavediffusion.data.dataset import PairDataset
 from wavediffusion.data.families import FAMILY_NAMES, get_family
 from wavediffusion.data.openfwi import write_split_file
-from wavediffusion.data.preprocess import PreprocessSettings, preprocess
+from wavediffusion.data.preprocess import PreprocessSettings, plan_family, preprocess
 from wavediffusion.data.store import open_dataset, representation_of
 from wavediffusion.data.transforms import velocity_from_model
 
@@ -171,6 +171,71 @@ def test_failed_first_run_leaves_no_store(tree, tmp_path):
     corrupt(tree, "nan")
     with pytest.raises(ValueError):
         preprocess(tree, tmp_path / "dataset.zarr", SETTINGS, progress=False)
+    assert not (tmp_path / "dataset.zarr").exists()
+
+
+# --- a folder without split.json: its maps are split here -----------------------------------
+
+SMALL = dict(time_samples=64, receivers=16, velocity_size=16, samples_per_shard=4)
+
+
+def one_pair_folder(root: Path, n: int) -> Path:
+    """FlatVel_A/ holding only data1.npy/model1.npy with n maps (no split.json)."""
+    folder = root / "FlatVel_A"
+    folder.mkdir(parents=True)
+    seismic, velocity = fake_pairs(n, seed=7)
+    np.save(folder / "data1.npy", seismic)
+    np.save(folder / "model1.npy", velocity)
+    return folder
+
+
+def test_one_file_pair_without_split_json_splits_its_maps_into_disjoint_train_and_test(tmp_path):
+    folder = one_pair_folder(tmp_path / "openfwi", 20)
+    settings = PreprocessSettings(families=("FlatVel-A",), val_fraction=0.2, seed=5, **SMALL)
+    with pytest.warns(UserWarning, match=f"{folder} has no split.json.*split here by seed 5: 4 test, 16 train"):
+        preprocess(tmp_path / "openfwi", tmp_path / "dataset.zarr", settings, progress=False)
+    store = open_dataset(tmp_path / "dataset.zarr")
+    assert store.attrs["counts"] == {"train": 13, "val": 3, "test": 4}  # test: FlatVel-A's 6 000 of 30 000
+    assert store.attrs["provenance"]["split_by"] == {"FlatVel-A": "maps"}
+    index = {split: store[split]["source_index"][:].tolist() for split in ("train", "val", "test")}
+    assert not set(index["test"]) & (set(index["train"]) | set(index["val"]))
+    assert sorted(index["train"] + index["val"] + index["test"]) == list(range(20))
+    # source_index is the map's row in data1.npy/model1.npy, so the check above is about the maps themselves
+    native = np.load(folder / "model1.npy")
+    np.testing.assert_array_equal(store["test"]["velocity_native"][:], native[index["test"]])
+
+
+def test_map_split_follows_the_seed(tmp_path):
+    root = tmp_path / "openfwi"
+    one_pair_folder(root, 20)
+
+    def test_rows(seed: int) -> list[int]:
+        with pytest.warns(UserWarning, match="split here by seed"):
+            refs, split_by = plan_family(root, "FlatVel-A", PreprocessSettings(families=("FlatVel-A",), seed=seed))
+        assert split_by == "maps"
+        return [r.source_index for r in refs["test"]]
+
+    assert test_rows(0) == test_rows(0)
+    assert test_rows(0) != test_rows(1)
+
+
+def test_a_single_map_cannot_be_split(tmp_path):
+    folder = one_pair_folder(tmp_path / "openfwi", 1)
+    with pytest.raises(ValueError, match=f"{folder} holds 1 map.*split.json"):
+        plan_family(tmp_path / "openfwi", "FlatVel-A", PreprocessSettings(families=("FlatVel-A",)))
+
+
+@pytest.mark.parametrize("test_pair", [["data1.npy", "model1.npy"], ["copy/data1.npy", "copy/model1.npy"]])
+def test_split_json_with_a_file_in_train_and_test_is_refused(tmp_path, test_pair):
+    folder = make_family(tmp_path / "openfwi", "FlatVel-A", {"train": [4, 4], "test": [2]})
+    # the test entry names data1.npy at its own path, or at one where it is then found by name
+    pairs = {"train": [["data1.npy", "model1.npy"], ["data2.npy", "model2.npy"]], "test": [test_pair]}
+    write_split_file(folder / "split.json", "FlatVel-A", pairs)
+    settings = PreprocessSettings(families=("FlatVel-A",), **SMALL)
+    with pytest.raises(ValueError) as error:
+        preprocess(tmp_path / "openfwi", tmp_path / "dataset.zarr", settings, progress=False)
+    message = str(error.value)
+    assert str(folder / "split.json") in message and "data1.npy" in message and "both train and test" in message
     assert not (tmp_path / "dataset.zarr").exists()
 
 

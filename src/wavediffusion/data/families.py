@@ -38,6 +38,11 @@ class Family:
     def test_files(self) -> int:
         return self.test_samples // SAMPLES_PER_FILE
 
+    @property
+    def test_fraction(self) -> float:
+        """OpenFWI's own share of test samples, used where a local folder's maps are split here."""
+        return self.test_samples / (self.train_samples + self.test_samples)
+
 
 def _vel(name: str, embedded: str) -> Family:
     return Family(name, name.replace("-", "_"), "data", "model", 24_000, 6_000, embedded)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,14 +21,15 @@ import torch
 import zarr
 from tqdm import tqdm
 
-from .families import FAMILY_NAMES, SEISMIC_SHAPE, VELOCITY_MAX, VELOCITY_MIN, VELOCITY_SHAPE
-from .openfwi import local_family_pairs
+from .families import FAMILY_NAMES, SEISMIC_SHAPE, VELOCITY_MAX, VELOCITY_MIN, VELOCITY_SHAPE, get_family
+from .openfwi import LocalFamily, local_family
 from ..files import atomic_directory, sha256_of
 from . import integrity
 from .store import SPLITS, create_split_arrays
 from .transforms import Representation, seismic_log_resized, seismic_to_model, velocity_to_model
 
 VELOCITY_TOLERANCE = 1.0  # m/s beyond OpenFWI's 1500-4500 still accepted (float rounding)
+TEST_SPLIT_STREAM = 1  # keeps the test draw's random stream apart from val's, which uses (seed, family)
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class SampleRef:
     velocity_path: Path
     row: int
     family: str
-    source_index: int  # position in its family's source split
+    source_index: int  # position in its family's source split (the whole folder where maps are split here)
 
 
 # --- pass 1: headers ----------------------------------------------------------------------
@@ -96,14 +98,53 @@ def check_pair_headers(seismic_path: Path, velocity_path: Path) -> int:
     return s_shape[0]
 
 
-def plan_family(root: Path, family: str, settings: PreprocessSettings) -> dict[str, list[SampleRef]]:
-    """The samples of one family per split (train/val/test), after the headers check."""
+def maps_of(pairs: list[tuple[Path, Path]], family: str) -> list[SampleRef]:
+    """Every map of the file pairs, in order, after the headers check; source_index counts from 0."""
+    samples: list[SampleRef] = []
+    for seismic_path, velocity_path in pairs:
+        count = check_pair_headers(Path(seismic_path), Path(velocity_path))
+        samples += [SampleRef(Path(seismic_path), Path(velocity_path), row, family, len(samples) + row) for row in range(count)]
+    return samples
+
+
+def split_maps(local: LocalFamily, family: str, seed: int) -> dict[str, list[SampleRef]]:
+    """train/test of a folder that splits no files: a seeded permutation of all its maps picks
+    OpenFWI's own test fraction of them, so each map is in exactly one split."""
+    maps = maps_of(local.pairs_to_split, family)
+    if len(maps) < 2:
+        raise ValueError(
+            f"OpenFWI {family}: {local.folder} holds {len(maps)} map(s); train and test need one each at least. "
+            "Add files, or write a split.json naming the train and test files"
+        )
+    test_fraction = get_family(family).test_fraction
+    n_test = min(max(int(round(test_fraction * len(maps))), 1), len(maps) - 1)
+    rng = np.random.default_rng([seed, FAMILY_NAMES.index(family), TEST_SPLIT_STREAM])
+    test_rows = set(rng.permutation(len(maps))[:n_test].tolist())
+    # loud on purpose: a test set drawn here is not OpenFWI's, so scores are not comparable with it
+    warnings.warn(
+        f"OpenFWI {family}: {local.folder} has no split.json and not every file of OpenFWI's own train/test "
+        f"split ({local.official_missing} missing), so its {len(maps)} maps ({len(local.pairs_to_split)} file "
+        f"pair(s)) are split here by seed {seed}: {n_test} test, {len(maps) - n_test} train (OpenFWI's test "
+        f"fraction {test_fraction:.3f}). Scores are not comparable with OpenFWI's test set; add a split.json "
+        "to choose the test files yourself"
+    )
+    return {
+        "train": [m for i, m in enumerate(maps) if i not in test_rows],
+        "test": [m for i, m in enumerate(maps) if i in test_rows],
+    }
+
+
+def plan_family(root: Path, family: str, settings: PreprocessSettings) -> tuple[dict[str, list[SampleRef]], str]:
+    """The samples of one family per split (train/val/test), after the headers check, and how
+    train and test were divided (LocalFamily.split_by: "split.json", "openfwi" or "maps")."""
+    local = local_family(root, family)
+    if local.file_split is None:
+        sources = split_maps(local, family, settings.seed)
+    else:
+        sources = {split: maps_of(local.file_split[split], family) for split in ("train", "test")}
     refs: dict[str, list[SampleRef]] = {}
     for split, limit in (("train", settings.max_train_per_family), ("test", settings.max_test_per_family)):
-        samples: list[SampleRef] = []
-        for seismic_path, velocity_path in local_family_pairs(root, family, split):
-            count = check_pair_headers(Path(seismic_path), Path(velocity_path))
-            samples += [SampleRef(Path(seismic_path), Path(velocity_path), row, family, len(samples) + row) for row in range(count)]
+        samples = sources[split]
         if not samples:
             raise ValueError(f"{root}: family {family} has no {split} samples")
         refs[split] = samples[:limit] if limit else samples
@@ -115,7 +156,7 @@ def plan_family(root: Path, family: str, settings: PreprocessSettings) -> dict[s
     val_rows = set(rng.choice(len(train), size=n_val, replace=False).tolist()) if n_val else set()
     refs["val"] = [r for i, r in enumerate(train) if i in val_rows]
     refs["train"] = [r for i, r in enumerate(train) if i not in val_rows]
-    return refs
+    return refs, local.split_by
 
 
 # --- reading blocks -----------------------------------------------------------------------
@@ -210,9 +251,11 @@ def preprocess(root: str | Path, out: str | Path, settings: PreprocessSettings, 
     """Build the dataset store at `out` from the OpenFWI-layout copy under `root` (`workers` threads)."""
     root = Path(root)
     refs: dict[str, list[SampleRef]] = {split: [] for split in SPLITS}
+    split_by: dict[str, str] = {}
     for family in settings.families:
-        for split, family_refs in plan_family(root, family, settings).items():
-            refs[split] += family_refs
+        family_refs, split_by[family] = plan_family(root, family, settings)
+        for split in SPLITS:
+            refs[split] += family_refs[split]
 
     reader = BlockReader()
     partial = Representation(tuple(settings.shots), settings.time_samples, settings.receivers, settings.velocity_size)
@@ -223,6 +266,7 @@ def preprocess(root: str | Path, out: str | Path, settings: PreprocessSettings, 
     provenance = {
         "source": settings.source,
         "root": str(root.resolve()),
+        "split_by": split_by,  # per family: "split.json", "openfwi" (its own files) or "maps" (split by seed)
         "files": [
             {"path": str(p.relative_to(root)) if p.is_relative_to(root) else str(p), "bytes": p.stat().st_size, "sha256": digest}
             for p, digest in zip(sources, in_parallel(sha256_of, sources, workers, "checksums", progress))

@@ -7,7 +7,7 @@
         velocity         (N, 1, V, V) float32 in [-1, 1]   one sample per chunk, sharded
         velocity_native  (N, 1, 70, 70) float32 m/s        OpenFWI's map, before resizing
         family           (N,) int16   index into attrs["families"]
-        source_index     (N,) int32   position of the sample in its family's source split
+        source_index     (N,) int32   position of the sample in its family's source split (or folder)
 
 One sample per chunk makes random access (a shuffled DataLoader) read exactly one sample;
 shards of many chunks keep the file count low and sequential reads fast. Chunks carry
