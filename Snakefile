@@ -18,13 +18,16 @@ if os.path.exists(os.path.join(PYTHON_BIN, "wavediffusion")):
 # A config file named on the command line (--configfile config/mini.yaml) REPLACES
 # config.yaml instead of being merged into it: each scale's file stands alone (the schema
 # fills in what it leaves out), so no demo value can leak into a mini or paper run.
-# `--config key=value` still overrides single keys of whichever file is used.
+# `--config key=value` still overrides single keys of whichever file is used, and a second
+# file after the same flag is merged over the first (--configfile config.yaml more.yaml).
 if not workflow.overwrite_configfiles:
 
     configfile: "config.yaml"
 
 
-config = validate_config(config)
+# Snakemake merges a nested --config mapping into its section but leaves each value in it as
+# text ("10", "null"): validate_config reads those as values before checking them.
+config = validate_config(config, overrides=workflow.config_settings.config)
 
 
 onstart:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from wavediffusion.config import ConfigError, load_config, validate_config
+from wavediffusion.config import ConfigError, load_config, read_cli_value, validate_config
 
 from conftest import REPO, SCHEMA
 
@@ -158,3 +158,63 @@ def test_the_preprocess_settings_default_as_the_schema_does():
         section = home.get(field.name, "preprocess")
         assert schema[section]["properties"][field.name]["default"] == default, f"{section}.{field.name}"
 
+
+
+def as_snakemake_merges(*entries: str) -> tuple[dict, dict]:
+    """(config.yaml with `--config` entries merged in, the parsed entries), by Snakemake's own
+    parser and merge: a nested mapping arrives with every value inside as text."""
+    from snakemake.cli import parse_config
+    from snakemake.utils import update_config
+
+    overrides = parse_config(list(entries))
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    update_config(config, overrides)
+    return config, overrides
+
+
+def test_nested_config_overrides_are_merged_with_their_types():
+    config, overrides = as_snakemake_merges(
+        "seed=3", "sampling={num_pairs: 10, compile: true}", 'data={"openfwi_root": null}',
+        "stage1={'training': {'max_steps': 5, 'lr': 1e-4, 'precision': 'fp32'}, 'variants': ['1vq', '2vq']}",
+        "fid={'weights': None}")
+    assert overrides["sampling"] == {"num_pairs": "10", "compile": "true"}  # what Snakemake hands over
+    with pytest.raises(ConfigError, match="sampling.num_pairs: '10' is not of type 'integer'"):
+        validate_config(config, SCHEMA)  # read as they arrive, the values are text
+    validated = validate_config(config, SCHEMA, overrides=overrides)
+    assert validated["seed"] == 3
+    assert validated["sampling"]["num_pairs"] == 10 and validated["sampling"]["compile"] is True
+    assert validated["sampling"]["shard_size"] == 8  # config.yaml's: merged into the section, not replacing it
+    assert validated["data"]["openfwi_root"] is None and validated["fid"]["weights"] is None
+    training = validated["stage1"]["training"]
+    assert (training["max_steps"], training["lr"], training["precision"], training["batch_size"]) == (5, 1e-4, "fp32", 4)
+    assert validated["stage1"]["variants"] == ["1vq", "2vq"]
+
+
+@pytest.mark.parametrize(
+    "entry, words",
+    [
+        ("sampling={num_pairs: ten}", "  sampling.num_pairs: 'ten' is not of type 'integer'"),
+        ('data={openfwi_root: "2024"}', "  data.openfwi_root: 2024 is not of type 'string', 'null'"),  # quotes lost
+        ("sampling_num_pairs=5", "  <top level>: Additional properties are not allowed ('sampling_num_pairs' was"),
+    ],
+)
+def test_config_overrides_that_cannot_work_are_refused_naming_the_key(entry, words):
+    config, overrides = as_snakemake_merges(entry)
+    with pytest.raises(ConfigError) as error:
+        validate_config(config, SCHEMA, overrides=overrides)
+    message = str(error.value)
+    assert words in message
+    assert "--configfile config.yaml more.yaml" in message  # what to do instead
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("10", 10), ("010", 10), ("1e-4", 1e-4), ("0.5", 0.5), ("null", None), ("~", None), ("", None),
+     ("None", None), ("true", True), ("False", False), ("fp32", "fp32"), ("/data/openfwi", "/data/openfwi"),
+     ("{a: 1}", "{a: 1}"), ("*x", "*x")],
+)
+def test_a_nested_config_value_is_read_as_in_a_yaml_file(text, value):
+    """Numbers as Snakemake reads a top-level value (int, then float), else YAML; text that YAML
+    would read as a mapping, or cannot read, was quoted inside the mapping and stays text."""
+    read = read_cli_value(text)
+    assert read == value and type(read) is type(value)

@@ -387,6 +387,45 @@ def test_configfile_on_the_command_line_replaces_config_yaml(tmp_path):
     assert "dead_code_steps" not in command
 
 
+def test_nested_config_overrides_merge_into_the_file_with_their_types(tmp_path):
+    """--config section={...}: merged into config.yaml's section, each value read as in a YAML
+    file (Snakemake hands them over as text: "5", "null")."""
+    write_config(tmp_path, yaml.safe_load((REPO / "config" / "tiny.yaml").read_text()))
+    printed = snakemake(tmp_path, "--dry-run", "--printshellcmds", "--config",
+                        "stage1={'training': {'max_steps': 5}, 'model': {'codebook_size': 32}}",
+                        "sampling={num_pairs: 12, shard_size: 4}", 'data={"openfwi_root": null}', "--", "all").stdout
+    command = next(line for line in printed.splitlines() if "wavediffusion train-stage1" in line)
+    assert '"max_steps": 5,' in command and '"codebook_size": 32,' in command  # numbers, not "5"
+    assert '"dead_code_steps": 20' in command and '"lr": 0.001' in command  # tiny's other keys stay
+    table = printed.split("Job stats:")[1].split("total")[0]
+    assert re.search(r"^sample_shard\s+3\s*$", table, re.MULTILINE)  # 12 pairs in shards of 4
+
+
+@pytest.mark.parametrize(
+    "entry, words",
+    [
+        ("sampling={num_pairs: ten}", r"  sampling\.num_pairs: 'ten' is not of type 'integer'\n  \(--config set sampling"),
+        ("sampling_num_pairs=5", r"\('sampling_num_pairs' was unexpected\)\n  \(--config set sampling_num_pairs"),
+        ("sampling.num_pairs=5", r"Config entry must start with a valid identifier"),  # Snakemake's own refusal
+    ],
+)
+def test_config_overrides_that_cannot_work_stop_the_run(tmp_path, entry, words):
+    write_config(tmp_path, yaml.safe_load((REPO / "config" / "tiny.yaml").read_text()))
+    with pytest.raises(AssertionError, match=words):
+        snakemake(tmp_path, "--dry-run", "--config", entry, "--", "all")
+
+
+def test_a_second_config_file_after_the_same_flag_is_merged_over_the_first(tmp_path):
+    """What to use where --config cannot do: --configfile config.yaml more.yaml (one flag; a second
+    --configfile flag would replace the first's files)."""
+    write_config(tmp_path, yaml.safe_load((REPO / "config" / "tiny.yaml").read_text()))
+    (tmp_path / "more.yaml").write_text("stage1:\n  model: {codebook_size: 32}\n")
+    printed = snakemake(tmp_path, "--dry-run", "--printshellcmds", "--configfile", str(tmp_path / "config.yaml"),
+                        str(tmp_path / "more.yaml"), "--", "results/stage1/1vq/model.pt").stdout
+    command = next(line for line in printed.splitlines() if "wavediffusion train-stage1" in line)
+    assert '"codebook_size": 32,' in command and '"dead_code_steps": 20' in command
+
+
 def test_paper_plan_through_the_slurm_profile(tmp_path):
     """`snakemake -n --profile slurm all` on config/paper.yaml: the jobs a paper run submits,
     and a GPU requested by exactly the rules that train, encode, decode or sample."""

@@ -1,6 +1,7 @@
 """Config validation: config.yaml against the schema beside this module (config.schema.yaml).
 
-The Snakefile calls `validate_config` once; every rule then receives the slice of the
+The Snakefile calls `validate_config` once, with Snakemake's `--config` values (whose nested
+values arrive as text and are read here); every rule then receives the slice of the
 validated config it uses. Errors name the offending key as a dotted path
 (`data.families[2]`) so a user can find it in config.yaml at once.
 """
@@ -8,6 +9,7 @@ validated config it uses. Errors name the offending key as a dotted path
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -51,16 +53,71 @@ def _fill_defaults(instance: dict, schema: dict) -> None:
             _fill_defaults(instance[name], sub)
 
 
-def validate_config(config: dict[str, Any], schema_path: str | Path = SCHEMA, source: str = "config") -> dict:
-    """Return a copy of `config` with defaults filled in; raise ConfigError naming the key."""
+def read_cli_value(text: str) -> Any:
+    """One value inside a nested `--config` mapping, which Snakemake hands over as text (it
+    reads mappings with YAML's BaseLoader): a number as Snakemake reads a top-level value
+    (1e-4 included), else as in a YAML config file (null, true, ...), else the text itself."""
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    if text == "None":  # Snakemake's --config help writes nested values as Python dicts
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return text if isinstance(value, (dict, list)) else value  # quoted inside: meant as text
+
+
+def _typed(value: Any) -> Any:
+    """A `--config` mapping or list with every text inside read by read_cli_value."""
+    if isinstance(value, Mapping):
+        return {key: _typed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_typed(item) for item in value]
+    return read_cli_value(value) if isinstance(value, str) else value
+
+
+def _merge(config: dict, patch: Mapping) -> None:
+    """Merge `patch` into `config` key by key, recursing into mappings (as Snakemake merges)."""
+    for key, value in patch.items():
+        if isinstance(value, Mapping) and isinstance(config.get(key), dict):
+            _merge(config[key], value)
+        else:
+            config[key] = value
+
+
+def cli_hint(overrides: Mapping) -> str:
+    """The line that follows errors of a run given `--config`: what it can and cannot express."""
+    return (f"  (--config set {', '.join(overrides)}: nested keys go in their section's mapping, "
+            "e.g. --config sampling='{num_pairs: 10}', whose values are read as YAML without their quotes; "
+            "put what that cannot express in a second config file, merged over the first: "
+            "--configfile config.yaml more.yaml, one flag for both)")
+
+
+def validate_config(config: dict[str, Any], schema_path: str | Path = SCHEMA, source: str = "config",
+                    overrides: Mapping | None = None) -> dict:
+    """Return a copy of `config` with defaults filled in; raise ConfigError naming the key.
+
+    `overrides`: Snakemake's parsed `--config` values, already merged into `config` but with
+    every value inside a mapping or list still text ("10", "null"); those are read as values.
+    """
     schema = yaml.safe_load(Path(schema_path).read_text())
     filled = copy.deepcopy(dict(config))
+    overrides = dict(overrides or {})
+    for key, value in overrides.items():
+        if isinstance(value, (Mapping, list)):  # top-level scalars Snakemake has typed itself
+            _merge(filled, {key: _typed(value)})
     _fill_defaults(filled, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(filled), key=lambda e: list(e.absolute_path))
     lines = [f"  {key_path(e.absolute_path)}: {e.message}" for e in errors]
     if not lines:
         lines = cross_key_problems(filled)
+    if lines and overrides:
+        lines.append(cli_hint(overrides))
     if lines:
         raise ConfigError(f"{source} is invalid:\n" + "\n".join(lines))
     return filled
