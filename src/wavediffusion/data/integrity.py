@@ -11,6 +11,7 @@ store (milliseconds); `wavediffusion verify` also decodes every shard. Details: 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,8 +86,11 @@ def unreadable_shards(array: zarr.Array, rows: range | None = None) -> list[Dama
 
 def all_rows(root: zarr.Group) -> dict[str, list[range]]:
     """Every row of every array: a store whose arrays are all written whole (dataset, latents)."""
-    return {path: [range(member.shape[0])] for path, member in root.members(max_depth=None)
-            if isinstance(member, zarr.Array)}
+    with warnings.catch_warnings():
+        # Snakemake's .snakemake_timestamp in a directory output is no Zarr node: Zarr warns on listing it
+        warnings.filterwarnings("ignore", message="Object at .snakemake_timestamp is not recognized")
+        members = root.members(max_depth=None)
+    return {path: [range(member.shape[0])] for path, member in members if isinstance(member, zarr.Array)}
 
 
 def find_damage(store: str | Path, root: zarr.Group, written: dict[str, list[range]], decode: bool = False) -> list[Damage]:
