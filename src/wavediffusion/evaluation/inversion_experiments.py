@@ -22,6 +22,7 @@ from torch.utils.data import ConcatDataset
 
 from ..data.pairs_store import open_pairs_store
 from ..data.store import open_dataset, representation_of
+from ..data.transforms import velocity_from_model
 from ..files import sha256_of
 from ..metrics import inversion_metrics
 from ..models.inversionnet import InversionNet
@@ -192,11 +193,12 @@ def inversionnet_tables(rows: list[dict], mean_map: list[dict]) -> dict[str, lis
 
 
 def plot_predictions(models: dict[str, InversionNet], dataset: zarr.Group, device=None) -> Figure:
-    """The paper's Fig. 9: one test sample per family of the opened dataset store,
-    the true velocity and each arm's prediction."""
-    from ..plotting import plt
+    """The paper's Fig. 9: one test sample per family of the opened dataset store, the true
+    velocity and each arm's prediction, in m/s on OpenFWI's grid."""
+    from ..plotting import plt, show_velocity
 
     test = dataset["test"]
+    rep = representation_of(dataset)
     family_names = list(dataset.attrs["families"])
     first = {}
     for i, code in enumerate(np.asarray(test["family"][:], dtype=np.int64).tolist()):
@@ -205,16 +207,18 @@ def plot_predictions(models: dict[str, InversionNet], dataset: zarr.Group, devic
     columns = {"true": torch.stack([torch.from_numpy(test["velocity"][i]) for i in first.values()])}
     for name, network in models.items():
         columns[name] = predict(network, [seismic], device)
-    figure, axes = plt.subplots(len(first), len(columns), figsize=(1.7 * len(columns), 1.7 * len(first)),
+    figure, axes = plt.subplots(len(first), len(columns), figsize=(1.8 * len(columns) + 1, 1.8 * len(first) + 0.5),
                                 squeeze=False, layout="constrained")
-    for row, code in enumerate(first):
-        for col, (name, maps) in enumerate(columns.items()):
-            axis = axes[row, col]
-            axis.imshow(maps[row, 0].numpy(), cmap="jet", vmin=-1, vmax=1)
-            axis.set_xticks([])
-            axis.set_yticks([])
+    for col, (name, maps) in enumerate(columns.items()):
+        velocity = velocity_from_model(maps.float(), rep)[:, 0].numpy()
+        for row, code in enumerate(first):
+            image = show_velocity(axes[row, col], velocity[row])
             if row == 0:
-                axis.set_title(name, fontsize=7)
+                axes[row, col].set_title(name, fontsize=7)
             if col == 0:
-                axis.set_ylabel(family_names[code], fontsize=7)
+                axes[row, col].set_ylabel(family_names[code], fontsize=7)
+    colourbar = figure.colorbar(image, ax=axes, shrink=0.6, aspect=30)
+    colourbar.set_label("velocity (m/s)", fontsize=7)
+    colourbar.ax.tick_params(labelsize=6)
+    figure.suptitle("InversionNet on one test map per family: the true map and each arm's prediction", fontsize=8)
     return figure

@@ -240,29 +240,40 @@ def latent_space_rows(model: VQAutoencoder, latents: zarr.Array, rep: Representa
 # --- the figure ------------------------------------------------------------------------------
 
 
-def plot_examples(examples: list[dict], title: str = "Stage 1: decoded pairs against the wave equation",
-                  shot: int | None = None) -> Figure:
-    """One row per example: decoded seismic, F(decoded velocity), their difference, decoded velocity."""
-    from ..plotting import plt
+def plot_examples(examples: list[dict], rep: Representation,
+                  title: str = "Stage 1: decoded pairs against the wave equation", shot: int | None = None) -> Figure:
+    """One row per example: decoded seismic, F(decoded velocity), their difference (one shot,
+    normalised seismic in [-1, 1]), and the decoded velocity in m/s on OpenFWI's grid."""
+    from ..plotting import plt, show_velocity
 
     rows = len(examples)
-    figure, axes = plt.subplots(rows, 4, figsize=(10, 2.6 * rows), squeeze=False, layout="constrained")
+    figure, axes = plt.subplots(rows, 4, figsize=(11, 2.6 * rows + 0.6), squeeze=False, layout="constrained")
+    s = shot if shot is not None else examples[0]["seismic"].shape[0] // 2  # the middle shot
+    seismic_extent = (0, rep.receivers, 1.0, 0)  # receivers across, OpenFWI's 1 s record down
+    columns = ("decoded seismic D_s(z)", "simulated F(D_v(z))", "difference", "decoded velocity D_v(z)")
+    images = [None] * 4
     for row, example in enumerate(examples):
-        s = shot if shot is not None else example["seismic"].shape[0] // 2  # the middle shot
         seismic, simulated = example["seismic"][s].numpy(), example["simulated"][s].numpy()
-        panels = [(seismic, "decoded seismic D_s(z)", "gray", (-1, 1)),
-                  (simulated, "F(D_v(z))", "gray", (-1, 1)),
-                  (seismic - simulated, "difference", "RdBu_r", (-0.5, 0.5)),
-                  (example["velocity"][0].numpy(), "decoded velocity D_v(z)", "viridis", (-1, 1))]
+        panels = [(seismic, "gray", (-1, 1)), (simulated, "gray", (-1, 1)), (seismic - simulated, "RdBu_r", (-0.5, 0.5))]
+        for column, (image, cmap, (lo, hi)) in enumerate(panels):
+            axis = axes[row, column]
+            images[column] = axis.imshow(image, cmap=cmap, vmin=lo, vmax=hi, aspect="auto", extent=seismic_extent,
+                                         interpolation="nearest")
+            axis.tick_params(labelsize=6)
+            if column:
+                axis.set_yticks([])
+        velocity = velocity_from_model(example["velocity"][None].float(), rep)[0, 0].numpy()
+        images[3] = show_velocity(axes[row, 3], velocity)
         deviation = float(((example["seismic"] - example["simulated"]) ** 2).mean())
-        for column, (image, title, cmap, (lo, hi)) in enumerate(panels):
-            ax = axes[row, column]
-            ax.imshow(image, cmap=cmap, vmin=lo, vmax=hi, aspect="auto", interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(title, fontsize=8)
-        axes[row, 0].set_ylabel(f"{example['title']}\ndeviation {deviation:.4f}", fontsize=8)
-    figure.suptitle(f"{title} (shot index {s}; [-1, 1] space)", fontsize=9)
+        axes[row, 0].set_ylabel(f"{example['title']}\ndeviation {deviation:.4f}\ntime (s)", fontsize=8)
+    for column, name in enumerate(columns):
+        axes[0, column].set_title(name, fontsize=8)
+        axes[-1, column].set_xlabel("receiver" if column < 3 else "", fontsize=7)
+    for column, label in ((1, "normalised amplitude"), (2, "difference"), (3, "velocity (m/s)")):
+        colourbar = figure.colorbar(images[column], ax=axes[:, column], shrink=0.5, aspect=30)
+        colourbar.set_label(label, fontsize=7)
+        colourbar.ax.tick_params(labelsize=6)
+    figure.suptitle(f"{title} (shot {s}; deviation: mean squared difference, all shots)", fontsize=9)
     return figure
 
 
@@ -279,4 +290,4 @@ def evaluate_stage1(model: VQAutoencoder, dataset: zarr.Group, latents: zarr.Arr
     metrics, test_deviation, test_example = test_split_metrics(model, dataset, variant, settings, progress)
     table5, examples = latent_space_rows(model, latents, rep, variant, settings, progress)
     table5.insert(0, deviation_row(variant, "test_reconstruction", None, test_deviation))
-    return metrics, table5, plot_examples([test_example, *examples])
+    return metrics, table5, plot_examples([test_example, *examples], rep)

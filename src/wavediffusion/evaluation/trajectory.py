@@ -388,5 +388,5 @@ def diffusion_trajectory(autoencoder, unet, schedule: NoiseSchedule, scale: floa
     return TrajectoryResult(
         deviation=deviation_rows, table5=table5_rows, ddim=ddim_rows,
         figure=plot_trajectory(deviation_rows, ddim_rows, stage1_rows, schedule.num_steps),
-        strip_figure=plot_examples(strip_examples(example), title="One reverse-diffusion trajectory, decoded"),
+        strip_figure=plot_examples(strip_examples(example), rep, title="One reverse-diffusion trajectory, decoded"),
         final_latents={key: latents.numpy().astype(np.float32) for key, latents in finals.items()})

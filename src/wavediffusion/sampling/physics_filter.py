@@ -184,7 +184,7 @@ def _mark_thresholds(axis, thresholds: dict[str, float]) -> None:
 def plot_acceptance(curve: list[dict], thresholds: dict[str, float], variant: str, n_generated: int,
                     n_real: int) -> Figure:
     """Acceptance rate against the threshold, generated and true pairs, log threshold axis."""
-    figure, axis = plt.subplots(figsize=(6.5, 3.8))
+    figure, axis = plt.subplots(figsize=(6.5, 3.8), layout="constrained")
     x = [row["threshold"] for row in curve]
     axis.plot(x, [row["acceptance_generated"] for row in curve], color="tab:blue",
               label=f"generated pairs (n={n_generated})")
@@ -206,13 +206,13 @@ def plot_deviation_histogram(deviation: np.ndarray, thresholds: dict[str, float]
     positive = deviation[deviation > 0]
     low = min(positive.min(), floor, *thresholds.values()) / 1.5
     high = max(positive.max(), *thresholds.values()) * 1.5
-    figure, axis = plt.subplots(figsize=(6.5, 3.8))
+    figure, axis = plt.subplots(figsize=(6.5, 3.8), layout="constrained")
     axis.hist(positive, bins=np.geomspace(low, high, 60), color="tab:blue", alpha=0.8)
     _mark_thresholds(axis, thresholds)
     axis.axvline(floor, color="black", linestyle="--", label=f"data floor (true pairs) = {floor:.2g}")
     axis.set_xscale("log")
-    axis.set_xlabel("PDE deviation  ||D_s(z) - F(D_v(z))||^2 (mean, normalised seismic)")
+    axis.set_xlabel("PDE deviation: mean of (D_s(z) - F(D_v(z)))², normalised seismic")
     axis.set_ylabel("pairs")
-    axis.set_title(f"{variant}: {len(deviation)} generated pairs against the wave equation")
+    axis.set_title(f"{variant}: {len(deviation)} generated pairs against the wave equation", fontsize=10)
     axis.legend(fontsize=8)
     return figure
