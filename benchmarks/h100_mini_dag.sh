@@ -75,6 +75,9 @@ start)
     python3 -m pip install -q --no-index --no-deps --no-build-isolation . || exit 1
     join_fid_weights || exit 1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+    # every run folder's machine.txt: the cards, torch, and the commit (COMMIT=$(git rev-parse
+    # --short HEAD) from the caller: the machine has the checkout's files, not its history)
+    { nvidia-smi -L; python3 -c "import torch; print('torch', torch.__version__)"; echo "commit ${COMMIT:-unknown}"; } > "$OUT/machine.txt"
     rm -f "$DONE"
     GPUS=$(nvidia-smi -L | grep -c '^GPU ')
     MINI="python3 -m snakemake --configfile \${CONFIG:-config/mini.yaml} --cores all --keep-going --show-failed-logs --resources gpu=${GPU_JOBS:-$GPUS} --set-threads preprocess=16 train_stage1=8 encode_latents=8 evaluate_stage1=8"
