@@ -8,6 +8,7 @@ import csv
 import json
 import multiprocessing
 import shutil
+import warnings
 from dataclasses import asdict, replace
 
 import h5py
@@ -18,7 +19,7 @@ import zarr
 
 from wavediffusion.data.families import FAMILY_NAMES
 from wavediffusion.data.store import open_dataset
-from wavediffusion.data.transforms import Representation, velocity_from_model
+from wavediffusion.data.transforms import Representation, seismic_to_model, velocity_from_model
 from wavediffusion.diffusion import dpm_solver_sample
 from wavediffusion.evaluation.stage1 import decode_and_check
 from wavediffusion.files import read_csv
@@ -46,6 +47,7 @@ from wavediffusion.data.pairs_store import (
     BlockWriter,
     create_pairs_store,
     default_block,
+    done_folder,
     is_done,
     mark_done,
     num_shards,
@@ -95,6 +97,13 @@ def new_store(artifacts, path):
     return path
 
 
+def copy_store(source, target):
+    """A copy of a pairs store with its completion markers (the folder beside it)."""
+    shutil.copytree(source, target)
+    shutil.copytree(done_folder(source), done_folder(target))
+    return target
+
+
 def arrays(store) -> dict[str, np.ndarray]:
     root = zarr.open_group(str(store), mode="r")
     return {name: root[name][:] for name in ARRAYS}
@@ -117,7 +126,7 @@ def reference(artifacts, tmp_path_factory):
 def test_layout_markers_and_deviation(artifacts, reference):
     root = zarr.open_group(str(reference), mode="r")
     assert sorted(name for name, _ in root.arrays()) == sorted(ARRAYS)
-    assert [name for name, _ in root.groups()] == ["done"]  # the markers' folder
+    assert not list(root.groups())  # the markers live beside the store, outside its Zarr tree
     shapes = {"latent": (8, 8, 8), "seismic": REP.seismic_shape, "velocity": REP.velocity_shape,
               "seismic_simulated": REP.seismic_shape, "deviation": (), "seed": (), "index_in_shard": (),
               "valid": (), "family": ()}
@@ -169,6 +178,61 @@ def test_layout_markers_and_deviation(artifacts, reference):
     assert manifest["deviation_quantiles"]["0.5"] == pytest.approx(np.median(values["deviation"]))
 
 
+def test_the_pairs_store_opens_with_xarray_without_a_warning(tmp_path):
+    """Every array has dims and attributes; the markers beside the store are no Zarr node
+    that Zarr (hence xarray) would warn about."""
+    import xarray as xr
+
+    store = tmp_path / "pairs.zarr"
+    root = create_pairs_store(store, 4, 2, (8, 8, 8), REP.seismic_shape, REP.velocity_shape, representation=REP)
+    root["deviation"][:] = 0.5
+    mark_done(store, "sample", 0, {"seed": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pairs = xr.open_zarr(store, consolidated=False)
+        assert set(xr.open_datatree(store, engine="zarr", consolidated=False).children) == set()
+    assert pairs["seismic"].dims == pairs["seismic_simulated"].dims == ("pair", "shot", "time", "receiver")
+    assert pairs["velocity"].dims == ("pair", "velocity_channel", "depth", "lateral")
+    assert pairs["latent"].dims == ("pair", "latent_channel", "latent_row", "latent_column")
+    assert all(pairs[name].dims == ("pair",) for name in ("deviation", "seed", "index_in_shard", "valid", "family"))
+    assert dict(pairs.sizes) == {"pair": 4, "shot": 3, "time": 64, "receiver": 16, "velocity_channel": 1,
+                                 "depth": 16, "lateral": 16, "latent_channel": 8, "latent_row": 8,
+                                 "latent_column": 8}
+    assert pairs["deviation"].values.tolist() == [0.5] * 4 and pairs["seed"].values.tolist() == [-1] * 4
+    seismic, velocity = pairs["seismic"].attrs, pairs["velocity"].attrs
+    assert seismic["units"] == "1" and "expm1" in seismic["to_openfwi"]
+    assert (seismic["seismic_log_min"], seismic["seismic_log_max"], seismic["openfwi_shots"]) == (-4.0, 4.0, [0, 2, 4])
+    assert (velocity["velocity_min_m_s"], velocity["velocity_max_m_s"]) == (1500.0, 4500.0)
+    assert "mean squared error" in pairs["deviation"].attrs["description"]
+    assert pairs["family"].attrs["flag_meanings"].split() == list(FAMILY_NAMES)
+    assert pairs.attrs["representation"] == REP.to_attrs() and pairs.attrs["format"] == "wavediffusion-pairs-v1"
+    # the seismic maps back to OpenFWI's amplitudes from the store's own attributes
+    x = np.linspace(-1, 1, 5)
+    y = (x + 1) / 2 * (seismic["seismic_log_max"] - seismic["seismic_log_min"]) + seismic["seismic_log_min"]
+    raw = torch.from_numpy(np.sign(y) * np.expm1(np.abs(y))).float().reshape(1, 1, 1, 5).expand(1, 5, 64, 5)
+    np.testing.assert_allclose(seismic_to_model(raw.contiguous(), replace(REP, receivers=5))[0, 0, 0].numpy(), x,
+                               atol=1e-5)
+
+
+def test_the_store_step_records_the_datasets_representation(artifacts, tmp_path):
+    from wavediffusion.steps.sampling import run_create_pairs_store
+
+    store = tmp_path / "pairs.zarr"
+    settings = {key: value for key, value in asdict(SETTINGS).items() if key != "seed"}
+    run_create_pairs_store(str(artifacts["stage1"]), json.dumps(settings), str(store), 11, str(artifacts["dataset"]))
+    root = open_pairs_store(store, mode="r")
+    assert root.attrs["representation"] == REP.to_attrs() and root.attrs["settings"]["seed"] == 11
+    assert root["velocity"].attrs["velocity_max_m_s"] == REP.velocity_max
+
+
+def test_an_old_store_with_markers_inside_is_refused_naming_the_move(tmp_path):
+    store = tmp_path / "pairs.zarr"
+    create_pairs_store(store, 4, 2, (1, 2, 2), (1, 4, 2), (1, 2, 2))
+    zarr.open_group(str(store), mode="r+").create_group("done")
+    with pytest.raises(ValueError, match=r"markers are inside it.*move .*done/\*\.json into .*pairs\.zarr\.done/"):
+        open_pairs_store(store, mode="r")
+
+
 def test_dpm_solver_shard_stores_the_solver_samples(artifacts, tmp_path):
     settings = replace(SETTINGS, sampler="dpmpp2m", eta=0.0)
     store = tmp_path / "pairs.zarr"
@@ -190,7 +254,7 @@ def test_write_manifest(reference, tmp_path):
 
 def test_rerun_is_identical_and_shards_differ(artifacts, reference, tmp_path):
     store = tmp_path / "pairs.zarr"
-    shutil.copytree(reference, store)
+    copy_store(reference, store)
     sample_shard(artifacts["stage1"], artifacts["stage2"], store, 1, SETTINGS, device="cpu", progress=False)
     assert not is_done(store, "check", 1)  # new samples invalidate the old check
     with pytest.raises(RuntimeError, match=r"check: shards \[1\]"):
@@ -274,8 +338,13 @@ def test_store_creation_refuses_to_overwrite(artifacts, reference, tmp_path):
     path = tmp_path / "pairs.zarr"
     create_pairs_store(path, 5, 2, (1, 2, 2), (1, 4, 2), (1, 2, 2))
     mark_done(path, "sample", 0, {"seed": 1})
+    assert (tmp_path / "pairs.zarr.done" / "sample-00000.json").is_file()  # beside the store, not in it
     create_pairs_store(path, 5, 2, (1, 2, 2), (1, 4, 2), (1, 2, 2), overwrite=True)
     assert not is_done(path, "sample", 0)
+    mark_done(path, "sample", 0, {"seed": 1})
+    shutil.rmtree(path)  # as Snakemake does before rerunning create_pairs_store: the markers stay behind ...
+    create_pairs_store(path, 5, 2, (1, 2, 2), (1, 4, 2), (1, 2, 2))
+    assert not is_done(path, "sample", 0)  # ... and do not count for the new store
     assert [len(shard_range(k, 2, 5)) for k in range(num_shards(5, 2))] == [2, 2, 1]
     with pytest.raises(ValueError, match="shard index 3"):
         shard_range(3, 2, 5)
@@ -308,7 +377,7 @@ def test_every_zarr_shard_is_written_once_whole(artifacts, tmp_path, monkeypatch
 
 def test_settings_must_match_the_store(artifacts, reference, tmp_path):
     store = tmp_path / "pairs.zarr"
-    shutil.copytree(reference, store)
+    copy_store(reference, store)
     other = SamplingSettings(**{**asdict(SETTINGS), "num_pairs": 8})
     with pytest.raises(ValueError, match=r"sampling\.num_pairs=7"):
         sample_shard(artifacts["stage1"], artifacts["stage2"], store, 0, other, device="cpu", progress=False)
@@ -383,7 +452,7 @@ def test_physics_filter_per_family_and_absolute(artifacts, reference, tmp_path):
     """Each pair gets the family of its nearest true map and that family's threshold; the
     report has a row per family and one for all; the absolute filter is one epsilon."""
     store = tmp_path / "pairs.zarr"
-    shutil.copytree(reference, store)
+    copy_store(reference, store)
     values = arrays(store)
     deviation = values["deviation"]
     flat, curve = FAMILY_NAMES.index("FlatVel-A"), FAMILY_NAMES.index("CurveVel-A")
@@ -461,7 +530,7 @@ def test_physics_filter_per_family_and_absolute(artifacts, reference, tmp_path):
 
 def test_export_writes_openfwi_files_of_accepted_pairs(artifacts, reference, tmp_path):
     store = tmp_path / "pairs.zarr"
-    shutil.copytree(reference, store)
+    copy_store(reference, store)
     dataset = tmp_path / "dataset.zarr"
     shutil.copytree(artifacts["dataset"], dataset)
     out = tmp_path / "openfwi"
