@@ -528,38 +528,85 @@ def test_physics_filter_per_family_and_absolute(artifacts, reference, tmp_path):
         step(incomplete)
 
 
-def test_export_writes_openfwi_files_of_accepted_pairs(artifacts, reference, tmp_path):
-    store = tmp_path / "pairs.zarr"
-    copy_store(reference, store)
+def openfwi_items(annotation, file_size: int, preload: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every (data, label) that OpenFWI's FWIDataset (lanl/OpenFWI, dataset.py) yields from an
+    annotation file, read the way it reads it: readlines(); a line is "data<TAB>label" and
+    its last character, the newline, is cut off the label path; the dataset's length is
+    lines x file_size, and item i is row i % file_size of line i // file_size's files, all
+    loaded up front (preload, as its train.py does) or each time."""
+    with open(annotation) as handle:
+        lines = handle.readlines()
+
+    def load(line: str) -> tuple[np.ndarray, np.ndarray]:
+        data_path, label_path = line.split("\t")
+        return np.load(data_path).astype("float32"), np.load(label_path[:-1]).astype("float32")
+
+    loaded = [load(line) for line in lines] if preload else None
+    items = []
+    for i in range(len(lines) * file_size):
+        data, label = loaded[i // file_size] if preload else load(lines[i // file_size])
+        items.append((data[i % file_size], label[i % file_size]))  # a short file would fail here
+    return items
+
+
+def test_export_writes_whole_openfwi_files_that_openfwis_dataset_reads(artifacts, reference, tmp_path,
+                                                                       monkeypatch):
+    store = copy_store(reference, tmp_path / "pairs.zarr")
     dataset = tmp_path / "dataset.zarr"
     shutil.copytree(artifacts["dataset"], dataset)
     out = tmp_path / "openfwi"
-    settings = ExportSettings(max_pairs=3, samples_per_file=2, hdf5=True, batch_size=2)
+    settings = ExportSettings(samples_per_file=2, hdf5=True, batch_size=2)
     with pytest.raises(RuntimeError, match="run the physics_report rule first"):
         export_openfwi(store, dataset, out, settings, device="cpu", progress=False)
     assert not out.exists()  # nothing half-written under the final name
     deviation = arrays(store)["deviation"]
-    apply_physics_filter(open_pairs_store(store), float(np.median(deviation)))
+    apply_physics_filter(open_pairs_store(store), float(np.sort(deviation)[4]))
     accepted = np.flatnonzero(arrays(store)["valid"])
+    assert len(accepted) == 5
     info = export_openfwi(store, dataset, out, settings, device="cpu", progress=False)
-    assert info["num_exported"] == 3 and info["num_files"] == 2 and info["num_accepted"] == 4
+    # two whole files of 2; the fifth accepted pair would make a short third file: left out
+    assert (info["num_exported"], info["num_files"], info["num_accepted"], info["num_left_out"]) == (4, 2, 5, 1)
+    assert not (out / "model3.npy").exists()
     models = [np.load(out / f"model{n}.npy") for n in (1, 2)]
     data = [np.load(out / f"data{n}.npy") for n in (1, 2)]
-    assert [m.shape for m in models] == [(2, 1, 70, 70), (1, 1, 70, 70)]
-    assert [d.shape for d in data] == [(2, 5, 1000, 70), (1, 5, 1000, 70)]
+    assert [m.shape for m in models] == [(2, 1, 70, 70)] * 2 and [d.shape for d in data] == [(2, 5, 1000, 70)] * 2
     model = np.concatenate(models)
     # the velocity is the store's, in m/s on OpenFWI's grid; the data is its simulation
-    expected = velocity_from_model(torch.from_numpy(arrays(store)["velocity"][accepted[:3]]), REP)
+    expected = velocity_from_model(torch.from_numpy(arrays(store)["velocity"][accepted[:4]]), REP)
     np.testing.assert_allclose(model, expected.numpy(), rtol=1e-6)
     assert 1500 <= model.min() and model.max() <= 4500
     np.testing.assert_allclose(data[1], forward_model(torch.from_numpy(models[1])).numpy(), rtol=1e-5, atol=1e-7)
     with open(out / "index.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [int(r["store_row"]) for r in rows] == accepted[:3].tolist()
-    assert [(r["file"], r["row_in_file"]) for r in rows] == [("1", "0"), ("1", "1"), ("2", "0")]
+    assert [int(r["store_row"]) for r in rows] == accepted[:4].tolist()
+    assert [(r["file"], r["row_in_file"]) for r in rows] == [("1", "0"), ("1", "1"), ("2", "0"), ("2", "1")]
+
+    # OpenFWI's training reads the files through the annotation, from any working folder
+    config = json.loads((out / "dataset_config.json").read_text())["wavediffusion"]
+    assert config["file_size"] == 2 and (config["label_min"], config["label_max"]) == (1500.0, 4500.0)
+    all_data = np.concatenate(data)
+    assert (config["data_min"], config["data_max"]) == (float(all_data.min()), float(all_data.max()))
+    assert (config["nt"], config["ns"], config["ng"], config["n_grid"], config["dx"]) == (1000, 5, 70, 70, 10.0)
+    monkeypatch.chdir(tmp_path.parent)
+    for preload in (True, False):
+        items = openfwi_items(out / "annotation.txt", config["file_size"], preload)
+        assert len(items) == 4
+        np.testing.assert_array_equal(np.stack([d for d, _ in items]), all_data)
+        np.testing.assert_array_equal(np.stack([label for _, label in items]), model)
+
     with h5py.File(out / "pairs.h5", "r") as h5:
         np.testing.assert_array_equal(h5["model"][:], model)
-        np.testing.assert_array_equal(h5["data"][:], np.concatenate(data))
-        assert h5["store_row"][:].tolist() == accepted[:3].tolist()
+        np.testing.assert_array_equal(h5["data"][:], all_data)
+        assert h5["store_row"][:].tolist() == accepted[:4].tolist()
+        assert h5["model"].attrs["units"] == "m/s" and h5["deviation"].attrs["units"] == "1"
+        assert "OpenFWI" in h5["data"].attrs["units"] and h5["data"].attrs["time_step_s"] == 0.001
+        assert [axis.label for axis in h5["data"].dims] == ["pair", "shot", "time", "receiver"]
+        assert h5.attrs["config_sha256"] == SETTINGS.sha256() and h5.attrs["store"] == str(store)
+        assert json.loads(h5.attrs["physics_filter"])["n_valid"] == 5
+
+    # fewer accepted pairs than one file: no files, nothing for OpenFWI to trip over
+    few = export_openfwi(store, dataset, tmp_path / "few", replace(settings, samples_per_file=6), device="cpu",
+                         progress=False)
+    assert (few["num_files"], few["num_left_out"]) == (0, 5) and (tmp_path / "few" / "annotation.txt").read_text() == ""
     with pytest.raises(ValueError, match=r"export\.max_pairs"):
         ExportSettings(max_pairs=0)

@@ -157,4 +157,5 @@ def run_export_openfwi(store: str,
 
     use_threads(threads)
     info = export_openfwi(store, dataset, out, ExportSettings.from_dict(json.loads(settings)))
-    print(f"wrote {out}: {info['num_exported']} accepted pairs in {info['num_files']} pairs of OpenFWI files")
+    print(f"wrote {out}: {info['num_exported']} accepted pairs in {info['num_files']} pairs of OpenFWI files; "
+          f"{info['num_left_out']} past the last whole file left out")
