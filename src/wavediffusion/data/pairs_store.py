@@ -245,6 +245,16 @@ def open_pairs_store(path: str | Path, mode: str = "r+") -> zarr.Group:
     return root
 
 
+def accepted_rows(store: str | Path) -> np.ndarray:
+    """The rows of the pairs the physics filter accepted (`valid`), in order; refuses a
+    store the filter has not run on."""
+    root = open_pairs_store(store, mode="r")
+    if "physics_filter" not in root.attrs:
+        raise RuntimeError(f"{store}: the physics filter has not been applied (no 'physics_filter' attribute); "
+                           "run the physics_report rule first")
+    return np.flatnonzero(root["valid"][:])
+
+
 def written_rows(store: str | Path, root: zarr.Group) -> dict[str, list[range]]:
     """The rows of each array that finished jobs wrote: the sampled shards' rows of
     SAMPLE_ARRAYS, the checked shards' rows of CHECK_ARRAYS, and every row of valid (and

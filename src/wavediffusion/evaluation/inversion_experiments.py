@@ -25,8 +25,8 @@ from ..data.store import open_dataset, representation_of
 from ..files import sha256_of
 from ..metrics import inversion_metrics
 from ..models.inversionnet import InversionNet
+from ..pairs import GeneratedPairs
 from ..training.inversionnet import (
-    GeneratedPairs,
     InversionNetSettings,
     RealPairs,
     family_rows,

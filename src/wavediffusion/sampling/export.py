@@ -42,7 +42,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import only_known
-from ..data.pairs_store import open_pairs_store
+from ..data.pairs_store import accepted_rows, open_pairs_store
 from ..data.store import open_dataset, representation_of
 from ..data.transforms import Representation, velocity_from_model
 from ..devices import resolve_device
@@ -79,16 +79,6 @@ class ExportSettings:
         return cls(**only_known(values, cls, KEY))
 
 
-def accepted_rows(store: str | Path, max_pairs: int | None = None) -> np.ndarray:
-    """Store rows of the pairs the physics filter accepted (at most max_pairs, in order)."""
-    root = open_pairs_store(store, mode="r")
-    if "physics_filter" not in root.attrs:
-        raise RuntimeError(f"{store}: the physics filter has not been applied (no 'physics_filter' attribute); "
-                           "run the physics_report rule first")
-    rows = np.flatnonzero(root["valid"][:])
-    return rows if max_pairs is None else rows[:max_pairs]
-
-
 @torch.no_grad()
 def export_openfwi(store: str | Path, dataset: str | Path, out: str | Path, settings: ExportSettings,
                    backend: str = "deepwave", device: str | None = None, progress: bool = True) -> dict:
@@ -96,7 +86,8 @@ def export_openfwi(store: str | Path, dataset: str | Path, out: str | Path, sett
     annotation file and dataset_config entry OpenFWI's training reads (atomically: the
     directory appears complete or not at all). Returns what export.json records."""
     device = resolve_device(device)
-    accepted = accepted_rows(store, settings.max_pairs)
+    all_accepted = accepted_rows(store)
+    accepted = all_accepted[: settings.max_pairs]  # None: all
     root = open_pairs_store(store, mode="r")
     rep = representation_of(open_dataset(dataset))
     if tuple(rep.velocity_shape) != tuple(root.attrs["velocity_shape"]):
@@ -137,7 +128,7 @@ def export_openfwi(store: str | Path, dataset: str | Path, out: str | Path, sett
         write_json({DATASET_NAME: openfwi_dataset_config(per_file, data_min, data_max, rep)}, tmp / "dataset_config.json")
         info = {
             "store": str(store), "num_exported": int(len(rows)), "num_files": len(files),
-            "num_accepted": int(len(accepted_rows(store))),
+            "num_accepted": int(len(all_accepted)),
             "num_left_out": int(len(accepted) - len(rows)),  # past the last whole file (of those max_pairs allowed)
             "physics_filter": root.attrs["physics_filter"], "backend": backend,
             "acquisition": {"seismic_shape": list(OPENFWI_ACQUISITION.seismic_shape)},
