@@ -18,7 +18,7 @@ from pathlib import Path
 
 # Files whose contents include wall-clock times or dates.
 TIMED_NAMES = {"log.csv", "summary.json", "train.json", "info.json", "manifest.json", "samplers.csv", "ddim.csv"}
-TIMED_PARTS = {"checkpoints", "done", "shards"}
+TIMED_PARTS = {"checkpoints", "pairs.zarr.done", "shards"}  # pairs.zarr.done: the shards' markers
 
 
 def digests(root: Path) -> dict[str, str]:

@@ -24,7 +24,8 @@ from wavediffusion.evaluation.inversion_experiments import (
 )
 from wavediffusion.files import write_json
 from wavediffusion.steps.inversion import run_evaluate_inversionnet, run_hardest_generated, run_inversionnet_tables
-from wavediffusion.training.inversionnet import GeneratedPairs, RealPairs, evaluate_inversionnet, load_inversionnet
+from wavediffusion.pairs import GeneratedPairs
+from wavediffusion.training.inversionnet import RealPairs, evaluate_inversionnet, load_inversionnet
 
 from test_inversionnet import TINY_MODEL, pairs, store  # noqa: F401  (module fixtures)
 

@@ -16,8 +16,8 @@ from wavediffusion.metrics import mae
 from wavediffusion.models.inversionnet import InversionNet, InversionNetConfig
 from wavediffusion.data.pairs_store import create_pairs_store, mark_done, num_shards
 from wavediffusion.training import checkpoint as ckpt
+from wavediffusion.pairs import GeneratedPairs
 from wavediffusion.training.inversionnet import (
-    GeneratedPairs,
     InversionNetSettings,
     RealPairs,
     build_task,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,17 @@ def test_store_layout_counts_and_values(tree, tmp_path):
     # the native map comes back from the 64x64 representation up to resize smearing
     back = velocity_from_model(torch.from_numpy(velocity), rep).numpy()
     assert np.median(np.abs(back - train["velocity_native"][:])) < 1.0
+    # each split opens with xarray, its arrays' axes named
+    import xarray as xr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        splits = xr.open_datatree(out, engine="zarr", consolidated=False)
+    assert set(splits.children) == {"train", "val", "test"}
+    assert splits["train"]["seismic"].dims == ("sample", "shot", "time", "receiver")
+    assert splits["train"]["velocity"].dims == ("sample", "velocity_channel", "depth", "lateral")
+    assert splits["train"]["velocity_native"].dims == ("sample", "velocity_channel", "native_depth", "native_lateral")
+    assert splits["test"]["family"].dims == splits["test"]["source_index"].dims == ("sample",)
     # provenance: every source file with its checksum
     files = {f["path"]: f for f in root.attrs["provenance"]["files"]}
     assert len(files) == 2 * (3 + 2)

@@ -8,6 +8,7 @@ import csv
 import json
 import multiprocessing
 import shutil
+import warnings
 from dataclasses import asdict, replace
 
 import h5py
@@ -18,7 +19,7 @@ import zarr
 
 from wavediffusion.data.families import FAMILY_NAMES
 from wavediffusion.data.store import open_dataset
-from wavediffusion.data.transforms import Representation, velocity_from_model
+from wavediffusion.data.transforms import Representation, seismic_to_model, velocity_from_model
 from wavediffusion.diffusion import dpm_solver_sample
 from wavediffusion.evaluation.stage1 import decode_and_check
 from wavediffusion.files import read_csv
@@ -46,6 +47,7 @@ from wavediffusion.data.pairs_store import (
     BlockWriter,
     create_pairs_store,
     default_block,
+    done_folder,
     is_done,
     mark_done,
     num_shards,
@@ -95,6 +97,13 @@ def new_store(artifacts, path):
     return path
 
 
+def copy_store(source, target):
+    """A copy of a pairs store with its completion markers (the folder beside it)."""
+    shutil.copytree(source, target)
+    shutil.copytree(done_folder(source), done_folder(target))
+    return target
+
+
 def arrays(store) -> dict[str, np.ndarray]:
     root = zarr.open_group(str(store), mode="r")
     return {name: root[name][:] for name in ARRAYS}
@@ -117,7 +126,7 @@ def reference(artifacts, tmp_path_factory):
 def test_layout_markers_and_deviation(artifacts, reference):
     root = zarr.open_group(str(reference), mode="r")
     assert sorted(name for name, _ in root.arrays()) == sorted(ARRAYS)
-    assert [name for name, _ in root.groups()] == ["done"]  # the markers' folder
+    assert not list(root.groups())  # the markers live beside the store, outside its Zarr tree
     shapes = {"latent": (8, 8, 8), "seismic": REP.seismic_shape, "velocity": REP.velocity_shape,
               "seismic_simulated": REP.seismic_shape, "deviation": (), "seed": (), "index_in_shard": (),
               "valid": (), "family": ()}
@@ -169,6 +178,61 @@ def test_layout_markers_and_deviation(artifacts, reference):
     assert manifest["deviation_quantiles"]["0.5"] == pytest.approx(np.median(values["deviation"]))
 
 
+def test_the_pairs_store_opens_with_xarray_without_a_warning(tmp_path):
+    """Every array has dims and attributes; the markers beside the store are no Zarr node
+    that Zarr (hence xarray) would warn about."""
+    import xarray as xr
+
+    store = tmp_path / "pairs.zarr"
+    root = create_pairs_store(store, 4, 2, (8, 8, 8), REP.seismic_shape, REP.velocity_shape, representation=REP)
+    root["deviation"][:] = 0.5
+    mark_done(store, "sample", 0, {"seed": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pairs = xr.open_zarr(store, consolidated=False)
+        assert set(xr.open_datatree(store, engine="zarr", consolidated=False).children) == set()
+    assert pairs["seismic"].dims == pairs["seismic_simulated"].dims == ("pair", "shot", "time", "receiver")
+    assert pairs["velocity"].dims == ("pair", "velocity_channel", "depth", "lateral")
+    assert pairs["latent"].dims == ("pair", "latent_channel", "latent_row", "latent_column")
+    assert all(pairs[name].dims == ("pair",) for name in ("deviation", "seed", "index_in_shard", "valid", "family"))
+    assert dict(pairs.sizes) == {"pair": 4, "shot": 3, "time": 64, "receiver": 16, "velocity_channel": 1,
+                                 "depth": 16, "lateral": 16, "latent_channel": 8, "latent_row": 8,
+                                 "latent_column": 8}
+    assert pairs["deviation"].values.tolist() == [0.5] * 4 and pairs["seed"].values.tolist() == [-1] * 4
+    seismic, velocity = pairs["seismic"].attrs, pairs["velocity"].attrs
+    assert seismic["units"] == "1" and "expm1" in seismic["to_openfwi"]
+    assert (seismic["seismic_log_min"], seismic["seismic_log_max"], seismic["openfwi_shots"]) == (-4.0, 4.0, [0, 2, 4])
+    assert (velocity["velocity_min_m_s"], velocity["velocity_max_m_s"]) == (1500.0, 4500.0)
+    assert "mean squared error" in pairs["deviation"].attrs["description"]
+    assert pairs["family"].attrs["flag_meanings"].split() == list(FAMILY_NAMES)
+    assert pairs.attrs["representation"] == REP.to_attrs() and pairs.attrs["format"] == "wavediffusion-pairs-v1"
+    # the seismic maps back to OpenFWI's amplitudes from the store's own attributes
+    x = np.linspace(-1, 1, 5)
+    y = (x + 1) / 2 * (seismic["seismic_log_max"] - seismic["seismic_log_min"]) + seismic["seismic_log_min"]
+    raw = torch.from_numpy(np.sign(y) * np.expm1(np.abs(y))).float().reshape(1, 1, 1, 5).expand(1, 5, 64, 5)
+    np.testing.assert_allclose(seismic_to_model(raw.contiguous(), replace(REP, receivers=5))[0, 0, 0].numpy(), x,
+                               atol=1e-5)
+
+
+def test_the_store_step_records_the_datasets_representation(artifacts, tmp_path):
+    from wavediffusion.steps.sampling import run_create_pairs_store
+
+    store = tmp_path / "pairs.zarr"
+    settings = {key: value for key, value in asdict(SETTINGS).items() if key != "seed"}
+    run_create_pairs_store(str(artifacts["stage1"]), json.dumps(settings), str(store), 11, str(artifacts["dataset"]))
+    root = open_pairs_store(store, mode="r")
+    assert root.attrs["representation"] == REP.to_attrs() and root.attrs["settings"]["seed"] == 11
+    assert root["velocity"].attrs["velocity_max_m_s"] == REP.velocity_max
+
+
+def test_an_old_store_with_markers_inside_is_refused_naming_the_move(tmp_path):
+    store = tmp_path / "pairs.zarr"
+    create_pairs_store(store, 4, 2, (1, 2, 2), (1, 4, 2), (1, 2, 2))
+    zarr.open_group(str(store), mode="r+").create_group("done")
+    with pytest.raises(ValueError, match=r"markers are inside it.*move .*done/\*\.json into .*pairs\.zarr\.done/"):
+        open_pairs_store(store, mode="r")
+
+
 def test_dpm_solver_shard_stores_the_solver_samples(artifacts, tmp_path):
     settings = replace(SETTINGS, sampler="dpmpp2m", eta=0.0)
     store = tmp_path / "pairs.zarr"
@@ -190,7 +254,7 @@ def test_write_manifest(reference, tmp_path):
 
 def test_rerun_is_identical_and_shards_differ(artifacts, reference, tmp_path):
     store = tmp_path / "pairs.zarr"
-    shutil.copytree(reference, store)
+    copy_store(reference, store)
     sample_shard(artifacts["stage1"], artifacts["stage2"], store, 1, SETTINGS, device="cpu", progress=False)
     assert not is_done(store, "check", 1)  # new samples invalidate the old check
     with pytest.raises(RuntimeError, match=r"check: shards \[1\]"):
@@ -274,8 +338,13 @@ def test_store_creation_refuses_to_overwrite(artifacts, reference, tmp_path):
     path = tmp_path / "pairs.zarr"
     create_pairs_store(path, 5, 2, (1, 2, 2), (1, 4, 2), (1, 2, 2))
     mark_done(path, "sample", 0, {"seed": 1})
+    assert (tmp_path / "pairs.zarr.done" / "sample-00000.json").is_file()  # beside the store, not in it
     create_pairs_store(path, 5, 2, (1, 2, 2), (1, 4, 2), (1, 2, 2), overwrite=True)
     assert not is_done(path, "sample", 0)
+    mark_done(path, "sample", 0, {"seed": 1})
+    shutil.rmtree(path)  # as Snakemake does before rerunning create_pairs_store: the markers stay behind ...
+    create_pairs_store(path, 5, 2, (1, 2, 2), (1, 4, 2), (1, 2, 2))
+    assert not is_done(path, "sample", 0)  # ... and do not count for the new store
     assert [len(shard_range(k, 2, 5)) for k in range(num_shards(5, 2))] == [2, 2, 1]
     with pytest.raises(ValueError, match="shard index 3"):
         shard_range(3, 2, 5)
@@ -308,7 +377,7 @@ def test_every_zarr_shard_is_written_once_whole(artifacts, tmp_path, monkeypatch
 
 def test_settings_must_match_the_store(artifacts, reference, tmp_path):
     store = tmp_path / "pairs.zarr"
-    shutil.copytree(reference, store)
+    copy_store(reference, store)
     other = SamplingSettings(**{**asdict(SETTINGS), "num_pairs": 8})
     with pytest.raises(ValueError, match=r"sampling\.num_pairs=7"):
         sample_shard(artifacts["stage1"], artifacts["stage2"], store, 0, other, device="cpu", progress=False)
@@ -383,7 +452,7 @@ def test_physics_filter_per_family_and_absolute(artifacts, reference, tmp_path):
     """Each pair gets the family of its nearest true map and that family's threshold; the
     report has a row per family and one for all; the absolute filter is one epsilon."""
     store = tmp_path / "pairs.zarr"
-    shutil.copytree(reference, store)
+    copy_store(reference, store)
     values = arrays(store)
     deviation = values["deviation"]
     flat, curve = FAMILY_NAMES.index("FlatVel-A"), FAMILY_NAMES.index("CurveVel-A")
@@ -459,38 +528,85 @@ def test_physics_filter_per_family_and_absolute(artifacts, reference, tmp_path):
         step(incomplete)
 
 
-def test_export_writes_openfwi_files_of_accepted_pairs(artifacts, reference, tmp_path):
-    store = tmp_path / "pairs.zarr"
-    shutil.copytree(reference, store)
+def openfwi_items(annotation, file_size: int, preload: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every (data, label) that OpenFWI's FWIDataset (lanl/OpenFWI, dataset.py) yields from an
+    annotation file, read the way it reads it: readlines(); a line is "data<TAB>label" and
+    its last character, the newline, is cut off the label path; the dataset's length is
+    lines x file_size, and item i is row i % file_size of line i // file_size's files, all
+    loaded up front (preload, as its train.py does) or each time."""
+    with open(annotation) as handle:
+        lines = handle.readlines()
+
+    def load(line: str) -> tuple[np.ndarray, np.ndarray]:
+        data_path, label_path = line.split("\t")
+        return np.load(data_path).astype("float32"), np.load(label_path[:-1]).astype("float32")
+
+    loaded = [load(line) for line in lines] if preload else None
+    items = []
+    for i in range(len(lines) * file_size):
+        data, label = loaded[i // file_size] if preload else load(lines[i // file_size])
+        items.append((data[i % file_size], label[i % file_size]))  # a short file would fail here
+    return items
+
+
+def test_export_writes_whole_openfwi_files_that_openfwis_dataset_reads(artifacts, reference, tmp_path,
+                                                                       monkeypatch):
+    store = copy_store(reference, tmp_path / "pairs.zarr")
     dataset = tmp_path / "dataset.zarr"
     shutil.copytree(artifacts["dataset"], dataset)
     out = tmp_path / "openfwi"
-    settings = ExportSettings(max_pairs=3, samples_per_file=2, hdf5=True, batch_size=2)
+    settings = ExportSettings(samples_per_file=2, hdf5=True, batch_size=2)
     with pytest.raises(RuntimeError, match="run the physics_report rule first"):
         export_openfwi(store, dataset, out, settings, device="cpu", progress=False)
     assert not out.exists()  # nothing half-written under the final name
     deviation = arrays(store)["deviation"]
-    apply_physics_filter(open_pairs_store(store), float(np.median(deviation)))
+    apply_physics_filter(open_pairs_store(store), float(np.sort(deviation)[4]))
     accepted = np.flatnonzero(arrays(store)["valid"])
+    assert len(accepted) == 5
     info = export_openfwi(store, dataset, out, settings, device="cpu", progress=False)
-    assert info["num_exported"] == 3 and info["num_files"] == 2 and info["num_accepted"] == 4
+    # two whole files of 2; the fifth accepted pair would make a short third file: left out
+    assert (info["num_exported"], info["num_files"], info["num_accepted"], info["num_left_out"]) == (4, 2, 5, 1)
+    assert not (out / "model3.npy").exists()
     models = [np.load(out / f"model{n}.npy") for n in (1, 2)]
     data = [np.load(out / f"data{n}.npy") for n in (1, 2)]
-    assert [m.shape for m in models] == [(2, 1, 70, 70), (1, 1, 70, 70)]
-    assert [d.shape for d in data] == [(2, 5, 1000, 70), (1, 5, 1000, 70)]
+    assert [m.shape for m in models] == [(2, 1, 70, 70)] * 2 and [d.shape for d in data] == [(2, 5, 1000, 70)] * 2
     model = np.concatenate(models)
     # the velocity is the store's, in m/s on OpenFWI's grid; the data is its simulation
-    expected = velocity_from_model(torch.from_numpy(arrays(store)["velocity"][accepted[:3]]), REP)
+    expected = velocity_from_model(torch.from_numpy(arrays(store)["velocity"][accepted[:4]]), REP)
     np.testing.assert_allclose(model, expected.numpy(), rtol=1e-6)
     assert 1500 <= model.min() and model.max() <= 4500
     np.testing.assert_allclose(data[1], forward_model(torch.from_numpy(models[1])).numpy(), rtol=1e-5, atol=1e-7)
     with open(out / "index.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [int(r["store_row"]) for r in rows] == accepted[:3].tolist()
-    assert [(r["file"], r["row_in_file"]) for r in rows] == [("1", "0"), ("1", "1"), ("2", "0")]
+    assert [int(r["store_row"]) for r in rows] == accepted[:4].tolist()
+    assert [(r["file"], r["row_in_file"]) for r in rows] == [("1", "0"), ("1", "1"), ("2", "0"), ("2", "1")]
+
+    # OpenFWI's training reads the files through the annotation, from any working folder
+    config = json.loads((out / "dataset_config.json").read_text())["wavediffusion"]
+    assert config["file_size"] == 2 and (config["label_min"], config["label_max"]) == (1500.0, 4500.0)
+    all_data = np.concatenate(data)
+    assert (config["data_min"], config["data_max"]) == (float(all_data.min()), float(all_data.max()))
+    assert (config["nt"], config["ns"], config["ng"], config["n_grid"], config["dx"]) == (1000, 5, 70, 70, 10.0)
+    monkeypatch.chdir(tmp_path.parent)
+    for preload in (True, False):
+        items = openfwi_items(out / "annotation.txt", config["file_size"], preload)
+        assert len(items) == 4
+        np.testing.assert_array_equal(np.stack([d for d, _ in items]), all_data)
+        np.testing.assert_array_equal(np.stack([label for _, label in items]), model)
+
     with h5py.File(out / "pairs.h5", "r") as h5:
         np.testing.assert_array_equal(h5["model"][:], model)
-        np.testing.assert_array_equal(h5["data"][:], np.concatenate(data))
-        assert h5["store_row"][:].tolist() == accepted[:3].tolist()
+        np.testing.assert_array_equal(h5["data"][:], all_data)
+        assert h5["store_row"][:].tolist() == accepted[:4].tolist()
+        assert h5["model"].attrs["units"] == "m/s" and h5["deviation"].attrs["units"] == "1"
+        assert "OpenFWI" in h5["data"].attrs["units"] and h5["data"].attrs["time_step_s"] == 0.001
+        assert [axis.label for axis in h5["data"].dims] == ["pair", "shot", "time", "receiver"]
+        assert h5.attrs["config_sha256"] == SETTINGS.sha256() and h5.attrs["store"] == str(store)
+        assert json.loads(h5.attrs["physics_filter"])["n_valid"] == 5
+
+    # fewer accepted pairs than one file: no files, nothing for OpenFWI to trip over
+    few = export_openfwi(store, dataset, tmp_path / "few", replace(settings, samples_per_file=6), device="cpu",
+                         progress=False)
+    assert (few["num_files"], few["num_left_out"]) == (0, 5) and (tmp_path / "few" / "annotation.txt").read_text() == ""
     with pytest.raises(ValueError, match=r"export\.max_pairs"):
         ExportSettings(max_pairs=0)

@@ -80,6 +80,9 @@ def test_encoded_latents_are_the_diffusion_latents_with_their_statistics(store, 
     latents = zarr.open_group(str(out), mode="r")
     train = latents["train"]["latent"][:]
     assert train.shape == (stats["train"]["n"], 8, 8, 8) and latents["val"]["latent"].shape[0] == stats["val"]["n"]
+    assert latents["train"]["latent"].metadata.dimension_names == ("sample", "latent_channel", "latent_row",
+                                                                   "latent_column")
+    assert latents["val"]["family"].metadata.dimension_names == ("sample",)
     np.testing.assert_allclose(stats["train"]["channel_mean"], train.mean(axis=(0, 2, 3)), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(stats["train"]["std"], train.std(), rtol=1e-4)
     model = load_autoencoder(tmp_path / "run" / "final.pt")

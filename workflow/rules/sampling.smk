@@ -12,9 +12,10 @@ wildcard_constraints:
 
 
 rule create_pairs_store:
-    """The empty store, created once before any shard writes (a settings edit recreates it, so every shard reruns)."""
+    """The empty store, created once before any shard writes (a settings edit recreates it, so every shard reruns); its completion markers go beside it, in pairs.zarr.done/."""
     input:
         stage1_model=rules.train_stage1.output.model,
+        dataset=rules.preprocess.output[0],
     output:
         directory("results/samples/{variant}/pairs.zarr"),
     conda:
@@ -29,7 +30,7 @@ rule create_pairs_store:
         runtime=10,
     shell:
         "wavediffusion create-pairs-store --stage1-model {input.stage1_model} --settings {params.settings:q}"
-        " --seed {params.seed} --out {output} > {log} 2>&1"
+        " --seed {params.seed} --dataset {input.dataset} --out {output} > {log} 2>&1"
 
 
 rule sample_shard:

@@ -4,8 +4,10 @@ Arrays latent (N, C, h, w), seismic and seismic_simulated (N, S, T, R), velocity
 (N, 1, V, V), and per-row deviation, seed, index_in_shard, valid, family. Sampling job k
 owns rows [k s, (k+1) s) (s = shard_size), written through `BlockWriter` one Zarr shard of
 b rows at a time, so no two jobs write the same file; unwritten values are NaN / -1 / False.
-A shard is complete only once its marker done/<kind>-<k:05d>.json exists; a reader
-refuses a store where a shard file of a complete shard is gone (data/integrity.py).
+Every array carries Zarr dimension_names and its units and meaning as attributes, so
+xarray opens the store. A shard is complete only once its marker
+<store>.done/<kind>-<k:05d>.json exists, beside the store; a reader refuses a store where a
+shard file of a complete shard is gone (data/integrity.py).
 Details: docs/data.md, 'The pairs store'.
 """
 
@@ -17,15 +19,23 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zarr
 
 from ..files import open_zarr_store, write_json
-from . import integrity
+from . import dims, integrity
+from .families import FAMILY_NAMES
+
+if TYPE_CHECKING:  # transforms imports torch, which the Snakefile (importing this module) must not load
+    from .transforms import Representation
 
 FORMAT = "wavediffusion-pairs-v1"
-DONE_DIR = "done"
+# The markers' folder <store>.done sits beside the store: inside it, every marker file would
+# be a non-Zarr object that Zarr (and xarray through it) warns about when listing the store.
+DONE_SUFFIX = ".done"
+OLD_DONE_GROUP = "done"  # the group inside the store where earlier versions kept the markers
 DONE_KINDS = ("sample", "check")
 # name -> (per-sample shape key, dtype, fill value)
 ARRAYS = {
@@ -38,6 +48,14 @@ ARRAYS = {
     "index_in_shard": (None, "int64", -1),
     "valid": (None, "bool", False),
     "family": (None, "int16", -1),  # FAMILY_NAMES code of the nearest true pair (physics filter); -1: not assigned
+}
+# name -> its Zarr dimension_names
+DIMENSIONS = {
+    "latent": (dims.PAIR, *dims.LATENT),
+    "seismic": (dims.PAIR, *dims.SEISMIC),
+    "velocity": (dims.PAIR, *dims.VELOCITY),
+    "seismic_simulated": (dims.PAIR, *dims.SEISMIC),
+    **{name: (dims.PAIR,) for name in ("deviation", "seed", "index_in_shard", "valid", "family")},
 }
 SAMPLE_ARRAYS = ("latent", "seismic", "velocity", "seed", "index_in_shard")  # written by sample_shard
 CHECK_ARRAYS = ("seismic_simulated", "deviation")  # by check_shard; valid and family by the physics filter
@@ -71,34 +89,95 @@ def check_block(block: int, shard_size: int, key: str = "sampling.store_block") 
     return block
 
 
+def array_attributes(representation: Representation | None = None) -> dict[str, dict]:
+    """Each array's meaning and units, stored as its Zarr attributes (xarray's attrs). With
+    the representation, the seismic and velocity attributes hold the constants that map them
+    back to OpenFWI's raw amplitudes and m/s."""
+    model_space = ("the model space: OpenFWI's seismic, resized to (time, receiver), log-compressed as "
+                   "sign(a) * log1p(|a|) and min-max normalised to [-1, 1] with the train split's constants")
+    to_amplitudes = ("OpenFWI's raw amplitudes a: y = (x + 1) / 2 * (seismic_log_max - seismic_log_min) + "
+                     "seismic_log_min; a = sign(y) * expm1(|y|); resized bilinearly to 1000 time samples x 70 "
+                     "receivers (wavediffusion.data.transforms.seismic_from_model)")
+    seismic_constants = ({"seismic_log_min": representation.seismic_log_min,
+                          "seismic_log_max": representation.seismic_log_max, "openfwi_shots": list(representation.shots)}
+                         if representation is not None else
+                         {"constants": "the representation attribute of the dataset store the autoencoder learnt"})
+    velocity_constants = ({"velocity_min_m_s": representation.velocity_min,
+                           "velocity_max_m_s": representation.velocity_max}
+                          if representation is not None else
+                          {"constants": "the representation attribute of the dataset store the autoencoder learnt"})
+    seismic = {"units": "1", "description": model_space, "to_openfwi": to_amplitudes, **seismic_constants}
+    return {
+        "latent": {"long_name": "latent decoded into the pair: Stage 2's sample z / scale_factor", "units": "1",
+                   "description": "the Stage-1 decoder's input; scale_factor is in each shard's marker and the "
+                                  "manifest"},
+        "seismic": {"long_name": "seismic data decoded by the Stage-1 autoencoder", **seismic},
+        "velocity": {"long_name": "velocity map decoded by the Stage-1 autoencoder", "units": "1",
+                     "description": "normalised velocity: -1 is velocity_min_m_s, +1 velocity_max_m_s, on a resized "
+                                    "(depth, lateral) grid",
+                     "to_openfwi": "m/s: (x + 1) / 2 * (velocity_max_m_s - velocity_min_m_s) + velocity_min_m_s, "
+                                   "resized bilinearly to OpenFWI's 70 x 70 grid of 10 m cells "
+                                   "(wavediffusion.data.transforms.velocity_from_model)",
+                     **velocity_constants},
+        "seismic_simulated": {"long_name": "F(velocity): the acoustic simulation (deepwave, OpenFWI's acquisition) "
+                                           "of the stored velocity in m/s, mapped into the model space of seismic",
+                              **seismic},
+        "deviation": {"long_name": "PDE deviation", "units": "1",
+                      "description": "mean squared error between seismic and seismic_simulated in the model space "
+                                     "(the paper's metric); NaN until the shard is checked"},
+        "seed": {"long_name": "seed of the sampling job that made the pair",
+                 "description": "derive_seed(settings seed, shard); -1 until sampled"},
+        "index_in_shard": {"long_name": "row within its sampling shard",
+                           "description": "row - shard * shard_size; -1 until sampled"},
+        "valid": {"long_name": "accepted by the physics filter",
+                  "description": "the filter's settings are the root attribute physics_filter; False until it ran"},
+        "family": {"long_name": "family of the nearest true velocity map (the physics filter's)",
+                   "description": "a code into flag_meanings; -1 until assigned",
+                   "flag_values": list(range(len(FAMILY_NAMES))), "flag_meanings": " ".join(FAMILY_NAMES)},
+    }
+
+
 def create_pairs_store(path: str | Path, n_pairs: int, shard_size: int, latent_shape, seismic_shape, velocity_shape,
-                       block: int | None = None, attrs: dict | None = None, overwrite: bool = False) -> zarr.Group:
+                       block: int | None = None, attrs: dict | None = None, overwrite: bool = False,
+                       representation: Representation | None = None) -> zarr.Group:
     """Create the empty store (all arrays, no done markers). `block`: rows per Zarr shard
-    (a divisor of shard_size; default: default_block). Refuses an existing path unless
-    `overwrite` (which deletes it, done markers included)."""
+    (a divisor of shard_size; default: default_block). `representation`: that of the data
+    the autoencoder learnt, recorded so that the store maps back to OpenFWI's units by itself.
+    Refuses an existing path unless `overwrite` (which deletes it). Any markers of an
+    earlier store at `path` are deleted."""
     path = Path(path)
     if n_pairs < 1 or shard_size < 1:
         raise ValueError(f"n_pairs and shard_size must be at least 1, got {n_pairs} and {shard_size}")
     block = check_block(block, shard_size) if block is not None else default_block(shard_size)
+    shapes = {"latent_shape": tuple(latent_shape), "seismic_shape": tuple(seismic_shape),
+              "velocity_shape": tuple(velocity_shape)}
+    if representation is not None and (shapes["seismic_shape"], shapes["velocity_shape"]) != (
+            tuple(representation.seismic_shape), tuple(representation.velocity_shape)):
+        raise ValueError(f"seismic {shapes['seismic_shape']} and velocity {shapes['velocity_shape']} differ from the "
+                         f"representation's {representation.seismic_shape} and {representation.velocity_shape}")
     if path.exists():
         if not overwrite:
             raise FileExistsError(f"{path} exists; refusing to overwrite a pairs store (pass overwrite=True)")
         shutil.rmtree(path)
-    shapes = {"latent_shape": tuple(latent_shape), "seismic_shape": tuple(seismic_shape),
-              "velocity_shape": tuple(velocity_shape)}
+    # Snakemake deletes the store, not its markers, before rerunning the rule: old markers
+    # must not mark the new store's shards done
+    shutil.rmtree(done_folder(path), ignore_errors=True)
     root = zarr.open_group(str(path), mode="w-")
+    attributes = array_attributes(representation)
     for name, (shape_key, dtype, fill) in ARRAYS.items():
         sample_shape = shapes[shape_key] if shape_key else ()
         inner = (1, *sample_shape) if sample_shape else (block,)
         root.create_array(name, shape=(n_pairs, *sample_shape), chunks=inner, shards=(block, *sample_shape),
-                          dtype=dtype, fill_value=fill, compressors=integrity.COMPRESSORS)
+                          dtype=dtype, fill_value=fill, compressors=integrity.COMPRESSORS,
+                          dimension_names=DIMENSIONS[name], attributes=attributes[name])
+    representation_attrs = {"representation": representation.to_attrs()} if representation is not None else {}
     root.attrs.update({**(attrs or {}), "format": FORMAT, "num_pairs": int(n_pairs), "shard_size": int(shard_size),
                        "block": int(block), integrity.ATTRIBUTE: integrity.VERSION,
                        "num_shards": num_shards(n_pairs, shard_size),
-                       **{key: list(value) for key, value in shapes.items()}})
-    # a (Zarr) group of its own, so that listing the store's members does not trip over it
-    root.create_group(DONE_DIR, attributes={"description": "completion markers <kind>-<shard>.json, one per "
-                                            "shard and job kind, written after the shard's data"})
+                       **{key: list(value) for key, value in shapes.items()}, **representation_attrs,
+                       "description": "generated seismic-velocity pairs (WaveDiffusion); completion markers of its "
+                                      f"sampling and checking jobs in the folder {path.name}{DONE_SUFFIX} beside it"})
+    done_folder(path).mkdir()
     return root
 
 
@@ -157,9 +236,23 @@ def open_pairs_store(path: str | Path, mode: str = "r+") -> zarr.Group:
     root = open_zarr_store(path, "pairs store", "create_pairs_store", mode)
     if root.attrs.get("format") != FORMAT:
         raise ValueError(f"{path}: not a pairs store (format {root.attrs.get('format')!r}, expected {FORMAT!r})")
+    if (Path(path) / OLD_DONE_GROUP / "zarr.json").exists():
+        raise ValueError(f"{path}: its completion markers are inside it, where earlier versions kept them; "
+                         f"move {Path(path) / OLD_DONE_GROUP}/*.json into {done_folder(path)}/ and delete "
+                         f"{Path(path) / OLD_DONE_GROUP}")
     if mode == "r":
         integrity.check_complete(path, root, written_rows(path, root), lambda damage: damage_remedy(root, damage))
     return root
+
+
+def accepted_rows(store: str | Path) -> np.ndarray:
+    """The rows of the pairs the physics filter accepted (`valid`), in order; refuses a
+    store the filter has not run on."""
+    root = open_pairs_store(store, mode="r")
+    if "physics_filter" not in root.attrs:
+        raise RuntimeError(f"{store}: the physics filter has not been applied (no 'physics_filter' attribute); "
+                           "run the physics_report rule first")
+    return np.flatnonzero(root["valid"][:])
 
 
 def written_rows(store: str | Path, root: zarr.Group) -> dict[str, list[range]]:
@@ -195,10 +288,16 @@ def damage_remedy(root: zarr.Group, damage: list[integrity.Damage]) -> str:
     return ". ".join(parts) + "."
 
 
+def done_folder(store: str | Path) -> Path:
+    """The folder of the store's completion markers: <store>.done, beside the store."""
+    store = Path(store)
+    return store.with_name(store.name + DONE_SUFFIX)
+
+
 def _marker(store: str | Path, kind: str, k: int) -> Path:
     if kind not in DONE_KINDS:
         raise ValueError(f"unknown done kind {kind!r}; one of {DONE_KINDS}")
-    return Path(store) / DONE_DIR / f"{kind}-{int(k):05d}.json"
+    return done_folder(store) / f"{kind}-{int(k):05d}.json"
 
 
 def is_done(store: str | Path, kind: str, k: int) -> bool:

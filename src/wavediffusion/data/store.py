@@ -21,7 +21,7 @@ from pathlib import Path
 import zarr
 
 from ..files import open_zarr_store
-from . import integrity
+from . import dims, integrity
 from .families import VELOCITY_SHAPE
 from .transforms import Representation
 
@@ -32,7 +32,7 @@ def create_split_arrays(group: zarr.Group, n: int, rep: Representation, samples_
     """Create the empty arrays of one split (n samples) inside `group`."""
     shard = max(1, min(samples_per_shard, n))
 
-    def sample_array(name: str, sample_shape: tuple[int, ...]):
+    def sample_array(name: str, sample_shape: tuple[int, ...], sample_dims: tuple[str, ...]):
         group.create_array(
             name,
             shape=(n, *sample_shape),
@@ -41,14 +41,15 @@ def create_split_arrays(group: zarr.Group, n: int, rep: Representation, samples_
             dtype="float32",
             fill_value=float("nan"),
             compressors=integrity.COMPRESSORS,
+            dimension_names=(dims.SAMPLE, *sample_dims),
         )
 
-    sample_array("seismic", rep.seismic_shape)
-    sample_array("velocity", rep.velocity_shape)
-    sample_array("velocity_native", VELOCITY_SHAPE)
+    sample_array("seismic", rep.seismic_shape, dims.SEISMIC)
+    sample_array("velocity", rep.velocity_shape, dims.VELOCITY)
+    sample_array("velocity_native", VELOCITY_SHAPE, dims.NATIVE_VELOCITY)
     for name, dtype in (("family", "int16"), ("source_index", "int32")):
         group.create_array(name, shape=(n,), chunks=(max(1, n),), dtype=dtype, fill_value=-1,
-                           compressors=integrity.COMPRESSORS)
+                           compressors=integrity.COMPRESSORS, dimension_names=(dims.SAMPLE,))
 
 
 REMEDY = "Delete the store and rerun the preprocess rule (Snakemake then rewrites it)."

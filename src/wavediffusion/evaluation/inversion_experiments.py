@@ -20,14 +20,14 @@ import torch
 import zarr
 from torch.utils.data import ConcatDataset
 
-from ..data.pairs_store import open_pairs_store
+from ..data.pairs_store import done_folder, open_pairs_store
 from ..data.store import open_dataset, representation_of
 from ..data.transforms import velocity_from_model
 from ..files import sha256_of
 from ..metrics import inversion_metrics
 from ..models.inversionnet import InversionNet
+from ..pairs import GeneratedPairs
 from ..training.inversionnet import (
-    GeneratedPairs,
     InversionNetSettings,
     RealPairs,
     family_rows,
@@ -100,7 +100,7 @@ def arm_identity(name: str, settings: ExperimentSettings, dataset: str | Path, s
     if store is not None:
         attrs = open_pairs_store(store, mode="r").attrs
         generated = {"config_sha256": attrs.get("config_sha256"), "seismic": arm.seismic,
-                     "done": sorted(p.name for p in (Path(store) / "done").glob("*.json"))}
+                     "done": sorted(p.name for p in done_folder(store).glob("*.json"))}
     return {"arm": name, "network": asdict(network_settings(settings, arm)), "dataset": dataset_identity(dataset),
             "generated": generated, "generated_size": settings.generated_size, "seed": settings.seed,
             "hard_sha256": sha256_of(hard) if hard else None,

@@ -144,13 +144,15 @@ class PartTimer:
 
 
 def create_store_for_models(stage1_model: str | Path, store: str | Path, settings: SamplingSettings,
-                            attrs: dict | None = None, overwrite: bool = False):
-    """The rule that runs before any shard: the empty store, shaped by the autoencoder."""
+                            attrs: dict | None = None, overwrite: bool = False,
+                            representation: Representation | None = None):
+    """The rule that runs before any shard: the empty store, shaped by the autoencoder;
+    `representation`: that of the autoencoder's data (recorded in the store's attributes)."""
     config = load_autoencoder(stage1_model, "cpu").config
     return create_pairs_store(store, settings.num_pairs, settings.shard_size, config.latent_shape,
                               config.seismic_shape, config.velocity_shape, block=settings.store_block,
                               attrs={"settings": asdict(settings), "config_sha256": settings.sha256(), **(attrs or {})},
-                              overwrite=overwrite)
+                              overwrite=overwrite, representation=representation)
 
 
 def _check_store(root, store, settings: SamplingSettings) -> None:

@@ -72,11 +72,8 @@ def run_evaluate_inversionnet(model: str, record: Annotated[str, "train-inversio
     from ..devices import resolve_device
     from ..evaluation.inversion_experiments import METRIC_COLUMNS, evaluate_arm
     from ..files import write_csv
-    from ..training.inversionnet import (
-        GeneratedPairs,
-        evaluate_inversionnet,
-        load_inversionnet,
-    )
+    from ..pairs import GeneratedPairs
+    from ..training.inversionnet import evaluate_inversionnet, load_inversionnet
 
     use_threads(threads)
     values = experiment_settings(settings, seed)

@@ -17,12 +17,15 @@ def sampling_settings(text: str, seed: int):
 
 
 @step()
-def run_create_pairs_store(stage1_model: str, settings: SamplingJSON, out: str, seed: Seed) -> None:
+def run_create_pairs_store(stage1_model: str, settings: SamplingJSON, out: str, seed: Seed,
+                           dataset: Annotated[str, "the dataset store (its representation, recorded in the store)"]
+                           ) -> None:
     """the empty pairs store that sampling shards fill"""
+    from ..data.store import open_dataset, representation_of
     from ..sampling.shard import create_store_for_models
 
     values = sampling_settings(settings, seed)
-    create_store_for_models(stage1_model, out, values)
+    create_store_for_models(stage1_model, out, values, representation=representation_of(open_dataset(dataset)))
     print(f"created {out}: {values.num_pairs} pairs in {values.num_shards} shards of {values.shard_size}")
 
 
@@ -154,4 +157,5 @@ def run_export_openfwi(store: str,
 
     use_threads(threads)
     info = export_openfwi(store, dataset, out, ExportSettings.from_dict(json.loads(settings)))
-    print(f"wrote {out}: {info['num_exported']} accepted pairs in {info['num_files']} pairs of OpenFWI files")
+    print(f"wrote {out}: {info['num_exported']} accepted pairs in {info['num_files']} pairs of OpenFWI files; "
+          f"{info['num_left_out']} past the last whole file left out")

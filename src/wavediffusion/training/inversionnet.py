@@ -1,7 +1,7 @@
 """InversionNet for the paper's augmentation experiments (Tables 2-4): training on generated
 pairs, real pairs or both, fine-tuning from earlier weights, and OpenFWI's evaluation.
 
-Arms are ConcatDatasets of `GeneratedPairs` and `RealPairs`; every sample is
+Arms are ConcatDatasets of `wavediffusion.pairs.GeneratedPairs` and `RealPairs`; every sample is
 {"seismic": (S, T, R), "velocity": (1, V, V)} float32 in the [-1, 1] model space. OpenFWI's
 recipe (AdamW, L1, constant lr, 120 epochs) on the project's loop, whose batch is global:
 lr defaults to 1e-4 x batch_size / 256. Fine-tuning starts from `init_weights` (sha256 in the
@@ -18,18 +18,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import zarr
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from ..config import only_known
-from ..data.dataset import PairDataset, checked_indices
-from ..data.pairs_store import is_done, open_pairs_store
+from ..data.dataset import PairDataset
 from ..data.store import open_dataset, representation_of
 from ..devices import resolve_device
 from ..files import sha256_of
 from ..metrics import inversion_metrics, mae
 from ..models.inversionnet import InversionNet, InversionNetConfig
+from ..pairs import GeneratedPairs
 from . import checkpoint as ckpt
 from .loop import Run, TrainConfig, derive_seed, seeded_init, train
 
@@ -51,7 +50,6 @@ OPENFWI_TRAINING = {
 }
 STREAM_REAL_SUBSET = 101  # random stream of real_subset, apart from the loop's streams (0-4)
 STREAM_FINETUNE_SPLIT = 102  # random stream of split_by_fraction
-GENERATED_SEISMIC = {"decoded": ("seismic", "sample"), "simulated": ("seismic_simulated", "check")}
 
 
 @dataclass(frozen=True)
@@ -87,51 +85,6 @@ class RealPairs(PairDataset):
         super().__init__(dataset_zarr, split, indices=indices, with_family=with_family)
         rep = representation_of(open_dataset(self.path))
         self.seismic_shape, self.velocity_size = rep.seismic_shape, rep.velocity_size
-
-
-class GeneratedPairs(Dataset):
-    """Pairs `indices` (default: all) of a pairs store (data/pairs_store.py):
-    {"seismic": (S, T, R), "velocity": (1, V, V)} float32 in [-1, 1].
-
-    `seismic="decoded"` takes the Stage-1 decoder's seismic (array `seismic`);
-    `"simulated"` takes F(velocity) from the physics check (array `seismic_simulated`), i.e.
-    the generated velocity with physically exact data. Unwritten rows hold NaN, so every
-    shard that holds a requested index must carry its completion marker ("sample" for the
-    decoded seismic, "check" for the simulated one); otherwise construction fails, naming them.
-    """
-
-    def __init__(self, pairs_zarr: str | Path, indices=None, seismic: str = "decoded"):
-        if seismic not in GENERATED_SEISMIC:
-            raise ValueError(f"seismic must be one of {sorted(GENERATED_SEISMIC)}, got {seismic!r}")
-        self.path = Path(pairs_zarr)
-        self.seismic = seismic
-        self.seismic_array, done_kind = GENERATED_SEISMIC[seismic]
-        root = open_pairs_store(self.path, mode="r")
-        self.seismic_shape = tuple(root.attrs["seismic_shape"])
-        self.velocity_size = int(root.attrs["velocity_shape"][-1])
-        n, shard_size = int(root.attrs["num_pairs"]), int(root.attrs["shard_size"])
-        self.indices = checked_indices(indices, n, str(self.path))
-        missing = [int(k) for k in np.unique(self.indices // shard_size) if not is_done(self.path, done_kind, k)]
-        if missing:
-            raise ValueError(f"{self.path}: shards {missing} have no {done_kind!r} marker, so their "
-                             f"{self.seismic_array!r} rows are not (all) written; finish those jobs first")
-        self._arrays = None  # (seismic, velocity), opened lazily in each worker (see RealPairs)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if self._arrays is None:
-            root = zarr.open_group(str(self.path), mode="r")
-            self._arrays = (root[self.seismic_array], root["velocity"])
-        seismic, velocity = self._arrays
-        index = int(self.indices[i])
-        return {"seismic": torch.from_numpy(seismic[index]), "velocity": torch.from_numpy(velocity[index])}
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_arrays"] = None  # each worker process opens its own handles
-        return state
 
 
 def real_subset(n: int, fraction: float, seed: int) -> np.ndarray:

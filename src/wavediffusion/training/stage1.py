@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import only_known
+from ..data import dims
 from ..data.dataset import PairDataset
 from ..data.store import open_dataset, representation_of
 from ..models.autoencoder import AutoencoderConfig, VQAutoencoder
@@ -237,9 +238,10 @@ def encode_latents(model_path: str | Path, dataset: str | Path, out: str | Path,
             shard = max(1, min(samples_per_shard, n))
             latents = group.create_array("latent", shape=(n, *latent_shape), chunks=(1, *latent_shape),
                                          shards=(shard, *latent_shape), dtype="float32", fill_value=float("nan"),
-                                         compressors=integrity.COMPRESSORS)
+                                         compressors=integrity.COMPRESSORS,
+                                         dimension_names=(dims.SAMPLE, *dims.LATENT))
             group.create_array("family", data=np.asarray(source["family"][:]), chunks=(max(1, n),), fill_value=-1,
-                               compressors=integrity.COMPRESSORS)
+                               compressors=integrity.COMPRESSORS, dimension_names=(dims.SAMPLE,))
             total, total_sq = torch.zeros(latent_shape[0], dtype=torch.float64), torch.zeros(latent_shape[0], dtype=torch.float64)
             # blocks of whole shards: each write touches only its own Zarr shards
             block = max(shard, (batch_size // shard) * shard)
