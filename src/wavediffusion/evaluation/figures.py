@@ -9,6 +9,20 @@ import numpy as np
 from ..data.families import VELOCITY_MAX, VELOCITY_MIN
 from ..plotting import plt, save_figure
 
+VELOCITY_CMAP = "jet"  # as OpenFWI's own figures draw velocity
+GRID_SPACING_M = 10  # OpenFWI's grid: 70 x 70 cells of 10 m
+
+
+def show_velocity(axis, velocity):
+    """A velocity map in m/s on OpenFWI's 700 m x 700 m grid: square, depth down, the
+    1500-4500 m/s scale every figure shares. Returns the image (for a colourbar)."""
+    size = GRID_SPACING_M * velocity.shape[-1]
+    image = axis.imshow(velocity, cmap=VELOCITY_CMAP, vmin=VELOCITY_MIN, vmax=VELOCITY_MAX,
+                        extent=(0, size, size, 0), interpolation="nearest")
+    axis.set_xticks([])
+    axis.set_yticks([])
+    return image
+
 
 def plot_velocity_families(
     samples: dict[str, np.ndarray],
@@ -47,7 +61,7 @@ def plot_velocity_families(
                 for spine in ax.spines.values():
                     spine.set_visible(False)
                 continue
-            image = ax.imshow(maps[column], cmap="jet", vmin=VELOCITY_MIN, vmax=VELOCITY_MAX, interpolation="nearest")
+            image = ax.imshow(maps[column], cmap=VELOCITY_CMAP, vmin=VELOCITY_MIN, vmax=VELOCITY_MAX, interpolation="nearest")
         origin = "real OpenFWI" if family in real else "synthetic"
         axes[row, 0].set_ylabel(f"{family}\n({origin})", fontsize=9)
     if image is not None:

@@ -195,7 +195,8 @@ def inversionnet_tables(rows: list[dict], mean_map: list[dict]) -> dict[str, lis
 def plot_predictions(models: dict[str, InversionNet], dataset: zarr.Group, device=None) -> Figure:
     """The paper's Fig. 9: one test sample per family of the opened dataset store, the true
     velocity and each arm's prediction, in m/s on OpenFWI's grid."""
-    from ..plotting import plt, show_velocity
+    from ..plotting import plt
+    from .figures import show_velocity
 
     test = dataset["test"]
     rep = representation_of(dataset)

@@ -244,7 +244,8 @@ def plot_examples(examples: list[dict], rep: Representation,
                   title: str = "Stage 1: decoded pairs against the wave equation", shot: int | None = None) -> Figure:
     """One row per example: decoded seismic, F(decoded velocity), their difference (one shot,
     normalised seismic in [-1, 1]), and the decoded velocity in m/s on OpenFWI's grid."""
-    from ..plotting import plt, show_velocity
+    from ..plotting import plt
+    from .figures import show_velocity
 
     rows = len(examples)
     figure, axes = plt.subplots(rows, 4, figsize=(11, 2.6 * rows + 0.6), squeeze=False, layout="constrained")
