@@ -15,6 +15,7 @@ import types
 import typing
 from typing import Annotated, Literal
 
+from . import __version__
 from .steps import MODULES, Positional
 
 
@@ -77,6 +78,7 @@ def add_option(parser: argparse.ArgumentParser, parameter: inspect.Parameter, hi
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wavediffusion", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for function in step_functions():
         doc = inspect.getdoc(function)

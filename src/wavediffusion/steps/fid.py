@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from . import Seed, Threads, settings_from_json, step, use_threads
+from . import Dataset, Seed, Stage1Model, Threads, Variant, settings_from_json, step, use_threads
 
 FidJSON = Annotated[str, "JSON of config fid"]
 StageOneLatents = Annotated[str, "encode-latents' store (for the random-latent baseline)"]
@@ -47,7 +47,7 @@ def scoring_inputs(reference: str, stage1_model: str, latents: str, settings, de
 
 
 @step(gpu=True, batch_key="fid.batch_size")
-def run_fid_reference(dataset: str, settings: FidJSON, out: Annotated[str, ".npz to write"], seed: Seed,
+def run_fid_reference(dataset: Dataset, settings: FidJSON, out: Annotated[str, ".npz to write"], seed: Seed,
                       threads: Threads = None) -> None:
     """Inception features of the real data, both modalities"""
     from ..data.store import open_dataset
@@ -68,7 +68,7 @@ def run_fid_reference(dataset: str, settings: FidJSON, out: Annotated[str, ".npz
 
 
 @step(gpu=True, batch_key="fid.batch_size")
-def run_fid_variant(variant: str, stage1_model: str, latents: StageOneLatents, reference: Reference,
+def run_fid_variant(variant: Variant, stage1_model: Stage1Model, latents: StageOneLatents, reference: Reference,
                     settings: FidJSON,
                     store: Annotated[str, "the variant's pairs store"],
                     out: Annotated[str, "fid.csv to write"],
@@ -96,7 +96,7 @@ def run_fid_variant(variant: str, stage1_model: str, latents: StageOneLatents, r
 
 
 @step(gpu=True, batch_key="fid.batch_size")
-def run_sampler_fid(variant: str, stage1_model: str, latents: StageOneLatents, reference: Reference,
+def run_sampler_fid(variant: Variant, stage1_model: Stage1Model, latents: StageOneLatents, reference: Reference,
                     settings: FidJSON,
                     final_latents: Annotated[str, "diffusion-trajectory's final_latents.npz"],
                     ddim: Annotated[str, "diffusion-trajectory's ddim.csv (deviation and speed)"],
