@@ -110,9 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     if step.gpu:
         # the commands of the rules that ask for a GPU: on a machine of several GPUs, each
         # concurrent job takes its own (devices.claim_local_gpu); before anything starts CUDA
-        from .devices import claim_local_gpu
+        from .devices import NoGPUError, announce_device, claim_local_gpu
 
         claim_local_gpu()
+        try:
+            announce_device(args.command)  # the log's first line: which device, or a loud CPU warning
+        except (NoGPUError, ValueError) as error:
+            print(f"wavediffusion {args.command}: error: {error}", file=sys.stderr)
+            return 4
     options = {name: getattr(args, name) for name in inspect.signature(args.run).parameters}
     try:
         args.run(**options)
