@@ -15,7 +15,7 @@ import types
 import typing
 from typing import Annotated, Literal
 
-from . import __version__
+from wavediffusion import __version__  # the package's __init__: layer 7, as this module
 from .steps import MODULES, Positional
 
 
