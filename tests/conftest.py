@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ SCHEMA = PACKAGE_SCHEMA  # shipped with the package
 # One thread: tiny tensors gain nothing from two, and two OpenMP threads on a shared
 # 2-core machine can spin-wait each other into 10x slowdowns.
 torch.set_num_threads(1)
+
+# The tests run GPU steps on the CPU: a cluster user's WAVEDIFFUSION_REQUIRE_GPU=1 would refuse them.
+os.environ.pop("WAVEDIFFUSION_REQUIRE_GPU", None)
 
 
 def pytest_collection_modifyitems(config, items):

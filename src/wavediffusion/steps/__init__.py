@@ -11,7 +11,7 @@ sampling and checking shards) and the downloads and exports.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 # The modules in the order of the DAG: `wavediffusion --help` lists the commands so.
 MODULES = ("common", "data", "physics", "stage1", "stage2", "sampling", "fid", "inversion", "claims")
@@ -42,6 +42,13 @@ class Positional(str):
 # Options many steps share.
 Threads = Annotated[int | None, "CPU threads for torch (Snakemake passes the rule's threads; default: torch's choice)"]
 Seed = Annotated[int, "the global seed (config seed), from which each random draw derives its own"]
+Dataset = Annotated[str, "the dataset store (preprocess' dataset.zarr)"]
+Stage1Model = Annotated[str, "train-stage1's weights: the VQ autoencoder's model.pt"]
+Stage2Model = Annotated[str, "train-stage2's weights: the diffusion UNet's model.pt"]
+PairsStore = Annotated[str, "the variant's pairs store (create-pairs-store's pairs.zarr)"]
+Variant = Annotated[str, "the Stage-1 variant (config stage1.variants: 1vq or 2vq)"]
+Shard = Annotated[int, "the shard's index in the pairs store, from 0"]
+Backend = Annotated[Literal["deepwave", "openfwi"], "the forward-modelling backend (physics/forward.py)"]
 
 
 def use_threads(threads: int | None) -> None:

@@ -8,7 +8,7 @@ from . import step
 
 
 @step()
-def run_claims(variants: list[str],
+def run_claims(variants: Annotated[list[str], "the Stage-1 variants, in the order of the per-variant files"],
                table5: Annotated[list[str], "diffusion-trajectory's table5.csv per variant, in order"],
                deviation: Annotated[list[str], "diffusion-trajectory's deviation.csv per variant"],
                memorisation: Annotated[list[str], "memorisation.csv per variant"],
@@ -18,7 +18,7 @@ def run_claims(variants: list[str],
                stage2_records: Annotated[list[str], "train-stage2's train.json per variant"],
                table2: Annotated[str, "results/inversionnet/table2.csv"],
                inversion_record: Annotated[str, "the arm `real`'s train.json"],
-               out: str) -> None:
+               out: Annotated[str, "claims.csv to write"]) -> None:
     """the paper's claims tested on the run's result tables (results/claims.csv)"""
     import json
     from pathlib import Path

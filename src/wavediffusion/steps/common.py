@@ -126,7 +126,8 @@ def run_verify(store: Annotated[str, Positional("a store the workflow wrote: dat
 
 
 @step()
-def run_combine_tables(tables: Annotated[list[str], Positional("CSV tables with the same columns")], out: str) -> None:
+def run_combine_tables(tables: Annotated[list[str], Positional("CSV tables with the same columns")],
+                       out: Annotated[str, "the combined CSV to write"]) -> None:
     """concatenate CSV tables with the same columns into one"""
     from ..files import combine_csv
 

@@ -3,13 +3,15 @@ embedded velocity maps) into the dataset Zarr store."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
-from . import Seed, Threads, step, use_threads
+from . import Backend, Dataset, Seed, Threads, step, use_threads
+
+Family = Annotated[str, "an OpenFWI family, e.g. FlatVel-A (data/families.py)"]
 
 
 @step()
-def run_download_openfwi(family: str,
+def run_download_openfwi(family: Family,
                          dest: Annotated[str, "root folder of the OpenFWI layout"],
                          record: Annotated[str, "JSON written once every file is verified"],
                          base_url: Annotated[str | None, "a mirror with OpenFWI's layout (overrides the manifest's URLs)"] = None,
@@ -21,8 +23,14 @@ def run_download_openfwi(family: str,
 
 
 @step()
-def run_simulate(family: str, out_root: str, train: int, test: int, synthetic_seed: int,
-                 backend: Literal["deepwave", "openfwi"], batch_size: int, threads: Threads = None) -> None:
+def run_simulate(family: Family,
+                 out_root: Annotated[str, "root folder of the OpenFWI layout to write the family's folder into"],
+                 train: Annotated[int, "velocity maps to simulate for the train split"],
+                 test: Annotated[int, "velocity maps to simulate for the test split"],
+                 synthetic_seed: Annotated[int, "seed of the synthetic velocity maps (unused for real ones)"],
+                 backend: Backend,
+                 batch_size: Annotated[int, "velocity maps forward-modelled at once"],
+                 threads: Threads = None) -> None:
     """forward-model one family's embedded velocity maps into OpenFWI's layout"""
     from ..physics.simulate import simulate_family
 
@@ -33,11 +41,20 @@ def run_simulate(family: str, out_root: str, train: int, test: int, synthetic_se
 
 
 @step()
-def run_preprocess(openfwi_root: str,
+def run_preprocess(openfwi_root: Annotated[str, "root folder of the OpenFWI layout (one folder per family)"],
                    source: Annotated[str, "recorded in the store's provenance"],
-                   families: list[str], shots: list[int], time_samples: int, receivers: int, velocity_size: int,
-                   samples_per_shard: int, val_fraction: float, out: str, seed: Seed,
-                   max_train_per_family: int | None = None, max_test_per_family: int | None = None,
+                   families: Annotated[list[str], "the families to read, e.g. FlatVel-A CurveVel-A"],
+                   shots: Annotated[list[int], "the OpenFWI shots kept (of 0-4), one channel each"],
+                   time_samples: Annotated[int, "time samples of the stored seismic (OpenFWI's 1000 resized)"],
+                   receivers: Annotated[int, "receivers of the stored seismic (OpenFWI's 70 resized)"],
+                   velocity_size: Annotated[int, "side of the stored velocity map (OpenFWI's 70 resized)"],
+                   samples_per_shard: Annotated[int, "samples per Zarr shard"],
+                   val_fraction: Annotated[float, "fraction of each family's train samples held out as val"],
+                   out: Annotated[str, "the dataset store to write (dataset.zarr)"], seed: Seed,
+                   max_train_per_family: Annotated[int | None, "keep at most this many train samples per family"
+                                                   " (none: all)"] = None,
+                   max_test_per_family: Annotated[int | None, "keep at most this many test samples per family"
+                                                  " (none: all)"] = None,
                    threads: Annotated[int | None, "worker threads, each converting whole blocks"] = None) -> None:
     """OpenFWI layout -> the dataset Zarr store"""
     from ..data.preprocess import PreprocessSettings, preprocess
@@ -54,7 +71,8 @@ def run_preprocess(openfwi_root: str,
 
 
 @step()
-def run_plot_velocity_families(dataset: str, out: str, per_family: int = 4) -> None:
+def run_plot_velocity_families(dataset: Dataset, out: Annotated[str, "PNG to write"],
+                               per_family: Annotated[int, "velocity maps shown per family"] = 4) -> None:
     """figure: velocity maps of every family in the data set"""
     from ..evaluation.figures import plot_dataset_velocity
 

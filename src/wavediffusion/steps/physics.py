@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from . import Threads, step, use_threads
+from . import Dataset, Threads, step, use_threads
 
 
 @step()
-def run_pde_floor(dataset: str, samples_per_family: int, backends: list[str], batch_size: int, out: str,
+def run_pde_floor(dataset: Dataset,
+                  samples_per_family: Annotated[int, "test pairs per family whose deviation is measured"],
+                  backends: Annotated[list[str], "forward-modelling backends to compare: deepwave, openfwi"],
+                  batch_size: Annotated[int, "pairs forward-modelled at once"],
+                  out: Annotated[str, "pde_floor.csv to write: the deviation per family and backend"],
                   true_pairs: Annotated[str, "CSV to write: each true pair's deviation (deepwave, model64)"],
                   threads: Threads = None) -> None:
     """PDE deviation of the data set's own true pairs"""

@@ -3,9 +3,10 @@ the wave equation, the physics filter, the memorisation check and the OpenFWI ex
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
-from . import Seed, Threads, settings_from_json, step, use_threads
+from . import (Backend, PairsStore, Seed, Shard, Stage1Model, Stage2Model, Threads, Variant, settings_from_json, step,
+               use_threads)
 
 SamplingJSON = Annotated[str, "JSON of config sampling"]
 
@@ -17,7 +18,8 @@ def sampling_settings(text: str, seed: int):
 
 
 @step()
-def run_create_pairs_store(stage1_model: str, settings: SamplingJSON, out: str, seed: Seed,
+def run_create_pairs_store(stage1_model: Stage1Model, settings: SamplingJSON,
+                           out: Annotated[str, "the empty pairs store to create (pairs.zarr)"], seed: Seed,
                            dataset: Annotated[str, "the dataset store (its representation, recorded in the store)"]
                            ) -> None:
     """the empty pairs store that sampling shards fill"""
@@ -30,7 +32,8 @@ def run_create_pairs_store(stage1_model: str, settings: SamplingJSON, out: str, 
 
 
 @step(gpu=True, batch_key="sampling.batch_size")
-def run_sample_shard(stage1_model: str, stage2_model: str, store: str, shard: int, settings: SamplingJSON,
+def run_sample_shard(stage1_model: Stage1Model, stage2_model: Stage2Model, store: PairsStore, shard: Shard,
+                     settings: SamplingJSON,
                      record: Annotated[str, "JSON written once the shard is complete"], seed: Seed,
                      threads: Threads = None) -> None:
     """generate and decode one shard of pairs into the pairs store"""
@@ -44,9 +47,9 @@ def run_sample_shard(stage1_model: str, stage2_model: str, store: str, shard: in
 
 
 @step(gpu=True, batch_key="physics.batch_size")
-def run_check_shard(store: str, shard: int,
+def run_check_shard(store: PairsStore, shard: Shard,
                     dataset: Annotated[str, "the dataset store (its representation)"],
-                    backend: Literal["deepwave", "openfwi"], batch_size: int,
+                    backend: Backend, batch_size: Annotated[int, "pairs forward-modelled at once"],
                     record: Annotated[str, "JSON written once the shard is checked"],
                     threads: Threads = None) -> None:
     """the wave-equation check of one shard's pairs (deepwave)"""
@@ -60,7 +63,7 @@ def run_check_shard(store: str, shard: int,
 
 
 @step()
-def run_gather_samples(store: str, out: str,
+def run_gather_samples(store: PairsStore, out: Annotated[str, "manifest.json to write"],
                        sample_records: Annotated[list[str], "the sample_shard records, in shard order"],
                        check_records: Annotated[list[str], "the check_shard records, in shard order"]) -> None:
     """manifest.json of a complete pairs store (refuses an incomplete one)"""
@@ -81,7 +84,7 @@ def run_gather_samples(store: str, out: str,
 
 
 @step()
-def run_physics_report(store: str, variant: str,
+def run_physics_report(store: PairsStore, variant: Variant,
                        settings: Annotated[str, "JSON of config physics"],
                        dataset: Annotated[str, "the dataset store (pde_floor's true pairs, for the families)"],
                        floor: Annotated[str, "pde_floor.csv (the data set's own deviation)"],
@@ -118,7 +121,7 @@ def run_physics_report(store: str, variant: str,
 
 
 @step(gpu=True)
-def run_memorisation(variant: str,
+def run_memorisation(variant: Variant,
                      store: Annotated[str, "the variant's pairs store"],
                      latents: Annotated[str, "encode-latents' store (train and held-out val latents)"],
                      out: Annotated[str, "memorisation.csv to write"],
@@ -145,7 +148,7 @@ def run_memorisation(variant: str,
 
 
 @step(gpu=True)
-def run_export_openfwi(store: str,
+def run_export_openfwi(store: PairsStore,
                        dataset: Annotated[str, "the dataset store (its representation)"],
                        settings: Annotated[str, "JSON of config export"],
                        out: Annotated[str, "the folder to write (replaced atomically)"],

@@ -6,12 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from . import Threads, step, use_threads
+from . import Dataset, Stage1Model, Threads, step, use_threads
 from .common import finish_training
 
 
 @step(gpu=True, batch_key="stage1.training.batch_size")
-def run_train_stage1(dataset: str, variant: Literal["1vq", "2vq"],
+def run_train_stage1(dataset: Dataset,
+                     variant: Annotated[Literal["1vq", "2vq"], "one codebook for both modalities, or one each"],
                      settings: Annotated[str, "JSON of config stage1.{model,discriminator,losses,training}"],
                      out: Annotated[str, "the final weights file"],
                      record: Annotated[str, "train.json to write: steps, seconds, stop reason, validation trend"],
@@ -32,7 +33,9 @@ def run_train_stage1(dataset: str, variant: Literal["1vq", "2vq"],
 
 
 @step(gpu=True)
-def run_encode_latents(model: str, dataset: str, out: str, batch_size: int = 64, threads: Threads = None) -> None:
+def run_encode_latents(model: Stage1Model, dataset: Dataset,
+                       out: Annotated[str, "the latents store to write (latents.zarr)"],
+                       batch_size: Annotated[int, "samples encoded at once"] = 64, threads: Threads = None) -> None:
     """encode the train/val splits with a trained autoencoder (Stage 2's data)"""
     from ..training.stage1 import encode_latents
 
@@ -42,7 +45,7 @@ def run_encode_latents(model: str, dataset: str, out: str, batch_size: int = 64,
 
 
 @step(gpu=True)
-def run_evaluate_stage1(model: str, dataset: str,
+def run_evaluate_stage1(model: Stage1Model, dataset: Dataset,
                         latents: Annotated[str, "encode-latents' store (the training latents)"],
                         settings: Annotated[str, "JSON of config stage1.evaluation"],
                         metrics: Annotated[str, "per-family metrics CSV to write"],

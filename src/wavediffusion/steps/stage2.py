@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from . import Threads, step, use_threads
+from . import Stage1Model, Stage2Model, Threads, step, use_threads
 from .common import finish_training
 
 
@@ -32,7 +32,7 @@ def run_train_stage2(latents: Annotated[str, "encode-latents' store"],
 
 
 @step(gpu=True)
-def run_diffusion_trajectory(stage1_model: str, stage2_model: str,
+def run_diffusion_trajectory(stage1_model: Stage1Model, stage2_model: Stage2Model,
                              latents: Annotated[str, "encode-latents' store (the training latents)"],
                              dataset: Annotated[str, "the dataset store (its representation)"],
                              stage1_table5: Annotated[str, "evaluate-stage1's table5.csv"],
