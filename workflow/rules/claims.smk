@@ -15,15 +15,15 @@ rule claims:
         inversion_record=expand(rules.train_inversionnet.output.record, arm="real")[0],
     output:
         "results/claims.csv",
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/claims.log",
-    params:
-        variants=VARIANTS,
+    conda:
+        "../../envs/wavediffusion.yaml"
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        variants=VARIANTS,
     shell:
         "wavediffusion claims --variants {params.variants} --table5 {input.table5} --deviation {input.deviation}"
         " --memorisation {input.memorisation} --stage1-records {input.stage1_records}"

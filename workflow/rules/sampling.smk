@@ -17,16 +17,16 @@ rule create_pairs_store:
         stage1_model=rules.train_stage1.output.model,
     output:
         directory("results/samples/{variant}/pairs.zarr"),
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/create_pairs_store/{variant}.log",
-    params:
-        settings=json.dumps(SAMPLING, sort_keys=True),
-        seed=config["seed"],
+    conda:
+        "../../envs/wavediffusion.yaml"
     resources:
         mem_mb=4000,
         runtime=10,
+    params:
+        settings=json.dumps(SAMPLING, sort_keys=True),
+        seed=config["seed"],
     shell:
         "wavediffusion create-pairs-store --stage1-model {input.stage1_model} --settings {params.settings:q}"
         " --seed {params.seed} --out {output} > {log} 2>&1"
@@ -40,21 +40,21 @@ rule sample_shard:
         store=rules.create_pairs_store.output[0],
     output:
         "results/samples/{variant}/shards/sample-{shard}.json",
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/sample_shard/{variant}-{shard}.log",
     benchmark:
         "benchmarks/out/sample_shard/{variant}-{shard}.tsv"
-    params:
-        settings=json.dumps(SAMPLING, sort_keys=True),
-        seed=config["seed"],
-    threads: 2
     retries: 1
+    conda:
+        "../../envs/wavediffusion.yaml"
+    threads: 2
     resources:
         mem_mb=16000,
         runtime=240,
         gpu=1,
+    params:
+        settings=json.dumps(SAMPLING, sort_keys=True),
+        seed=config["seed"],
     shell:
         "wavediffusion sample-shard --stage1-model {input.stage1_model} --stage2-model {input.stage2_model}"
         " --store {input.store} --shard {wildcards.shard} --settings {params.settings:q} --seed {params.seed}"
@@ -69,20 +69,20 @@ rule check_shard:
         dataset=rules.preprocess.output[0],
     output:
         "results/samples/{variant}/shards/check-{shard}.json",
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/check_shard/{variant}-{shard}.log",
     benchmark:
         "benchmarks/out/check_shard/{variant}-{shard}.tsv"
-    params:
-        batch_size=config["physics"]["batch_size"],
-    threads: 2
     retries: 1
+    conda:
+        "../../envs/wavediffusion.yaml"
+    threads: 2
     resources:
         mem_mb=16000,
         runtime=120,
         gpu=1,
+    params:
+        batch_size=config["physics"]["batch_size"],
     shell:
         "wavediffusion check-shard --store {input.store} --shard {wildcards.shard} --dataset {input.dataset}"
         " --backend deepwave --batch-size {params.batch_size} --threads {threads} --record {output} > {log} 2>&1"
@@ -96,10 +96,10 @@ rule gather_samples:
         store=rules.create_pairs_store.output[0],
     output:
         "results/samples/{variant}/manifest.json",
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/gather_samples/{variant}.log",
+    conda:
+        "../../envs/wavediffusion.yaml"
     resources:
         mem_mb=8000,
         runtime=30,
@@ -121,19 +121,29 @@ rule physics_report:
         figure="results/samples/{variant}/deviation_histogram.png",
         acceptance="results/samples/{variant}/acceptance.csv",
         acceptance_figure="results/samples/{variant}/acceptance.png",
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/physics_report/{variant}.log",
-    params:
-        # the filter's keys and the floor's pair count only: the floor's batch size does not rerun it
-        settings=json.dumps({key: config["physics"][key] for key in ("filter", "max_deviation", "family_quantile",
-                                                                      "family_multiple", "floor_samples_per_family")},
-                            sort_keys=True),
+    conda:
+        "../../envs/wavediffusion.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=60,  # the family assignment reads every generated velocity map
+    params:
+        # the filter's keys and the floor's pair count only: the floor's batch size does not rerun it
+        settings=json.dumps(
+            {
+                key: config["physics"][key]
+                for key in (
+                    "filter",
+                    "max_deviation",
+                    "family_quantile",
+                    "family_multiple",
+                    "floor_samples_per_family",
+                )
+            },
+            sort_keys=True,
+        ),
     shell:
         "wavediffusion physics-report --store {input.store} --variant {wildcards.variant}"
         " --settings {params.settings:q} --dataset {input.dataset} --threads {threads} --floor {input.floor}"
@@ -151,12 +161,12 @@ rule memorisation:
     output:
         table="results/samples/{variant}/memorisation.csv",
         figure="results/samples/{variant}/memorisation.png",
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/memorisation/{variant}.log",
     benchmark:
         "benchmarks/out/memorisation/{variant}.tsv"
+    conda:
+        "../../envs/wavediffusion.yaml"
     threads: 2
     resources:
         mem_mb=8000,
@@ -176,19 +186,19 @@ rule export_openfwi:
         dataset=rules.preprocess.output[0],
     output:
         directory("results/export/{variant}/openfwi"),
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/export_openfwi/{variant}.log",
     benchmark:
         "benchmarks/out/export_openfwi/{variant}.tsv"
-    params:
-        settings=json.dumps(config["export"], sort_keys=True),
+    conda:
+        "../../envs/wavediffusion.yaml"
     threads: 2
     resources:
         mem_mb=16000,
         runtime=240,
         gpu=1,
+    params:
+        settings=json.dumps(config["export"], sort_keys=True),
     shell:
         "wavediffusion export-openfwi --store {input.store} --dataset {input.dataset} --settings {params.settings:q}"
         " --threads {threads} --out {output} > {log} 2>&1"

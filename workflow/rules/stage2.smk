@@ -8,21 +8,21 @@ rule train_stage2:
     output:
         model="results/stage2/{variant}/model.pt",
         record="results/stage2/{variant}/train.json",
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/train_stage2/{variant}.log",
     benchmark:
         "benchmarks/out/train_stage2/{variant}.tsv"
+    retries: 1
+    conda:
+        "../../envs/wavediffusion.yaml"
+    threads: 2
+    resources:
+        **training_resources("stage2"),
+        mem_mb=16000,
+        runtime=24 * 60,
     params:
         launch=training_launch("stage2"),  # one process per GPU (common.smk)
         settings=json.dumps({key: config["stage2"][key] for key in ("model", "diffusion", "training")}, sort_keys=True),
-    threads: 2
-    retries: 1
-    resources:
-        mem_mb=16000,
-        runtime=24 * 60,
-        **training_resources("stage2"),
     shell:
         "{params.launch} train-stage2 --latents {input} --settings {params.settings:q}"
         " --threads {threads} --out {output.model} --record {output.record} > {log} 2>&1"
@@ -43,19 +43,19 @@ rule diffusion_trajectory:
         figure="results/trajectory/{variant}/deviation.png",
         examples="results/trajectory/{variant}/trajectory_examples.png",
         final_latents="results/trajectory/{variant}/final_latents.npz",
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/diffusion_trajectory/{variant}.log",
     benchmark:
         "benchmarks/out/diffusion_trajectory/{variant}.tsv"
-    params:
-        settings=json.dumps(config["stage2"]["trajectory"], sort_keys=True),
+    conda:
+        "../../envs/wavediffusion.yaml"
     threads: 2
     resources:
         mem_mb=16000,
         runtime=240,
         gpu=1,
+    params:
+        settings=json.dumps(config["stage2"]["trajectory"], sort_keys=True),
     shell:
         "wavediffusion diffusion-trajectory --stage1-model {input.stage1_model} --stage2-model {input.stage2_model}"
         " --latents {input.latents} --dataset {input.dataset} --stage1-table5 {input.stage1_table5}"
