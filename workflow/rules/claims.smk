@@ -14,9 +14,17 @@ rule claims:
         table2=rules.inversionnet_tables.output.table2,
         inversion_record=expand(rules.train_inversionnet.output.record, arm="real")[0],
     output:
-        "results/claims.csv",
+        report(
+            "results/claims.csv",
+            caption="../report/claims.rst",
+            category="1 Claims",
+            subcategory="All variants",
+            labels={"result": "the paper's claims"},
+        ),
     log:
         "logs/claims.log",
+    benchmark:
+        "benchmarks/out/claims.tsv"
     conda:
         "../../envs/wavediffusion.yaml"
     resources:

@@ -8,6 +8,8 @@ rule download_openfwi:
         "results/openfwi/download/{family_dir}/download.json",
     log:
         "logs/download_openfwi/{family_dir}.log",
+    benchmark:
+        "benchmarks/out/download_openfwi/{family_dir}.tsv"
     retries: 2
     conda:
         "../../envs/wavediffusion.yaml"
@@ -95,9 +97,17 @@ rule velocity_figure:
     input:
         rules.preprocess.output[0],
     output:
-        "results/figures/velocity_families.png",
+        report(
+            "results/figures/velocity_families.png",
+            caption="../report/velocity_families.rst",
+            category="2 Data",
+            subcategory="Velocity maps",
+            labels={"result": "velocity maps per family"},
+        ),
     log:
         "logs/velocity_figure.log",
+    benchmark:
+        "benchmarks/out/velocity_figure.tsv"
     conda:
         "../../envs/wavediffusion.yaml"
     resources:

@@ -41,8 +41,20 @@ rule fid_variant:
         reference=rules.fid_reference.output[0],
     output:
         table="results/fid/{variant}/fid.csv",
-        tsne_seismic="results/fid/{variant}/tsne_seismic.png",
-        tsne_velocity="results/fid/{variant}/tsne_velocity.png",
+        tsne_seismic=report(
+            "results/fid/{variant}/tsne_seismic.png",
+            caption="../report/tsne.rst",
+            category="6 FID",
+            subcategory="{variant}",
+            labels={"result": "t-SNE, seismic"},
+        ),
+        tsne_velocity=report(
+            "results/fid/{variant}/tsne_velocity.png",
+            caption="../report/tsne.rst",
+            category="6 FID",
+            subcategory="{variant}",
+            labels={"result": "t-SNE, velocity"},
+        ),
     log:
         "logs/fid_variant/{variant}.log",
     benchmark:
@@ -73,8 +85,20 @@ rule sampler_fid:
         latents=rules.encode_latents.output[0],
         reference=rules.fid_reference.output[0],
     output:
-        table="results/fid/{variant}/samplers.csv",
-        figure="results/fid/{variant}/samplers.png",
+        table=report(
+            "results/fid/{variant}/samplers.csv",
+            caption="../report/sampler_fid.rst",
+            category="6 FID",
+            subcategory="{variant}",
+            labels={"result": "FID per sampler (table)"},
+        ),
+        figure=report(
+            "results/fid/{variant}/samplers.png",
+            caption="../report/sampler_fid_figure.rst",
+            category="6 FID",
+            subcategory="{variant}",
+            labels={"result": "FID per sampler"},
+        ),
     log:
         "logs/sampler_fid/{variant}.log",
     benchmark:
@@ -102,9 +126,17 @@ rule fid_table:
     input:
         expand(rules.fid_variant.output.table, variant=VARIANTS),
     output:
-        "results/fid_table.csv",
+        report(
+            "results/fid_table.csv",
+            caption="../report/fid_table.rst",
+            category="6 FID",
+            subcategory="All variants",
+            labels={"result": "FID (Table 1)"},
+        ),
     log:
         "logs/fid_table.log",
+    benchmark:
+        "benchmarks/out/fid_table.tsv"
     conda:
         "../../envs/wavediffusion.yaml"
     resources:

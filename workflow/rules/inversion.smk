@@ -22,7 +22,7 @@ rule train_inversionnet:
     retries: 2
     conda:
         "../../envs/wavediffusion.yaml"
-    threads: 2
+    threads: training_threads("inversionnet")  # its DataLoader workers + 1 (common.smk)
     resources:
         **training_resources("inversionnet"),
         mem_mb=32000,
@@ -54,6 +54,8 @@ rule hardest_generated:
         "results/inversionnet/hard/{hard_set}.npz",
     log:
         "logs/hardest_generated/{hard_set}.log",
+    benchmark:
+        "benchmarks/out/hardest_generated/{hard_set}.tsv"
     conda:
         "../../envs/wavediffusion.yaml"
     threads: 2
@@ -81,6 +83,8 @@ rule evaluate_inversionnet:
         "results/inversionnet/{arm}/metrics.csv",
     log:
         "logs/evaluate_inversionnet/{arm}.log",
+    benchmark:
+        "benchmarks/out/evaluate_inversionnet/{arm}.tsv"
     conda:
         "../../envs/wavediffusion.yaml"
     threads: 2
@@ -105,12 +109,38 @@ rule inversionnet_tables:
         models=expand(rules.train_inversionnet.output.model, arm=ARMS["table2"]),
         dataset=rules.preprocess.output[0],
     output:
-        table2="results/inversionnet/table2.csv",
-        table3="results/inversionnet/table3.csv",
-        table4="results/inversionnet/table4.csv",
-        figure="results/inversionnet/predictions.png",
+        table2=report(
+            "results/inversionnet/table2.csv",
+            caption="../report/table2.rst",
+            category="7 Inversion",
+            subcategory="InversionNet augmentation",
+            labels={"result": "Table 2"},
+        ),
+        table3=report(
+            "results/inversionnet/table3.csv",
+            caption="../report/table3.rst",
+            category="7 Inversion",
+            subcategory="InversionNet augmentation",
+            labels={"result": "Table 3"},
+        ),
+        table4=report(
+            "results/inversionnet/table4.csv",
+            caption="../report/table4.rst",
+            category="7 Inversion",
+            subcategory="InversionNet augmentation",
+            labels={"result": "Table 4"},
+        ),
+        figure=report(
+            "results/inversionnet/predictions.png",
+            caption="../report/inversionnet_predictions.rst",
+            category="7 Inversion",
+            subcategory="InversionNet augmentation",
+            labels={"result": "predictions (Fig. 9)"},
+        ),
     log:
         "logs/inversionnet_tables.log",
+    benchmark:
+        "benchmarks/out/inversionnet_tables.tsv"
     conda:
         "../../envs/wavediffusion.yaml"
     threads: 2
@@ -134,7 +164,13 @@ rule refine_inversion:
         table9="results/refine/{variant}/table9.csv",
         table7="results/refine/{variant}/table7.csv",
         info="results/refine/{variant}/info.json",
-        figure="results/refine/{variant}/examples.png",
+        figure=report(
+            "results/refine/{variant}/examples.png",
+            caption="../report/refine_examples.rst",
+            category="7 Inversion",
+            subcategory="Diffusion-refined inversion",
+            labels={"result": "examples, {variant}"},
+        ),
     log:
         "logs/refine_inversion/{variant}.log",
     benchmark:
@@ -161,9 +197,17 @@ rule refine_table9:
     input:
         expand(rules.refine_inversion.output.table9, variant=VARIANTS),
     output:
-        "results/refine/table9.csv",
+        report(
+            "results/refine/table9.csv",
+            caption="../report/table9.rst",
+            category="7 Inversion",
+            subcategory="Diffusion-refined inversion",
+            labels={"result": "Table 9"},
+        ),
     log:
         "logs/refine_table9.log",
+    benchmark:
+        "benchmarks/out/refine_table9.tsv"
     conda:
         "../../envs/wavediffusion.yaml"
     resources:
@@ -178,9 +222,17 @@ rule refine_table7:
     input:
         expand(rules.refine_inversion.output.table7, variant=VARIANTS),
     output:
-        "results/refine/table7.csv",
+        report(
+            "results/refine/table7.csv",
+            caption="../report/table7.rst",
+            category="7 Inversion",
+            subcategory="Diffusion-refined inversion",
+            labels={"result": "Table 7"},
+        ),
     log:
         "logs/refine_table7.log",
+    benchmark:
+        "benchmarks/out/refine_table7.tsv"
     conda:
         "../../envs/wavediffusion.yaml"
     resources:

@@ -6,7 +6,13 @@ rule pde_floor:
     input:
         rules.preprocess.output[0],
     output:
-        floor="results/physics/pde_floor.csv",
+        floor=report(
+            "results/physics/pde_floor.csv",
+            caption="../report/pde_floor.rst",
+            category="2 Data",
+            subcategory="PDE floor",
+            labels={"result": "PDE deviation of the true pairs"},
+        ),
         true_pairs="results/physics/true_pair_deviation.csv",
     log:
         "logs/pde_floor.log",

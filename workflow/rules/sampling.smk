@@ -19,6 +19,8 @@ rule create_pairs_store:
         directory("results/samples/{variant}/pairs.zarr"),
     log:
         "logs/create_pairs_store/{variant}.log",
+    benchmark:
+        "benchmarks/out/create_pairs_store/{variant}.tsv"
     conda:
         "../../envs/wavediffusion.yaml"
     resources:
@@ -98,6 +100,8 @@ rule gather_samples:
         "results/samples/{variant}/manifest.json",
     log:
         "logs/gather_samples/{variant}.log",
+    benchmark:
+        "benchmarks/out/gather_samples/{variant}.tsv"
     conda:
         "../../envs/wavediffusion.yaml"
     resources:
@@ -117,12 +121,38 @@ rule physics_report:
         floor=rules.pde_floor.output.floor,
         true_pairs=rules.pde_floor.output.true_pairs,
     output:
-        report="results/samples/{variant}/physics_report.csv",
-        figure="results/samples/{variant}/deviation_histogram.png",
-        acceptance="results/samples/{variant}/acceptance.csv",
-        acceptance_figure="results/samples/{variant}/acceptance.png",
+        report=report(
+            "results/samples/{variant}/physics_report.csv",
+            caption="../report/physics_report.rst",
+            category="5 Generated pairs",
+            subcategory="{variant}",
+            labels={"result": "physics filter per family"},
+        ),
+        figure=report(
+            "results/samples/{variant}/deviation_histogram.png",
+            caption="../report/deviation_histogram.rst",
+            category="5 Generated pairs",
+            subcategory="{variant}",
+            labels={"result": "PDE deviation histogram"},
+        ),
+        acceptance=report(
+            "results/samples/{variant}/acceptance.csv",
+            caption="../report/acceptance.rst",
+            category="5 Generated pairs",
+            subcategory="{variant}",
+            labels={"result": "acceptance vs threshold (table)"},
+        ),
+        acceptance_figure=report(
+            "results/samples/{variant}/acceptance.png",
+            caption="../report/acceptance_figure.rst",
+            category="5 Generated pairs",
+            subcategory="{variant}",
+            labels={"result": "acceptance vs threshold"},
+        ),
     log:
         "logs/physics_report/{variant}.log",
+    benchmark:
+        "benchmarks/out/physics_report/{variant}.tsv"
     conda:
         "../../envs/wavediffusion.yaml"
     threads: 2
@@ -159,8 +189,20 @@ rule memorisation:
         store=rules.create_pairs_store.output[0],
         latents=rules.encode_latents.output[0],
     output:
-        table="results/samples/{variant}/memorisation.csv",
-        figure="results/samples/{variant}/memorisation.png",
+        table=report(
+            "results/samples/{variant}/memorisation.csv",
+            caption="../report/memorisation.rst",
+            category="5 Generated pairs",
+            subcategory="{variant}",
+            labels={"result": "memorisation (table)"},
+        ),
+        figure=report(
+            "results/samples/{variant}/memorisation.png",
+            caption="../report/memorisation_figure.rst",
+            category="5 Generated pairs",
+            subcategory="{variant}",
+            labels={"result": "memorisation"},
+        ),
     log:
         "logs/memorisation/{variant}.log",
     benchmark:

@@ -19,7 +19,7 @@ rule train_stage1:
     retries: 1
     conda:
         "../../envs/wavediffusion.yaml"
-    threads: 2
+    threads: training_threads("stage1")  # its DataLoader workers + 1 (common.smk)
     resources:
         **training_resources("stage1"),
         mem_mb=16000,
@@ -67,7 +67,13 @@ rule evaluate_stage1:
     output:
         metrics="results/stage1/{variant}/metrics.csv",
         table5="results/stage1/{variant}/table5.csv",
-        figure="results/stage1/{variant}/examples.png",
+        figure=report(
+            "results/stage1/{variant}/examples.png",
+            caption="../report/stage1_examples.rst",
+            category="3 Stage 1",
+            subcategory="{variant}",
+            labels={"result": "reconstructions"},
+        ),
     log:
         "logs/evaluate_stage1/{variant}.log",
     benchmark:
@@ -92,9 +98,17 @@ rule stage1_metrics:
     input:
         expand(rules.evaluate_stage1.output.metrics, variant=VARIANTS),
     output:
-        "results/stage1/metrics.csv",
+        report(
+            "results/stage1/metrics.csv",
+            caption="../report/stage1_metrics.rst",
+            category="3 Stage 1",
+            subcategory="All variants",
+            labels={"result": "Stage-1 metrics"},
+        ),
     log:
         "logs/stage1_metrics.log",
+    benchmark:
+        "benchmarks/out/stage1_metrics.tsv"
     conda:
         "../../envs/wavediffusion.yaml"
     resources:

@@ -15,7 +15,7 @@ rule train_stage2:
     retries: 1
     conda:
         "../../envs/wavediffusion.yaml"
-    threads: 2
+    threads: training_threads("stage2")  # its DataLoader workers + 1 (common.smk)
     resources:
         **training_resources("stage2"),
         mem_mb=16000,
@@ -38,10 +38,28 @@ rule diffusion_trajectory:
         stage1_table5=rules.evaluate_stage1.output.table5,
     output:
         deviation="results/trajectory/{variant}/deviation.csv",
-        table5="results/trajectory/{variant}/table5.csv",
+        table5=report(
+            "results/trajectory/{variant}/table5.csv",
+            caption="../report/table5.rst",
+            category="4 Stage 2 trajectory",
+            subcategory="{variant}",
+            labels={"result": "Table 5"},
+        ),
         ddim="results/trajectory/{variant}/ddim.csv",
-        figure="results/trajectory/{variant}/deviation.png",
-        examples="results/trajectory/{variant}/trajectory_examples.png",
+        figure=report(
+            "results/trajectory/{variant}/deviation.png",
+            caption="../report/trajectory_deviation.rst",
+            category="4 Stage 2 trajectory",
+            subcategory="{variant}",
+            labels={"result": "PDE deviation along the diffusion"},
+        ),
+        examples=report(
+            "results/trajectory/{variant}/trajectory_examples.png",
+            caption="../report/trajectory_examples.rst",
+            category="4 Stage 2 trajectory",
+            subcategory="{variant}",
+            labels={"result": "decoded pairs along the diffusion"},
+        ),
         final_latents="results/trajectory/{variant}/final_latents.npz",
     log:
         "logs/diffusion_trajectory/{variant}.log",
