@@ -1,4 +1,4 @@
-# WaveDiffusion workflow. Thin on purpose: config, validation, includes, `rule all`.
+# WaveDiffusion workflow. Thin on purpose: config, validation, includes, report, localrules, `rule all`.
 # Each step is one rule in workflow/rules/<stage>.smk whose shell is one
 # `wavediffusion <command>` call (the command's function: src/wavediffusion/steps/<stage>.py).
 
@@ -9,14 +9,18 @@ import sys
 # needs numpy beside it): parsing then imports this checkout's src/. An installed one comes first.
 sys.path.append(os.path.join(workflow.basedir, "src"))
 
+from snakemake.utils import min_version
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
 from wavediffusion.config import validate_config  # and its schema, config.schema.yaml beside it
+
+# the Snakemake that pyproject.toml requires (>=9,<10) and the tests run: an older one stops here
+min_version("9.0")
 
 # Rules call the `wavediffusion` command installed beside the Python that runs Snakemake
 # (.venv/bin after `make install`), also when that environment is not activated.
 # Under --sdm conda the rule's conda environment provides it: the prefix runs inside the
 # activated environment, so putting .venv/bin first there would bypass the environment.
-from snakemake_interface_executor_plugins.settings import DeploymentMethod
-
 PYTHON_BIN = os.path.dirname(sys.executable)
 USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
 if not USE_CONDA and os.path.exists(os.path.join(PYTHON_BIN, "wavediffusion")):
@@ -63,6 +67,29 @@ include: "workflow/rules/sampling.smk"
 include: "workflow/rules/fid.smk"
 include: "workflow/rules/inversion.smk"
 include: "workflow/rules/claims.smk"
+
+
+# `snakemake --report report.zip`: the claims, tables and figures marked report() in the
+# rules, each with its caption from workflow/report/, under this description.
+report: "workflow/report/workflow.rst"
+
+
+# Run where Snakemake runs (a cluster's login node), not as SLURM jobs: each takes seconds
+# and one CPU, so queueing it would cost more than it does -- the combiners of small tables
+# (stage1_metrics, fid_table, refine_table9/7, claims), the figure from a few maps
+# (velocity_figure), the empty pairs store and the manifest from the shards' records
+# (create_pairs_store, gather_samples) -- or it needs the internet, which compute nodes
+# often lack (download_openfwi: network-bound, hours on one CPU).
+localrules:
+    download_openfwi,
+    velocity_figure,
+    stage1_metrics,
+    create_pairs_store,
+    gather_samples,
+    fid_table,
+    refine_table9,
+    refine_table7,
+    claims,
 
 
 rule all:

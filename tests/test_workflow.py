@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -211,6 +212,50 @@ def test_tiny_dag_produces_every_output(tiny_run):
     assert {r["held"] for r in claims} <= {"yes", "no", "not testable at this scale"}
     with open(workdir / "results/samples/1vq/memorisation.csv") as handle:
         assert [r["set"] for r in csv.DictReader(handle)] == ["held_out", "generated"]
+
+
+def reported_outputs(config) -> set[str]:
+    """Every path the rules mark report(), for the config's variants."""
+    sources = "\n".join(path.read_text() for path in (REPO / "workflow" / "rules").glob("*.smk"))
+    return {path.format(variant=variant) for path in re.findall(r'report\(\s*"([^"]+)"', sources)
+            for variant in config["stage1"]["variants"]}
+
+
+def test_the_report_holds_every_table_and_figure(tiny_run, tmp_path):
+    """`snakemake --report report.zip` after the run: each output marked report() is in it with
+    its caption, and each table is also shown as a table, read from the run's CSV."""
+    workdir, config = tiny_run
+    reported = reported_outputs(config)
+    assert {"results/claims.csv", "results/fid_table.csv", "results/trajectory/1vq/table5.csv",
+            "results/trajectory/1vq/deviation.png", "results/samples/1vq/physics_report.csv",
+            "results/inversionnet/table2.csv", "results/refine/table9.csv"} <= reported
+    snakemake(workdir, "--report", str(tmp_path / "report.zip"))
+    with zipfile.ZipFile(tmp_path / "report.zip") as archive:
+        files = {archive.read(name) for name in archive.namelist() if "/data/raw/" in name}
+        html = archive.read("report/report.html").decode()
+    assert {(workdir / path).read_bytes() for path in reported} <= files
+    # the report's index of its results, by the path the rules give
+    results = json.loads(re.search(r"var results = (\{.*?\});\n", html).group(1))
+    assert set(results) == reported
+    for path, entry in results.items():
+        assert entry["caption"] and "system-message" not in entry["caption"], path  # reST errors render so
+        if "/1vq/" in path:  # the caption's jinja names the variant
+            assert "variant 1vq" in entry["caption"], path
+        if path.endswith(".csv"):  # the CSV itself is only a download: its caption shows the rows
+            header = (workdir / path).read_text().splitlines()[0].split(",")
+            assert all(f'<th class="head">{column}</th>' in entry["caption"] for column in header), path
+
+
+def test_every_job_left_its_benchmark(tiny_run):
+    """Every rule names a benchmark file (benchmarks/out/<rule>.tsv, or one per job under
+    benchmarks/out/<rule>/): the run's timings, job by job."""
+    workdir, _ = tiny_run
+    jobs = {rule: n for rule, n in scheduled(workdir, "--forceall").items() if rule != "all"}
+    found = {}
+    for path in (workdir / "benchmarks" / "out").rglob("*.tsv"):
+        rule = path.relative_to(workdir / "benchmarks" / "out").parts[0].removesuffix(".tsv")
+        found[rule] = found.get(rule, 0) + 1
+    assert found == jobs
 
 
 def after_sampling(config) -> dict[str, int]:
@@ -491,6 +536,23 @@ def test_multi_node_training_plan(tmp_path):
     job = result.stdout.split("rule train_stage1:")[1]
     assert "gpu=8, nodes=2, tasks=8, tasks_per_gpu=1, mpi=srun" in job
     assert "srun --nodes 2 --ntasks-per-node 4 --gpus-per-task 1 wavediffusion train-stage1" in job
+
+
+@pytest.mark.parametrize("gpus, nodes, threads", [(1, 1, 9), (2, 1, 18), (4, 2, 9)])
+def test_training_threads_follow_the_dataloader_workers(tmp_path, gpus, nodes, threads):
+    """paper.yaml asks for 8 DataLoader workers per training process: a CPU each, and one for
+    the loop. torchrun's processes on one node share the job's task; over several nodes each
+    process is a task of its own, which SLURM gives the job's threads."""
+    config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    for stage in ("stage1", "inversionnet"):
+        config[stage].update(gpus=gpus, nodes=nodes)
+    write_config(tmp_path, config)
+    # --cores above every count: a dry run caps a job's threads at the cores it is given
+    printed = snakemake(tmp_path, "--dry-run", "--cores", "64", "--printshellcmds", "--",
+                        "results/stage1/1vq/model.pt", "results/inversionnet/real/model.pt").stdout
+    for rule in ("train_stage1", "train_inversionnet"):
+        job = printed.split(f"rule {rule}:")[1].split("Shell command:")[0]
+        assert re.search(r"^\s*threads: (\d+)$", job, re.MULTILINE).group(1) == str(threads), job
 
 
 def test_invalid_config_stops_the_run_naming_the_key(tmp_path):

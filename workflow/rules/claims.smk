@@ -14,16 +14,24 @@ rule claims:
         table2=rules.inversionnet_tables.output.table2,
         inversion_record=expand(rules.train_inversionnet.output.record, arm="real")[0],
     output:
-        "results/claims.csv",
-    conda:
-        "../../envs/wavediffusion.yaml"
+        report(
+            "results/claims.csv",
+            caption="../report/claims.rst",
+            category="1 Claims",
+            subcategory="All variants",
+            labels={"result": "the paper's claims"},
+        ),
     log:
         "logs/claims.log",
-    params:
-        variants=VARIANTS,
+    benchmark:
+        "benchmarks/out/claims.tsv"
+    conda:
+        "../../envs/wavediffusion.yaml"
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        variants=VARIANTS,
     shell:
         "wavediffusion claims --variants {params.variants} --table5 {input.table5} --deviation {input.deviation}"
         " --memorisation {input.memorisation} --stage1-records {input.stage1_records}"

@@ -60,6 +60,20 @@ def training_launch(stage):
     return "wavediffusion"
 
 
+def training_threads(stage):
+    """The threads (SLURM: CPUs per task) of a training job: per process, one for the loop and
+    one per DataLoader worker its config asks for (<stage>.training.num_workers; inversionnet:
+    the most of training, finetune_training and real_training), and at least 2 like the other
+    rules (on a CPU the loop's own torch ops are the work). On one node torchrun's processes
+    share the job's one task, so it gets theirs together; over several nodes each process is
+    a task of its own (srun) and gets its own."""
+    section = config[stage]
+    runs = [section["training"], *(section.get(key, {}) for key in ("finetune_training", "real_training"))]
+    workers = max(run.get("num_workers", section["training"].get("num_workers", 0)) for run in runs)
+    processes = section["gpus"] if section["nodes"] == 1 else 1
+    return max(2, workers + 1) * processes
+
+
 def training_resources(stage):
     """SLURM resources of a training job: all its GPUs and its nodes; over several nodes
     also one task per GPU, started by the job's own srun (with `mpi` the SLURM plugin

@@ -6,17 +6,19 @@ rule download_openfwi:
     """Fetch one OpenFWI family (resumable, verified) when no local copy is configured."""
     output:
         "results/openfwi/download/{family_dir}/download.json",
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/download_openfwi/{family_dir}.log",
-    params:
-        family=lambda wildcards: wildcards.family_dir.replace("_", "-"),
-        base_url=DATA["download_base_url"] or "",
+    benchmark:
+        "benchmarks/out/download_openfwi/{family_dir}.tsv"
     retries: 2
+    conda:
+        "../../envs/wavediffusion.yaml"
     resources:
         mem_mb=2000,
         runtime=600,
+    params:
+        family=lambda wildcards: wildcards.family_dir.replace("_", "-"),
+        base_url=DATA["download_base_url"] or "",
     shell:
         "wavediffusion download-openfwi --family {params.family} --dest results/openfwi/download"
         " --base-url '{params.base_url}' --record {output} > {log} 2>&1"
@@ -26,12 +28,16 @@ rule simulate:
     """Forward-model one family's embedded velocity maps into OpenFWI's native layout."""
     output:
         directory("results/embedded/openfwi/{family_dir}"),
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/simulate/{family_dir}.log",
     benchmark:
         "benchmarks/out/simulate/{family_dir}.tsv"
+    conda:
+        "../../envs/wavediffusion.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
     params:
         family=lambda wildcards: wildcards.family_dir.replace("_", "-"),
         train=DATA["embedded"]["train_per_family"],
@@ -41,10 +47,6 @@ rule simulate:
         synthetic_seed=lambda wildcards: synthetic_seed(wildcards.family_dir),
         backend=DATA["embedded"]["backend"],
         batch_size=config["physics"]["batch_size"],
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=60,
     shell:
         "wavediffusion simulate --family {params.family} --out-root results/embedded/openfwi"
         " --train {params.train} --test {params.test} --synthetic-seed {params.synthetic_seed}"
@@ -57,12 +59,16 @@ rule preprocess:
         family_inputs(),
     output:
         directory("results/data/dataset.zarr"),
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/preprocess.log",
     benchmark:
         "benchmarks/out/preprocess.tsv"
+    conda:
+        "../../envs/wavediffusion.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
     params:
         root=lambda wildcards, input: root_of(input[0]),
         source=DATA["source"],
@@ -76,10 +82,6 @@ rule preprocess:
         receivers=config["preprocess"]["receivers"],
         velocity_size=config["preprocess"]["velocity_size"],
         samples_per_shard=config["preprocess"]["samples_per_shard"],
-    threads: 2
-    resources:
-        mem_mb=8000,
-        runtime=240,
     shell:
         "wavediffusion preprocess --openfwi-root {params.root} --source {params.source}"
         " --families {params.families} --shots {params.shots}"
@@ -95,11 +97,19 @@ rule velocity_figure:
     input:
         rules.preprocess.output[0],
     output:
-        "results/figures/velocity_families.png",
-    conda:
-        "../../envs/wavediffusion.yaml"
+        report(
+            "results/figures/velocity_families.png",
+            caption="../report/velocity_families.rst",
+            category="2 Data",
+            subcategory="Velocity maps",
+            labels={"result": "velocity maps per family"},
+        ),
     log:
         "logs/velocity_figure.log",
+    benchmark:
+        "benchmarks/out/velocity_figure.tsv"
+    conda:
+        "../../envs/wavediffusion.yaml"
     resources:
         mem_mb=2000,
         runtime=10,

@@ -15,12 +15,18 @@ rule train_inversionnet:
     output:
         model="results/inversionnet/{arm}/model.pt",
         record="results/inversionnet/{arm}/train.json",
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/train_inversionnet/{arm}.log",
     benchmark:
         "benchmarks/out/train_inversionnet/{arm}.tsv"
+    retries: 2
+    conda:
+        "../../envs/wavediffusion.yaml"
+    threads: training_threads("inversionnet")  # its DataLoader workers + 1 (common.smk)
+    resources:
+        **training_resources("inversionnet"),
+        mem_mb=32000,
+        runtime=1440,
     params:
         settings=inversion_slice("model", "training", "finetune_training", "real_training", "generated_size"),
         seed=config["seed"],
@@ -28,12 +34,6 @@ rule train_inversionnet:
         hard=optional_argument("--hard", "hard"),
         init_weights=optional_argument("--init-weights", "init_weights"),
         launch=training_launch("inversionnet"),
-    threads: 2
-    retries: 2
-    resources:
-        **training_resources("inversionnet"),
-        mem_mb=32000,
-        runtime=1440,
     shell:
         "{params.launch} train-inversionnet --arm {wildcards.arm} --dataset {input.dataset} {params.store}"
         " {params.hard} {params.init_weights} --settings {params.settings:q} --seed {params.seed}"
@@ -52,19 +52,21 @@ rule hardest_generated:
         manifest=lambda wildcards: rules.gather_samples.output[0].format(variant=wildcards.hard_set.rsplit("-", 1)[0]),
     output:
         "results/inversionnet/hard/{hard_set}.npz",
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/hardest_generated/{hard_set}.log",
-    params:
-        settings=inversion_slice("hard_fraction", "hard_train_fraction", "eval_batch_size"),
-        seed=config["seed"],
-        seismic=lambda wildcards: wildcards.hard_set.rsplit("-", 1)[1],
+    benchmark:
+        "benchmarks/out/hardest_generated/{hard_set}.tsv"
+    conda:
+        "../../envs/wavediffusion.yaml"
     threads: 2
     resources:
         mem_mb=16000,
         runtime=120,
         gpu=1,
+    params:
+        settings=inversion_slice("hard_fraction", "hard_train_fraction", "eval_batch_size"),
+        seed=config["seed"],
+        seismic=lambda wildcards: wildcards.hard_set.rsplit("-", 1)[1],
     shell:
         "wavediffusion hardest-generated --model {input.model} --store {input.store} --seismic {params.seismic}"
         " --settings {params.settings:q} --seed {params.seed} --threads {threads} --out {output} > {log} 2>&1"
@@ -79,19 +81,21 @@ rule evaluate_inversionnet:
         dataset=rules.preprocess.output[0],
     output:
         "results/inversionnet/{arm}/metrics.csv",
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/evaluate_inversionnet/{arm}.log",
-    params:
-        settings=inversion_slice("eval_batch_size"),
-        seed=config["seed"],
-        hard_tests=hard_test_arguments,
+    benchmark:
+        "benchmarks/out/evaluate_inversionnet/{arm}.tsv"
+    conda:
+        "../../envs/wavediffusion.yaml"
     threads: 2
     resources:
         mem_mb=16000,
         runtime=60,
         gpu=1,
+    params:
+        settings=inversion_slice("eval_batch_size"),
+        seed=config["seed"],
+        hard_tests=hard_test_arguments,
     shell:
         "wavediffusion evaluate-inversionnet --model {input.model} --record {input.record} --dataset {input.dataset}"
         " {params.hard_tests} --settings {params.settings:q} --seed {params.seed} --threads {threads}"
@@ -105,14 +109,40 @@ rule inversionnet_tables:
         models=expand(rules.train_inversionnet.output.model, arm=ARMS["table2"]),
         dataset=rules.preprocess.output[0],
     output:
-        table2="results/inversionnet/table2.csv",
-        table3="results/inversionnet/table3.csv",
-        table4="results/inversionnet/table4.csv",
-        figure="results/inversionnet/predictions.png",
-    conda:
-        "../../envs/wavediffusion.yaml"
+        table2=report(
+            "results/inversionnet/table2.csv",
+            caption="../report/table2.rst",
+            category="7 Inversion",
+            subcategory="InversionNet augmentation",
+            labels={"result": "Table 2"},
+        ),
+        table3=report(
+            "results/inversionnet/table3.csv",
+            caption="../report/table3.rst",
+            category="7 Inversion",
+            subcategory="InversionNet augmentation",
+            labels={"result": "Table 3"},
+        ),
+        table4=report(
+            "results/inversionnet/table4.csv",
+            caption="../report/table4.rst",
+            category="7 Inversion",
+            subcategory="InversionNet augmentation",
+            labels={"result": "Table 4"},
+        ),
+        figure=report(
+            "results/inversionnet/predictions.png",
+            caption="../report/inversionnet_predictions.rst",
+            category="7 Inversion",
+            subcategory="InversionNet augmentation",
+            labels={"result": "predictions (Fig. 9)"},
+        ),
     log:
         "logs/inversionnet_tables.log",
+    benchmark:
+        "benchmarks/out/inversionnet_tables.tsv"
+    conda:
+        "../../envs/wavediffusion.yaml"
     threads: 2
     resources:
         mem_mb=8000,
@@ -134,21 +164,27 @@ rule refine_inversion:
         table9="results/refine/{variant}/table9.csv",
         table7="results/refine/{variant}/table7.csv",
         info="results/refine/{variant}/info.json",
-        figure="results/refine/{variant}/examples.png",
-    conda:
-        "../../envs/wavediffusion.yaml"
+        figure=report(
+            "results/refine/{variant}/examples.png",
+            caption="../report/refine_examples.rst",
+            category="7 Inversion",
+            subcategory="Diffusion-refined inversion",
+            labels={"result": "examples, {variant}"},
+        ),
     log:
         "logs/refine_inversion/{variant}.log",
     benchmark:
         "benchmarks/out/refine_inversion/{variant}.tsv"
-    params:
-        settings=json.dumps(config["refine"], sort_keys=True),
-        seed=config["seed"],
+    conda:
+        "../../envs/wavediffusion.yaml"
     threads: 2
     resources:
         mem_mb=32000,
         runtime=720,
         gpu=1,
+    params:
+        settings=json.dumps(config["refine"], sort_keys=True),
+        seed=config["seed"],
     shell:
         "wavediffusion refine-inversion --variant {wildcards.variant} --stage1-model {input.stage1_model}"
         " --stage2-model {input.stage2_model} --inversionnet {input.inversionnet} --dataset {input.dataset}"
@@ -161,11 +197,19 @@ rule refine_table9:
     input:
         expand(rules.refine_inversion.output.table9, variant=VARIANTS),
     output:
-        "results/refine/table9.csv",
-    conda:
-        "../../envs/wavediffusion.yaml"
+        report(
+            "results/refine/table9.csv",
+            caption="../report/table9.rst",
+            category="7 Inversion",
+            subcategory="Diffusion-refined inversion",
+            labels={"result": "Table 9"},
+        ),
     log:
         "logs/refine_table9.log",
+    benchmark:
+        "benchmarks/out/refine_table9.tsv"
+    conda:
+        "../../envs/wavediffusion.yaml"
     resources:
         mem_mb=1000,
         runtime=5,
@@ -178,11 +222,19 @@ rule refine_table7:
     input:
         expand(rules.refine_inversion.output.table7, variant=VARIANTS),
     output:
-        "results/refine/table7.csv",
-    conda:
-        "../../envs/wavediffusion.yaml"
+        report(
+            "results/refine/table7.csv",
+            caption="../report/table7.rst",
+            category="7 Inversion",
+            subcategory="Diffusion-refined inversion",
+            labels={"result": "Table 7"},
+        ),
     log:
         "logs/refine_table7.log",
+    benchmark:
+        "benchmarks/out/refine_table7.tsv"
+    conda:
+        "../../envs/wavediffusion.yaml"
     resources:
         mem_mb=1000,
         runtime=5,

@@ -6,22 +6,28 @@ rule pde_floor:
     input:
         rules.preprocess.output[0],
     output:
-        floor="results/physics/pde_floor.csv",
+        floor=report(
+            "results/physics/pde_floor.csv",
+            caption="../report/pde_floor.rst",
+            category="2 Data",
+            subcategory="PDE floor",
+            labels={"result": "PDE deviation of the true pairs"},
+        ),
         true_pairs="results/physics/true_pair_deviation.csv",
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/pde_floor.log",
     benchmark:
         "benchmarks/out/pde_floor.tsv"
-    params:
-        samples_per_family=config["physics"]["floor_samples_per_family"],
-        backends=config["physics"]["floor_backends"],
-        batch_size=config["physics"]["batch_size"],
+    conda:
+        "../../envs/wavediffusion.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=120,
+    params:
+        samples_per_family=config["physics"]["floor_samples_per_family"],
+        backends=config["physics"]["floor_backends"],
+        batch_size=config["physics"]["batch_size"],
     shell:
         "wavediffusion pde-floor --dataset {input} --samples-per-family {params.samples_per_family}"
         " --backends {params.backends} --batch-size {params.batch_size} --threads {threads}"

@@ -18,16 +18,18 @@ rule create_pairs_store:
         dataset=rules.preprocess.output[0],
     output:
         directory("results/samples/{variant}/pairs.zarr"),
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/create_pairs_store/{variant}.log",
-    params:
-        settings=json.dumps(SAMPLING, sort_keys=True),
-        seed=config["seed"],
+    benchmark:
+        "benchmarks/out/create_pairs_store/{variant}.tsv"
+    conda:
+        "../../envs/wavediffusion.yaml"
     resources:
         mem_mb=4000,
         runtime=10,
+    params:
+        settings=json.dumps(SAMPLING, sort_keys=True),
+        seed=config["seed"],
     shell:
         "wavediffusion create-pairs-store --stage1-model {input.stage1_model} --settings {params.settings:q}"
         " --seed {params.seed} --dataset {input.dataset} --out {output} > {log} 2>&1"
@@ -41,21 +43,21 @@ rule sample_shard:
         store=rules.create_pairs_store.output[0],
     output:
         "results/samples/{variant}/shards/sample-{shard}.json",
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/sample_shard/{variant}-{shard}.log",
     benchmark:
         "benchmarks/out/sample_shard/{variant}-{shard}.tsv"
-    params:
-        settings=json.dumps(SAMPLING, sort_keys=True),
-        seed=config["seed"],
-    threads: 2
     retries: 1
+    conda:
+        "../../envs/wavediffusion.yaml"
+    threads: 2
     resources:
         mem_mb=16000,
         runtime=240,
         gpu=1,
+    params:
+        settings=json.dumps(SAMPLING, sort_keys=True),
+        seed=config["seed"],
     shell:
         "wavediffusion sample-shard --stage1-model {input.stage1_model} --stage2-model {input.stage2_model}"
         " --store {input.store} --shard {wildcards.shard} --settings {params.settings:q} --seed {params.seed}"
@@ -70,20 +72,20 @@ rule check_shard:
         dataset=rules.preprocess.output[0],
     output:
         "results/samples/{variant}/shards/check-{shard}.json",
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/check_shard/{variant}-{shard}.log",
     benchmark:
         "benchmarks/out/check_shard/{variant}-{shard}.tsv"
-    params:
-        batch_size=config["physics"]["batch_size"],
-    threads: 2
     retries: 1
+    conda:
+        "../../envs/wavediffusion.yaml"
+    threads: 2
     resources:
         mem_mb=16000,
         runtime=120,
         gpu=1,
+    params:
+        batch_size=config["physics"]["batch_size"],
     shell:
         "wavediffusion check-shard --store {input.store} --shard {wildcards.shard} --dataset {input.dataset}"
         " --backend deepwave --batch-size {params.batch_size} --threads {threads} --record {output} > {log} 2>&1"
@@ -97,10 +99,12 @@ rule gather_samples:
         store=rules.create_pairs_store.output[0],
     output:
         "results/samples/{variant}/manifest.json",
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/gather_samples/{variant}.log",
+    benchmark:
+        "benchmarks/out/gather_samples/{variant}.tsv"
+    conda:
+        "../../envs/wavediffusion.yaml"
     resources:
         mem_mb=8000,
         runtime=30,
@@ -118,23 +122,59 @@ rule physics_report:
         floor=rules.pde_floor.output.floor,
         true_pairs=rules.pde_floor.output.true_pairs,
     output:
-        report="results/samples/{variant}/physics_report.csv",
-        figure="results/samples/{variant}/deviation_histogram.png",
-        acceptance="results/samples/{variant}/acceptance.csv",
-        acceptance_figure="results/samples/{variant}/acceptance.png",
-    conda:
-        "../../envs/wavediffusion.yaml"
+        report=report(
+            "results/samples/{variant}/physics_report.csv",
+            caption="../report/physics_report.rst",
+            category="5 Generated pairs",
+            subcategory="{variant}",
+            labels={"result": "physics filter per family"},
+        ),
+        figure=report(
+            "results/samples/{variant}/deviation_histogram.png",
+            caption="../report/deviation_histogram.rst",
+            category="5 Generated pairs",
+            subcategory="{variant}",
+            labels={"result": "PDE deviation histogram"},
+        ),
+        acceptance=report(
+            "results/samples/{variant}/acceptance.csv",
+            caption="../report/acceptance.rst",
+            category="5 Generated pairs",
+            subcategory="{variant}",
+            labels={"result": "acceptance vs threshold (table)"},
+        ),
+        acceptance_figure=report(
+            "results/samples/{variant}/acceptance.png",
+            caption="../report/acceptance_figure.rst",
+            category="5 Generated pairs",
+            subcategory="{variant}",
+            labels={"result": "acceptance vs threshold"},
+        ),
     log:
         "logs/physics_report/{variant}.log",
-    params:
-        # the filter's keys and the floor's pair count only: the floor's batch size does not rerun it
-        settings=json.dumps({key: config["physics"][key] for key in ("filter", "max_deviation", "family_quantile",
-                                                                      "family_multiple", "floor_samples_per_family")},
-                            sort_keys=True),
+    benchmark:
+        "benchmarks/out/physics_report/{variant}.tsv"
+    conda:
+        "../../envs/wavediffusion.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=60,  # the family assignment reads every generated velocity map
+    params:
+        # the filter's keys and the floor's pair count only: the floor's batch size does not rerun it
+        settings=json.dumps(
+            {
+                key: config["physics"][key]
+                for key in (
+                    "filter",
+                    "max_deviation",
+                    "family_quantile",
+                    "family_multiple",
+                    "floor_samples_per_family",
+                )
+            },
+            sort_keys=True,
+        ),
     shell:
         "wavediffusion physics-report --store {input.store} --variant {wildcards.variant}"
         " --settings {params.settings:q} --dataset {input.dataset} --threads {threads} --floor {input.floor}"
@@ -150,14 +190,26 @@ rule memorisation:
         store=rules.create_pairs_store.output[0],
         latents=rules.encode_latents.output[0],
     output:
-        table="results/samples/{variant}/memorisation.csv",
-        figure="results/samples/{variant}/memorisation.png",
-    conda:
-        "../../envs/wavediffusion.yaml"
+        table=report(
+            "results/samples/{variant}/memorisation.csv",
+            caption="../report/memorisation.rst",
+            category="5 Generated pairs",
+            subcategory="{variant}",
+            labels={"result": "memorisation (table)"},
+        ),
+        figure=report(
+            "results/samples/{variant}/memorisation.png",
+            caption="../report/memorisation_figure.rst",
+            category="5 Generated pairs",
+            subcategory="{variant}",
+            labels={"result": "memorisation"},
+        ),
     log:
         "logs/memorisation/{variant}.log",
     benchmark:
         "benchmarks/out/memorisation/{variant}.tsv"
+    conda:
+        "../../envs/wavediffusion.yaml"
     threads: 2
     resources:
         mem_mb=8000,
@@ -177,19 +229,19 @@ rule export_openfwi:
         dataset=rules.preprocess.output[0],
     output:
         directory("results/export/{variant}/openfwi"),
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/export_openfwi/{variant}.log",
     benchmark:
         "benchmarks/out/export_openfwi/{variant}.tsv"
-    params:
-        settings=json.dumps(config["export"], sort_keys=True),
+    conda:
+        "../../envs/wavediffusion.yaml"
     threads: 2
     resources:
         mem_mb=16000,
         runtime=240,
         gpu=1,
+    params:
+        settings=json.dumps(config["export"], sort_keys=True),
     shell:
         "wavediffusion export-openfwi --store {input.store} --dataset {input.dataset} --settings {params.settings:q}"
         " --threads {threads} --out {output} > {log} 2>&1"

@@ -1,5 +1,6 @@
 # Stage 1: the shared-latent VQ autoencoder, one model per variant (1vq, 2vq).
 
+
 wildcard_constraints:
     variant="1vq|2vq",
 
@@ -11,22 +12,24 @@ rule train_stage1:
     output:
         model="results/stage1/{variant}/model.pt",
         record="results/stage1/{variant}/train.json",
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/train_stage1/{variant}.log",
     benchmark:
         "benchmarks/out/train_stage1/{variant}.tsv"
+    retries: 1
+    conda:
+        "../../envs/wavediffusion.yaml"
+    threads: training_threads("stage1")  # its DataLoader workers + 1 (common.smk)
+    resources:
+        **training_resources("stage1"),
+        mem_mb=16000,
+        runtime=24 * 60,
     params:
         launch=training_launch("stage1"),  # one process per GPU (common.smk)
         # sort_keys: the same settings always give the same string, whatever the YAML key order
-        settings=json.dumps({key: config["stage1"][key] for key in ("model", "discriminator", "losses", "training")}, sort_keys=True),
-    threads: 2
-    retries: 1
-    resources:
-        mem_mb=16000,
-        runtime=24 * 60,
-        **training_resources("stage1"),
+        settings=json.dumps(
+            {key: config["stage1"][key] for key in ("model", "discriminator", "losses", "training")}, sort_keys=True
+        ),
     shell:
         "{params.launch} train-stage1 --dataset {input} --variant {wildcards.variant} --settings {params.settings:q}"
         " --threads {threads} --out {output.model} --record {output.record} > {log} 2>&1"
@@ -39,12 +42,12 @@ rule encode_latents:
         dataset=rules.preprocess.output[0],
     output:
         directory("results/stage1/{variant}/latents.zarr"),
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/encode_latents/{variant}.log",
     benchmark:
         "benchmarks/out/encode_latents/{variant}.tsv"
+    conda:
+        "../../envs/wavediffusion.yaml"
     threads: 2
     resources:
         mem_mb=16000,
@@ -64,20 +67,26 @@ rule evaluate_stage1:
     output:
         metrics="results/stage1/{variant}/metrics.csv",
         table5="results/stage1/{variant}/table5.csv",
-        figure="results/stage1/{variant}/examples.png",
-    conda:
-        "../../envs/wavediffusion.yaml"
+        figure=report(
+            "results/stage1/{variant}/examples.png",
+            caption="../report/stage1_examples.rst",
+            category="3 Stage 1",
+            subcategory="{variant}",
+            labels={"result": "reconstructions"},
+        ),
     log:
         "logs/evaluate_stage1/{variant}.log",
     benchmark:
         "benchmarks/out/evaluate_stage1/{variant}.tsv"
-    params:
-        settings=json.dumps(config["stage1"]["evaluation"], sort_keys=True),
+    conda:
+        "../../envs/wavediffusion.yaml"
     threads: 2
     resources:
         mem_mb=16000,
         runtime=120,
         gpu=1,
+    params:
+        settings=json.dumps(config["stage1"]["evaluation"], sort_keys=True),
     shell:
         "wavediffusion evaluate-stage1 --model {input.model} --dataset {input.dataset} --latents {input.latents}"
         " --settings {params.settings:q} --threads {threads}"
@@ -89,11 +98,19 @@ rule stage1_metrics:
     input:
         expand(rules.evaluate_stage1.output.metrics, variant=VARIANTS),
     output:
-        "results/stage1/metrics.csv",
-    conda:
-        "../../envs/wavediffusion.yaml"
+        report(
+            "results/stage1/metrics.csv",
+            caption="../report/stage1_metrics.rst",
+            category="3 Stage 1",
+            subcategory="All variants",
+            labels={"result": "Stage-1 metrics"},
+        ),
     log:
         "logs/stage1_metrics.log",
+    benchmark:
+        "benchmarks/out/stage1_metrics.tsv"
+    conda:
+        "../../envs/wavediffusion.yaml"
     resources:
         mem_mb=1000,
         runtime=10,

@@ -8,21 +8,21 @@ rule train_stage2:
     output:
         model="results/stage2/{variant}/model.pt",
         record="results/stage2/{variant}/train.json",
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/train_stage2/{variant}.log",
     benchmark:
         "benchmarks/out/train_stage2/{variant}.tsv"
+    retries: 1
+    conda:
+        "../../envs/wavediffusion.yaml"
+    threads: training_threads("stage2")  # its DataLoader workers + 1 (common.smk)
+    resources:
+        **training_resources("stage2"),
+        mem_mb=16000,
+        runtime=24 * 60,
     params:
         launch=training_launch("stage2"),  # one process per GPU (common.smk)
         settings=json.dumps({key: config["stage2"][key] for key in ("model", "diffusion", "training")}, sort_keys=True),
-    threads: 2
-    retries: 1
-    resources:
-        mem_mb=16000,
-        runtime=24 * 60,
-        **training_resources("stage2"),
     shell:
         "{params.launch} train-stage2 --latents {input} --settings {params.settings:q}"
         " --threads {threads} --out {output.model} --record {output.record} > {log} 2>&1"
@@ -38,24 +38,42 @@ rule diffusion_trajectory:
         stage1_table5=rules.evaluate_stage1.output.table5,
     output:
         deviation="results/trajectory/{variant}/deviation.csv",
-        table5="results/trajectory/{variant}/table5.csv",
+        table5=report(
+            "results/trajectory/{variant}/table5.csv",
+            caption="../report/table5.rst",
+            category="4 Stage 2 trajectory",
+            subcategory="{variant}",
+            labels={"result": "Table 5"},
+        ),
         ddim="results/trajectory/{variant}/ddim.csv",
-        figure="results/trajectory/{variant}/deviation.png",
-        examples="results/trajectory/{variant}/trajectory_examples.png",
+        figure=report(
+            "results/trajectory/{variant}/deviation.png",
+            caption="../report/trajectory_deviation.rst",
+            category="4 Stage 2 trajectory",
+            subcategory="{variant}",
+            labels={"result": "PDE deviation along the diffusion"},
+        ),
+        examples=report(
+            "results/trajectory/{variant}/trajectory_examples.png",
+            caption="../report/trajectory_examples.rst",
+            category="4 Stage 2 trajectory",
+            subcategory="{variant}",
+            labels={"result": "decoded pairs along the diffusion"},
+        ),
         final_latents="results/trajectory/{variant}/final_latents.npz",
-    conda:
-        "../../envs/wavediffusion.yaml"
     log:
         "logs/diffusion_trajectory/{variant}.log",
     benchmark:
         "benchmarks/out/diffusion_trajectory/{variant}.tsv"
-    params:
-        settings=json.dumps(config["stage2"]["trajectory"], sort_keys=True),
+    conda:
+        "../../envs/wavediffusion.yaml"
     threads: 2
     resources:
         mem_mb=16000,
         runtime=240,
         gpu=1,
+    params:
+        settings=json.dumps(config["stage2"]["trajectory"], sort_keys=True),
     shell:
         "wavediffusion diffusion-trajectory --stage1-model {input.stage1_model} --stage2-model {input.stage2_model}"
         " --latents {input.latents} --dataset {input.dataset} --stage1-table5 {input.stage1_table5}"
