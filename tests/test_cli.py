@@ -91,3 +91,21 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out == f"wavediffusion {__version__}\n"
+
+
+@pytest.mark.parametrize("local_world_size, expected", [(None, 8), ("4", 2), ("16", 1)])
+def test_torchruns_processes_on_one_node_share_the_jobs_threads(monkeypatch, local_world_size, expected):
+    import torch
+
+    from wavediffusion.steps import use_threads
+
+    if local_world_size is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world_size)
+    before = torch.get_num_threads()
+    try:
+        use_threads(8)
+        assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)

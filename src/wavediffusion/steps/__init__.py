@@ -52,11 +52,14 @@ Backend = Annotated[Literal["deepwave", "openfwi"], "the forward-modelling backe
 
 
 def use_threads(threads: int | None) -> None:
-    """Honour the rule's `threads:` instead of torch's guess."""
+    """Honour the rule's `threads:` instead of torch's guess. The processes torchrun starts on
+    one node share the job's threads (LOCAL_WORLD_SIZE of them), so each takes its share."""
     if threads:
+        import os
+
         import torch
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def settings_from_json(cls, text: str, seed: int):
