@@ -52,7 +52,7 @@ class GeneratedPairs(Dataset):
         self.seismic_shape = tuple(root.attrs["seismic_shape"])
         self.velocity_size = int(root.attrs["velocity_shape"][-1])
         n, shard_size = int(root.attrs["num_pairs"]), int(root.attrs["shard_size"])
-        self.indices = accepted_rows(self.path) if accepted_only else checked_indices(indices, n, str(self.path))
+        self.indices = accepted_rows(root, self.path) if accepted_only else checked_indices(indices, n, str(self.path))
         missing = [int(k) for k in np.unique(self.indices // shard_size) if not is_done(self.path, done_kind, k)]
         if missing:
             raise ValueError(f"{self.path}: shards {missing} have no {done_kind!r} marker, so their "

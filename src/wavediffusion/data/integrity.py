@@ -54,17 +54,23 @@ def _shard_file(store: Path, array: zarr.Array, i: int) -> Path:
     return store / array.path / "c" / str(i) / Path(*trailing) if trailing else store / array.path / "c" / str(i)
 
 
+def _shards(array: zarr.Array, rows: range | None) -> list[tuple[int, range]]:
+    """(index, rows it holds) of each shard file holding some of `rows` (default: all rows)."""
+    step = shard_rows(array)
+    rows = rows if rows is not None else range(array.shape[0])
+    return [(i, range(i * step, min((i + 1) * step, array.shape[0])))
+            for i in range(rows.start // step, math.ceil(rows.stop / step))]
+
+
 def missing_shards(store: str | Path, array: zarr.Array, rows: range | None = None) -> list[Damage]:
     """The shards of `rows` (default: all) of `array` whose file is missing or empty."""
-    store, step = Path(store), shard_rows(array)
+    store = Path(store)
     if any(math.ceil(size / shard) != 1 for size, shard in zip(array.shape[1:], (array.shards or array.chunks)[1:])):
         raise ValueError(f"{store}/{array.path}: sharded along more than the first axis; not a workflow store")
-    rows = rows if rows is not None else range(array.shape[0])
     damage = []
-    for i in range(rows.start // step, math.ceil(rows.stop / step)):
+    for i, held in _shards(array, rows):
         path = _shard_file(store, array, i)
         if not path.is_file() or path.stat().st_size == 0:
-            held = range(i * step, min((i + 1) * step, array.shape[0]))
             damage.append(Damage(array.path, held, f"shard file {path.relative_to(store)} is missing or empty"))
     return damage
 
@@ -72,11 +78,8 @@ def missing_shards(store: str | Path, array: zarr.Array, rows: range | None = No
 def unreadable_shards(array: zarr.Array, rows: range | None = None) -> list[Damage]:
     """The shards of `rows` (default: all) that fail to decode (a checksum or a codec error):
     reads every one, so it costs a full read of the array."""
-    step = shard_rows(array)
-    rows = rows if rows is not None else range(array.shape[0])
     damage = []
-    for i in range(rows.start // step, math.ceil(rows.stop / step)):
-        held = range(i * step, min((i + 1) * step, array.shape[0]))
+    for _, held in _shards(array, rows):
         try:
             np.asarray(array[held.start : held.stop])
         except (ValueError, RuntimeError, OSError) as error:
@@ -100,10 +103,11 @@ def find_damage(store: str | Path, root: zarr.Group, written: dict[str, list[ran
     for path, ranges in written.items():
         array = root[path]
         for rows in ranges:
-            damage += missing_shards(store, array, rows)
-            if decode:
-                missing = {d.rows for d in damage}
-                damage += [d for d in unreadable_shards(array, rows) if d.rows not in missing]
+            missing = missing_shards(store, array, rows)
+            damage += missing
+            if decode:  # a missing shard reads as fill values: already named
+                gone = {d.rows for d in missing}
+                damage += [d for d in unreadable_shards(array, rows) if d.rows not in gone]
     return damage
 
 
@@ -116,9 +120,11 @@ def check_complete(store: str | Path, root: zarr.Group, written: dict[str, list[
         return
     damage = find_damage(store, root, written)
     if damage:
-        raise ValueError(damage_message(store, damage, remedy if isinstance(remedy, str) else remedy(damage)))
+        raise ValueError(damage_message(store, damage, remedy))
 
 
-def damage_message(store: str | Path, damage: list[Damage], remedy: str) -> str:
+def damage_message(store: str | Path, damage: list[Damage], remedy: str | Callable[[list[Damage]], str]) -> str:
+    """The store, its damaged shards (the first five) and what rewrites them (`remedy`, or remedy(damage))."""
+    remedy = remedy if isinstance(remedy, str) else remedy(damage)
     shown = "; ".join(d.describe() for d in damage[:5]) + (f"; and {len(damage) - 5} more" if len(damage) > 5 else "")
     return f"{store}: damaged, {len(damage)} shard(s): {shown}. {remedy}"

@@ -245,10 +245,9 @@ def open_pairs_store(path: str | Path, mode: str = "r+") -> zarr.Group:
     return root
 
 
-def accepted_rows(store: str | Path) -> np.ndarray:
-    """The rows of the pairs the physics filter accepted (`valid`), in order; refuses a
-    store the filter has not run on."""
-    root = open_pairs_store(store, mode="r")
+def accepted_rows(root: zarr.Group, store: str | Path) -> np.ndarray:
+    """The rows of the pairs the physics filter accepted (`valid`), in order, of an opened
+    pairs store (`store`: its path, for the message); refuses a store the filter has not run on."""
     if "physics_filter" not in root.attrs:
         raise RuntimeError(f"{store}: the physics filter has not been applied (no 'physics_filter' attribute); "
                            "run the physics_report rule first")

@@ -86,9 +86,9 @@ def export_openfwi(store: str | Path, dataset: str | Path, out: str | Path, sett
     annotation file and dataset_config entry OpenFWI's training reads (atomically: the
     directory appears complete or not at all). Returns what export.json records."""
     device = resolve_device(device)
-    all_accepted = accepted_rows(store)
-    accepted = all_accepted[: settings.max_pairs]  # None: all
     root = open_pairs_store(store, mode="r")
+    all_accepted = accepted_rows(root, store)
+    accepted = all_accepted[: settings.max_pairs]  # None: all
     rep = representation_of(open_dataset(dataset))
     if tuple(rep.velocity_shape) != tuple(root.attrs["velocity_shape"]):
         raise ValueError(f"{store}: velocity shape {tuple(root.attrs['velocity_shape'])} differs from {dataset}'s "

@@ -119,7 +119,7 @@ def run_verify(store: Annotated[str, Positional("a store the workflow wrote: dat
               "be found; rewrite it (rerun its rule) to have every chunk checked")
     damage = integrity.find_damage(store, root, written, decode=True)
     if damage:
-        raise ValueError(integrity.damage_message(store, damage, remedy if isinstance(remedy, str) else remedy(damage)))
+        raise ValueError(integrity.damage_message(store, damage, remedy))
     rows = sum(len(r) for ranges in written.values() for r in ranges)
     print(f"{store}: a {kind}, intact: {len(written)} arrays, {rows} written rows read and checked in "
           f"{time.perf_counter() - started:.1f} s")
