@@ -18,8 +18,9 @@ Parts (columns `part, setting, commit, samples_per_s, tflops, mfu, gpu, torch, â
   over each other.
 - unet_forward: the paper's UNet forward (as in sampling), bf16, eager and compiled;
   `--reference` adds a diffusers UNet2DModel of the same size (the LDM reference).
-- sampling: `sample_shard` (DDIM-50 and DPM-Solver++(2M)-20, bf16, batch 500) on paper-size
-  networks with random weights, eager and compiled: one shard to warm up (compilation), one timed.
+- sampling: `sample_shard` (`--samplers`, default DDIM-50 and DPM-Solver++(2M)-20; bf16, batch
+  500) on paper-size networks with random weights, eager and compiled: one shard to warm up
+  (compilation), one timed.
 - check: `check_shard` (deepwave) on the timed shard.
 
 FLOPs are counted with torch's FlopCounterMode (matrix products, convolutions and
@@ -58,8 +59,9 @@ from wavediffusion.training.loop import TrainConfig, train
 
 PEAK_BF16_TFLOPS = 989.4
 # speed settings a base commit does not know, with the value that means "as before"
-AS_BEFORE = {"data_on_device": False, "compile": False, "channels_last": False}
-FAST = {"data_on_device": True, "compile": True, "channels_last": True}
+AS_BEFORE = {"data_on_device": False, "compile": False, "channels_last": False, "cudnn_benchmark": False}
+FAST = {"data_on_device": True, "compile": True, "channels_last": True, "cudnn_benchmark": True}
+AUTOTUNE = {"cudnn_benchmark": True}
 COLUMNS = ["part", "setting", "commit", "samples_per_s", "tflops", "mfu", "gpu", "torch", "batch", "steps",
            "warmup_s", "peak_gib", "notes"]
 
@@ -185,8 +187,9 @@ def fixed_overrides(args, steps: int) -> dict:
             "progress": False, "tensorboard": False, "device": args.device, "seed": 0}
 
 
-def run_training(args, part: str, setting: str, overrides: dict, run) -> None:
-    """One training run, `run(TrainConfig overrides, out_dir)`: a row and its loss curve."""
+def run_training(args, part: str, setting: str, overrides: dict, run, flops_key: str | None = None) -> None:
+    """One training run, `run(TrainConfig overrides, out_dir)`: a row and its loss curve
+    (its TFLOP/s from the FLOPs counted under `flops_key`, default the part's)."""
     if args.only and not re.search(args.only, setting):
         return
     overrides = applicable(overrides)
@@ -206,7 +209,7 @@ def run_training(args, part: str, setting: str, overrides: dict, run) -> None:
     logged = windows(out / "log.csv", batch)
     warmup, timed = logged[:2], logged[2:]  # the first two windows hold compilation and start-up
     rate = batch * sum(w[1] for w in timed) / sum(w[2] for w in timed)  # samples over seconds
-    record(args, part, setting, rate, batch, steps, sum(w[2] for w in warmup), f"wall {wall:.1f} s")
+    record(args, part, setting, rate, batch, steps, sum(w[2] for w in warmup), f"wall {wall:.1f} s", flops_key)
     curves = args.work / "curves.csv"
     new_file = not curves.exists()
     with open(curves, "a", newline="") as handle:
@@ -232,17 +235,25 @@ def stage1_part(args) -> None:
         return run
 
     count_flops(args, "stage1", trainer(0))
+    count_flops(args, "stage1/G", trainer(10**9))
     loader = {"batch_size": 16, "num_workers": 6, **AS_BEFORE}
+    on_gpu = {**loader, "data_on_device": True}
+    g_only = {"run": trainer(10**9), "flops_key": "stage1/G"}
     run_training(args, "stage1", "G+D, batch 16, DataLoader (6 workers), eager", loader, trainer(0))
-    run_training(args, "stage1", "G+D, batch 16, data on GPU, eager", {**loader, "data_on_device": True}, trainer(0))
-    run_training(args, "stage1", "G+D, batch 16, data on GPU, compiled",
-                 {"batch_size": 16, **FAST, "channels_last": False}, trainer(0))
+    run_training(args, "stage1", "G only, batch 16, DataLoader (6 workers), eager", loader, **g_only)
+    run_training(args, "stage1", "G only, batch 16, data on GPU, eager", on_gpu, **g_only)
+    run_training(args, "stage1", "G only, batch 16, data on GPU, eager, cuDNN autotune", {**on_gpu, **AUTOTUNE},
+                 **g_only)
+    run_training(args, "stage1", "G only, batch 16, data on GPU, eager, cuDNN autotune, channels-last",
+                 {**on_gpu, **AUTOTUNE, "channels_last": True}, **g_only)
+    run_training(args, "stage1", "G+D, batch 16, data on GPU, eager, cuDNN autotune, channels-last",
+                 {**on_gpu, **AUTOTUNE, "channels_last": True}, trainer(0))
     run_training(args, "stage1", "G+D, batch 16, data on GPU, compiled, channels-last",
                  {"batch_size": 16, **FAST}, trainer(0))
+    run_training(args, "stage1", "G only, batch 16, data on GPU, compiled, channels-last",
+                 {"batch_size": 16, **FAST}, **g_only)
     run_training(args, "stage1", "G+D, batch 64, data on GPU, compiled, channels-last",
                  {"batch_size": 64, **FAST}, trainer(0))
-    run_training(args, "stage1", "G only, batch 16, data on GPU, compiled, channels-last",
-                 {"batch_size": 16, **FAST}, trainer(10**9))
 
 
 def stage2_part(args) -> None:
@@ -264,6 +275,10 @@ def stage2_part(args) -> None:
                  run)
     run_training(args, "stage2", "batch 256, data on GPU, eager", {**loader, "batch_size": 256, "data_on_device": True},
                  run)
+    run_training(args, "stage2", "batch 256, data on GPU, eager, cuDNN autotune",
+                 {**loader, **AUTOTUNE, "batch_size": 256, "data_on_device": True}, run)
+    run_training(args, "stage2", "batch 256, data on GPU, eager, cuDNN autotune, channels-last",
+                 {**loader, **AUTOTUNE, "batch_size": 256, "data_on_device": True, "channels_last": True}, run)
     run_training(args, "stage2", "batch 256, data on GPU, compiled", {"batch_size": 256, **FAST, "channels_last": False},
                  run)
     run_training(args, "stage2", "batch 256, data on GPU, compiled, channels-last", {"batch_size": 256, **FAST}, run)
@@ -437,7 +452,8 @@ def sampling_part(args, check: bool) -> None:
     folder.mkdir(parents=True)
     stage1_file, stage2_file = save_random_networks(folder, args.scale)
     n = args.scale.sampling_pairs
-    runs = [(sampler, steps, mode == "compiled") for sampler, steps in (("ddim", 50), ("dpmpp2m", 20))
+    samplers = [(name, int(steps)) for name, steps in (item.rsplit("-", 1) for item in args.samplers.split(","))]
+    runs = [(sampler, steps, mode == "compiled") for sampler, steps in samplers
             for mode in args.modes if args.device == "cuda" or mode == "eager"]
     for sampler, steps, compiled in runs:
         try:
@@ -456,11 +472,12 @@ def sampling_part(args, check: bool) -> None:
         parts = {part: f"{1000 * s / n:.2f}" for part, s in timed["seconds_by_part"].items()}
         notes = (f"ms/pair {json.dumps(parts)}; writer thread {1000 * timed.get('writer_thread_seconds', 0) / n:.2f} ms/pair; "
                  f"375k pairs: {375_000 / timed['pairs_per_second'] / 3600:.2f} GPU-h")
-        label = {"ddim": "DDIM", "dpmpp2m": "DPM-Solver++(2M)"}[sampler]
-        record(args, "sampling", f"{label}-{steps}, bf16, batch {settings.batch_size}, {'compiled' if compiled else 'eager'}",
+        label = {"ddim": f"DDIM-{steps} (eta {getattr(settings, 'eta', 0.0):g})",
+                 "dpmpp2m": f"DPM-Solver++(2M)-{steps}"}[sampler]
+        record(args, "sampling", f"{label}, bf16, batch {settings.batch_size}, {'compiled' if compiled else 'eager'}",
                timed["pairs_per_second"], settings.batch_size, None, first["seconds"] - timed["seconds"], notes,
                flops_key=f"sampling/{steps}")
-        if check and sampler == "ddim" and not compiled:  # (the check does not depend on how the pairs were made)
+        if check and (sampler, steps) == samplers[0] and not compiled:  # (the check does not depend on how the pairs were made)
             info = check_shard(store, 1, representation(args.scale), "deepwave", batch_size=256, progress=False)
             parts = {part: f"{1000 * s / n:.2f}" for part, s in info["seconds_by_part"].items()}
             record(args, "check", "deepwave, batch 256", info["pairs_per_second"], 256, None, None,
@@ -486,6 +503,8 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true", help="also time diffusers' UNet2DModel")
     parser.add_argument("--only", default="", help="training parts: run only the settings this regex finds")
     parser.add_argument("--modes", default="eager,compiled", help="unet_forward and sampling: eager, compiled or both")
+    parser.add_argument("--samplers", default="ddim-50,dpmpp2m-20",
+                        help="sampling: comma-separated SAMPLER-STEPS (ddim, dpmpp2m); the first also runs the check")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--tiny", action="store_true", help="toy sizes: a CPU try-out of this script")
     args = parser.parse_args()

@@ -9,12 +9,12 @@
 #   bash benchmarks/throughput.sh follow OUTDIR   follow it further
 #
 # Both end by copying what is done (throughput.csv, curves.csv, the log) into OUTDIR.
-# BASE_COMMIT and NEW_COMMIT label the rows; STAGE1_ROWS, STAGE2_ROWS and INVERSIONNET_ROWS
-# (regexes, default all) pick the new code's training settings. The plan, most telling first
-# (a session that runs out of device time keeps what came before): the GPU-marked tests, each
-# training part of the new code and then of the base, sampling and the check, the UNet
-# forward (with the diffusers reference), InversionNet, the base's UNet forward and compiled
-# sampling.
+# BASE_COMMIT and NEW_COMMIT label the rows. The plan, most telling first (a session that
+# runs out of device time keeps what came before): the GPU-marked tests; Stage 1's eager
+# rows of both commits (each speed setting on its own); where a step's GPU time goes
+# (profile_training.py); the UNet forward beside the diffusers reference; sampling (the
+# default DDIM-25 and the issue's DDIM-50) and the check; Stage 2's eager rows of both
+# commits; Stage 1 compiled; InversionNet of both commits; the base's sampling.
 set -uo pipefail
 MODE=${1:?start|follow}
 OUT=${2:?output folder}
@@ -27,7 +27,7 @@ export PYTHONUNBUFFERED=1
 
 collect() {
     echo "plan exit: $(cat "$DONE" 2>/dev/null || echo 'still running')"
-    cp "$WORK/throughput.csv" "$WORK/curves.csv" "$OUT/" 2>/dev/null
+    cp "$WORK/throughput.csv" "$WORK/curves.csv" "$WORK/profile.csv" "$OUT/" 2>/dev/null
     cp "$LOG" "$OUT/plan.log"
     tail -25 "$LOG"
 }
@@ -44,18 +44,18 @@ plan() {
     local bench="python3 benchmarks/throughput.py --work $WORK --out $WORK/throughput.csv"
     local new="env PYTHONPATH=src:/tmp/site $bench --commit ${NEW_COMMIT:?}"
     local base="env PYTHONPATH=.base/src:/tmp/site $bench --commit ${BASE_COMMIT:?}"
-    PYTHONPATH=src:/tmp/site timeout 300 python3 -m pytest -m gpu -q -p no:cacheprovider $(grep -l "mark.gpu" tests/test_*.py)
-    $new --parts stage2 --only "${STAGE2_ROWS:-.}"
-    $base --parts stage2
-    $new --parts stage1 --only "${STAGE1_ROWS:-.}"
+    PYTHONPATH=src:/tmp/site timeout 200 python3 -m pytest -m gpu -q -p no:cacheprovider $(grep -l "mark.gpu" tests/test_*.py)
+    $new --parts stage1 --only "eager"
     $base --parts stage1
-    $new --parts sampling,check
-    $base --parts sampling,check --modes eager
+    (cd benchmarks && PYTHONPATH=../src:/tmp/site python3 profile_training.py --work $WORK --out $WORK/profile.csv)
     $new --parts unet_forward --reference
+    $new --parts sampling,check --samplers ddim-25,ddim-50
+    $new --parts stage2 --only "batch 256, data on GPU, eager"
+    $base --parts stage2
+    $new --parts stage1 --only "batch 16, data on GPU, compiled"
+    $new --parts inversionnet --only "batch 64"
     $base --parts inversionnet
-    $new --parts inversionnet --only "${INVERSIONNET_ROWS:-.}"
-    $base --parts unet_forward
-    $base --parts sampling --modes compiled
+    $base --parts sampling --modes eager --samplers ddim-50
 }
 
 case "$MODE" in
@@ -66,7 +66,7 @@ start)
     { nvidia-smi -L; python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } > "$OUT/machine.txt"
     cat "$OUT/machine.txt"
     export -f plan
-    export BASE_COMMIT NEW_COMMIT WORK STAGE1_ROWS STAGE2_ROWS INVERSIONNET_ROWS
+    export BASE_COMMIT NEW_COMMIT WORK
     setsid bash -c "plan > $LOG 2>&1; echo \$? > $DONE" &
     follow
     collect

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import self_attention
+from .norm import GroupNorm32
 from .quantizer import QuantizerInfo, VectorQuantizer
 
 VARIANTS = ("1vq", "2vq")
@@ -157,7 +158,8 @@ class AutoencoderConfig:
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(groups, channels, eps=1e-6)
+    # GroupNorm32: bf16 activations stay bf16 (autocast would upcast every full-resolution map)
+    return GroupNorm32(groups, channels, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):
