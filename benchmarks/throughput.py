@@ -59,9 +59,8 @@ from wavediffusion.training.loop import TrainConfig, train
 
 PEAK_BF16_TFLOPS = 989.4
 # speed settings a base commit does not know, with the value that means "as before"
-AS_BEFORE = {"data_on_device": False, "compile": False, "channels_last": False, "cudnn_benchmark": False}
-FAST = {"data_on_device": True, "compile": True, "channels_last": True, "cudnn_benchmark": True}
-AUTOTUNE = {"cudnn_benchmark": True}
+AS_BEFORE = {"data_on_device": False, "compile": False, "channels_last": False}
+FAST = {"data_on_device": True, "compile": True, "channels_last": True}
 COLUMNS = ["part", "setting", "commit", "samples_per_s", "tflops", "mfu", "gpu", "torch", "batch", "steps",
            "warmup_s", "peak_gib", "notes"]
 
@@ -242,12 +241,8 @@ def stage1_part(args) -> None:
     run_training(args, "stage1", "G+D, batch 16, DataLoader (6 workers), eager", loader, trainer(0))
     run_training(args, "stage1", "G only, batch 16, DataLoader (6 workers), eager", loader, **g_only)
     run_training(args, "stage1", "G only, batch 16, data on GPU, eager", on_gpu, **g_only)
-    run_training(args, "stage1", "G only, batch 16, data on GPU, eager, cuDNN autotune", {**on_gpu, **AUTOTUNE},
-                 **g_only)
-    run_training(args, "stage1", "G only, batch 16, data on GPU, eager, cuDNN autotune, channels-last",
-                 {**on_gpu, **AUTOTUNE, "channels_last": True}, **g_only)
-    run_training(args, "stage1", "G+D, batch 16, data on GPU, eager, cuDNN autotune, channels-last",
-                 {**on_gpu, **AUTOTUNE, "channels_last": True}, trainer(0))
+    run_training(args, "stage1", "G only, batch 16, data on GPU, eager, channels-last",
+                 {**on_gpu, "channels_last": True}, **g_only)
     run_training(args, "stage1", "G+D, batch 16, data on GPU, compiled, channels-last",
                  {"batch_size": 16, **FAST}, trainer(0))
     run_training(args, "stage1", "G only, batch 16, data on GPU, compiled, channels-last",
@@ -275,10 +270,8 @@ def stage2_part(args) -> None:
                  run)
     run_training(args, "stage2", "batch 256, data on GPU, eager", {**loader, "batch_size": 256, "data_on_device": True},
                  run)
-    run_training(args, "stage2", "batch 256, data on GPU, eager, cuDNN autotune",
-                 {**loader, **AUTOTUNE, "batch_size": 256, "data_on_device": True}, run)
-    run_training(args, "stage2", "batch 256, data on GPU, eager, cuDNN autotune, channels-last",
-                 {**loader, **AUTOTUNE, "batch_size": 256, "data_on_device": True, "channels_last": True}, run)
+    run_training(args, "stage2", "batch 256, data on GPU, eager, channels-last",
+                 {**loader, "batch_size": 256, "data_on_device": True, "channels_last": True}, run)
     run_training(args, "stage2", "batch 256, data on GPU, compiled", {"batch_size": 256, **FAST, "channels_last": False},
                  run)
     run_training(args, "stage2", "batch 256, data on GPU, compiled, channels-last", {"batch_size": 256, **FAST}, run)

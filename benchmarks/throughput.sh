@@ -10,11 +10,11 @@
 #
 # Both end by copying what is done (throughput.csv, curves.csv, the log) into OUTDIR.
 # BASE_COMMIT and NEW_COMMIT label the rows. The plan, most telling first (a session that
-# runs out of device time keeps what came before): the GPU-marked tests; Stage 1's eager
-# rows of both commits (each speed setting on its own); where a step's GPU time goes
-# (profile_training.py); the UNet forward beside the diffusers reference; sampling (the
-# default DDIM-25 and the issue's DDIM-50) and the check; Stage 2's eager rows of both
-# commits; Stage 1 compiled; InversionNet of both commits; the base's sampling.
+# runs out of device time keeps what came before): Stage 1's eager rows of both commits
+# (each speed setting on its own); where a step's GPU time goes (profile_training.py); the
+# UNet forward beside the diffusers reference; sampling (the default DDIM-25 and the
+# issue's DDIM-50) and the check; Stage 2's eager rows of both commits; Stage 1 compiled;
+# InversionNet of both commits; the base's sampling; the GPU-marked tests.
 set -uo pipefail
 MODE=${1:?start|follow}
 OUT=${2:?output folder}
@@ -44,7 +44,6 @@ plan() {
     local bench="python3 benchmarks/throughput.py --work $WORK --out $WORK/throughput.csv"
     local new="env PYTHONPATH=src:/tmp/site $bench --commit ${NEW_COMMIT:?}"
     local base="env PYTHONPATH=.base/src:/tmp/site $bench --commit ${BASE_COMMIT:?}"
-    PYTHONPATH=src:/tmp/site timeout 200 python3 -m pytest -m gpu -q -p no:cacheprovider $(grep -l "mark.gpu" tests/test_*.py)
     $new --parts stage1 --only "eager"
     $base --parts stage1
     (cd benchmarks && PYTHONPATH=../src:/tmp/site python3 profile_training.py --work $WORK --out $WORK/profile.csv)
@@ -56,6 +55,7 @@ plan() {
     $new --parts inversionnet --only "batch 64"
     $base --parts inversionnet
     $base --parts sampling --modes eager --samplers ddim-50
+    PYTHONPATH=src:/tmp/site timeout 200 python3 -m pytest -m gpu -q -p no:cacheprovider $(grep -l "mark.gpu" tests/test_*.py)
 }
 
 case "$MODE" in

@@ -3,7 +3,8 @@
     python benchmarks/throughput_report.py docs/runs/2026-12-06-throughput --base 3a52129
 
 Reads RUN/throughput.csv and RUN/curves.csv; prints one table row per measured setting with
-its speed-up over the base commit's first setting of the same part, and writes
+its speed-up over the base commit's row of the same part and network (else the part's
+first), and writes
 RUN/loss_curves.png: each training part's loss per logged window, every run of the part
 (eager and compiled, base and new) on one panel.
 """
@@ -27,15 +28,19 @@ def read(path: Path) -> list[dict]:
 
 
 def table(rows: list[dict], base: str) -> str:
+    # a row is compared with the base's row of the same part and the same network (the
+    # setting's first field, e.g. "G only"), else with the base's first row of the part
     baseline = {}
     for row in rows:
         if row["commit"] == base:
             baseline.setdefault(row["part"], float(row["samples_per_s"]))
+            baseline.setdefault((row["part"], row["setting"].split(",")[0]), float(row["samples_per_s"]))
     lines = ["| part | setting | commit | samples/s | × base | TFLOP/s | MFU | warm-up s | peak GiB |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         rate = float(row["samples_per_s"])
-        ratio = f"{rate / baseline[row['part']]:.2f}" if row["part"] in baseline else ""
+        reference = baseline.get((row["part"], row["setting"].split(",")[0]), baseline.get(row["part"]))
+        ratio = f"{rate / reference:.2f}" if reference else ""
         lines.append(f"| {row['part']} | {row['setting']} | {row['commit']} | {rate:,.1f} | {ratio} | {row['tflops']} "
                      f"| {row['mfu']} | {row['warmup_s']} | {row['peak_gib']} |")
     return "\n".join(lines)

@@ -162,20 +162,16 @@ def test_speed_settings_are_checked():
         TrainConfig(data_on_device="sometimes")
     with pytest.raises(ValueError, match="compile"):
         TrainConfig(compile="yes")
-    with pytest.raises(ValueError, match="cudnn_benchmark"):
-        TrainConfig(cudnn_benchmark=1)
 
 
 @pytest.mark.gpu
 @gpu
 def test_data_on_device_trains_exactly_what_the_dataloader_trains(tmp_path):
-    """fp32 on the GPU: held data and read data give bit-identical weights (cuDNN's
-    autotuning off: it may pick other algorithms, with other rounding, in each run)."""
+    """fp32 on the GPU: held data and read data give bit-identical weights."""
     finals = {}
     for held in (True, False):
-        config = toy.toy_config(device="cuda", precision="fp32", data_on_device=held, cudnn_benchmark=False)
+        config = toy.toy_config(device="cuda", precision="fp32", data_on_device=held)
         train(*toy.build("regression", config), config, tmp_path / str(held))
-        assert not torch.backends.cudnn.benchmark
         finals[held] = ckpt.load(tmp_path / str(held) / "final.pt")["modules"]["net"]
     for key in finals[True]:
         assert torch.equal(finals[True][key], finals[False][key])

@@ -49,7 +49,6 @@ RESUME_FREE_KEYS = frozenset({
     "train.data_on_device",
     "train.compile",
     "train.channels_last",
-    "train.cudnn_benchmark",
 })
 
 # "auto" keeps the data on the GPU when it takes at most this share of the free memory
@@ -89,7 +88,6 @@ class TrainConfig:
     data_on_device: bool | str = "auto"   # whole data set in GPU memory: true | false | "auto" (when it fits)
     compile: bool = False                 # torch.compile the modules on a GPU (gpu_speed.compile_module)
     channels_last: bool = False           # NHWC modules and batches on a GPU
-    cudnn_benchmark: bool = True          # time cuDNN's convolution algorithms for each new shape on a GPU
 
     def __post_init__(self):
         if self.precision not in ("bf16", "fp32"):
@@ -104,7 +102,7 @@ class TrainConfig:
             raise ValueError(f"min_steps must lie in [0, max_steps], got {self.min_steps} (max_steps {self.max_steps})")
         if self.data_on_device not in (True, False, "auto"):
             raise ValueError(f"data_on_device must be true, false or 'auto', got {self.data_on_device!r}")
-        for name in ("compile", "channels_last", "cudnn_benchmark"):
+        for name in ("compile", "channels_last"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         self.betas = tuple(self.betas)
@@ -390,8 +388,6 @@ class _Trainer:
         self.modules = dict(task.modules())
         self.optimizers = dict(task.optimizers())
         self.on_gpu = env.device.type == "cuda"
-        if self.on_gpu:
-            torch.backends.cudnn.benchmark = config.cudnn_benchmark
         for module in self.modules.values():
             module.to(env.device)  # keeps Parameter identity, so optimisers stay valid
             if self.on_gpu and config.channels_last:
