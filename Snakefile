@@ -104,6 +104,7 @@ rule all:
         rules.fid_table.output[0],
         expand(rules.sampler_fid.output.table, variant=VARIANTS),
         rules.inversionnet_tables.output.table2,
+        rules.inversionnet_tables.output.table_filter,
         rules.refine_table9.output[0],
         rules.refine_table7.output[0],
         rules.claims.output[0],

@@ -80,6 +80,9 @@ def test_the_schema_and_the_settings_classes_agree_on_every_default(section, cls
         ({"data": {"families": ["FlatVel-A", "Style-A"]}}, "data.families[1]", "no embedded source"),
         ({"data": {"openfwi_root": "/data/openfwi"}}, "data.openfwi_root", "data.source: openfwi"),
         ({"preprocess": {"receivers": 500}}, "preprocess.receivers", "500 is greater than the maximum of 70"),
+        ({"inversionnet": {"seeds": []}}, "inversionnet.seeds", "should be non-empty"),
+        ({"inversionnet": {"seeds": [0, 0]}}, "inversionnet.seeds", "non-unique"),
+        ({"inversionnet": {"seeds": [0, -1]}}, "inversionnet.seeds[1]", "less than the minimum of 0"),
     ],
 )
 def test_bad_values_name_the_key(patch, key, words):
@@ -102,6 +105,7 @@ def test_bad_values_name_the_key(patch, key, words):
         ("stage2.diffusion", "ema_decay", 2.0, "stage2.diffusion.ema_decay must be in [0, 1)"),
         ("inversionnet.training", "batchsize", 8, "inversionnet.training: unknown keys ['batchsize']"),
         ("inversionnet.model", "width", 8, "inversionnet.model: unknown keys ['width']"),
+        ("inversionnet.training", "seed", 3, "inversionnet.training.seed: InversionNet's seeds are inversionnet.seeds"),
         ("sampling", "steps", 10**5, "sampling.steps (100000) exceeds stage2.diffusion.num_steps (50)"),
         ("sampling", "store_block", 3, "sampling.store_block (3) must be a positive divisor"),
         ("stage2.trajectory", "steps", [0, 10**5], "stage2.trajectory.steps [100000] lie outside [0, 49]"),

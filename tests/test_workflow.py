@@ -19,7 +19,7 @@ import zarr
 
 from wavediffusion.data.families import FAMILY_NAMES
 from wavediffusion.data.store import open_dataset
-from wavediffusion.evaluation.arms import SEISMIC_KINDS, ExperimentSettings, arm_names, parse_arm
+from wavediffusion.evaluation.arms import FILTER_DRAWS, SEISMIC_KINDS, ExperimentSettings, arm_names, parse_arm
 
 from conftest import REPO
 
@@ -106,7 +106,7 @@ def test_tiny_dag_produces_every_output(tiny_run):
         *[("interpolation", str(w)) for w in evaluation["interpolation_weights"]]]
     assert int(table5[2]["n"]) == evaluation["random_latents"]
     assert (workdir / "results/stage1/1vq/examples.png").stat().st_size > 10_000
-    for training in ("stage1/1vq", "stage2/1vq", "inversionnet/real"):  # each run draws its curves
+    for training in ("stage1/1vq", "stage2/1vq", "inversionnet/real/seed0"):  # each run draws its curves
         assert [p.stat().st_size > 10_000 for p in (workdir / "results" / training).glob("runs/*/curves.png")] == [True]
     stage2 = torch.load(workdir / "results/stage2/1vq/model.pt", weights_only=False)
     assert stage2["step"] == config["stage2"]["training"]["max_steps"]
@@ -177,10 +177,12 @@ def test_tiny_dag_produces_every_output(tiny_run):
                         *[("stage1-random-latents", "", "", n) for n in sorted({trajectory["n_backward"],
                                                                                 trajectory["n_ddim"]})]]
 
-    # the InversionNet tables: every arm, each family of the real test split and "all"
+    # the InversionNet tables: every arm, each family of the real test split and "all", the
+    # metrics' mean and std over tiny's two seeds
     families = [*config["data"]["families"], "all"]
+    seeds = config["inversionnet"]["seeds"]
     tables = {}
-    for table in ("table2", "table3", "table4"):
+    for table in ("table2", "table3", "table4", "table_filter"):
         with open(workdir / f"results/inversionnet/{table}.csv") as handle:
             tables[table] = list(csv.DictReader(handle))
     # every table opens with the two references: the mean-map predictor and `real`
@@ -190,9 +192,25 @@ def test_tiny_dag_produces_every_output(tiny_run):
         *references, "real-50pct", "gen-1vq-simulated+real-50pct"]
     assert [r["arm"] for r in tables["table4"] if r["family"] == "all"] == [
         *references, "finetune-real", "finetune-1vq-simulated"]
+    assert [r["arm"] for r in tables["table_filter"] if r["family"] == "all"] == [
+        *references, "gen-1vq-simulated-accepted", "gen-1vq-simulated-unfiltered"]
+    trained = [r for t in ("table2", "table3", "table4") for r in tables[t] if r["arm"] != "mean-map"]
+    assert {r["n_seeds"] for r in trained} == {str(len(seeds))} and {r["seeds"] for r in trained} == {"0 1"}
+    assert {r["mae_vs_real"] for r in trained if r["arm"] != "real"} <= {"separated", "not separated"}
+    # the filter arms: equally many pairs; trained on both seeds, or (too few accepted pairs) a note and no numbers
+    filtered = [r for r in tables["table_filter"] if r["arm"].startswith("gen-") and r["family"] == "all"]
+    assert len({r["n_train"] for r in filtered}) == 1
+    for row in filtered:
+        assert (row["n_seeds"] == "2" and float(row["mae_mean"]) > 0) or (
+            row["mae_vs_real"] == "not trained" and row["mae_mean"] == "" and "fewer than one batch" in row["note"])
+    with open(workdir / "results/inversionnet/per_seed.csv") as handle:
+        per_seed = list(csv.DictReader(handle))
+    assert {(r["arm"], r["seed"]) for r in per_seed} == {
+        (arm, str(seed)) for table in ("table2", "table3", "table4", "table_filter")
+        for arm in {r["arm"] for r in tables[table]} - {"mean-map"} for seed in seeds}
     assert [r["family"] for r in tables["table2"] if r["arm"] == "real"] == [*families, "hard-test 1vq-simulated"]
     assert [r["family"] for r in tables["table2"] if r["arm"] == "mean-map"] == families
-    mean_map, real = (next(float(r["mae"]) for r in tables["table2"] if r["arm"] == arm and r["family"] == "all")
+    mean_map, real = (next(float(r["mae_mean"]) for r in tables["table2"] if r["arm"] == arm and r["family"] == "all")
                       for arm in references)
     assert mean_map > 0 and real > 0
     n_train = {r["arm"]: int(r["n_train"]) for r in tables["table2"] + tables["table3"]}
@@ -264,11 +282,19 @@ def after_sampling(config) -> dict[str, int]:
     seismic = inversion.get("seismic", list(SEISMIC_KINDS))
     arms = sum(arm_names(config["stage1"]["variants"], ExperimentSettings.from_dict(
         {"seismic": seismic, "real_percents": inversion["real_percents"]})).values(), [])
-    generated = sum(1 for arm in arms if parse_arm(arm).variant)
+    generated, seeds = sum(1 for arm in arms if parse_arm(arm).variant), len(inversion["seeds"])
     return {"physics_report": 1, "export_openfwi": 1, "fid_variant": 1, "fid_table": 1,
-            "hardest_generated": len(seismic), "train_inversionnet": generated,
+            "hardest_generated": len(seismic), "train_inversionnet": generated * seeds,
             # + `real` and `finetune-real`, which are also measured on the hardest generated pairs
-            "evaluate_inversionnet": generated + 2, "inversionnet_tables": 1, "memorisation": 1, "claims": 1}
+            "evaluate_inversionnet": (generated + 2) * seeds, "inversionnet_tables": 1, "memorisation": 1,
+            "claims": 1}
+
+
+def after_filter(config) -> dict[str, int]:
+    """The jobs downstream of the physics filter's mask: the filter arms (tiny: one variant)."""
+    inversion = config["inversionnet"]
+    runs = len(FILTER_DRAWS) * len(inversion.get("seismic", SEISMIC_KINDS)) * len(inversion["seeds"])
+    return {"train_inversionnet": runs, "evaluate_inversionnet": runs, "inversionnet_tables": 1, "claims": 1}
 
 
 def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
@@ -295,7 +321,8 @@ def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["physics"]["floor_samples_per_family"] = 1
     write_config(workdir, edited)
-    assert scheduled(workdir) == {"pde_floor": 1, "physics_report": 1, "export_openfwi": 1, "all": 1}
+    assert scheduled(workdir) == {"pde_floor": 1, "physics_report": 1, "export_openfwi": 1, **after_filter(config),
+                                  "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["stage1"]["training"]["max_steps"] = 7
@@ -327,7 +354,7 @@ def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["physics"]["max_deviation"] = 0.5
     write_config(workdir, edited)
-    assert scheduled(workdir) == {"physics_report": 1, "export_openfwi": 1, "all": 1}
+    assert scheduled(workdir) == {"physics_report": 1, "export_openfwi": 1, **after_filter(config), "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["fid"]["num_baseline"] = 3  # the real data's features stay
@@ -337,9 +364,10 @@ def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["inversionnet"]["hard_train_fraction"] = 0.75  # only Table 4 and its hard sets
     write_config(workdir, edited)
-    hard = len(config["inversionnet"].get("seismic", SEISMIC_KINDS))
-    assert scheduled(workdir) == {"hardest_generated": hard, "train_inversionnet": hard,
-                                  "evaluate_inversionnet": hard + 2, "inversionnet_tables": 1, "claims": 1, "all": 1}
+    hard, seeds = len(config["inversionnet"].get("seismic", SEISMIC_KINDS)), len(config["inversionnet"]["seeds"])
+    assert scheduled(workdir) == {"hardest_generated": hard, "train_inversionnet": hard * seeds,
+                                  "evaluate_inversionnet": (hard + 2) * seeds, "inversionnet_tables": 1, "claims": 1,
+                                  "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["refine"]["candidates"] = 2
@@ -485,7 +513,8 @@ def test_paper_plan_through_the_slurm_profile(tmp_path):
     table = result.stdout.split("Job stats:")[1].split("total")[0]
     counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.MULTILINE)}
     shards = 375_000 // 25_000  # paper: sampling.num_pairs / sampling.shard_size
-    arms = 1 + 4 + 2 + 4 * 2 + 1 + 4  # Table 2: real + 2 variants x 2 seismic; Table 3: x 2 percents; Table 4
+    # Table 2: real + 2 variants x 2 seismic; Table 3: x 2 percents; Table 4; the filter's table: x 2; x 3 seeds
+    arms = (1 + 4 + 2 + 4 * 2 + 1 + 4 + 4 * 2) * 3
     after_samples = ("physics_report", "memorisation", "export_openfwi", "fid_variant", "sampler_fid",
                      "refine_inversion")
     assert counts == {"download_openfwi": 10, "preprocess": 1, "pde_floor": 1, "velocity_figure": 1,
@@ -549,7 +578,7 @@ def test_training_threads_follow_the_dataloader_workers(tmp_path, gpus, nodes, t
     write_config(tmp_path, config)
     # --cores above every count: a dry run caps a job's threads at the cores it is given
     printed = snakemake(tmp_path, "--dry-run", "--cores", "64", "--printshellcmds", "--",
-                        "results/stage1/1vq/model.pt", "results/inversionnet/real/model.pt").stdout
+                        "results/stage1/1vq/model.pt", "results/inversionnet/real/seed0/model.pt").stdout
     for rule in ("train_stage1", "train_inversionnet"):
         job = printed.split(f"rule {rule}:")[1].split("Shell command:")[0]
         assert re.search(r"^\s*threads: (\d+)$", job, re.MULTILINE).group(1) == str(threads), job

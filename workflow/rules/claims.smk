@@ -12,7 +12,7 @@ rule claims:
         fid=rules.fid_table.output[0],
         stage1_metrics=rules.stage1_metrics.output[0],
         table2=rules.inversionnet_tables.output.table2,
-        inversion_record=expand(rules.train_inversionnet.output.record, arm="real")[0],
+        inversion_records=expand(rules.train_inversionnet.output.record, arm="real", seed=SEEDS),
     output:
         report(
             "results/claims.csv",
@@ -36,5 +36,6 @@ rule claims:
         "wavediffusion claims --variants {params.variants} --table5 {input.table5} --deviation {input.deviation}"
         " --memorisation {input.memorisation} --stage1-records {input.stage1_records}"
         " --stage2-records {input.stage2_records} --fid {input.fid}"
-        " --stage1-metrics {input.stage1_metrics} --table2 {input.table2} --inversion-record {input.inversion_record}"
+        " --stage1-metrics {input.stage1_metrics} --table2 {input.table2}"
+        " --inversion-records {input.inversion_records}"
         " --out {output} > {log} 2>&1"

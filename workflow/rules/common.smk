@@ -91,6 +91,9 @@ def training_resources(stage):
 INVERSION = {key: value for key, value in config["inversionnet"].items() if key not in ("gpus", "nodes")}
 VARIANTS = config["stage1"]["variants"]
 ARMS = arm_names(VARIANTS, ExperimentSettings.from_dict(INVERSION))
+# every arm runs once per seed; the first seed's `real` model is the one that picks the
+# hardest pairs and that the refinement compares with (REAL_INVERSIONNET)
+SEEDS = INVERSION["seeds"]
 HARD_SETS = [f"{variant}-{seismic}" for variant in VARIANTS for seismic in INVERSION["seismic"]]
 
 
@@ -100,15 +103,17 @@ def inversion_slice(*keys):
 
 
 def arm_inputs(wildcards):
-    """What an arm trains on: the dataset, and the pairs store, `real`'s weights and the
-    hardest-pairs split when the arm uses them."""
+    """What one run of an arm trains on: the dataset, and the pairs store, `real`'s weights of
+    the same seed, the hardest-pairs split and the physics filter's mask when the arm uses them."""
     arm = parse_arm(wildcards.arm)
     inputs = {"dataset": rules.preprocess.output[0]}
     if arm.variant:
         inputs["store"] = rules.create_pairs_store.output[0].format(variant=arm.variant)
         inputs["manifest"] = rules.gather_samples.output[0].format(variant=arm.variant)
+    if arm.draw:  # the filter's report rule writes its mask (`valid`) into the store
+        inputs["filter_report"] = rules.physics_report.output.report.format(variant=arm.variant)
     if arm.finetune:
-        inputs["init_weights"] = REAL_INVERSIONNET
+        inputs["init_weights"] = rules.train_inversionnet.output.model.format(arm="real", seed=wildcards.seed)
     if arm.finetune and arm.variant:
         inputs["hard"] = rules.hardest_generated.output[0].format(hard_set=f"{arm.variant}-{arm.seismic}")
     return inputs

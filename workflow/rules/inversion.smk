@@ -1,24 +1,26 @@
-# The inversion experiments: InversionNet augmentation (Tables 2-4, one job per arm) and the
-# diffusion-refined inversion (Tables 9 and 7). Arm names: evaluation/inversion_experiments.py;
-# INVERSION, ARMS, HARD_SETS and the input functions: workflow/rules/common.smk.
+# The inversion experiments: InversionNet augmentation (Tables 2-4 and the physics filter's
+# table, one job per arm and seed) and the diffusion-refined inversion (Tables 9 and 7). Arm
+# names: evaluation/arms.py; INVERSION, ARMS, SEEDS, HARD_SETS and the input functions:
+# workflow/rules/common.smk.
 
 
 wildcard_constraints:
     arm=r"[\w.+-]+",
+    seed=r"\d+",
     hard_set=r"[\w.]+-(decoded|simulated)",
 
 
 rule train_inversionnet:
-    """Train InversionNet for arm {arm} (one arm of Tables 2-4)."""
+    """Train InversionNet for arm {arm} with seed {seed} (one run of an arm of Tables 2-4 or the filter's table)."""
     input:
         unpack(arm_inputs),
     output:
-        model="results/inversionnet/{arm}/model.pt",
-        record="results/inversionnet/{arm}/train.json",
+        model="results/inversionnet/{arm}/seed{seed}/model.pt",
+        record="results/inversionnet/{arm}/seed{seed}/train.json",
     log:
-        "logs/train_inversionnet/{arm}.log",
+        "logs/train_inversionnet/{arm}/seed{seed}.log",
     benchmark:
-        "benchmarks/out/train_inversionnet/{arm}.tsv"
+        "benchmarks/out/train_inversionnet/{arm}/seed{seed}.tsv"
     retries: 2
     conda:
         "../../envs/wavediffusion.yaml"
@@ -37,15 +39,16 @@ rule train_inversionnet:
     shell:
         "{params.launch} train-inversionnet --arm {wildcards.arm} --dataset {input.dataset} {params.store}"
         " {params.hard} {params.init_weights} --settings {params.settings:q} --seed {params.seed}"
-        " --threads {threads} --record {output.record} --out {output.model} > {log} 2>&1"
+        " --run-seed {wildcards.seed} --threads {threads} --record {output.record} --out {output.model} > {log} 2>&1"
 
 
-# the real-data InversionNet: the hardest pairs are those it predicts worst, and Tables 4 and 9 start from it
-REAL_INVERSIONNET = expand(rules.train_inversionnet.output.model, arm="real")[0]
+# the real-data InversionNet of the first seed: the hardest pairs are those it predicts worst,
+# and the refinement (Tables 9 and 7) is compared with it (Table 4's seed s starts from real's seed s)
+REAL_INVERSIONNET = expand(rules.train_inversionnet.output.model, arm="real", seed=SEEDS[0])[0]
 
 
 rule hardest_generated:
-    """The generated pairs that `real`'s InversionNet predicts worst, split to fine-tune and test (Table 4)."""
+    """The generated pairs `real`'s first-seed InversionNet predicts worst, split to fine-tune and test (Table 4)."""
     input:
         model=REAL_INVERSIONNET,
         store=lambda wildcards: rules.create_pairs_store.output[0].format(variant=wildcards.hard_set.rsplit("-", 1)[0]),
@@ -73,18 +76,18 @@ rule hardest_generated:
 
 
 rule evaluate_inversionnet:
-    """MAE, RMSE and SSIM of arm {arm} per family on the real test split (and on the hardest generated pairs for Table 4)."""
+    """MAE, RMSE and SSIM of arm {arm}, seed {seed}, per family on the real test split (and Table 4's hardest pairs)."""
     input:
         unpack(hard_tests),
         model=rules.train_inversionnet.output.model,
         record=rules.train_inversionnet.output.record,
         dataset=rules.preprocess.output[0],
     output:
-        "results/inversionnet/{arm}/metrics.csv",
+        "results/inversionnet/{arm}/seed{seed}/metrics.csv",
     log:
-        "logs/evaluate_inversionnet/{arm}.log",
+        "logs/evaluate_inversionnet/{arm}/seed{seed}.log",
     benchmark:
-        "benchmarks/out/evaluate_inversionnet/{arm}.tsv"
+        "benchmarks/out/evaluate_inversionnet/{arm}/seed{seed}.tsv"
     conda:
         "../../envs/wavediffusion.yaml"
     threads: 2
@@ -103,10 +106,10 @@ rule evaluate_inversionnet:
 
 
 rule inversionnet_tables:
-    """Tables 2, 3 and 4 from every arm's metrics, and a figure of each Table-2 arm's predictions (Fig. 9)."""
+    """Tables 2-4 and the filter's (mean, std over seeds) from every run's metrics; Fig. 9 of the first seed's runs."""
     input:
-        metrics=expand(rules.evaluate_inversionnet.output[0], arm=sum(ARMS.values(), [])),
-        models=expand(rules.train_inversionnet.output.model, arm=ARMS["table2"]),
+        metrics=expand(rules.evaluate_inversionnet.output[0], arm=sum(ARMS.values(), []), seed=SEEDS),
+        models=expand(rules.train_inversionnet.output.model, arm=ARMS["table2"], seed=SEEDS[0]),
         dataset=rules.preprocess.output[0],
     output:
         table2=report(
@@ -130,6 +133,14 @@ rule inversionnet_tables:
             subcategory="InversionNet augmentation",
             labels={"result": "Table 4"},
         ),
+        table_filter=report(
+            "results/inversionnet/table_filter.csv",
+            caption="../report/table_filter.rst",
+            category="7 Inversion",
+            subcategory="InversionNet augmentation",
+            labels={"result": "the physics filter's table"},
+        ),
+        per_seed="results/inversionnet/per_seed.csv",
         figure=report(
             "results/inversionnet/predictions.png",
             caption="../report/inversionnet_predictions.rst",
@@ -150,7 +161,7 @@ rule inversionnet_tables:
     shell:
         "wavediffusion inversionnet-tables --metrics {input.metrics} --models {input.models} --dataset {input.dataset}"
         " --threads {threads} --table2 {output.table2} --table3 {output.table3} --table4 {output.table4}"
-        " --figure {output.figure} > {log} 2>&1"
+        " --table-filter {output.table_filter} --per-seed {output.per_seed} --figure {output.figure} > {log} 2>&1"
 
 
 rule refine_inversion:

@@ -254,6 +254,19 @@ def accepted_rows(root: zarr.Group, store: str | Path) -> np.ndarray:
     return np.flatnonzero(root["valid"][:])
 
 
+def checked_rows(root: zarr.Group, store: str | Path) -> np.ndarray:
+    """The rows the physics check measured, in order, of an opened pairs store: those of the
+    shards with a 'check' marker, with a recorded sampling seed and a finite deviation, i.e.
+    every pair the filter judged (accepted_rows' superset; the filter arms draw from it
+    without the filter)."""
+    n, size = int(root.attrs["num_pairs"]), int(root.attrs["shard_size"])
+    checked = np.zeros(n, dtype=bool)
+    for k in done_shards(store, "check", num_shards(n, size)):
+        rows = shard_range(k, size, n)
+        checked[rows.start:rows.stop] = True
+    return np.flatnonzero(checked & (root["seed"][:] >= 0) & np.isfinite(root["deviation"][:]))
+
+
 def written_rows(store: str | Path, root: zarr.Group) -> dict[str, list[range]]:
     """The rows of each array that finished jobs wrote: the sampled shards' rows of
     SAMPLE_ARRAYS, the checked shards' rows of CHECK_ARRAYS, and every row of valid (and

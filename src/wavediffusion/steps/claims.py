@@ -17,7 +17,7 @@ def run_claims(variants: Annotated[list[str], "the Stage-1 variants, in the orde
                stage1_records: Annotated[list[str], "train-stage1's train.json per variant"],
                stage2_records: Annotated[list[str], "train-stage2's train.json per variant"],
                table2: Annotated[str, "results/inversionnet/table2.csv"],
-               inversion_record: Annotated[str, "the arm `real`'s train.json"],
+               inversion_records: Annotated[list[str], "the arm `real`'s train.json of every seed"],
                out: Annotated[str, "claims.csv to write"]) -> None:
     """the paper's claims tested on the run's result tables (results/claims.csv)"""
     import json
@@ -32,7 +32,7 @@ def run_claims(variants: Annotated[list[str], "the Stage-1 variants, in the orde
     rows = claims_table(variants, [read_csv(path) for path in table5], [read_csv(path) for path in deviation],
                         [read_csv(path) for path in memorisation], [record(path) for path in stage1_records],
                         [record(path) for path in stage2_records], read_csv(fid), read_csv(stage1_metrics),
-                        read_csv(table2), record(inversion_record))
+                        read_csv(table2), [record(path) for path in inversion_records])
     write_csv(rows, out, COLUMNS)
     for row in rows:
         print(f"{row['claim']:>24} {row['variant']}: {row['held']:<26} {row['measured']}")

@@ -86,7 +86,7 @@ def config_problems(config: dict) -> list[str]:
     if experiment is not None:
         shape, size = (len(prep["shots"]), prep["time_samples"], prep["receivers"]), prep["velocity_size"]
         for arm in (parse_arm("real"), parse_arm("finetune-real")):
-            network = network_settings(experiment, arm)
+            network = network_settings(experiment, arm, experiment.seeds[0])
             check(lambda network=network: network.model_config(shape, size))
             check(lambda network=network: network.train_config())
     return list(dict.fromkeys(problems))  # a section's problem once, though several variants or arms share it

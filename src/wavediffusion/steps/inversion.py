@@ -1,5 +1,6 @@
 """The steps of rules/inversion.smk: InversionNet trained on real, generated and mixed pairs
-(Tables 2-4), and the diffusion-refined inversion (Tables 9 and 7)."""
+(Tables 2-4, and the physics filter's table), once per seed, and the diffusion-refined
+inversion (Tables 9 and 7)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from . import (Dataset, PairsStore, Seed, Stage1Model, Stage2Model, Threads, Var
 from .common import finish_training
 
 InversionJSON = Annotated[str, "JSON of config inversionnet"]
+RunSeed = Annotated[int, "this run's seed, one of config inversionnet.seeds: the network's initial weights, its batch"
+                         " order and the unfiltered filter arm's draw"]
 
 
 def experiment_settings(text: str, seed: int):
@@ -23,26 +26,35 @@ def experiment_settings(text: str, seed: int):
 def run_train_inversionnet(arm: Annotated[str, "the arm's name (evaluation/arms.py)"], dataset: Dataset,
                            settings: InversionJSON,
                            record: Annotated[str, "JSON of what the arm trained on, to write"],
-                           out: Annotated[str, "the weights file to write"], seed: Seed,
+                           out: Annotated[str, "the weights file to write"], seed: Seed, run_seed: RunSeed,
                            store: Annotated[str | None, "the variant's pairs store (arms with generated pairs)"] = None,
                            hard: Annotated[str | None, "hardest-generated's .npz (fine-tuning on generated pairs)"] = None,
-                           init_weights: Annotated[str | None, "weights to fine-tune (arm real's model)"] = None,
+                           init_weights: Annotated[str | None, "weights to fine-tune (arm real's model of the same"
+                                                                " seed)"] = None,
                            threads: Threads = None) -> None:
-    """train InversionNet for one arm of Tables 2-4 (resumes after a crash)"""
+    """train InversionNet for one arm and seed (resumes after a crash)"""
     from ..evaluation.inversion_experiments import arm_identity, train_arm
+    from ..files import write_json
     from ..training.distributed import read_launch
+    from ..training.inversionnet import write_not_trained
     from ..training.runs import run_directory
 
     use_threads(threads)
     values = experiment_settings(settings, seed)
-    identity = arm_identity(arm, values, dataset, store, hard, init_weights, read_launch().world_size)
+    launch = read_launch()
+    identity = arm_identity(arm, values, dataset, store, hard, init_weights, launch.world_size, run_seed)
     run = run_directory(Path(out).parent, identity)
-    summary, about = train_arm(arm, dataset, values, run, store, hard, init_weights)
-    finish_training(summary, run, out, record, about)
+    summary, about = train_arm(arm, dataset, values, run, run_seed, store, hard, init_weights)
+    if summary is not None:
+        finish_training(summary, run, out, record, about)
+    elif launch.rank == 0:  # a filter arm with too few pairs: both outputs say why, and evaluation reports it
+        write_json(about, record)
+        write_not_trained(out, about["reason"])
+        print(f"did not train {arm} (seed {run_seed}): {about['reason']}")
 
 
 @step(gpu=True, batch_key="inversionnet.eval_batch_size")
-def run_hardest_generated(model: Annotated[str, "InversionNet weights (arm real)"], store: PairsStore,
+def run_hardest_generated(model: Annotated[str, "InversionNet weights (arm real, the first seed's)"], store: PairsStore,
                           seismic: Annotated[Literal["decoded", "simulated"],
                                              "the generated pairs' seismic: the decoder's, or simulated from their"
                                              " velocity"],
@@ -69,13 +81,13 @@ def run_evaluate_inversionnet(model: Annotated[str, "train-inversionnet's weight
                                                    "NAME,STORE,NPZ: also the MAE on a hardest-generated test set"
                                                    " (repeatable)"] = None,
                               threads: Threads = None) -> None:
-    """one arm's MAE/RMSE/SSIM per family on the real test split"""
+    """one run's MAE/RMSE/SSIM per family on the real test split"""
     import json
 
     import numpy as np
 
     from ..devices import resolve_device
-    from ..evaluation.inversion_experiments import METRIC_COLUMNS, evaluate_arm
+    from ..evaluation.inversion_experiments import METRIC_COLUMNS, evaluate_arm, not_trained_rows
     from ..files import write_csv
     from ..pairs import GeneratedPairs
     from ..training.inversionnet import evaluate_inversionnet, load_inversionnet
@@ -83,6 +95,10 @@ def run_evaluate_inversionnet(model: Annotated[str, "train-inversionnet's weight
     use_threads(threads)
     values = experiment_settings(settings, seed)
     about = json.loads(Path(record).read_text())
+    if not about["trained"]:  # nothing to evaluate: a row that says why
+        write_csv(not_trained_rows(about), out, METRIC_COLUMNS)
+        print(f"wrote {out}: {about['arm']} (seed {about['seed']}) did not train: {about['reason']}")
+        return
     # evaluate_inversionnet (training/inversionnet.py) opens the weights and the dataset store itself
     test_rows = evaluate_inversionnet(model, dataset, batch_size=values.eval_batch_size)
     hard_tests = {}
@@ -97,19 +113,25 @@ def run_evaluate_inversionnet(model: Annotated[str, "train-inversionnet's weight
 
 
 @step()
-def run_inversionnet_tables(metrics: Annotated[list[str], "evaluate-inversionnet's metrics CSV of every arm"],
-                            models: Annotated[list[str], "weights of the arms shown in the figure"],
+def run_inversionnet_tables(metrics: Annotated[list[str], "evaluate-inversionnet's metrics CSV of every arm and seed"],
+                            models: Annotated[list[str], "weights of the arms shown in the figure, each"
+                                                         " .../<arm>/seed<seed>/model.pt"],
                             dataset: Dataset,
                             table2: Annotated[str, "table2.csv to write: real vs generated training data"],
                             table3: Annotated[str, "table3.csv to write: generated pairs added to part of the real"],
                             table4: Annotated[str, "table4.csv to write: fine-tuning on the hardest generated pairs"],
+                            table_filter: Annotated[str, "table_filter.csv to write: the physics filter's accepted"
+                                                         " pairs vs as many unfiltered"],
+                            per_seed: Annotated[str, "CSV to write: every run's metric rows, one per arm, seed and"
+                                                     " family"],
                             figure: Annotated[str, "predictions PNG to write (Fig. 9)"],
                             threads: Threads = None) -> None:
-    """Tables 2-4 from every arm's metrics, and the predictions figure"""
+    """the InversionNet tables (mean and std over seeds) from every run's metrics, and the predictions figure"""
     from ..data.store import open_dataset
     from ..devices import resolve_device
     from ..evaluation.inversion_experiments import (
         METRIC_COLUMNS,
+        TABLE_COLUMNS,
         inversionnet_tables,
         mean_map_rows,
         plot_predictions,
@@ -120,18 +142,23 @@ def run_inversionnet_tables(metrics: Annotated[list[str], "evaluate-inversionnet
 
     use_threads(threads)
     root = open_dataset(dataset)
-    tables = inversionnet_tables([row for path in metrics for row in read_csv(path)], mean_map_rows(root))
-    for name, path in {"table2": table2, "table3": table3, "table4": table4}.items():
-        write_csv(tables[name], path, METRIC_COLUMNS)
+    rows = [row for path in metrics for row in read_csv(path)]
+    write_csv(rows, per_seed, METRIC_COLUMNS)
+    tables = inversionnet_tables(rows, mean_map_rows(root))
+    for name, path in {"table2": table2, "table3": table3, "table4": table4, "table_filter": table_filter}.items():
+        write_csv(tables[name], path, TABLE_COLUMNS)
     device = resolve_device()
-    networks = {Path(path).parent.name: load_inversionnet(path, device) for path in models}
+    # .../<arm>/seed<seed>/model.pt: each column named by its arm
+    networks = {Path(path).parent.parent.name: load_inversionnet(path, device) for path in models}
     save_figure(plot_predictions(networks, root, device), figure)
-    print(f"wrote {({name: len(rows) for name, rows in tables.items()})} rows and {figure}")
+    print(f"wrote {per_seed} ({len(rows)} rows), {({name: len(rows) for name, rows in tables.items()})} rows "
+          f"and {figure}")
 
 
 @step(gpu=True, batch_key="refine.batch_size or refine.candidate_batch")
 def run_refine_inversion(variant: Variant, stage1_model: Stage1Model, stage2_model: Stage2Model,
-                         inversionnet: Annotated[str, "InversionNet trained on all real pairs (arm real)"],
+                         inversionnet: Annotated[str, "InversionNet trained on all real pairs (arm real, the first"
+                                                      " seed's)"],
                          dataset: Dataset, settings: Annotated[str, "JSON of config refine"],
                          table9: Annotated[str, "table9.csv to write: InversionNet, Stage 1 alone, refined"],
                          table7: Annotated[str, "table7.csv to write: the perturbation ablation"],

@@ -50,6 +50,7 @@ OPENFWI_TRAINING = {
 }
 STREAM_REAL_SUBSET = 101  # random stream of real_subset, apart from the loop's streams (0-4)
 STREAM_FINETUNE_SPLIT = 102  # random stream of split_by_fraction
+STREAM_GENERATED_DRAW = 103  # random stream of drawn_pairs
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,17 @@ def split_by_fraction(indices, train_fraction: float, seed: int) -> tuple[np.nda
     return np.sort(indices[order[:count]]), np.sort(indices[order[count:]])
 
 
+def drawn_pairs(candidates, count: int, seed: int) -> np.ndarray:
+    """A seeded random `count` of `candidates` (store rows), sorted: the filter arms' generated
+    pairs, drawn from anywhere in the candidates rather than their first rows, so that the
+    store's order cannot bias them. The same (candidates, count, seed) draw the same rows."""
+    candidates = np.asarray(candidates, dtype=np.int64).reshape(-1)
+    if not 0 <= count <= len(candidates):
+        raise ValueError(f"cannot draw {count} of {len(candidates)} pairs")
+    order = np.random.default_rng(derive_seed(seed, STREAM_GENERATED_DRAW)).permutation(len(candidates))
+    return np.sort(candidates[order[:count]])
+
+
 def _leaves(dataset: Dataset) -> Iterator[Dataset]:
     """The datasets a ConcatDataset (or Subset) is made of, recursively."""
     if isinstance(dataset, ConcatDataset):
@@ -146,9 +158,22 @@ def check_shapes(dataset: Dataset, seismic_shape, velocity_size: int, name: str)
 # Weights files.
 
 
+# The key of a weights file written by a run that did not train (write_not_trained): its reason
+NOT_TRAINED = "not_trained"
+
+
+def write_not_trained(path: str | Path, reason: str) -> None:
+    """The weights file of a run that did not train (a filter arm with fewer pairs than one
+    batch): no weights, only why, so that loading it says so instead of evaluating a network
+    that never learnt."""
+    ckpt.atomic_save({NOT_TRAINED: reason}, path)
+
+
 def read_weights(path: str | Path) -> tuple[InversionNetConfig, dict]:
     """(config, state dict) of an InversionNet weights file (train_inversionnet's final.pt / best.pt)."""
     weights = ckpt.load(path)
+    if isinstance(weights, dict) and NOT_TRAINED in weights:
+        raise ValueError(f"{path}: no weights, its run did not train: {weights[NOT_TRAINED]}")
     try:
         config = InversionNetConfig(**weights["config"]["task"]["model"])
         state = weights["modules"][MODULE]
