@@ -22,7 +22,7 @@ from wavediffusion.data.store import open_dataset
 from wavediffusion.data.transforms import Representation, seismic_to_model, velocity_from_model
 from wavediffusion.diffusion import dpm_solver_sample
 from wavediffusion.evaluation.stage1 import decode_and_check
-from wavediffusion.files import read_csv
+from wavediffusion.files import read_csv, readable
 from wavediffusion.physics.deviation import per_sample_mse
 from wavediffusion.physics.forward import forward_model
 from wavediffusion.plotting import plt
@@ -503,9 +503,10 @@ def test_physics_filter_per_family_and_absolute(artifacts, reference, tmp_path):
     np.testing.assert_array_equal(arrays(store)["valid"], values["valid"])
     with open(outputs[0]) as handle:
         assert handle.readline().strip().split(",") == list(REPORT_COLUMNS)
-    assert read_csv(outputs[0]) == [{k: str(v) for k, v in r.items()} for r in rows]
+    assert read_csv(outputs[0]) == [{k: str(readable(v)) for k, v in r.items()} for r in rows]
     with open(outputs[1]) as handle:
-        assert [{k: float(v) for k, v in r.items()} for r in csv.DictReader(handle)] == points
+        assert [{k: float(v) for k, v in r.items()} for r in csv.DictReader(handle)] == [
+            {k: float(readable(v)) for k, v in r.items()} for r in points]
     assert outputs[2].stat().st_size > 1000 and outputs[3].stat().st_size > 1000
 
     epsilon = float(np.median(deviation))

@@ -127,7 +127,7 @@ def test_forward_clean_row_is_the_decoded_training_latents(artifacts, outputs):
     clean = decode_and_check(model, latents, REP, "deepwave", 2, desc="", progress=False)["deviation"]
     _, rows = read(outputs["deviation.csv"])
     forward = {int(r["step"]): float(r["mean"]) for r in rows if r["direction"] == "forward"}
-    assert forward[CLEAN_STEP] == pytest.approx(float(clean.mean()), rel=1e-9)
+    assert forward[CLEAN_STEP] == pytest.approx(float(clean.mean()), rel=1e-6)  # CSVs hold 7 digits
     assert forward[0] == pytest.approx(forward[CLEAN_STEP], rel=0.25)  # barely noised at t = 0
 
 
@@ -144,7 +144,7 @@ def test_table5_and_ddim_rows(outputs):
     columns, ddim = read(outputs["ddim.csv"])
     assert tuple(columns) == DDIM_COLUMNS
     assert [(r["sampler"], int(r["steps"]), r["eta"]) for r in ddim] == [
-        ("ddim", 2, "0.0"), ("ddim", 5, "0.0"), ("ddim", 2, "1.0"), ("ddim", 5, "1.0"), ("dpmpp2m", 4, ""), ("ddpm", T, "")]
+        ("ddim", 2, "0"), ("ddim", 5, "0"), ("ddim", 2, "1"), ("ddim", 5, "1"), ("dpmpp2m", 4, ""), ("ddpm", T, "")]
     assert all(int(r["n"]) == 2 and float(r["seconds_per_sample"]) > 0 for r in ddim)
     # one set of final DDPM samples behind three outputs
     _, deviation = read(outputs["deviation.csv"])
@@ -207,7 +207,7 @@ def test_sampler_fid_scores_each_setting_against_the_reference(artifacts, output
     columns, rows = read(tmp_path / "samplers.csv")
     assert tuple(columns) == COLUMNS
     assert [(r["sampler"], r["steps"], r["eta"]) for r in rows] == [
-        ("ddpm", str(T), ""), ("ddim", "2", "0.0"), ("ddim", "5", "0.0"), ("ddim", "2", "1.0"), ("ddim", "5", "1.0"),
+        ("ddpm", str(T), ""), ("ddim", "2", "0"), ("ddim", "5", "0"), ("ddim", "2", "1"), ("ddim", "5", "1"),
         ("dpmpp2m", "4", ""), (BASELINE, "", "")]
     assert all(int(r["n"]) == 2 and float(r["fid_seismic"]) > 0 and float(r["fid_velocity"]) > 0 for r in rows)
     _, ddim = read(outputs["ddim.csv"])

@@ -78,12 +78,24 @@ def atomic_file(final: str | Path):
 
 
 def write_csv(rows: list[dict], path: str | Path, columns: tuple[str, ...] | list[str]) -> None:
-    """Write rows (dicts keyed by `columns`) as a CSV file, atomically."""
+    """Write rows (dicts keyed by `columns`) as a CSV file, atomically; floats with 7
+    significant digits (FLOAT_FORMAT)."""
     with atomic_file(path) as tmp:
         with open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(columns))
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({key: readable(value) for key, value in row.items()} for row in rows)
+
+
+# 7 significant digits: all that the float32 computations behind every table carry, and
+# short enough to read (0.001270960 rather than 0.001270960234789527)
+FLOAT_FORMAT = ".7g"
+
+
+def readable(value):
+    """A float (Python's or NumPy's) as FLOAT_FORMAT writes it; anything else as it is."""
+    is_float = isinstance(value, float) or getattr(getattr(value, "dtype", None), "kind", None) == "f"
+    return format(float(value), FLOAT_FORMAT) if is_float else value
 
 
 def read_csv(path: str | Path) -> list[dict]:
