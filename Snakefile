@@ -66,6 +66,7 @@ include: "workflow/rules/stage2.smk"
 include: "workflow/rules/sampling.smk"
 include: "workflow/rules/fid.smk"
 include: "workflow/rules/inversion.smk"
+include: "workflow/rules/ablation.smk"
 include: "workflow/rules/claims.smk"
 
 
@@ -108,3 +109,4 @@ rule all:
         rules.refine_table9.output[0],
         rules.refine_table7.output[0],
         rules.claims.output[0],
+        *TABLE8_TARGETS,  # ablation.table8.enabled (workflow/rules/ablation.smk)

@@ -6,7 +6,9 @@
 # arms, FID and the physics check run beside the longer jobs (each job's peak memory is a
 # few GiB, Stage 1 ~15 GiB). SCIENCE_SEED=N trains the whole chain with seed N (gate 6's
 # three seeds are three runs). STAGE2_STEPS=N cuts Stage 2 to N steps where the device time
-# left cannot hold the config's (the run's README then says so). SCIENCE_TARGETS="..."
+# left cannot hold the config's (the run's README then says so). INVERSION_SEEDS=0 (or
+# 0,1) runs each InversionNet arm with those seeds only, where three do not fit the
+# session (each seed's arms take ~7 minutes of GPU). SCIENCE_TARGETS="..."
 # replaces the targets, e.g. the trajectory and the Stage-1 metrics only when less device
 # time is left than the whole chain needs.
 set -x
@@ -18,6 +20,8 @@ config['fid']['weights'] = '/root/fid/default_1.pt'
 config['seed'] = int('${SCIENCE_SEED:-0}')
 if '${STAGE2_STEPS:-}':
     config['stage2']['training']['max_steps'] = int('${STAGE2_STEPS:-}')
+if '${INVERSION_SEEDS:-}':
+    config['inversionnet']['seeds'] = [int(s) for s in '${INVERSION_SEEDS:-}'.split(',')]
 yaml.safe_dump(config, open('/root/science_gpu.yaml', 'w'))"
 TARGETS=${SCIENCE_TARGETS:-"results/claims.csv results/fid/1vq/samplers.csv results/samples/1vq/physics_report.csv results/refine/table9.csv"}
 CONFIG=/root/science_gpu.yaml mini_snakemake --prioritize results/stage2/1vq/model.pt -- $TARGETS

@@ -34,6 +34,7 @@ def settings_classes():
     from wavediffusion.evaluation.fid_scores import FIDSettings
     from wavediffusion.evaluation.refine import RefineSettings
     from wavediffusion.evaluation.stage1 import Stage1Evaluation
+    from wavediffusion.evaluation.table8 import Table8Settings
     from wavediffusion.evaluation.trajectory import TrajectorySettings
     from wavediffusion.sampling.export import ExportSettings
     from wavediffusion.sampling.physics_filter import FilterSettings
@@ -41,7 +42,8 @@ def settings_classes():
 
     return [("stage1.evaluation", Stage1Evaluation), ("stage2.trajectory", TrajectorySettings),
             ("sampling", SamplingSettings), ("physics", FilterSettings), ("export", ExportSettings),
-            ("fid", FIDSettings), ("inversionnet", ExperimentSettings), ("refine", RefineSettings)]
+            ("fid", FIDSettings), ("inversionnet", ExperimentSettings), ("refine", RefineSettings),
+            ("ablation.table8", Table8Settings)]
 
 
 FROM_ELSEWHERE = {"seed"}  # fields filled from another key (the global seed), not from the section
@@ -83,6 +85,8 @@ def test_the_schema_and_the_settings_classes_agree_on_every_default(section, cls
         ({"inversionnet": {"seeds": []}}, "inversionnet.seeds", "should be non-empty"),
         ({"inversionnet": {"seeds": [0, 0]}}, "inversionnet.seeds", "non-unique"),
         ({"inversionnet": {"seeds": [0, -1]}}, "inversionnet.seeds[1]", "less than the minimum of 0"),
+        ({"ablation": {"table8": {"num_samples": 1}}}, "ablation.table8.num_samples", "less than the minimum of 2"),
+        ({"ablation": {"table8": {"enabled": "yes"}}}, "ablation.table8.enabled", "not of type 'boolean'"),
     ],
 )
 def test_bad_values_name_the_key(patch, key, words):
@@ -109,6 +113,7 @@ def test_bad_values_name_the_key(patch, key, words):
         ("sampling", "steps", 10**5, "sampling.steps (100000) exceeds stage2.diffusion.num_steps (50)"),
         ("sampling", "store_block", 3, "sampling.store_block (3) must be a positive divisor"),
         ("stage2.trajectory", "steps", [0, 10**5], "stage2.trajectory.steps [100000] lie outside [0, 49]"),
+        ("ablation.table8", "num_samples", 6, "ablation.table8.num_samples (6) exceeds sampling.num_pairs (5)"),
     ],
 )
 def test_check_config_finds_what_a_job_would_refuse(tmp_path, capsys, section, key, value, words):

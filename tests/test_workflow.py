@@ -287,7 +287,9 @@ def after_sampling(config) -> dict[str, int]:
             "hardest_generated": len(seismic), "train_inversionnet": generated * seeds,
             # + `real` and `finetune-real`, which are also measured on the hardest generated pairs
             "evaluate_inversionnet": (generated + 2) * seeds, "inversionnet_tables": 1, "memorisation": 1,
-            "claims": 1}
+            "claims": 1,
+            # Table 8 compares the store's pairs with the separate models' (on in tiny: the schema's default)
+            "check_independent_pairs": 1, "table8": 1}
 
 
 def after_filter(config) -> dict[str, int]:
@@ -315,14 +317,18 @@ def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
     sampling_on = {"sample_shard": num_shards_of(config), "check_shard": num_shards_of(config), "gather_samples": 1,
                    **after_sampling(config)}
     refine_on = {"refine_inversion": 1, "refine_table9": 1, "refine_table7": 1}
+    # Table 8's separate models train with the joint model's stage1 and stage2 settings, and sample with its sampler
+    separate_stage2_on = {"train_separate_stage2": 2, "sample_separate": 2}
+    separate_on = {"train_separate_stage1": 2, "encode_separate_latents": 2, **separate_stage2_on}
     stage1_on = {"train_stage1": 1, "encode_latents": 1, "evaluate_stage1": 1, "stage1_metrics": 1, "train_stage2": 1,
-                 "diffusion_trajectory": 1, "sampler_fid": 1, "create_pairs_store": 1, **sampling_on, **refine_on}
+                 "diffusion_trajectory": 1, "sampler_fid": 1, "create_pairs_store": 1, **sampling_on, **refine_on,
+                 **separate_on}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["physics"]["floor_samples_per_family"] = 1
     write_config(workdir, edited)
     assert scheduled(workdir) == {"pde_floor": 1, "physics_report": 1, "export_openfwi": 1, **after_filter(config),
-                                  "all": 1}
+                                  "table8": 1, "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["stage1"]["training"]["max_steps"] = 7
@@ -339,12 +345,12 @@ def test_config_edits_rerun_exactly_what_they_touch(tiny_run):
     edited["stage2"]["training"]["max_steps"] = 5
     write_config(workdir, edited)
     assert scheduled(workdir) == {"train_stage2": 1, "diffusion_trajectory": 1, "sampler_fid": 1, **sampling_on,
-                                  **refine_on, "all": 1}
+                                  **refine_on, **separate_stage2_on, "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["sampling"]["steps"] = 4
     write_config(workdir, edited)
-    assert scheduled(workdir) == {"create_pairs_store": 1, **sampling_on, "all": 1}
+    assert scheduled(workdir) == {"create_pairs_store": 1, **sampling_on, "sample_separate": 2, "all": 1}
 
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["stage2"]["trajectory"]["n_forward"] = 3
@@ -517,27 +523,30 @@ def test_paper_plan_through_the_slurm_profile(tmp_path):
     arms = (1 + 4 + 2 + 4 * 2 + 1 + 4 + 4 * 2) * 3
     after_samples = ("physics_report", "memorisation", "export_openfwi", "fid_variant", "sampler_fid",
                      "refine_inversion")
+    separate = ("train_separate_stage1", "encode_separate_latents", "train_separate_stage2", "sample_separate")
     assert counts == {"download_openfwi": 10, "preprocess": 1, "pde_floor": 1, "velocity_figure": 1,
                       **{rule: variants for rule in per_variant}, "stage1_metrics": 1, "create_pairs_store": variants,
                       "sample_shard": variants * shards, "check_shard": variants * shards, "gather_samples": variants,
                       **{rule: variants for rule in after_samples}, "fid_reference": 1, "fid_table": 1,
                       "train_inversionnet": arms, "evaluate_inversionnet": arms, "hardest_generated": 4,
-                      "inversionnet_tables": 1, "refine_table9": 1, "refine_table7": 1, "claims": 1, "all": 1}
+                      "inversionnet_tables": 1, "refine_table9": 1, "refine_table7": 1, "claims": 1,
+                      **{rule: 2 for rule in separate}, "check_independent_pairs": 1, "table8": 1, "all": 1}
     jobs = re.findall(r"^(?:local)?rule (\w+):\n(.*?)(?=^\S|\Z)", result.stdout, re.MULTILINE | re.DOTALL)
     gpus = {}
     for rule, body in jobs:
         resources = re.search(r"resources: (.*)", body).group(1) if "resources:" in body else ""
         gpus.setdefault(rule, set()).add(re.search(r"\bgpu=(\d+)", resources).group(1) if "gpu=" in resources else "0")
     gpu_rules = {*per_variant, "sample_shard", "check_shard", "memorisation", "export_openfwi", "fid_reference", "fid_variant",
-                 "sampler_fid", "train_inversionnet", "hardest_generated", "evaluate_inversionnet", "refine_inversion"}
+                 "sampler_fid", "train_inversionnet", "hardest_generated", "evaluate_inversionnet", "refine_inversion",
+                 *separate, "check_independent_pairs", "table8"}
     assert {rule for rule, counts_ in gpus.items() if counts_ != {"0"}} == gpu_rules
     assert all(gpus[rule] == {"1"} for rule in gpu_rules)
 
 
 def test_science_plan_reaches_the_claims(tmp_path):
     """config/science.yaml plans the one-GPU chain of benchmarks/h100_science_plan.sh: the two
-    real families, one variant, two sampling shards, the six decoded-seismic InversionNet arms
-    and the claims."""
+    real families, one variant, two sampling shards, the eight decoded-seismic InversionNet
+    arms (Tables 2-4 and the filter's) with three seeds each, and the claims."""
     write_config(tmp_path, yaml.safe_load((REPO / "config" / "science.yaml").read_text()))
     plan = (REPO / "benchmarks" / "h100_science_plan.sh").read_text()
     targets = re.search(r'SCIENCE_TARGETS:-"([^"]+)"', plan).group(1).split()
@@ -548,7 +557,7 @@ def test_science_plan_reaches_the_claims(tmp_path):
     counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.MULTILINE)}
     assert counts["simulate"] == 2 and counts["train_stage1"] == counts["train_stage2"] == 1
     assert counts["sample_shard"] == counts["check_shard"] == 2
-    assert counts["train_inversionnet"] == counts["evaluate_inversionnet"] == 6
+    assert counts["train_inversionnet"] == counts["evaluate_inversionnet"] == 8 * 3
     assert counts["memorisation"] == counts["claims"] == counts["sampler_fid"] == 1 and sum(counts.values()) == 39
 
 

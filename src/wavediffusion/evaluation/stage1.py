@@ -240,10 +240,15 @@ def latent_space_rows(model: VQAutoencoder, latents: zarr.Array, rep: Representa
 # --- the figure ------------------------------------------------------------------------------
 
 
+DECODED_COLUMNS = ("decoded seismic D_s(z)", "simulated F(D_v(z))", "difference", "decoded velocity D_v(z)")
+
+
 def plot_examples(examples: list[dict], rep: Representation,
-                  title: str = "Stage 1: decoded pairs against the wave equation", shot: int | None = None) -> Figure:
+                  title: str = "Stage 1: decoded pairs against the wave equation", shot: int | None = None,
+                  columns: tuple[str, str, str, str] = DECODED_COLUMNS) -> Figure:
     """One row per example: decoded seismic, F(decoded velocity), their difference (one shot,
-    normalised seismic in [-1, 1]), and the decoded velocity in m/s on OpenFWI's grid."""
+    normalised seismic in [-1, 1]), and the decoded velocity in m/s on OpenFWI's grid;
+    `columns`: the four columns' titles."""
     from ..plotting import plt
     from .figures import show_velocity
 
@@ -251,7 +256,6 @@ def plot_examples(examples: list[dict], rep: Representation,
     figure, axes = plt.subplots(rows, 4, figsize=(11, 2.6 * rows + 0.6), squeeze=False, layout="constrained")
     s = shot if shot is not None else examples[0]["seismic"].shape[0] // 2  # the middle shot
     seismic_extent = (0, rep.receivers, 1.0, 0)  # receivers across, OpenFWI's 1 s record down
-    columns = ("decoded seismic D_s(z)", "simulated F(D_v(z))", "difference", "decoded velocity D_v(z)")
     images = [None] * 4
     for row, example in enumerate(examples):
         seismic, simulated = example["seismic"][s].numpy(), example["simulated"][s].numpy()

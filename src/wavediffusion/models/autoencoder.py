@@ -233,33 +233,82 @@ class Upsample(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Seismic (B, S, T, R) -> continuous latent (B, latent_channels, latent_height, latent_width)."""
+    """(B, in_channels, H, W) -> continuous latent (B, latent_channels, h, w); shared by both encoders.
 
-    def __init__(self, config: AutoencoderConfig):
+    Level i has width base * channel_mult[i] and ``num_res_blocks`` ResNet blocks;
+    strides[i] is the (height, width) factor between level i and level i + 1, listed from
+    the input (large) side, as for the decoders.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        latent_channels: int,
+        base_channels: int,
+        channel_mult: tuple[int, ...],
+        strides: tuple[tuple[int, int], ...],
+        num_res_blocks: int,
+        groups: int,
+        dropout: float,
+        mid_attention: bool,
+    ):
         super().__init__()
-        base, groups, dropout = config.base_channels, config.norm_groups, config.dropout
-        strides = config.encoder_strides
-        channels = base * config.channel_mult[0]
-        self.conv_in = nn.Conv2d(config.seismic_channels, channels, 3, padding=1)
+        channels = base_channels * channel_mult[0]
+        self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
         self.levels = nn.ModuleList()
-        for level, mult in enumerate(config.channel_mult):
+        for level, mult in enumerate(channel_mult):
             blocks = []
-            for _ in range(config.num_res_blocks):
-                blocks.append(ResnetBlock(channels, base * mult, groups, dropout))
-                channels = base * mult
+            for _ in range(num_res_blocks):
+                blocks.append(ResnetBlock(channels, base_channels * mult, groups, dropout))
+                channels = base_channels * mult
             if level < len(strides):
                 blocks.append(Downsample(channels, strides[level]))
             self.levels.append(nn.Sequential(*blocks))
-        self.mid = MidBlock(channels, groups, dropout, config.mid_attention)
+        self.mid = MidBlock(channels, groups, dropout, mid_attention)
         self.norm_out = _norm(channels, groups)
-        self.conv_out = nn.Conv2d(channels, config.latent_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(channels, latent_channels, 3, padding=1)
 
-    def forward(self, seismic: torch.Tensor) -> torch.Tensor:  # (B, S, T, R) -> (B, C, h, w)
-        h = self.conv_in(seismic)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C, h, w)
+        h = self.conv_in(x)
         for level in self.levels:
             h = level(h)
         h = self.mid(h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class SeismicEncoder(Encoder):
+    """Seismic (B, S, T, R) -> latent (B, C, h, w) through ``channel_mult`` levels (the joint model's encoder)."""
+
+    def __init__(self, config: AutoencoderConfig):
+        super().__init__(
+            in_channels=config.seismic_channels,
+            latent_channels=config.latent_channels,
+            base_channels=config.base_channels,
+            channel_mult=config.channel_mult,
+            strides=config.encoder_strides,
+            num_res_blocks=config.num_res_blocks,
+            groups=config.norm_groups,
+            dropout=config.dropout,
+            mid_attention=config.mid_attention,
+        )
+
+
+class VelocityEncoder(Encoder):
+    """Velocity (B, 1, V, V) -> latent (B, C, h, w); mirrors the velocity decoder's levels and
+    strides, so a velocity-only autoencoder has the joint model's latent shape (Table 8)."""
+
+    def __init__(self, config: AutoencoderConfig):
+        super().__init__(
+            in_channels=config.velocity_channels,
+            latent_channels=config.latent_channels,
+            base_channels=config.base_channels,
+            channel_mult=config.velocity_channel_mult,
+            strides=config.velocity_strides,
+            num_res_blocks=config.num_res_blocks,
+            groups=config.norm_groups,
+            dropout=config.dropout,
+            mid_attention=config.mid_attention,
+        )
 
 
 class Decoder(nn.Module):
@@ -379,10 +428,12 @@ class AutoencoderOutput:
 class VQAutoencoder(nn.Module):
     """Encoder -> vector quantiser(s) -> seismic decoder and velocity decoder."""
 
+    input_modality = "seismic"  # what its encoder reads (encode_latents)
+
     def __init__(self, config: AutoencoderConfig):
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config)
+        self.encoder = SeismicEncoder(config)
 
         def codebook() -> VectorQuantizer:
             return VectorQuantizer(config.codebook_size, config.codebook_dim, config.beta, config.dead_code_steps)
@@ -404,6 +455,11 @@ class VQAutoencoder(nn.Module):
         self.encoder.compile(*args, **kwargs)
         for decoder in (self.seismic_decoder, self.velocity_decoder):
             decoder.features = torch.compile(decoder.features, *args, **kwargs)
+
+    @property
+    def variant(self) -> str:
+        """What the latents store and the tables call it: "1vq" or "2vq"."""
+        return self.config.variant
 
     def quantizers(self) -> dict[str, VectorQuantizer]:
         """The codebooks by name: {"shared"} for 1vq, {"seismic", "velocity"} for 2vq."""

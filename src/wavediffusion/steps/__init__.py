@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 # The modules in the order of the DAG: `wavediffusion --help` lists the commands so.
-MODULES = ("common", "data", "physics", "stage1", "stage2", "sampling", "fid", "inversion", "claims")
+MODULES = ("common", "data", "physics", "stage1", "stage2", "sampling", "fid", "inversion", "ablation", "claims")
 
 
 @dataclass(frozen=True)

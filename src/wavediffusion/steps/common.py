@@ -34,6 +34,7 @@ def config_problems(config: dict) -> list[str]:
     from ..evaluation.inversion_experiments import network_settings
     from ..evaluation.refine import RefineSettings
     from ..evaluation.stage1 import Stage1Evaluation
+    from ..evaluation.table8 import Table8Settings
     from ..evaluation.trajectory import TrajectorySettings
     from ..models.discriminator import DiscriminatorConfig
     from ..sampling.export import ExportSettings
@@ -81,6 +82,9 @@ def config_problems(config: dict) -> list[str]:
     check(lambda: FilterSettings.from_dict(config["physics"]))
     check(lambda: ExportSettings.from_dict(config["export"]))
     check(lambda: FIDSettings.from_dict({**config["fid"], "seed": seed}))
+    table8 = check(lambda: Table8Settings.from_dict(config["ablation"]["table8"]))
+    if table8 is not None:
+        check(lambda: table8.sample_count(config["fid"]["num_generated"], config["sampling"]["num_pairs"]))
     inversion = {key: value for key, value in config["inversionnet"].items() if key not in ("gpus", "nodes")}
     experiment = check(lambda: ExperimentSettings.from_dict({**inversion, "seed": seed}))
     if experiment is not None:
@@ -93,7 +97,8 @@ def config_problems(config: dict) -> list[str]:
 
 
 @step()
-def run_verify(store: Annotated[str, Positional("a store the workflow wrote: dataset.zarr, latents.zarr or pairs.zarr")]
+def run_verify(store: Annotated[str, Positional("a store the workflow wrote: dataset.zarr, latents.zarr, pairs.zarr or "
+                                                "samples.zarr")]
                ) -> None:
     """read every shard of a store; name the damaged ones and the rule that rewrites them"""
     import time
@@ -101,6 +106,7 @@ def run_verify(store: Annotated[str, Positional("a store the workflow wrote: dat
     from ..data import integrity
     from ..data.pairs_store import FORMAT, damage_remedy, written_rows
     from ..data.store import REMEDY as DATASET_REMEDY
+    from ..evaluation.joint_vs_separate import FORMAT as SEPARATE_SAMPLES, SAMPLES_REMEDY
     from ..files import open_zarr_store
     from ..training.stage2 import LATENTS_REMEDY
 
@@ -112,8 +118,10 @@ def run_verify(store: Annotated[str, Positional("a store the workflow wrote: dat
         kind, written, remedy = "dataset store", integrity.all_rows(root), DATASET_REMEDY
     elif "stats" in root.attrs:
         kind, written, remedy = "latents store", integrity.all_rows(root), LATENTS_REMEDY
+    elif root.attrs.get("format") == SEPARATE_SAMPLES:
+        kind, written, remedy = "separate samples store", integrity.all_rows(root), SAMPLES_REMEDY
     else:
-        raise ValueError(f"{store}: not a dataset, latents or pairs store of the workflow")
+        raise ValueError(f"{store}: not a dataset, latents, pairs or separate samples store of the workflow")
     if root.attrs.get(integrity.ATTRIBUTE) != integrity.VERSION:
         print(f"{store}: written before the stores carried checksums: only missing or undecodable shards can "
               "be found; rewrite it (rerun its rule) to have every chunk checked")

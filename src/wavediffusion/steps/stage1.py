@@ -33,10 +33,11 @@ def run_train_stage1(dataset: Dataset,
 
 
 @step(gpu=True)
-def run_encode_latents(model: Stage1Model, dataset: Dataset,
+def run_encode_latents(model: Annotated[str, "a Stage-1 weights file: train-stage1's (the joint autoencoder) or "
+                                          "train-separate-stage1's (one modality's)"], dataset: Dataset,
                        out: Annotated[str, "the latents store to write (latents.zarr)"],
                        batch_size: Annotated[int, "samples encoded at once"] = 64, threads: Threads = None) -> None:
-    """encode the train/val splits with a trained autoencoder (Stage 2's data)"""
+    """encode the train/val splits with a trained autoencoder, joint or single-modality (Stage 2's data)"""
     from ..training.stage1 import encode_latents
 
     use_threads(threads)

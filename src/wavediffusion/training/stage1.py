@@ -196,7 +196,27 @@ def save_autoencoder(model: VQAutoencoder, path: str | Path) -> None:
 
 def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> VQAutoencoder:
     """The trained autoencoder from a Stage-1 weights file (train_stage1's output), in eval mode."""
+    return _autoencoder_from(torch.load(path, map_location="cpu", weights_only=False), path, device)
+
+
+def load_stage1_model(path: str | Path, device: str | torch.device = "cpu"):
+    """The autoencoder of any Stage-1 weights file, in eval mode: the joint VQAutoencoder
+    (train_stage1's) or a single-modality one (Table 8's baselines, train_single_modality's).
+    Both encode with latent_for_diffusion the data of their `input_modality`."""
+    from .single_modality import is_single_modality, single_modality_from  # it imports this module
+
     weights = torch.load(path, map_location="cpu", weights_only=False)
+    if is_single_modality(weights):
+        return single_modality_from(weights, path, device)
+    return _autoencoder_from(weights, path, device)
+
+
+def _autoencoder_from(weights: dict, path: str | Path, device: str | torch.device) -> VQAutoencoder:
+    """The joint autoencoder of a loaded Stage-1 weights file (`path`: for the messages)."""
+    from .single_modality import is_single_modality
+
+    if is_single_modality(weights):
+        raise ValueError(f"{path}: a single-modality autoencoder (Table 8's baseline), not the joint Stage-1 model")
     try:
         config = AutoencoderConfig(**weights["config"]["task"]["model"])
         state = weights["modules"]["autoencoder"]
@@ -212,10 +232,11 @@ def encode_latents(model_path: str | Path, dataset: str | Path, out: str | Path,
                    samples_per_shard: int = 256, progress: bool = True) -> dict:
     """Encode the train and val splits into the latents Stage 2 learns (one Zarr store).
 
-    Each split holds `latent` (N, C, h, w) -- the variant's diffusion latent, see
-    VQAutoencoder.latent_for_diffusion -- and `family`. The attributes hold the train
-    latents' per-channel mean and std and their overall std, from which Stage 2 takes its
-    scale factor (latents scaled to unit variance before diffusion).
+    The model is any Stage-1 weights file's (load_stage1_model): the joint autoencoder encodes
+    the seismic, a single-modality one its own modality. Each split holds `latent` (N, C, h, w)
+    -- the model's diffusion latent, see VQAutoencoder.latent_for_diffusion -- and `family`.
+    The attributes hold the train latents' per-channel mean and std and their overall std, from
+    which Stage 2 takes its scale factor (latents scaled to unit variance before diffusion).
     """
     import numpy as np
     import zarr
@@ -225,7 +246,7 @@ def encode_latents(model_path: str | Path, dataset: str | Path, out: str | Path,
     from ..files import atomic_directory, sha256_of
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_autoencoder(model_path, device)
+    model = load_stage1_model(model_path, device)
     root = open_dataset(dataset)
     latent_shape = model.config.latent_shape
     stats = {}
@@ -246,8 +267,8 @@ def encode_latents(model_path: str | Path, dataset: str | Path, out: str | Path,
             # blocks of whole shards: each write touches only its own Zarr shards
             block = max(shard, (batch_size // shard) * shard)
             for start in tqdm(range(0, n, block), desc=f"encode {split}", disable=not progress):
-                seismic = torch.from_numpy(source["seismic"][start : start + block]).to(device)
-                z = torch.cat([model.latent_for_diffusion(part) for part in seismic.split(batch_size)]).float().cpu()
+                data = torch.from_numpy(source[model.input_modality][start : start + block]).to(device)
+                z = torch.cat([model.latent_for_diffusion(part) for part in data.split(batch_size)]).float().cpu()
                 latents[start : start + len(z)] = z.numpy()
                 total += z.double().sum(dim=(0, 2, 3))
                 total_sq += (z.double() ** 2).sum(dim=(0, 2, 3))
@@ -257,7 +278,7 @@ def encode_latents(model_path: str | Path, dataset: str | Path, out: str | Path,
             overall_std = float((mean_sq.mean() - mean.mean() ** 2).clamp_min(0).sqrt())  # channels hold equal counts
             stats[split] = {"n": n, "channel_mean": mean.tolist(), "channel_std": std.tolist(), "std": overall_std}
         store.attrs.update({
-            "variant": model.config.variant,
+            "variant": model.variant,
             "latent_shape": list(latent_shape),
             "model_sha256": sha256_of(model_path),
             "dataset": str(dataset),
