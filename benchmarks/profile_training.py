@@ -148,7 +148,8 @@ def stage1_rows(args) -> list[dict]:
 
 def stage2_rows(args) -> list[dict]:
     latents = write_latents_store(args.work / "latents.zarr", args.scale)
-    model = {k: v for k, v in dataclasses.asdict(args.scale.unet).items() if k not in ("in_channels", "out_channels", "image_size")}
+    model = {k: v for k, v in dataclasses.asdict(args.scale.unet).items()
+             if k not in ("in_channels", "out_channels", "image_size")}
 
     def build(training: dict):
         settings = stage2.Stage2Settings(model=model, diffusion={"prediction": "v"},

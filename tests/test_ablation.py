@@ -248,15 +248,16 @@ def test_the_tiny_run_writes_table8_beside_the_joint_models_numbers(tiny_table8)
         assert float(row["separate"]) > 0 and float(row["separate"]) != float(row["joint"])
     pde = rows[2]
     pairs = zarr.open_group(str(workdir / "results/samples/1vq/pairs.zarr"), mode="r")
-    assert float(pde["joint"]) == pytest.approx(float(pairs["deviation"][:n].mean()), rel=1e-9)
+    # (rel=1e-6: the CSVs hold 7 significant digits)
+    assert float(pde["joint"]) == pytest.approx(float(pairs["deviation"][:n].mean()), rel=1e-6)
     independent = read(workdir / "results/ablation/independent_pairs.csv")
     assert [int(r["pair"]) for r in independent] == list(range(n))
-    assert float(pde["separate"]) == pytest.approx(np.mean([float(r["deviation"]) for r in independent]), rel=1e-9)
+    assert float(pde["separate"]) == pytest.approx(np.mean([float(r["deviation"]) for r in independent]), rel=1e-6)
     floor = read(workdir / "results/physics/pde_floor.csv")
     for column, velocity_input in (("data_floor", "model64"), ("chance", "model64_other_pair")):
         chosen = [r for r in floor if r["backend"] == "deepwave" and r["velocity_input"] == velocity_input]
         mean = sum(int(r["n"]) * float(r["deviation_mean"]) for r in chosen) / sum(int(r["n"]) for r in chosen)
-        assert float(pde[column]) == pytest.approx(mean, rel=1e-9)
+        assert float(pde[column]) == pytest.approx(mean, rel=1e-6)
     assert float(pde["chance"]) > float(pde["data_floor"]) > 0
     # each separate model trained with the joint model's budget, on its own modality
     for modality in MODALITIES:

@@ -20,6 +20,7 @@ import zarr
 from wavediffusion.data.families import FAMILY_NAMES
 from wavediffusion.data.store import open_dataset
 from wavediffusion.evaluation.arms import FILTER_DRAWS, SEISMIC_KINDS, ExperimentSettings, arm_names, parse_arm
+from wavediffusion.files import readable
 
 from conftest import REPO
 
@@ -171,7 +172,7 @@ def test_tiny_dag_produces_every_output(tiny_run):
     with open(workdir / "results/fid/1vq/samplers.csv") as handle:
         samplers = [(r["sampler"], r["steps"], r["eta"], int(r["n"])) for r in csv.DictReader(handle)]
     assert samplers == [("ddpm", str(config["stage2"]["diffusion"].get("num_steps", 1000)), "", trajectory["n_backward"]),
-                        *[("ddim", str(k), str(float(eta)), trajectory["n_ddim"]) for eta in etas
+                        *[("ddim", str(k), readable(float(eta)), trajectory["n_ddim"]) for eta in etas
                           for k in trajectory["ddim_steps"]],
                         *[("dpmpp2m", str(k), "", trajectory["n_ddim"]) for k in trajectory["dpm_solver_steps"]],
                         *[("stage1-random-latents", "", "", n) for n in sorted({trajectory["n_backward"],
