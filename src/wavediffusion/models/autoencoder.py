@@ -276,21 +276,19 @@ class Encoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
+def _encoder_fields(config: AutoencoderConfig) -> dict:
+    """The Encoder arguments both encoders take from the config alike."""
+    return {"latent_channels": config.latent_channels, "base_channels": config.base_channels,
+            "num_res_blocks": config.num_res_blocks, "groups": config.norm_groups, "dropout": config.dropout,
+            "mid_attention": config.mid_attention}
+
+
 class SeismicEncoder(Encoder):
     """Seismic (B, S, T, R) -> latent (B, C, h, w) through ``channel_mult`` levels (the joint model's encoder)."""
 
     def __init__(self, config: AutoencoderConfig):
-        super().__init__(
-            in_channels=config.seismic_channels,
-            latent_channels=config.latent_channels,
-            base_channels=config.base_channels,
-            channel_mult=config.channel_mult,
-            strides=config.encoder_strides,
-            num_res_blocks=config.num_res_blocks,
-            groups=config.norm_groups,
-            dropout=config.dropout,
-            mid_attention=config.mid_attention,
-        )
+        super().__init__(in_channels=config.seismic_channels, channel_mult=config.channel_mult,
+                         strides=config.encoder_strides, **_encoder_fields(config))
 
 
 class VelocityEncoder(Encoder):
@@ -298,17 +296,8 @@ class VelocityEncoder(Encoder):
     strides, so a velocity-only autoencoder has the joint model's latent shape (Table 8)."""
 
     def __init__(self, config: AutoencoderConfig):
-        super().__init__(
-            in_channels=config.velocity_channels,
-            latent_channels=config.latent_channels,
-            base_channels=config.base_channels,
-            channel_mult=config.velocity_channel_mult,
-            strides=config.velocity_strides,
-            num_res_blocks=config.num_res_blocks,
-            groups=config.norm_groups,
-            dropout=config.dropout,
-            mid_attention=config.mid_attention,
-        )
+        super().__init__(in_channels=config.velocity_channels, channel_mult=config.velocity_channel_mult,
+                         strides=config.velocity_strides, **_encoder_fields(config))
 
 
 class Decoder(nn.Module):

@@ -24,13 +24,12 @@ from ..models.discriminator import (
     PatchDiscriminator,
     adaptive_weight,
     generator_adversarial_loss,
-    hinge_d_loss,
 )
 from ..models.perceptual import PerceptualConfig, PerceptualLoss
 from ..models.single_modality import MODALITIES, SingleModalityAutoencoder
 from .loop import Run, TrainConfig, adam, seeded_init, train
 from .runs import dataset_identity
-from .stage1 import Stage1Losses, Stage1Settings, autoencoder_config, reconstruction_loss
+from .stage1 import Stage1Losses, Stage1Settings, autoencoder_config, discriminator_loss, reconstruction_loss
 
 # the autoencoder's name among a weights file's modules: load_autoencoder (the joint model's
 # "autoencoder") refuses such a file by name rather than loading the wrong network
@@ -98,8 +97,7 @@ class SingleModalityTask:
 
         if adversarial:  # real and fake through one DDP forward, as Stage1Task's
             with run.autocast():
-                logits = run.wrapped["disc"](torch.cat([x, out.reconstruction.detach()]))
-                d_loss = hinge_d_loss(logits[: len(x)], logits[len(x):])
+                d_loss = discriminator_loss(run.wrapped["disc"], x, out.reconstruction)
             self.disc_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
             run.clip_and_step(self.disc_optimizer)

@@ -62,6 +62,13 @@ def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor, kind: st
     return F.l1_loss(prediction, target) if kind == "l1" else F.mse_loss(prediction, target)
 
 
+def discriminator_loss(disc: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """The hinge loss of one discriminator on real and (detached) fake data, through ONE
+    forward of both (a DDP module may run once per backward)."""
+    logits = disc(torch.cat([real, fake.detach()]))
+    return hinge_d_loss(logits[: len(real)], logits[len(real):])
+
+
 class Stage1Task:
     """The Task (training/loop.py) of the VQ autoencoder with its two discriminators."""
 
@@ -133,10 +140,8 @@ class Stage1Task:
         # --- discriminator step: each discriminator once, on real and fake together (one DDP forward)
         if adversarial:
             with run.autocast():
-                seismic_logits = run.wrapped["seismic_disc"](torch.cat([seismic, out.seismic.detach()]))
-                velocity_logits = run.wrapped["velocity_disc"](torch.cat([velocity, out.velocity.detach()]))
-                n = seismic.shape[0]
-                d_loss = hinge_d_loss(seismic_logits[:n], seismic_logits[n:]) + hinge_d_loss(velocity_logits[:n], velocity_logits[n:])
+                d_loss = (discriminator_loss(run.wrapped["seismic_disc"], seismic, out.seismic)
+                          + discriminator_loss(run.wrapped["velocity_disc"], velocity, out.velocity))
             self.disc_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
             run.clip_and_step(self.disc_optimizer)
