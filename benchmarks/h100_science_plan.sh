@@ -22,6 +22,14 @@ if '${STAGE2_STEPS:-}':
     config['stage2']['training']['max_steps'] = int('${STAGE2_STEPS:-}')
 if '${INVERSION_SEEDS:-}':
     config['inversionnet']['seeds'] = [int(s) for s in '${INVERSION_SEEDS:-}'.split(',')]
+for item in filter(str.strip, '''${SET:-}'''.split(';')):
+    path, value = item.split('=', 1)
+    *parents, leaf = path.strip().split('.')
+    node = config
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = yaml.safe_load(value)
+    print('set', path.strip(), '=', node[leaf])
 yaml.safe_dump(config, open('/root/science_gpu.yaml', 'w'))"
 TARGETS=${SCIENCE_TARGETS:-"results/claims.csv results/fid/1vq/samplers.csv results/samples/1vq/physics_report.csv results/refine/table9.csv"}
 CONFIG=/root/science_gpu.yaml mini_snakemake --prioritize results/stage2/1vq/model.pt -- $TARGETS
