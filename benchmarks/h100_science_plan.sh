@@ -32,5 +32,15 @@ for item in filter(str.strip, '''${SET:-}'''.split(';')):
     print('set', path.strip(), '=', node[leaf])
 yaml.safe_dump(config, open('/root/science_gpu.yaml', 'w'))"
 TARGETS=${SCIENCE_TARGETS:-"results/claims.csv results/fid/1vq/samplers.csv results/samples/1vq/physics_report.csv results/refine/table9.csv"}
-CONFIG=/root/science_gpu.yaml mini_snakemake --prioritize results/stage2/1vq/model.pt -- $TARGETS
+# FID's weights come with the second and third device calls (the carry limit), minutes after
+# the first pass starts, and a reference job started before them fails (2026-12-07). So the
+# first pass leaves FID out (--omit-from), a second Snakemake (--nolock: its jobs are not the
+# first pass's) makes the reference features once the weights and the dataset are there, and
+# the last pass does the rest of FID, what needs it, and whatever failed.
+(
+    while [ ! -f /root/fid/default_1.pt ] || [ ! -e results/data/dataset.zarr ]; do sleep 10; done
+    CONFIG=/root/science_gpu.yaml mini_snakemake --nolock -- results/fid/reference_features.npz
+) &
+CONFIG=/root/science_gpu.yaml mini_snakemake --omit-from fid_reference --prioritize results/stage2/1vq/model.pt -- $TARGETS
+wait
 CONFIG=/root/science_gpu.yaml mini_snakemake -- $TARGETS

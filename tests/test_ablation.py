@@ -22,10 +22,9 @@ from wavediffusion.training.loop import derive_seed
 from wavediffusion.training.single_modality import load_single_modality, train_single_modality
 from wavediffusion.training.stage1 import load_autoencoder, load_stage1_model
 
-from conftest import REPO
+from conftest import REPO, snakemake, write_config
 from test_preprocess import make_small_store
 from test_stage1 import settings
-from test_workflow import snakemake, write_config
 from tiny_models import save_tiny_stage2
 
 MODALITIES = ("seismic", "velocity")
@@ -215,23 +214,13 @@ def jobs(workdir, *args) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.MULTILINE)}
 
 
-@pytest.fixture(scope="module")
-def tiny_table8(tmp_path_factory):
-    """Table 8 and the FID table's rows of the joint model through real Snakemake, tiny config."""
-    workdir = tmp_path_factory.mktemp("tiny-table8")
-    config = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
-    write_config(workdir, config)
-    snakemake(workdir, TABLE8, FIGURE, "results/fid/1vq/fid.csv")
-    return workdir, config
-
-
 def read(path) -> list[dict]:
     with open(path) as handle:
         return list(csv.DictReader(handle))
 
 
-def test_the_tiny_run_writes_table8_beside_the_joint_models_numbers(tiny_table8):
-    workdir, config = tiny_table8
+def test_the_tiny_run_writes_table8_beside_the_joint_models_numbers(tiny_run):
+    workdir, config = tiny_run
     n = config["sampling"]["num_pairs"]  # the FID table's count: fid.num_generated is null in tiny
     with open(workdir / TABLE8) as handle:
         assert tuple(csv.DictReader(handle).fieldnames) == COLUMNS
@@ -272,15 +261,17 @@ def test_the_tiny_run_writes_table8_beside_the_joint_models_numbers(tiny_table8)
         assert list((workdir / "benchmarks/out").glob(f"{rule}*")), rule
 
 
-def test_table8_reruns_what_its_settings_touch_and_turns_off(tiny_table8):
-    workdir, config = tiny_table8
+def test_table8_reruns_what_its_settings_touch_and_turns_off(tiny_run):
+    workdir, config = tiny_run
     assert jobs(workdir, TABLE8, FIGURE) == {}
     edited = yaml.safe_load(yaml.safe_dump(config))
-    edited["ablation"] = {"table8": {"num_samples": 4}}
-    write_config(workdir, edited)
-    assert jobs(workdir, TABLE8, FIGURE) == {"sample_separate": 2, "check_independent_pairs": 1, "table8": 1}
-    edited["ablation"] = {"table8": {"enabled": False}}
-    write_config(workdir, edited)
-    assert not set(CHAIN) & set(jobs(workdir, "--forceall", "all"))
-    assert set(CHAIN) <= set(jobs(workdir, "--forceall", TABLE8))  # a named target still builds
-    write_config(workdir, config)
+    try:  # dry runs only: the shared tiny run's results stay as they are
+        edited["ablation"] = {"table8": {"num_samples": 4}}
+        write_config(workdir, edited)
+        assert jobs(workdir, TABLE8, FIGURE) == {"sample_separate": 2, "check_independent_pairs": 1, "table8": 1}
+        edited["ablation"] = {"table8": {"enabled": False}}
+        write_config(workdir, edited)
+        assert not set(CHAIN) & set(jobs(workdir, "--forceall", "all"))
+        assert set(CHAIN) <= set(jobs(workdir, "--forceall", TABLE8))  # a named target still builds
+    finally:
+        write_config(workdir, config)

@@ -15,8 +15,7 @@ import yaml
 from wavediffusion import cli
 from wavediffusion.steps import step
 
-from conftest import REPO
-from test_workflow import snakemake, write_config
+from conftest import REPO, snakemake, write_config
 
 # steps no rule of the tiny config's DAG runs: a user's commands, and the download (tiny simulates its data)
 NOT_IN_TINY_DAG = {"check-config", "verify", "download-openfwi", "fetch-fid-weights"}

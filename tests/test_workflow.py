@@ -22,19 +22,9 @@ from wavediffusion.data.store import open_dataset
 from wavediffusion.evaluation.arms import FILTER_DRAWS, SEISMIC_KINDS, ExperimentSettings, arm_names, parse_arm
 from wavediffusion.files import readable
 
-from conftest import REPO
+from conftest import REPO, SNAKEMAKE, snakemake, write_config
 
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 TARGETS = ("all",)
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    command = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2", *args]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-    if result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
 
 
 def scheduled(workdir: Path, *args: str) -> dict[str, int]:
@@ -48,19 +38,6 @@ def scheduled(workdir: Path, *args: str) -> dict[str, int]:
 
 def num_shards_of(config) -> int:
     return -(-config["sampling"]["num_pairs"] // config["sampling"]["shard_size"])
-
-
-def write_config(workdir: Path, config: dict) -> None:
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> tuple[Path, dict]:
-    workdir = tmp_path_factory.mktemp("tiny")
-    config = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
-    write_config(workdir, config)
-    snakemake(workdir, *TARGETS)
-    return workdir, config
 
 
 def test_tiny_dag_produces_every_output(tiny_run):
