@@ -38,6 +38,13 @@ class Stream(enum.IntEnum):
     REFINE_STAGE1 = 12  # Stage 1 alone (draws nothing; its generator exists for uniformity)
     REFINE_REFINED = 13  # the diffusion candidates of refine_latents
     REFINE_PERTURBED = 14  # the Gaussian perturbations of the ablation (perturb_latents)
+    # Stage 1's Table 5 (evaluation/stage1.py)
+    TABLE5_LATENTS = 15  # its training, Gaussian and interpolated latents (latent_space_rows)
+    # the diffusion trajectory (evaluation/trajectory.py)
+    TRAJECTORY_FORWARD = 16  # the training latents noised along the grid, and their noise
+    TRAJECTORY_START = 17  # the pure-noise starts shared by DDPM and every other sampler setting
+    TRAJECTORY_DDPM = 18  # DDPM's step noise
+    TRAJECTORY_DDIM = 19  # DDIM's step noise at η > 0
 
 
 def derive_seed(seed: int, stream: Stream, *keys: int) -> int:
