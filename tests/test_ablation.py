@@ -18,7 +18,7 @@ from wavediffusion.evaluation.table8 import COLUMNS, Table8Settings
 from wavediffusion.models.autoencoder import AutoencoderConfig, VQAutoencoder
 from wavediffusion.models.single_modality import SingleModalityAutoencoder
 from wavediffusion.sampling.shard import SamplingSettings
-from wavediffusion.training.loop import derive_seed
+from wavediffusion.seeds import Stream, derive_seed
 from wavediffusion.training.single_modality import load_single_modality, train_single_modality
 from wavediffusion.training.stage1 import load_autoencoder, load_stage1_model
 
@@ -127,7 +127,7 @@ def test_the_two_modalities_start_from_independent_noise(trained, stage2_models,
                         progress=False)
     seismic, velocity = (open_samples(stores[m], m) for m in MODALITIES)
     assert seismic.attrs["seed"] != velocity.attrs["seed"]
-    joint_shard_seeds = {derive_seed(SAMPLER.seed, k) for k in range(100)}  # sample_shard's, shard by shard
+    joint_shard_seeds = {derive_seed(SAMPLER.seed, Stream.SAMPLING_SHARD, k) for k in range(100)}  # sample_shard's
     assert {seismic.attrs["seed"], velocity.attrs["seed"]}.isdisjoint(joint_shard_seeds)
     latents = seismic["latent"][:], velocity["latent"][:]
     assert np.isfinite(latents[0]).all() and np.abs(latents[0] - latents[1]).min() > 0  # no equal draw anywhere

@@ -55,8 +55,8 @@ from wavediffusion.data.pairs_store import (
     read_done,
     shard_range,
 )
+from wavediffusion.seeds import Stream, derive_seed
 from wavediffusion.steps.sampling import run_physics_report
-from wavediffusion.training.loop import derive_seed
 from wavediffusion.training.stage1 import load_autoencoder
 from wavediffusion.training.stage2 import load_stage2
 
@@ -139,7 +139,7 @@ def test_layout_markers_and_deviation(artifacts, reference):
     for name in ("latent", "seismic", "velocity", "seismic_simulated", "deviation"):
         assert np.isfinite(values[name]).all(), name  # every row written, the partial last shard too
     assert np.abs(values["seismic"]).max() <= 1 and np.abs(values["velocity"]).max() <= 1
-    seeds = [derive_seed(SETTINGS.seed, k) for k in range(K)]
+    seeds = [derive_seed(SETTINGS.seed, Stream.SAMPLING_SHARD, k) for k in range(K)]
     assert values["seed"].tolist() == [seeds[0]] * 3 + [seeds[1]] * 3 + [seeds[2]]
     assert values["index_in_shard"].tolist() == [0, 1, 2, 0, 1, 2, 0]
     # the stored deviation is the paper's metric between the stored seismic arrays
@@ -242,7 +242,7 @@ def test_dpm_solver_shard_stores_the_solver_samples(artifacts, tmp_path):
     assert (info["sampler"], info["steps"], info["eta"]) == ("dpmpp2m", 3, None)
     # the shard's first batch is the solver's output from the shard's seed, unscaled
     unet, schedule, scale = load_stage2(artifacts["stage2"], torch.device("cpu"))
-    generator = torch.Generator().manual_seed(derive_seed(settings.seed, 0))
+    generator = torch.Generator().manual_seed(derive_seed(settings.seed, Stream.SAMPLING_SHARD, 0))
     first = dpm_solver_sample(unet, schedule, (2, 8, 8, 8), num_steps=3, generator=generator).z0 / scale
     np.testing.assert_allclose(arrays(store)["latent"][:2], first.numpy(), rtol=1e-5, atol=1e-6)
 

@@ -36,6 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from wavediffusion.seeds import Stream
 from wavediffusion.training import TrainConfig, adam, cleanup, derive_seed, setup, train
 from wavediffusion.training import checkpoint as ckpt_module
 
@@ -80,7 +81,7 @@ class RegressionTask:
 
     def __init__(self, config: TrainConfig, noise: float = 0.0, kill_at_step: int | None = None,
                  marker_dir: str | Path | None = None):
-        torch.manual_seed(derive_seed(config.seed, 1000))  # model init: from the global seed
+        torch.manual_seed(derive_seed(config.seed, Stream.INIT))  # model init: from the global seed
         self.net = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
         self.opt = adam(self.net.parameters(), config)
         self.noise = noise
@@ -143,7 +144,7 @@ class GanTask:
     val_metric = "gap"
 
     def __init__(self, config: TrainConfig, disc_start: int = 4):
-        torch.manual_seed(derive_seed(config.seed, 1001))
+        torch.manual_seed(derive_seed(config.seed, Stream.INIT))
         self.generator = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
         self.discriminator = nn.Sequential(nn.Linear(2, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
         self.opt_g = adam(self.generator.parameters(), config)

@@ -126,7 +126,8 @@ def array_attributes(representation: Representation | None = None) -> dict[str, 
                       "description": "mean squared error between seismic and seismic_simulated in the model space "
                                      "(the paper's metric); NaN until the shard is checked"},
         "seed": {"long_name": "seed of the sampling job that made the pair",
-                 "description": "derive_seed(settings seed, shard); -1 until sampled"},
+                 "description": "wavediffusion.seeds.derive_seed(settings seed, Stream.SAMPLING_SHARD, shard); "
+                                "-1 until sampled"},
         "index_in_shard": {"long_name": "row within its sampling shard",
                            "description": "row - shard * shard_size; -1 until sampled"},
         "valid": {"long_name": "accepted by the physics filter",

@@ -26,7 +26,7 @@ import torch
 import zarr
 
 from ..config import only_known
-from ..training.loop import derive_seed
+from ..seeds import Stream, derive_seed
 from .fid import fid_from_features, inception_features, to_inception_images, tsne_figure
 from .stage1 import gaussian_latents
 
@@ -104,7 +104,7 @@ def reference_features(split: zarr.Group, inception: torch.nn.Module, settings: 
         raise ValueError(f"split {settings.reference_split!r} has {n} samples; FID needs at least 2")
     rows = np.arange(n)
     if settings.num_reference is not None and settings.num_reference < n:
-        rng = np.random.default_rng(derive_seed(settings.seed, 0))
+        rng = np.random.default_rng(derive_seed(settings.seed, Stream.FID_REFERENCE))
         rows = np.sort(rng.choice(n, settings.num_reference, replace=False))  # all families, not the first ones
     return rows, _features(inception, {m: split[m] for m in MODALITIES}, rows, settings, device, "reference")
 
@@ -138,7 +138,7 @@ def variant_fid(variant: str, pairs: zarr.Group, autoencoder, training_latents: 
     generated = _features(reference.inception, {m: pairs[m] for m in MODALITIES}, np.arange(n_generated), settings,
                           device, f"{variant} diffusion samples")
     baseline_pairs = stage1_random_pairs(autoencoder, training_latents, settings.num_baseline,
-                                         derive_seed(settings.seed, 1), device)
+                                         derive_seed(settings.seed, Stream.FID_BASELINE), device)
     baseline = _features(reference.inception, baseline_pairs,
                          np.arange(settings.num_baseline), settings, device, f"{variant} Stage-1 random latents")
     rows = []

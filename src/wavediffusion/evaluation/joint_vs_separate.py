@@ -36,7 +36,7 @@ from ..files import atomic_directory, open_zarr_store, sha256_of
 from ..gpu_speed import compile_module
 from ..physics.deviation import per_sample_mse, simulate_in_model_space
 from ..sampling.shard import SamplingSettings
-from ..training.loop import derive_seed
+from ..seeds import Stream, derive_seed
 from ..training.single_modality import load_single_modality
 from ..training.stage2 import load_stage2
 from .fid import fid_from_features
@@ -49,17 +49,14 @@ if TYPE_CHECKING:
 
 FORMAT = "wavediffusion-separate-samples-v1"  # the samples store's attrs["format"]
 SAMPLES_REMEDY = "Delete the store and rerun the sample_separate rule (Snakemake then rewrites it)."
-# the random stream of the separate samples' start noise: apart from the joint shards' (seed, k)
-SEPARATE_STREAM = 8
 EXAMPLES = 3  # pairs of each kind in the figure
 
 
 def sample_seed(seed: int, modality: str) -> int:
-    """The seed of one modality's samples: (seed, SEPARATE_STREAM, 1 + its index), so that the
-    two modalities' start noises are independent draws (their latents have the same shape: one
-    seed for both would start them from the same noise, which would pair them after all). Never
-    a last key of 0: derive_seed(s, k, 0) is derive_seed(s, k), joint shard k's seed."""
-    return derive_seed(seed, SEPARATE_STREAM, 1 + MODALITIES.index(modality))
+    """The seed of one modality's samples: keyed by the modality's index, so that the two
+    modalities' start noises are independent draws (their latents have the same shape: one
+    seed for both would start them from the same noise, which would pair them after all)."""
+    return derive_seed(seed, Stream.SEPARATE_SAMPLES, MODALITIES.index(modality))
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ from ..diffusion.schedule import NoiseSchedule
 from ..metrics import inversion_metrics
 from ..models.autoencoder import VQAutoencoder
 from ..physics.deviation import per_sample_mse
-from ..training.loop import derive_seed
+from ..seeds import Stream, derive_seed
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -34,7 +34,7 @@ PRECISIONS = ("bf16", "fp32")
 METHODS = ("stage1", "refined", "perturbed")
 COLUMNS = ("method", "family", "n", "mae", "rmse", "ssim", "seismic_l2")
 # one independent random stream per method (see evaluate_refinement; "stage1" draws nothing)
-_STREAMS = {"stage1": 0, "refined": 1, "perturbed": 2}
+_STREAMS = {"stage1": Stream.REFINE_STAGE1, "refined": Stream.REFINE_REFINED, "perturbed": Stream.REFINE_PERTURBED}
 
 
 def _is_int(value) -> bool:
@@ -290,7 +290,7 @@ def evaluate_refinement(autoencoder: VQAutoencoder, unet: torch.nn.Module, sched
     Samples: per family, the first `per_family` samples of the split (all if None) -- the
     same ones Stage 1's evaluation takes with the same cap (`indices_per_family`), so the
     rows sit beside its metrics.  Randomness: each (method, family, batch) gets its own
-    CPU generator seeded by derive_seed(seed, method stream, family code, batch index),
+    CPU generator seeded by derive_seed(seed, the method's stream, family code, batch index),
     so a sample's result depends on the seed, its family, its position and
     `batch_size`, not on which other families or methods are evaluated.
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import zarr
 
-from ..training.loop import derive_seed
+from ..seeds import Stream, derive_seed
 from .fid import fid_from_features
 from .fid_scores import MODALITIES, FIDReference, FIDSettings, _features, decode_pairs, stage1_random_pairs
 from .trajectory import row_eta, same_setting, sampler_key, sampler_series, split_key
@@ -81,7 +81,7 @@ def sampler_fid(variant: str, finals: dict[str, np.ndarray], ddim_rows: list[dic
         rows.append(fid_row(sampler, steps, eta if sampler == "ddim" else "", pairs, speed[key]))
     for n in sorted({row["n"] for row in rows}):
         # Gaussian latents fitted to the training latents, seeded as fid_variant's baseline
-        pairs = stage1_random_pairs(autoencoder, training_latents, n, derive_seed(settings.seed, 1), device,
-                                    settings.batch_size)
+        pairs = stage1_random_pairs(autoencoder, training_latents, n, derive_seed(settings.seed, Stream.FID_BASELINE),
+                                    device, settings.batch_size)
         rows.append(fid_row(BASELINE, "", "", pairs, {}))
     return rows, plot_sampler_fid(rows)

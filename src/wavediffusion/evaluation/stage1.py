@@ -35,6 +35,7 @@ from ..data.transforms import Representation, velocity_from_model
 from ..metrics import inversion_metrics
 from ..models.autoencoder import VQAutoencoder
 from ..physics.deviation import per_sample_mse, simulate_in_model_space
+from ..seeds import Stream, derive_seed
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -218,7 +219,7 @@ def latent_space_rows(model: VQAutoencoder, latents: zarr.Array, rep: Representa
                       settings: Stage1Evaluation, progress: bool = True) -> tuple[list[dict], list[dict]]:
     """Table-5 rows of decoded training, Gaussian and interpolated latents (`latents`: the
     training latents), and one example of each."""
-    generator = torch.Generator().manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(derive_seed(settings.seed, Stream.TABLE5_LATENTS))
     rows, examples = [], []
 
     def measure(name: str, weight: float | None, z: torch.Tensor) -> None:

@@ -19,6 +19,7 @@ from ..data.transforms import Representation
 from ..diffusion import NoiseSchedule, ddpm_sample, run_sampler, synchronize, unet_autocast
 from ..diffusion.samplers import SAMPLER_LABELS
 from ..physics.forward import BACKENDS
+from ..seeds import Stream, derive_seed
 from .stage1 import TABLE5_COLUMNS, decode_and_check, deviation_row, plot_examples, random_training_latents
 
 if TYPE_CHECKING:
@@ -30,7 +31,8 @@ CLEAN_STEP = -1  # the noise-free end of the process (ᾱ = 1) in deviation.csv
 PRECISIONS = ("bf16", "fp32")
 KEY = "stage2.trajectory"
 # one independent random stream per part of the experiment
-_STREAMS = {"forward": 0, "start": 1, "ddpm": 2, "ddim": 3}
+_STREAMS = {"forward": Stream.TRAJECTORY_FORWARD, "start": Stream.TRAJECTORY_START, "ddpm": Stream.TRAJECTORY_DDPM,
+            "ddim": Stream.TRAJECTORY_DDIM}
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ class TrajectorySettings:
 
 
 def _generator(seed: int, stream: str) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * len(_STREAMS) + _STREAMS[stream])
+    return torch.Generator().manual_seed(derive_seed(seed, _STREAMS[stream]))
 
 
 def _stats(deviation: torch.Tensor) -> dict:

@@ -1,7 +1,7 @@
 """The sampling jobs: one shard of generated pairs, its physics check, and the gather.
 
-- `sample_shard`: Stage-2 latents seeded by derive_seed(seed, k) on a generator of their
-  own, decoded by Stage 1, written into the shard's rows, then marked done.
+- `sample_shard`: Stage-2 latents seeded by derive_seed(seed, Stream.SAMPLING_SHARD, k) on a
+  generator of their own, decoded by Stage 1, written into the shard's rows, then marked done.
 - `check_shard`: the stored velocity -> forward operator -> `seismic_simulated`, and the
   paper's PDE deviation per sample (`deviation`).
 - `gather`: refuses incomplete stores (naming the shards), returns the manifest.
@@ -49,7 +49,7 @@ from ..files import sha256_of, write_json
 from ..gpu_speed import compile_module
 from ..physics.deviation import per_sample_mse, simulate_in_model_space
 from ..physics.forward import BACKENDS
-from ..training.loop import derive_seed
+from ..seeds import Stream, derive_seed
 from ..training.stage1 import load_autoencoder
 from ..training.stage2 import load_stage2
 
@@ -181,7 +181,7 @@ def sample_shard(stage1_model: str | Path, stage2_model: str | Path, store: str 
     # the data is about to change: neither the old sample nor its check counts any more
     for kind in DONE_KINDS:
         clear_done(store, kind, k)
-    seed = derive_seed(settings.seed, k)
+    seed = derive_seed(settings.seed, Stream.SAMPLING_SHARD, k)
     # a generator of the shard's own on the sampling device: DDPM draws a batch of noise every
     # step (16M normals at batch 500, ~0.1 s on one CPU core -- as long as a compiled UNet step)
     generator = torch.Generator(device=device).manual_seed(seed)

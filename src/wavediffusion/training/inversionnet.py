@@ -29,8 +29,9 @@ from ..files import sha256_of
 from ..metrics import inversion_metrics, mae
 from ..models.inversionnet import InversionNet, InversionNetConfig
 from ..pairs import GeneratedPairs
+from ..seeds import Stream, derive_seed
 from . import checkpoint as ckpt
-from .loop import Run, TrainConfig, derive_seed, seeded_init, train
+from .loop import Run, TrainConfig, seeded_init, train
 
 MODULE = "inversionnet"  # the task's module name in weights files
 # InversionNetConfig fields that the data fix; settings may not set them
@@ -48,9 +49,6 @@ OPENFWI_TRAINING = {
     "grad_clip": 0.0,  # OpenFWI does not clip
     "early_stop_patience": None,  # it trains all epochs and keeps the best validation loss
 }
-STREAM_REAL_SUBSET = 101  # random stream of real_subset, apart from the loop's streams (0-4)
-STREAM_FINETUNE_SPLIT = 102  # random stream of split_by_fraction
-STREAM_GENERATED_DRAW = 103  # random stream of drawn_pairs
 
 
 @dataclass(frozen=True)
@@ -101,7 +99,7 @@ def real_subset(n: int, fraction: float, seed: int) -> np.ndarray:
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     count = max(1, round(fraction * n))
-    order = np.random.default_rng(derive_seed(seed, STREAM_REAL_SUBSET)).permutation(n)
+    order = np.random.default_rng(derive_seed(seed, Stream.INVERSIONNET_REAL_SUBSET)).permutation(n)
     return np.sort(order[:count])
 
 
@@ -113,7 +111,7 @@ def split_by_fraction(indices, train_fraction: float, seed: int) -> tuple[np.nda
     if not 0.0 <= train_fraction <= 1.0:
         raise ValueError(f"train_fraction must be in [0, 1], got {train_fraction}")
     count = round(train_fraction * len(indices))
-    order = np.random.default_rng(derive_seed(seed, STREAM_FINETUNE_SPLIT)).permutation(len(indices))
+    order = np.random.default_rng(derive_seed(seed, Stream.INVERSIONNET_FINETUNE_SPLIT)).permutation(len(indices))
     return np.sort(indices[order[:count]]), np.sort(indices[order[count:]])
 
 
@@ -124,7 +122,7 @@ def drawn_pairs(candidates, count: int, seed: int) -> np.ndarray:
     candidates = np.asarray(candidates, dtype=np.int64).reshape(-1)
     if not 0 <= count <= len(candidates):
         raise ValueError(f"cannot draw {count} of {len(candidates)} pairs")
-    order = np.random.default_rng(derive_seed(seed, STREAM_GENERATED_DRAW)).permutation(len(candidates))
+    order = np.random.default_rng(derive_seed(seed, Stream.INVERSIONNET_GENERATED_DRAW)).permutation(len(candidates))
     return np.sort(candidates[order[:count]])
 
 

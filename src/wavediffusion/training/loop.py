@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -28,14 +27,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..gpu_speed import channels_last, compile_module, use_fused_step
+from ..seeds import Stream, derive_seed
 from . import checkpoint as ckpt
 from .device_data import DeviceData, map_tensors, sample_bytes
 from .distributed import DistEnv, all_reduce_mean, all_reduce_sum, gather_objects, setup
 
 CHECKPOINT_FORMAT = 1
-
-# Independent random streams, each derived from (seed, stream, ...): see derive_seed.
-STREAM_TRAIN, STREAM_VAL, STREAM_PERMUTATION, STREAM_LOADER, STREAM_INIT = 0, 1, 2, 3, 4
 
 # TrainConfig fields that do not change the trained weights: a resume may change them.
 RESUME_FREE_KEYS = frozenset({
@@ -120,17 +117,10 @@ def lr_factor(step: int, epoch: int, warmup_steps: int, lr_decay: float) -> floa
     return warm * lr_decay ** epoch
 
 
-def derive_seed(seed: int, *keys: int) -> int:
-    """A 63-bit seed for the random stream named by (seed, *keys), e.g. (seed, STREAM_VAL,
-    rank, epoch). SeedSequence mixes the keys, so nearby keys give unrelated streams."""
-    state = np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0]
-    return int(state) >> 1
-
-
 @contextlib.contextmanager
 def seeded_init(seed: int) -> Iterator[None]:
     """Build a task's modules inside this block: their initial weights are then a function
-    of `seed` alone (stream (seed, STREAM_INIT)), the same in every process and every run.
+    of `seed` alone (derive_seed(seed, Stream.INIT)), the same in every process and every run.
 
     Needed because a fresh process's global torch generator does not start from a fixed
     seed, and DDP only copies rank 0's weights to the other ranks: without it the N-process
@@ -139,7 +129,7 @@ def seeded_init(seed: int) -> Iterator[None]:
     `train()` moves them to the device).
     """
     with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(derive_seed(seed, STREAM_INIT))
+        torch.default_generator.manual_seed(derive_seed(seed, Stream.INIT))
         yield
 
 
@@ -160,7 +150,7 @@ def train_batches(n: int, batch_size: int, world_size: int, rank: int, seed: int
     steps = n // batch_size
     if steps == 0:
         raise ValueError(f"training set of {n} samples is smaller than one global batch ({batch_size})")
-    generator = torch.Generator().manual_seed(derive_seed(seed, STREAM_PERMUTATION, epoch))
+    generator = torch.Generator().manual_seed(derive_seed(seed, Stream.PERMUTATION, epoch))
     order = torch.randperm(n, generator=generator).tolist()
     local = batch_size // world_size
     return [order[k * batch_size + rank * local: k * batch_size + (rank + 1) * local]
@@ -474,7 +464,7 @@ class _Trainer:
         """Continue from the newest checkpoint if there is one; else seed this rank's streams."""
         latest = ckpt.latest_checkpoint(self.ckpt_dir)
         if latest is None:
-            ckpt.seed_all(derive_seed(self.config.seed, STREAM_TRAIN, self.env.rank))
+            ckpt.seed_all(derive_seed(self.config.seed, Stream.TRAIN, self.env.rank))
             return None
         saved = ckpt.load(latest)
         ckpt.check_config(saved["config"], self.run_config, latest, ignore=RESUME_FREE_KEYS)
@@ -604,7 +594,7 @@ class _Trainer:
             loader = self.train_on_device.batches(batches)
         else:
             loader = self._loader(batches, self.train_dataset,
-                                  derive_seed(cfg.seed, STREAM_LOADER, env.rank, st.epoch, st.batch_in_epoch))
+                                  derive_seed(cfg.seed, Stream.LOADER, env.rank, st.epoch, st.batch_in_epoch))
         for module in self.modules.values():
             module.train()
         bar = tqdm(total=self.steps_per_epoch, initial=st.batch_in_epoch, desc=f"epoch {st.epoch}",
@@ -662,7 +652,7 @@ class _Trainer:
         sums: dict[str, float] = {}
         for module in self.modules.values():
             module.eval()
-        seed = derive_seed(cfg.seed, STREAM_VAL, env.rank, self.state.epoch, self.state.step)
+        seed = derive_seed(cfg.seed, Stream.VALIDATION, env.rank, self.state.epoch, self.state.step)
         with _forked_rng(seed, env.device), torch.no_grad():
             if self.val_on_device is not None:
                 loader = self.val_on_device.batches(batches)

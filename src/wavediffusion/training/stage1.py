@@ -77,7 +77,7 @@ class Stage1Task:
     def __init__(self, model_config: AutoencoderConfig, disc: DiscriminatorConfig, losses: Stage1Losses, train_config: TrainConfig):
         self.model_config = model_config
         self.losses = losses
-        # Initial weights from (seed, STREAM_INIT), not from the global generator's state: a
+        # Initial weights from (seed, Stream.INIT), not from the global generator's state: a
         # fresh process's generator does not start from a fixed seed, and DDP copies rank 0's
         # weights to the others, so unseeded, N processes started from other weights than one
         # process does (the step-0 loss and perplexity already differed) -- see loop.seeded_init.
