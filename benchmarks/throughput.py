@@ -399,6 +399,9 @@ def unet_forward_part(args) -> None:
     x = torch.randn(args.scale.unet_batch, config.in_channels, config.image_size, config.image_size, device=device)
     t = torch.randint(0, 1000, (args.scale.unet_batch,), device=device)
     networks = [("paper UNet (8 heads)", args.commit, lambda: randomise(UNet(config)))]
+    if args.one_head:  # the same UNet with diffusers' one head per block: what the heads cost
+        one_head = dataclasses.replace(config, num_heads=1)
+        networks.append(("paper UNet (1 head)", args.commit, lambda: randomise(UNet(one_head))))
     if args.reference:
         networks.append(("diffusers UNet2DModel, LDM size (1 head)", "reference",
                          lambda: randomise(diffusers_reference(config))))
@@ -494,6 +497,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path, help="the CSV to append rows to")
     parser.add_argument("--parts", default="stage1,stage2,inversionnet,unet_forward,sampling,check")
     parser.add_argument("--reference", action="store_true", help="also time diffusers' UNet2DModel")
+    parser.add_argument("--one-head", action="store_true", help="also time the paper UNet with num_heads 1")
     parser.add_argument("--only", default="", help="training parts: run only the settings this regex finds")
     parser.add_argument("--modes", default="eager,compiled", help="unet_forward and sampling: eager, compiled or both")
     parser.add_argument("--samplers", default="ddim-50,dpmpp2m-20",

@@ -12,9 +12,9 @@
 # BASE_COMMIT and NEW_COMMIT label the rows. The plan, most telling first (a session that
 # runs out of device time keeps what came before): Stage 1's eager rows of both commits
 # (each speed setting on its own); where a step's GPU time goes (profile_training.py); the
-# UNet forward beside the diffusers reference; sampling (the default DDIM-25 and the
-# issue's DDIM-50) and the check; Stage 2's eager rows of both commits; Stage 1 compiled;
-# InversionNet of both commits; the base's sampling; the GPU-marked tests.
+# UNet forward beside the diffusers reference and a one-head twin; sampling (the default
+# DDIM-25 and the issue's DDIM-50) and the check; Stage 2's eager rows of both commits;
+# Stage 1 compiled; InversionNet of both commits; the base's sampling; the GPU-marked tests.
 set -uo pipefail
 MODE=${1:?start|follow}
 OUT=${2:?output folder}
@@ -47,7 +47,7 @@ plan() {
     $new --parts stage1 --only "eager"
     $base --parts stage1
     (cd benchmarks && PYTHONPATH=../src:/tmp/site python3 profile_training.py --work $WORK --out $WORK/profile.csv)
-    $new --parts unet_forward --reference
+    $new --parts unet_forward --reference --one-head
     $new --parts sampling,check --samplers ddim-25,ddim-50
     $new --parts stage2 --only "batch 256, data on GPU, eager"
     $base --parts stage2
