@@ -189,10 +189,13 @@ def test_pml_profiles_are_deepwaves():
         torch.float32, torch.device("cpu"), acq.peak_frequency, (setup.ny, setup.nx),
     )  # fmt: skip
     ours = (setup.a_y, setup.b_y, setup.dbdy, setup.a_x, setup.b_x, setup.dbdx)
+    # Measured: a 6e-8, b 7e-8, db/dx 9e-7 of their maximum. deepwave rounds to float32
+    # step by step, fused once; db/dx, a difference of neighbouring b, magnifies that.
+    bounds = {"a": 1e-6, "b": 1e-6, "d": 1e-5}
     for name, mine, reference in zip(("a_y", "b_y", "dbdy", "a_x", "b_x", "dbdx"), ours, theirs):
         reference = reference.flatten()
         assert mine.shape == reference.shape, name
-        assert (mine - reference).abs().max() <= 1e-6 * reference.abs().max(), name
+        assert (mine - reference).abs().max() <= bounds[name[0]] * reference.abs().max(), name
         assert reference.abs().max() > 0 and reference[setup.ny // 2] == 0, name  # a layer, and an interior
 
 
