@@ -1,11 +1,16 @@
-"""Forward-modelling benchmarks: throughput of both backends, and their calibration.
+"""Forward-modelling benchmarks: throughput of the backends, and their calibration.
 
 Throughput (default): models/s of ``forward_model`` for each backend and batch size on
-one device, as a markdown table; ``--append`` adds it to benchmarks/README.md.
+one device, as a markdown table; ``--append`` adds it to benchmarks/README.md. The
+backends default to all of them on CUDA (the fused Triton kernel needs CUDA) and to
+deepwave and openfwi on the CPU. When both deepwave and fused run, their agreement on 16
+real maps is printed first and the fused / deepwave speed-up per batch size after the table.
 
     python benchmarks/forward_modelling.py --device cpu --batch-sizes 1,16,64
     python benchmarks/forward_modelling.py --device cuda --batch-sizes 1,16,64,256,1024 \
         --machine "1x H100 80GB" --append
+    python benchmarks/forward_modelling.py --device cuda --backends deepwave,fused \
+        --batch-sizes 16,256,1024 --repeats 3 --machine "1x H100 80GB"   # issue 21
 
 Calibration (``--calibrate``): the numbers in docs/physics.md -- the scale and time
 shift that best align uncalibrated deepwave with the openfwi stencil, the relative
@@ -31,7 +36,7 @@ import torch
 from wavediffusion.data.embedded import load_real_velocity
 from wavediffusion.physics import forward as fwd
 from wavediffusion.physics.acquisition import OPENFWI_ACQUISITION
-from wavediffusion.physics.forward import BACKENDS, far_boundary_reference, forward_model
+from wavediffusion.physics.forward import BACKENDS, CPU_BACKENDS, far_boundary_reference, forward_model
 
 README = Path(__file__).with_name("README.md")
 FAMILIES = ("FlatVel-A", "CurveVel-A")
@@ -68,8 +73,22 @@ def throughput(backend: str, batch_size: int, device: torch.device, repeats: int
     return batch_size * repeats / (time.perf_counter() - start)
 
 
+def fused_agreement(device: torch.device, n_maps: int = 16) -> str:
+    """Per-model relative L2 of fused against deepwave on real maps (float32 rounding: ~1e-6)."""
+    velocity = torch.cat([real_maps(n_maps // 2, family) for family in FAMILIES]).to(device)
+    deep = forward_model(velocity, "deepwave")
+    fused = forward_model(velocity, "fused")
+    errors = relative_difference(fused, deep)
+    return (f"fused vs deepwave on {len(velocity)} real maps, per-model relative L2: "
+            f"median {errors.median().item():.2e}, max {errors.max().item():.2e}")
+
+
 def throughput_table(args: argparse.Namespace) -> str:
     device = torch.device(args.device)
+    backends = args.backends.split(",")
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    if "deepwave" in backends and "fused" in backends:
+        print(fused_agreement(device) + "\n", flush=True)
     machine = args.machine or (
         torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     )
@@ -79,14 +98,23 @@ def throughput_table(args: argparse.Namespace) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(rows), flush=True)
-    for backend in args.backends.split(","):
-        for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-            rate = throughput(backend, batch_size, device, args.repeats)
+    rates = {}
+    for backend in backends:
+        for batch_size in batch_sizes:
+            rate = rates[backend, batch_size] = throughput(backend, batch_size, device, args.repeats)
             rows.append(
                 f"| {machine} | {device.type} | {backend} | {batch_size} | {rate:.2f} | "
                 f"{1.0 / rate:.3f} | {torch.__version__} | {deepwave.__version__} | {today} |"
             )
             print(rows[-1], flush=True)
+    speedups = [
+        f"batch {b}: {rates['fused', b] / rates['deepwave', b]:.1f}x"
+        for b in batch_sizes
+        if ("fused", b) in rates and ("deepwave", b) in rates
+    ]
+    if speedups:
+        rows.append(f"\nfused / deepwave models/s on {machine}: " + ", ".join(speedups))
+        print(rows[-1], flush=True)
     return "\n".join(rows)
 
 
@@ -201,7 +229,8 @@ def calibrate(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--backends", default=None, help=f"comma-separated (default: {','.join(BACKENDS)} "
+                        f"on CUDA, {','.join(CPU_BACKENDS)} on the CPU)")
     parser.add_argument("--batch-sizes", default="1,16,64")
     parser.add_argument("--repeats", type=int, default=1, help="timed batches per cell")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -214,6 +243,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.backends is None:
+        args.backends = ",".join(BACKENDS if torch.device(args.device).type == "cuda" else CPU_BACKENDS)
     print(f"torch {torch.__version__}, deepwave {deepwave.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads\n")
     if args.calibrate:

@@ -14,7 +14,7 @@ import torch
 from wavediffusion.data.embedded import load_real_velocity
 from wavediffusion.physics import forward as fwd
 from wavediffusion.physics.acquisition import OPENFWI_ACQUISITION, Acquisition, ricker
-from wavediffusion.physics.forward import BACKENDS, far_boundary_reference, forward_model
+from wavediffusion.physics.forward import CPU_BACKENDS, far_boundary_reference, forward_model
 
 # A small constant-velocity survey: one source mid-depth, receivers along its row.
 SMALL = Acquisition(nz=30, nx=60, nt=400, source_columns=(10,), source_depth=15, receiver_depth=15)
@@ -100,7 +100,7 @@ MISFIT_BOUND = {1500.0: 0.05, 3000.0: 0.008, 4500.0: 0.012}
 PEAK_TOLERANCE = {1500.0: 2, 3000.0: 1, 4500.0: 1}  # samples; dispersion delays slow waves
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_constant_velocity_matches_greens_function(backend):
     speeds = sorted(MISFIT_BOUND)
     velocity = torch.tensor(speeds)[:, None, None, None].expand(-1, 1, SMALL.nz, SMALL.nx)
@@ -144,7 +144,7 @@ BOUNDARY = Acquisition(nz=30, nx=40, nt=1000, source_columns=(20,), source_depth
 REFLECTION_BOUND = {"deepwave": 6e-5, "openfwi": 0.015}
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_absorbing_boundary_reflection_level(backend):
     velocity = torch.full((1, 1, BOUNDARY.nz, BOUNDARY.nx), 3000.0)
     reference = far_boundary_reference(velocity, BOUNDARY, extra=160)  # returns after > 1 s
@@ -201,7 +201,7 @@ def test_backends_agree_on_real_openfwi_maps():
 # ------------------------------------------------------------------ batching
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_batch_and_single_give_identical_data(backend):
     velocity = smooth_random_maps(3, TINY)
     batched = forward_model(velocity, backend, TINY, batch_size=3)
@@ -253,7 +253,7 @@ def test_unknown_backend_and_bad_batch_size_raise():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_cpu_and_cuda_agree(backend):
     velocity = torch.from_numpy(load_real_velocity("CurveVel-A", "test")[:2])
     on_cpu = forward_model(velocity, backend)

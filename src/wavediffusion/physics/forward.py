@@ -1,16 +1,20 @@
 """The forward operator F: velocity maps -> seismic data in OpenFWI's native layout.
 
-Two backends give the same data in the same units, sign and timing: ``"deepwave"`` (default,
-fast: 4th-order stencil, C-PML, one step per 1 ms) and ``"openfwi"`` (reference: OpenFWI's
-scheme with its 120-cell sponge, :mod:`.openfwi_fd`; ~20x slower on the CPU). The deepwave
-path corrects the source sign (``DEEPWAVE_SOURCE_SCALE`` = -1) and a one-sample recording
-delay (``DEEPWAVE_DELAY_SAMPLES`` = 1); only the absorbing boundaries still differ.
-Details: docs/physics.md, 'The deepwave backend and its calibration'.
+Three backends give the same data in the same units, sign and timing: ``"deepwave"``
+(default, fast: 4th-order stencil, C-PML, one step per 1 ms), ``"openfwi"`` (reference:
+OpenFWI's scheme with its 120-cell sponge, :mod:`.openfwi_fd`; ~20x slower on the CPU)
+and ``"fused"`` (:mod:`.fused`: deepwave's scheme as one Triton kernel that runs all time
+steps of a shot in one launch; CUDA only; equal to "deepwave" to float32 rounding; its
+speed is not yet measured). The deepwave and fused paths correct the source sign
+(``DEEPWAVE_SOURCE_SCALE`` = -1) and a one-sample recording delay
+(``DEEPWAVE_DELAY_SAMPLES`` = 1); only the absorbing boundaries still differ from openfwi.
+Details: docs/physics.md, 'The deepwave backend and its calibration' and 'The fused backend'.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import deepwave
 import torch
@@ -19,9 +23,11 @@ from tqdm import tqdm
 from . import openfwi_fd
 from .acquisition import CRITICAL_COURANT_NUMBER, OPENFWI_ACQUISITION, Acquisition, ricker
 
-BACKENDS = ("deepwave", "openfwi")
+# Backends that run on any device; "fused" needs CUDA (or Triton's interpreter, in tests).
+CPU_BACKENDS = ("deepwave", "openfwi")
+BACKENDS = (*CPU_BACKENDS, "fused")
 
-# Calibration constants of the deepwave path (see module docstring).
+# Calibration constants of the deepwave and fused paths (see module docstring).
 DEEPWAVE_SOURCE_SCALE = -1.0
 DEEPWAVE_DELAY_SAMPLES = 1
 DEEPWAVE_ACCURACY = 4
@@ -37,21 +43,31 @@ def forward_model(
 ) -> torch.Tensor:
     """Simulate OpenFWI-style shot gathers for a batch of velocity maps.
 
-    velocity: (B, 1, nz, nx) in m/s (not normalised), float, on CPU or CUDA.
+    velocity: (B, 1, nz, nx) in m/s (not normalised), float, on CPU or CUDA (CUDA only
+    for "fused").
     Returns seismic (B, S, nt, R) float32 on the velocity's device: shots, time samples,
     receivers -- OpenFWI's ``data*.npy`` layout, (B, 5, 1000, 70) by default.
 
     Runs ``batch_size`` models at a time (memory, outputs included: roughly 12 MB per
-    model for "openfwi", 3 MB for "deepwave"). No gradients are kept. Raises ValueError
-    for an unknown backend, a wrong shape, non-finite values, or velocities outside
-    [acquisition.min_velocity, acquisition.max_velocity].
+    model for "openfwi", 3 MB for "deepwave", 3.5 MB for "fused"). No gradients are kept.
+    Raises ValueError for an unknown backend, a wrong shape, non-finite values,
+    velocities outside [acquisition.min_velocity, acquisition.max_velocity], or "fused"
+    on a CPU tensor (unless Triton's interpreter is on: see :mod:`.fused`).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     velocity = _validated(velocity, acquisition)
-    simulate = _simulate_deepwave if backend == "deepwave" else openfwi_fd.simulate
+    if backend == "fused":
+        from . import fused  # imports Triton, which only this backend needs
+
+        fused.check_device(velocity.device)
+        simulate = functools.partial(
+            fused.simulate, source_scale=DEEPWAVE_SOURCE_SCALE, delay_samples=DEEPWAVE_DELAY_SAMPLES
+        )
+    else:
+        simulate = _simulate_deepwave if backend == "deepwave" else openfwi_fd.simulate
 
     n_models = velocity.shape[0]
     seismic = velocity.new_empty(n_models, *acquisition.seismic_shape)  # (B, S, T, R)

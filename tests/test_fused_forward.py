@@ -1,0 +1,262 @@
+"""The fused (Triton) forward backend against the deepwave backend it reproduces.
+
+On the CPU the kernel runs through Triton's interpreter, in a subprocess started with
+TRITON_INTERPRET=1: the variable must be set before the kernel is defined, and setting it
+in this process would also turn every other Triton kernel of the test session (torch's
+compiled ones included) into interpreted ones. The interpreter takes ~30 ms per time step
+and shot, so these cases are short: OpenFWI's grid and receivers, two shots, 150 samples
+(enough for the direct wave, first reflections and the PML to act). The GPU test runs
+OpenFWI's full acquisition on the device machine.
+
+The fused backend runs deepwave's scheme step for step, so the bound is float32 rounding:
+per model relative L2 <= 1e-4 (measured: ~1e-6, see docs/physics.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import wavediffusion
+from wavediffusion.data.embedded import load_real_velocity
+from wavediffusion.physics.acquisition import OPENFWI_ACQUISITION, Acquisition
+from wavediffusion.physics.forward import forward_model
+
+# OpenFWI's grid, PML and receivers; two shots (one at the model's edge), a short record.
+SHORT = dataclasses.replace(OPENFWI_ACQUISITION, nt=150, source_columns=(0, 52))
+TOLERANCE = 1e-4  # per-model relative L2 against deepwave, float32
+
+# Runs forward_model(..., "fused") on each velocity batch of a file, interpreter on; or,
+# given rows_per_tile, fused.simulate with that tiling (forward_model does not expose it).
+RUNNER = """
+import sys
+import torch
+from wavediffusion.physics import fused
+from wavediffusion.physics.acquisition import Acquisition
+from wavediffusion.physics.forward import DEEPWAVE_DELAY_SAMPLES, DEEPWAVE_SOURCE_SCALE, forward_model
+
+assert fused.INTERPRETED, "TRITON_INTERPRET=1 did not reach the kernel"
+torch.set_num_threads(1)
+inputs = torch.load(sys.argv[1])
+acquisition = Acquisition(**inputs["acquisition"])
+rows = inputs["rows_per_tile"]
+outputs = [
+    forward_model(v, "fused", acquisition) if rows is None
+    else fused.simulate(v, acquisition, DEEPWAVE_SOURCE_SCALE, DEEPWAVE_DELAY_SAMPLES, rows_per_tile=rows)
+    for v in inputs["velocities"]
+]
+torch.save(outputs, sys.argv[2])
+"""
+
+
+def _environment(interpret: bool) -> dict[str, str]:
+    """This process' environment, this checkout's package first, the interpreter on or off."""
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    src = str(Path(wavediffusion.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([src, env["PYTHONPATH"]]) if env.get("PYTHONPATH") else src
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def fused_on_cpu(
+    velocities: list[torch.Tensor], acquisition: Acquisition, tmp_path: Path, rows_per_tile: int | None = None
+) -> list[torch.Tensor]:
+    """forward_model(v, "fused", acquisition) for each v, through Triton's interpreter.
+
+    velocities: list of (B, 1, nz, nx) m/s.  Returns the list of (B, S, nt, R).
+    rows_per_tile: None for the interpreter's default (one tile, the whole grid).
+    """
+    inputs, outputs = tmp_path / "fused_in.pt", tmp_path / "fused_out.pt"
+    torch.save(
+        {"velocities": velocities, "acquisition": dataclasses.asdict(acquisition), "rows_per_tile": rows_per_tile},
+        inputs,
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(inputs), str(outputs)],
+        env=_environment(interpret=True), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    return torch.load(outputs)
+
+
+def relative_l2(a: torch.Tensor, b: torch.Tensor) -> list[float]:
+    """Per model ||a - b|| / ||b|| over (shots, time, receivers)."""
+    return ((a - b).flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1)).tolist()
+
+
+def layered_map(acq: Acquisition) -> torch.Tensor:
+    """Three layers, 1800 / 2900 / 4300 m/s, the lower interface dipping: (1, 1, nz, nx)."""
+    rows = torch.arange(acq.nz, dtype=torch.float32)[:, None]
+    columns = torch.arange(acq.nx, dtype=torch.float32)[None, :]
+    velocity = torch.full((acq.nz, acq.nx), 1800.0)
+    velocity[rows.expand(-1, acq.nx) >= 18] = 2900.0
+    velocity[rows >= 40 + 0.2 * columns] = 4300.0
+    return velocity[None, None]
+
+
+def smooth_random_map(acq: Acquisition, seed: int = 0) -> torch.Tensor:
+    """A smooth random map in [1500, 4500] m/s: (1, 1, nz, nx)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 1, 5, 5, generator=g)
+    fine = torch.nn.functional.interpolate(coarse, size=(acq.nz, acq.nx), mode="bicubic", align_corners=True)
+    return (1500.0 + 3000.0 * fine).clamp(1500.0, 4500.0)
+
+
+def real_maps() -> torch.Tensor:
+    """The first test map of FlatVel-A and of CurveVel-A: (2, 1, 70, 70) m/s."""
+    return torch.from_numpy(np.concatenate([load_real_velocity(f, "test")[:1] for f in ("FlatVel-A", "CurveVel-A")]))
+
+
+# ------------------------------------------------------------------ CPU, Triton's interpreter
+
+
+@pytest.mark.parametrize("maps", ["synthetic", "real"])
+def test_fused_matches_deepwave(maps, tmp_path):
+    if maps == "synthetic":
+        velocity = torch.cat([layered_map(SHORT), smooth_random_map(SHORT)])
+    else:
+        velocity = real_maps()
+    (fused,) = fused_on_cpu([velocity], SHORT, tmp_path)
+    deep = forward_model(velocity, "deepwave", SHORT)
+    assert fused.shape == deep.shape == (2, 2, SHORT.nt, 70) and fused.dtype == torch.float32
+    errors = relative_l2(fused, deep)
+    print(f"fused vs deepwave ({maps} maps), per-model relative L2: {errors}")
+    assert max(errors) <= TOLERANCE, errors
+    assert deep.abs().max() > 1.0  # the record holds the direct wave, not just noise
+
+
+def test_models_of_a_batch_are_independent(tmp_path):
+    """A model's data do not depend on the other models of its batch, nor its place in it."""
+    first, second = layered_map(SHORT), smooth_random_map(SHORT, seed=1)
+    together, alone = fused_on_cpu([torch.cat([first, second]), second], SHORT, tmp_path)
+    assert torch.equal(together[1], alone[0])
+    # ... and the batch holds each model's own data: the two differ, and the first is its own.
+    assert relative_l2(together[:1], together[1:])[0] > 0.1
+    assert relative_l2(together[:1], forward_model(first, "deepwave", SHORT))[0] <= TOLERANCE
+
+
+def test_row_tiles_give_deepwaves_data(tmp_path):
+    """The GPU's tiling (several row tiles per step, the last one partial) on the CPU.
+
+    Under the interpreter a tile's loads all happen before its stores, so only a tile
+    border can show a cell reading what another cell already overwrote in the same step.
+    16-row tiles put a border (row 16) inside the top PML, next to the sources: updating
+    psi in place instead of into its other copy gives 1.8e-3 here (checked), 7e-7 in one tile.
+    """
+    acquisition = dataclasses.replace(SHORT, source_columns=(52,))
+    velocity = real_maps()[1:]  # CurveVel-A
+    (tiled,) = fused_on_cpu([velocity], acquisition, tmp_path, rows_per_tile=16)  # 114 rows: 7 x 16 + 2
+    errors = relative_l2(tiled, forward_model(velocity, "deepwave", acquisition))
+    print(f"fused in 16-row tiles vs deepwave, relative L2: {errors}")
+    assert max(errors) <= TOLERANCE, errors
+
+
+def test_fused_on_cpu_without_the_interpreter_says_to_use_deepwave():
+    code = (
+        "import torch\n"
+        "from wavediffusion.physics.forward import forward_model\n"
+        "try:\n"
+        "    forward_model(torch.full((1, 1, 70, 70), 2000.0), 'fused')\n"
+        "except ValueError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=_environment(interpret=False),
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "needs a CUDA tensor" in result.stdout and "backend='deepwave'" in result.stdout, result.stdout
+
+
+def test_pml_profiles_are_deepwaves():
+    """fused.cpml_profiles equals the profiles deepwave.scalar builds (its private helper)."""
+    from deepwave import _regular_grid
+
+    from wavediffusion.physics import fused
+
+    acq = OPENFWI_ACQUISITION
+    setup = fused.prepare(acq, torch.device("cpu"), -1.0, 1)
+    theirs = _regular_grid.set_pml_profiles(
+        [acq.pml_width] * 4, 4, [fused.FD_PAD] * 4, acq.dt, [acq.dx, acq.dx], acq.max_velocity,
+        torch.float32, torch.device("cpu"), acq.peak_frequency, (setup.ny, setup.nx),
+    )  # fmt: skip
+    ours = (setup.a_y, setup.b_y, setup.dbdy, setup.a_x, setup.b_x, setup.dbdx)
+    # Measured: a 6e-8, b 7e-8, db/dx 9e-7 of their maximum. deepwave rounds to float32
+    # step by step, fused once; db/dx, a difference of neighbouring b, magnifies that.
+    bounds = {"a": 1e-6, "b": 1e-6, "d": 1e-5}
+    for name, mine, reference in zip(("a_y", "b_y", "dbdy", "a_x", "b_x", "dbdx"), ours, theirs):
+        reference = reference.flatten()
+        assert mine.shape == reference.shape, name
+        assert (mine - reference).abs().max() <= bounds[name[0]] * reference.abs().max(), name
+        assert reference.abs().max() > 0 and reference[setup.ny // 2] == 0, name  # a layer, and an interior
+
+
+def test_kernel_compiles_for_the_h100():
+    """The kernel as the GPU gets it compiles for sm_90, without a GPU (to PTX and cubin).
+
+    The interpreter runs code the compiler may reject, so this is the CPU's check of the
+    GPU build. Also: one barrier (between steps), and no non-coherent loads (ld.global.nc
+    could return a value cached before another thread of the program stored it).
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile
+
+    from wavediffusion.physics import fused
+
+    if fused.INTERPRETED:
+        pytest.skip("this process runs Triton's interpreter (TRITON_INTERPRET=1)")
+    setup = fused.prepare(OPENFWI_ACQUISITION, torch.device("cpu"), -1.0, 1)
+    signature = {
+        name: "*i32" if name in ("source_index_ptr", "receiver_index_ptr") else "*fp32"
+        for name in fused._shot_kernel.arg_names
+        if name.endswith("_ptr")
+    }
+    signature.update({name: "i32" for name in ("n_steps", "first_recorded_step", "n_receivers", "pml_begin_y",
+                                               "pml_end_y", "pml_begin_x", "pml_end_x")})  # fmt: skip
+    signature.update({name: "fp32" for name in ("rdy", "rdy2", "rdx", "rdx2")})
+    constants = {"NY": setup.ny, "NX": setup.nx, "SHOTS_PER_MODEL": 5, "BLOCK_Y": fused.ROWS_PER_TILE,
+                 "BLOCK_X": 128, "BLOCK_R": 128}  # fmt: skip
+    signature.update({name: "constexpr" for name in constants})
+    assert set(signature) == set(fused._shot_kernel.arg_names)
+    kernel = compile(
+        ASTSource(fused._shot_kernel, signature, constants),
+        target=GPUTarget("cuda", 90, 32), options={"num_warps": fused.NUM_WARPS},
+    )  # fmt: skip
+    ptx = kernel.asm["ptx"]
+    assert kernel.asm["cubin"]
+    assert ptx.count("bar.sync") == 1
+    assert "ld.global" in ptx and "ld.global.nc" not in ptx
+
+
+# ------------------------------------------------------------------ GPU
+
+
+@pytest.mark.gpu
+def test_fused_matches_deepwave_on_cuda():
+    """OpenFWI's full acquisition on 64 maps: per-model relative L2 distribution, then the bound.
+
+    Also checks batch independence where programs really run concurrently.
+    """
+    maps = [torch.from_numpy(load_real_velocity(f, "test")[:24]) for f in ("FlatVel-A", "CurveVel-A")]
+    maps += [smooth_random_map(OPENFWI_ACQUISITION, seed) for seed in range(16)]
+    velocity = torch.cat(maps).cuda()  # (64, 1, 70, 70)
+    deep = forward_model(velocity, "deepwave")
+    fused = forward_model(velocity, "fused", batch_size=64)
+    errors = torch.tensor(relative_l2(fused, deep))
+    print(
+        "fused vs deepwave on CUDA, per-model relative L2 over 64 maps: "
+        f"min {errors.min():.2e} median {errors.median():.2e} max {errors.max():.2e}"
+    )
+    assert errors.max() <= TOLERANCE, errors.tolist()
+    alone = forward_model(velocity[5:6], "fused")
+    chunked = forward_model(velocity, "fused", batch_size=7)
+    assert torch.equal(alone[0], fused[5])
+    assert torch.equal(chunked, fused)
