@@ -33,8 +33,9 @@ from wavediffusion.physics.forward import forward_model
 SHORT = dataclasses.replace(OPENFWI_ACQUISITION, nt=150, source_columns=(0, 52))
 TOLERANCE = 1e-4  # per-model relative L2 against deepwave, float32
 
-# Runs forward_model(..., "fused") on each velocity batch of a file, interpreter on; or,
-# given rows_per_tile, fused.simulate with that tiling (forward_model does not expose it).
+# Runs each (velocity, acquisition, rows_per_tile) of a file, interpreter on: through
+# forward_model(..., "fused"), or, given rows_per_tile, fused.simulate with that tiling
+# (forward_model does not expose it).
 RUNNER = """
 import sys
 import torch
@@ -44,14 +45,12 @@ from wavediffusion.physics.forward import DEEPWAVE_DELAY_SAMPLES, DEEPWAVE_SOURC
 
 assert fused.INTERPRETED, "TRITON_INTERPRET=1 did not reach the kernel"
 torch.set_num_threads(1)
-inputs = torch.load(sys.argv[1])
-acquisition = Acquisition(**inputs["acquisition"])
-rows = inputs["rows_per_tile"]
-outputs = [
-    forward_model(v, "fused", acquisition) if rows is None
-    else fused.simulate(v, acquisition, DEEPWAVE_SOURCE_SCALE, DEEPWAVE_DELAY_SAMPLES, rows_per_tile=rows)
-    for v in inputs["velocities"]
-]
+outputs = []
+for velocity, fields, rows in torch.load(sys.argv[1]):
+    acquisition = Acquisition(**fields)
+    outputs.append(forward_model(velocity, "fused", acquisition) if rows is None else
+                   fused.simulate(velocity, acquisition, DEEPWAVE_SOURCE_SCALE, DEEPWAVE_DELAY_SAMPLES,
+                                  rows_per_tile=rows))
 torch.save(outputs, sys.argv[2])
 """
 
@@ -68,19 +67,13 @@ def _environment(interpret: bool) -> dict[str, str]:
     return env
 
 
-def fused_on_cpu(
-    velocities: list[torch.Tensor], acquisition: Acquisition, tmp_path: Path, rows_per_tile: int | None = None
-) -> list[torch.Tensor]:
-    """forward_model(v, "fused", acquisition) for each v, through Triton's interpreter.
-
-    velocities: list of (B, 1, nz, nx) m/s.  Returns the list of (B, S, nt, R).
+def fused_on_cpu(runs: list[tuple[torch.Tensor, Acquisition, int | None]], folder: Path) -> list[torch.Tensor]:
+    """The fused data of each run (velocity (B, 1, nz, nx) m/s, acquisition, rows_per_tile),
+    through Triton's interpreter in one subprocess. Returns the list of (B, S, nt, R).
     rows_per_tile: None for the interpreter's default (one tile, the whole grid).
     """
-    inputs, outputs = tmp_path / "fused_in.pt", tmp_path / "fused_out.pt"
-    torch.save(
-        {"velocities": velocities, "acquisition": dataclasses.asdict(acquisition), "rows_per_tile": rows_per_tile},
-        inputs,
-    )
+    inputs, outputs = folder / "fused_in.pt", folder / "fused_out.pt"
+    torch.save([(v, dataclasses.asdict(acq), rows) for v, acq, rows in runs], inputs)
     result = subprocess.run(
         [sys.executable, "-c", RUNNER, str(inputs), str(outputs)],
         env=_environment(interpret=True), capture_output=True, text=True, timeout=600,
@@ -120,32 +113,42 @@ def real_maps() -> torch.Tensor:
 # ------------------------------------------------------------------ CPU, Triton's interpreter
 
 
-@pytest.mark.parametrize("maps", ["synthetic", "real"])
-def test_fused_matches_deepwave(maps, tmp_path):
-    if maps == "synthetic":
-        velocity = torch.cat([layered_map(SHORT), smooth_random_map(SHORT)])
-    else:
-        velocity = real_maps()
-    (fused,) = fused_on_cpu([velocity], SHORT, tmp_path)
+# One shot at the model's middle column: the tiled run is the slowest under the interpreter.
+ONE_SHOT = dataclasses.replace(SHORT, source_columns=(52,))
+TILE_ROWS = 16  # 114 padded rows: 7 x 16 + 2, a tile border (row 16) inside the top PML
+
+
+@pytest.fixture(scope="module")
+def interpreted(tmp_path_factory) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{case: (velocity, fused data)}, every CPU case through one interpreter subprocess
+    (its start-up paid once; the interpreter takes ~30 ms per time step and shot):
+    "maps" a batch of four (layered, smooth random, FlatVel-A, CurveVel-A), "alone" the
+    last of them on its own, "tiles" that CurveVel-A map in TILE_ROWS-row tiles, one shot."""
+    maps = torch.cat([layered_map(SHORT), smooth_random_map(SHORT), real_maps()])
+    cases = {"maps": (maps, SHORT, None), "alone": (maps[3:], SHORT, None), "tiles": (maps[3:], ONE_SHOT, TILE_ROWS)}
+    data = fused_on_cpu(list(cases.values()), tmp_path_factory.mktemp("fused"))
+    return {name: (case[0], out) for (name, case), out in zip(cases.items(), data)}
+
+
+def test_fused_matches_deepwave(interpreted):
+    velocity, fused = interpreted["maps"]
     deep = forward_model(velocity, "deepwave", SHORT)
-    assert fused.shape == deep.shape == (2, 2, SHORT.nt, 70) and fused.dtype == torch.float32
+    assert fused.shape == deep.shape == (4, 2, SHORT.nt, 70) and fused.dtype == torch.float32
     errors = relative_l2(fused, deep)
-    print(f"fused vs deepwave ({maps} maps), per-model relative L2: {errors}")
+    print(f"fused vs deepwave (layered, smooth, FlatVel-A, CurveVel-A), per-model relative L2: {errors}")
     assert max(errors) <= TOLERANCE, errors
     assert deep.abs().max() > 1.0  # the record holds the direct wave, not just noise
 
 
-def test_models_of_a_batch_are_independent(tmp_path):
+def test_models_of_a_batch_are_independent(interpreted):
     """A model's data do not depend on the other models of its batch, nor its place in it."""
-    first, second = layered_map(SHORT), smooth_random_map(SHORT, seed=1)
-    together, alone = fused_on_cpu([torch.cat([first, second]), second], SHORT, tmp_path)
-    assert torch.equal(together[1], alone[0])
-    # ... and the batch holds each model's own data: the two differ, and the first is its own.
-    assert relative_l2(together[:1], together[1:])[0] > 0.1
-    assert relative_l2(together[:1], forward_model(first, "deepwave", SHORT))[0] <= TOLERANCE
+    (_, together), (_, alone) = interpreted["maps"], interpreted["alone"]
+    assert torch.equal(together[3], alone[0])
+    # ... and the batch holds each model's own data: they differ from one another.
+    assert min(relative_l2(together[:3], together[3:].expand(3, -1, -1, -1))) > 0.1
 
 
-def test_row_tiles_give_deepwaves_data(tmp_path):
+def test_row_tiles_give_deepwaves_data(interpreted):
     """The GPU's tiling (several row tiles per step, the last one partial) on the CPU.
 
     Under the interpreter a tile's loads all happen before its stores, so only a tile
@@ -153,11 +156,9 @@ def test_row_tiles_give_deepwaves_data(tmp_path):
     16-row tiles put a border (row 16) inside the top PML, next to the sources: updating
     psi in place instead of into its other copy gives 1.8e-3 here (checked), 7e-7 in one tile.
     """
-    acquisition = dataclasses.replace(SHORT, source_columns=(52,))
-    velocity = real_maps()[1:]  # CurveVel-A
-    (tiled,) = fused_on_cpu([velocity], acquisition, tmp_path, rows_per_tile=16)  # 114 rows: 7 x 16 + 2
-    errors = relative_l2(tiled, forward_model(velocity, "deepwave", acquisition))
-    print(f"fused in 16-row tiles vs deepwave, relative L2: {errors}")
+    velocity, tiled = interpreted["tiles"]
+    errors = relative_l2(tiled, forward_model(velocity, "deepwave", ONE_SHOT))
+    print(f"fused in {TILE_ROWS}-row tiles vs deepwave, relative L2: {errors}")
     assert max(errors) <= TOLERANCE, errors
 
 
