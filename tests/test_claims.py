@@ -13,7 +13,10 @@ import torch
 import zarr
 
 from wavediffusion.data.transforms import Representation
-from wavediffusion.evaluation.claims import COLUMNS, NO, UNDECIDED, YES, fid_claims, ordering_claim
+from wavediffusion.evaluation.claims import (COLUMNS, NO, UNDECIDED, YES, augmentation_claims, fid_claims,
+                                             joint_vs_separate_claims, ordering_claim)
+from wavediffusion.evaluation.inversion_experiments import TABLE_COLUMNS
+from wavediffusion.evaluation.table8 import COLUMNS as TABLE8_COLUMNS
 from wavediffusion.evaluation.memorisation import memorisation, memorised, nearest_distances
 from wavediffusion.evaluation.stage1 import TABLE5_COLUMNS
 from wavediffusion.evaluation.trajectory import DEVIATION_COLUMNS
@@ -65,6 +68,56 @@ def test_fid_claims_need_equal_sample_counts(tmp_path):
     assert [c["held"] for c in unequal] == [UNDECIDED] * 2 and "fid.num_generated" in unequal[0]["note"]
 
 
+def arm_row(arm: str, mae_mean, mae_std, n_seeds: int, family: str = "all", vs_real: str = "one seed") -> dict:
+    """An InversionNet table's row (TABLE_COLUMNS' fields the claims read)."""
+    return {"arm": arm, "family": family, "n_train": 100, "n_seeds": n_seeds, "mae_mean": mae_mean,
+            "mae_std": mae_std, "mae_vs_real": vs_real}
+
+
+def write_inversion_tables(folder, table3_gen: tuple, table4_hard: tuple) -> tuple[list[dict], list[dict]]:
+    """Tables 3 and 4 (as read back) with their reference rows, `real-10pct` at 0.2 ± 0.01 and
+    `finetune-real` at 0.1 ± 0.01 over three seeds against the generated arms' (mean, std, seeds)."""
+    references = [arm_row("mean-map", 0.4, "", 0, vs_real="reference"),
+                  arm_row("real", 0.1, 0.01, 3, vs_real="reference")]
+    table3 = [*references, arm_row("real-10pct", 0.2, 0.01, 3), arm_row("real-10pct", 0.15, 0.01, 3, "FlatVel-A"),
+              arm_row("gen-1vq-decoded+real-10pct", *table3_gen)]
+    table4 = [*references, arm_row("finetune-real", 0.1, 0.01, 3), arm_row("finetune-1vq-decoded", *table4_hard)]
+    for name, rows in (("table3", table3), ("table4", table4)):
+        write_csv([{column: r.get(column, "") for column in TABLE_COLUMNS} for r in rows], folder / f"{name}.csv",
+                  TABLE_COLUMNS)
+    return read_csv(folder / "table3.csv"), read_csv(folder / "table4.csv")
+
+
+def test_augmentation_claims_follow_the_seed_intervals(tmp_path):
+    """Tables 3 and 4: yes when the generated arm's interval lies below the real one's, no when
+    above, not testable when they overlap or with one seed; reference rows are no arms."""
+    def verdicts(table3_gen, table4_hard):
+        claims = augmentation_claims(*write_inversion_tables(tmp_path, table3_gen, table4_hard))
+        assert [(c["claim"], c["variant"]) for c in claims] == [("table3_generated_plus_real", "1vq"),
+                                                                  ("table4_finetune_hardest", "1vq")]
+        return [c["held"] for c in claims]
+
+    assert verdicts((0.17, 0.01, 3), (0.08, 0.005, 3)) == [YES, YES]
+    assert verdicts((0.23, 0.01, 3), (0.12, 0.005, 3)) == [NO, NO]
+    assert verdicts((0.19, 0.01, 3), (0.095, 0.01, 3)) == [UNDECIDED, UNDECIDED]  # intervals overlap
+    claims = augmentation_claims(*write_inversion_tables(tmp_path, (0.1, "", 1), (0.05, "", 1)))
+    assert {c["held"] for c in claims} == {UNDECIDED} and "1 seed(s)" in claims[0]["note"]
+
+
+def table8_rows(joint: float, separate: float, std: float, n: int) -> list[dict]:
+    return [{"variant": "1vq", "quantity": "fid", "modality": "seismic", "n": n, "joint": 10.0, "separate": 20.0},
+            {"variant": "1vq", "quantity": "pde_deviation", "modality": "pair", "n": n, "joint": joint,
+             "separate": separate, "joint_std": std, "separate_std": std, "data_floor": 1e-4, "chance": 0.017}]
+
+
+def test_joint_vs_separate_claim_needs_two_standard_errors():
+    # difference 0.008; standard error of it sqrt(2 x 0.002^2 / n)
+    assert [c["held"] for c in joint_vs_separate_claims(table8_rows(0.002, 0.010, 0.002, 100))] == [YES]
+    assert [c["held"] for c in joint_vs_separate_claims(table8_rows(0.010, 0.002, 0.002, 100))] == [NO]
+    claim, = joint_vs_separate_claims(table8_rows(0.002, 0.010, 0.02, 10))  # error 0.009: not apart
+    assert claim["held"] == UNDECIDED and "two standard errors" in claim["note"]
+
+
 def trend(improvement: float) -> dict:
     """train.json's `validation` of a run whose last third improved its best loss by `improvement`."""
     return {"metric": "val_loss", "n_validations": 12, "best_first_two_thirds": 0.1,
@@ -103,6 +156,9 @@ def test_claims_table_from_the_result_files(tmp_path):
 
     write_table2(0.001)
     write_fid(tmp_path / "fid.csv", 100, 100, 50.0, 80.0)
+    write_inversion_tables(tmp_path, (0.17, 0.01, 3), (0.12, 0.005, 3))  # Table 3 holds, Table 4 does not
+    write_csv([{column: r.get(column, "") for column in TABLE8_COLUMNS} for r in table8_rows(0.002, 0.01, 0.002, 100)],
+              tmp_path / "table8.csv", TABLE8_COLUMNS)
     stage1_record = tmp_path / "stage1.json"
     stage1_record.write_text(json.dumps({"seconds": 300.0}))
     inversion_records = [tmp_path / f"real-seed{seed}.json" for seed in range(3)]  # `real`'s run per seed
@@ -116,7 +172,8 @@ def test_claims_table_from_the_result_files(tmp_path):
         run_claims(["1vq"], [str(tmp_path / "table5.csv")], [str(tmp_path / "deviation.csv")],
                    [str(tmp_path / "memorisation.csv")], str(tmp_path / "fid.csv"), str(tmp_path / "stage1.csv"),
                    [str(stage1_record)], [str(stage2_record)], str(tmp_path / "table2.csv"),
-                   [str(path) for path in inversion_records], str(tmp_path / "claims.csv"))
+                   [str(path) for path in inversion_records], str(tmp_path / "table3.csv"),
+                   str(tmp_path / "table4.csv"), str(tmp_path / "claims.csv"), table8=str(tmp_path / "table8.csv"))
         return read_csv(tmp_path / "claims.csv")
 
     rows = table()
@@ -124,12 +181,13 @@ def test_claims_table_from_the_result_files(tmp_path):
         reader = csv.DictReader(handle)
         assert tuple(reader.fieldnames) == COLUMNS
         written = {row["claim"] + "/" + row["criterion"].split()[0]: row for row in reader}
-    assert len(written) == len(rows) == 7
+    assert len(written) == len(rows) == 10
     held = {row["claim"]: row["held"] for row in rows if row["claim"] != "fid_diffusion_vs_random"}
     assert held == {"table5_ordering": YES, "table5_ratio": YES,  # 0.009 / 0.004 = 2.25
                     "fig5_end_vs_start": NO,  # 0.005 / 0.002 = 2.5 > 2
                     "stage1_inversion": YES,  # 0.12 / 0.1 = 1.2
-                    "no_memorisation": YES}
+                    "no_memorisation": YES,
+                    "table3_generated_plus_real": YES, "table4_finetune_hardest": NO, "table8_joint_vs_separate": YES}
     assert next(r for r in rows if r["claim"] == "table5_ratio")["measured"].startswith("2.25 ± ")
 
     # with 9 samples each, 2.5 +- 0.45 cannot tell the limit 2 apart
@@ -163,8 +221,9 @@ def test_claims_table_from_the_result_files(tmp_path):
     stage2_record.write_text(json.dumps({"validation": trend(0.2)}))
     rows = table()
     waiting = [r for r in rows if r["claim"] in ("table5_ordering", "table5_ratio", "fig5_end_vs_start",
-                                                 "fid_diffusion_vs_random")]
-    assert len(waiting) == 5 and {r["held"] for r in waiting} == {UNDECIDED}
+                                                 "fid_diffusion_vs_random", "table3_generated_plus_real",
+                                                 "table4_finetune_hardest", "table8_joint_vs_separate")]
+    assert len(waiting) == 8 and {r["held"] for r in waiting} == {UNDECIDED}
     assert all("improved 20.0% over the last third" in r["note"] for r in waiting)
     assert "as measured: yes" in next(r for r in waiting if r["claim"] == "table5_ratio")["note"]
     assert next(r for r in rows if r["claim"] == "no_memorisation")["held"] == YES

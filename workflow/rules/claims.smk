@@ -13,6 +13,9 @@ rule claims:
         stage1_metrics=rules.stage1_metrics.output[0],
         table2=rules.inversionnet_tables.output.table2,
         inversion_records=expand(rules.train_inversionnet.output.record, arm="real", seed=SEEDS),
+        table3=rules.inversionnet_tables.output.table3,
+        table4=rules.inversionnet_tables.output.table4,
+        table8=TABLE8_TARGETS[:1],  # results/ablation/table8.csv, when ablation.table8 is on
     output:
         report(
             "results/claims.csv",
@@ -32,10 +35,12 @@ rule claims:
         runtime=5,
     params:
         variants=VARIANTS,
+        table8=lambda wildcards, input: f"--table8 {input.table8}" if input.table8 else "",
     shell:
         "wavediffusion claims --variants {params.variants} --table5 {input.table5} --deviation {input.deviation}"
         " --memorisation {input.memorisation} --stage1-records {input.stage1_records}"
         " --stage2-records {input.stage2_records} --fid {input.fid}"
         " --stage1-metrics {input.stage1_metrics} --table2 {input.table2}"
-        " --inversion-records {input.inversion_records}"
+        " --inversion-records {input.inversion_records} --table3 {input.table3} --table4 {input.table4}"
+        " {params.table8}"
         " --out {output} > {log} 2>&1"

@@ -12,6 +12,8 @@ loss was still falling), with the reason in `note`.
 
 from __future__ import annotations
 
+from .arms import parse_arm
+from .inversion_experiments import REFERENCE
 from .memorisation import MAX_FRACTION_BELOW, memorised
 
 COLUMNS = ("claim", "variant", "criterion", "measured", "paper", "held", "note")
@@ -202,14 +204,98 @@ def memorisation_claim(variant: str, memorisation: list[dict]) -> dict:
                f"{float(rows['held_out']['distance_median']):.4g} (held out), n={rows['generated']['n']}")
 
 
+def interval_claim(claim: str, variant: str, criterion: str, better: dict, worse: dict, note: str) -> dict:
+    """`better`'s test MAE below `worse`'s, two InversionNet table rows (TABLE_COLUMNS: mean and
+    std over seeds): "yes" when their intervals mean ± std lie apart in that order, "no" when
+    apart the other way, not testable when they overlap or either has fewer than two seeds
+    (the tables' own `mae_vs_real` rule, here between any two arms)."""
+    seeds = min(int(better["n_seeds"] or 0), int(worse["n_seeds"] or 0))
+    if seeds < 2:
+        measured = (f"{float(better['mae_mean']):.4g} < {float(worse['mae_mean']):.4g}"
+                    if better["mae_mean"] != "" and worse["mae_mean"] != "" else "")
+        return row(claim, variant, criterion, measured, "", UNDECIDED,
+                   f"{seeds} seed(s): mean ± std needs at least two per arm; {note}")
+    (m_better, s_better), (m_worse, s_worse) = ((float(r["mae_mean"]), float(r["mae_std"])) for r in (better, worse))
+    measured = f"{m_better:.4g} ± {s_better:.2g} < {m_worse:.4g} ± {s_worse:.2g}"
+    if m_better + s_better < m_worse - s_worse:
+        held = YES
+    elif m_worse + s_worse < m_better - s_better:
+        held = NO
+    else:
+        return row(claim, variant, criterion, measured, "", UNDECIDED, f"intervals (mean ± std) overlap; {note}")
+    return row(claim, variant, criterion, measured, "", held, note)
+
+
+def _all_rows(table: list[dict]) -> dict[str, dict]:
+    """An InversionNet table's arms over the whole test split ("all"), by name; not its
+    reference rows (the mean-map predictor, `real`)."""
+    return {r["arm"]: r for r in table if r["family"] == "all" and r["mae_vs_real"] != REFERENCE}
+
+
+def augmentation_claims(table3: list[dict], table4: list[dict]) -> list[dict]:
+    """The paper's InversionNet experiments, on the real test split, each per variant and seismic
+    kind: generated pairs added to a small real set beat that real set alone (Table 3, per real
+    fraction), and fine-tuning on real plus the hardest generated pairs beats fine-tuning on real
+    alone (Table 4)."""
+    claims = []
+    rows = _all_rows(table3)
+    for name, mixed in rows.items():
+        arm = parse_arm(name)
+        alone = rows.get(f"real-{arm.real_percent:g}pct")
+        if arm.variant is None or alone is None:
+            continue
+        percent = f"{arm.real_percent:g} % real"
+        claims.append(interval_claim(
+            "table3_generated_plus_real", arm.variant,
+            f"test MAE: generated ({arm.seismic} seismic) + {percent} < {percent} alone",
+            mixed, alone, f"{mixed['n_train']} vs {alone['n_train']} training pairs"))
+    rows = _all_rows(table4)
+    baseline = rows.get("finetune-real")
+    for name, hard in rows.items():
+        arm = parse_arm(name)
+        if arm.variant is None or baseline is None:
+            continue
+        claims.append(interval_claim(
+            "table4_finetune_hardest", arm.variant,
+            f"test MAE: `real` fine-tuned on real + the hardest generated ({arm.seismic} seismic) < on real alone",
+            hard, baseline, f"{hard['n_train']} vs {baseline['n_train']} fine-tuning pairs"))
+    return claims
+
+
+def joint_vs_separate_claims(table8: list[dict]) -> list[dict]:
+    """Table 8, per variant: pairs the joint model makes fit the wave equation better than pairs
+    of independently generated velocity and seismic (table8.csv's pde_deviation rows), by more
+    than two standard errors of the difference; not testable within them."""
+    claims = []
+    for r in table8:
+        if r["quantity"] != "pde_deviation":
+            continue
+        joint, separate, n = float(r["joint"]), float(r["separate"]), int(r["n"])
+        error = ((float(r["joint_std"]) ** 2 + float(r["separate_std"]) ** 2) / n) ** 0.5
+        criterion = "PDE deviation: joint pairs < independently generated velocity and seismic, paired"
+        measured = f"{joint:.4g} < {separate:.4g}"
+        note = (f"{n} pairs each; standard error of the difference {error:.2g}; the data's own "
+                f"{float(r['data_floor']):.3g}, chance {float(r['chance']):.3g}")
+        if abs(separate - joint) <= 2 * error:
+            claims.append(row("table8_joint_vs_separate", r["variant"], criterion, measured, "", UNDECIDED,
+                              f"within two standard errors; {note}"))
+        else:
+            claims.append(row("table8_joint_vs_separate", r["variant"], criterion, measured, "",
+                              YES if joint < separate else NO, note))
+    return claims
+
+
 def claims_table(variants: list[str], table5: list[list[dict]], deviation: list[list[dict]],
                  memorisation: list[list[dict]], stage1_records: list[dict], stage2_records: list[dict],
                  fid: list[dict], stage1_metrics: list[dict], table2: list[dict],
-                 inversion_records: list[dict]) -> list[dict]:
+                 inversion_records: list[dict], table3: list[dict], table4: list[dict],
+                 table8: list[dict]) -> list[dict]:
     """The rows of results/claims.csv (COLUMNS) from the result tables' rows and the training
     records (per-variant lists in `variants` order; inversion_records: `real`'s, one per
-    seed). The claims about the diffusion samples (Table 5, Fig. 5, FID) wait for Stage 2's
-    convergence; the memorisation check does not: copying shows at any stage of training."""
+    seed; table8 empty when Table 8 is off). The claims about the diffusion samples (Table 5,
+    Fig. 5, FID, and what generated pairs do for InversionNet and against separate models)
+    wait for Stage 2's convergence; the memorisation check does not: copying shows at any
+    stage of training."""
     rows, problems = [], {}
     for variant, variant_table5, variant_deviation, variant_memorisation, stage1_record, stage2_record in zip(
             variants, table5, deviation, memorisation, stage1_records, stage2_records, strict=True):
@@ -217,6 +303,6 @@ def claims_table(variants: list[str], table5: list[list[dict]], deviation: list[
         rows += pending_convergence(trajectory_claims(variant, variant_table5, variant_deviation), problems[variant])
         rows.append(inversion_claim(variant, stage1_metrics, table2, stage1_record, inversion_records))
         rows.append(memorisation_claim(variant, variant_memorisation))
-    for claim in fid_claims(fid):
+    for claim in [*fid_claims(fid), *augmentation_claims(table3, table4), *joint_vs_separate_claims(table8)]:
         rows += pending_convergence([claim], problems.get(claim["variant"], ""))
     return rows
