@@ -46,7 +46,9 @@ def settings_classes():
             ("ablation.table8", Table8Settings)]
 
 
-FROM_ELSEWHERE = {"seed"}  # fields filled from another key (the global seed), not from the section
+# fields filled from another key (the global seed; physics.backend, which the rules pass to
+# the evaluation and the trajectory), not from the section
+FROM_ELSEWHERE = {"seed", "backend"}
 
 
 @pytest.mark.parametrize("section, cls", settings_classes(), ids=lambda x: x if isinstance(x, str) else "")
@@ -79,6 +81,8 @@ def test_the_schema_and_the_settings_classes_agree_on_every_default(section, cls
         ({"preprocess": {"shots": [0, 5]}}, "preprocess.shots[1]", "maximum"),
         ({"data": {"sorce": "embedded"}}, "data", "sorce"),
         ({"physics": {"floor_backends": ["specfem"]}}, "physics.floor_backends[0]", "specfem"),
+        ({"physics": {"backend": "specfem"}}, "physics.backend", "specfem"),
+        ({"stage1": {"evaluation": {"backend": "fused"}}}, "stage1.evaluation", "backend"),  # now physics.backend
         ({"data": {"families": ["FlatVel-A", "Style-A"]}}, "data.families[1]", "no embedded source"),
         ({"data": {"openfwi_root": "/data/openfwi"}}, "data.openfwi_root", "data.source: openfwi"),
         ({"preprocess": {"receivers": 500}}, "preprocess.receivers", "500 is greater than the maximum of 70"),

@@ -156,11 +156,12 @@ rule check_independent_pairs:
     params:
         num_samples=TABLE8_SAMPLES,
         variants=VARIANTS,
+        backend=PHYSICS_BACKEND,
         batch_size=config["physics"]["batch_size"],
     shell:
         "wavediffusion check-independent-pairs --seismic-samples {input.seismic} --velocity-samples {input.velocity}"
         " --num-samples {params.num_samples} --dataset {input.dataset} --variants {params.variants}"
-        " --stores {input.stores} --backend deepwave --batch-size {params.batch_size} --threads {threads}"
+        " --stores {input.stores} --backend {params.backend} --batch-size {params.batch_size} --threads {threads}"
         " --out {output.table} --figure {output.figure} > {log} 2>&1"
 
 

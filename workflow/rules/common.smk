@@ -9,6 +9,8 @@ from wavediffusion.data.families import get_family
 from wavediffusion.evaluation.arms import ExperimentSettings, arm_names, parse_arm  # no torch: see arms.py
 
 DATA = config["data"]
+# the forward operator of every PDE deviation measured (evaluation, trajectory, checks)
+PHYSICS_BACKEND = config["physics"]["backend"]
 
 
 def openfwi_root():

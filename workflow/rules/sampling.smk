@@ -85,10 +85,11 @@ rule check_shard:
         runtime=120,
         gpu=1,
     params:
+        backend=PHYSICS_BACKEND,
         batch_size=config["physics"]["batch_size"],
     shell:
         "wavediffusion check-shard --store {input.store} --shard {wildcards.shard} --dataset {input.dataset}"
-        " --backend deepwave --batch-size {params.batch_size} --threads {threads} --record {output} > {log} 2>&1"
+        " --backend {params.backend} --batch-size {params.batch_size} --threads {threads} --record {output} > {log} 2>&1"
 
 
 rule gather_samples:

@@ -86,7 +86,7 @@ rule evaluate_stage1:
         runtime=120,
         gpu=1,
     params:
-        settings=json.dumps(config["stage1"]["evaluation"], sort_keys=True),
+        settings=json.dumps({**config["stage1"]["evaluation"], "backend": PHYSICS_BACKEND}, sort_keys=True),
     shell:
         "wavediffusion evaluate-stage1 --model {input.model} --dataset {input.dataset} --latents {input.latents}"
         " --settings {params.settings:q} --threads {threads}"

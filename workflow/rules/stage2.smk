@@ -73,7 +73,7 @@ rule diffusion_trajectory:
         runtime=240,
         gpu=1,
     params:
-        settings=json.dumps(config["stage2"]["trajectory"], sort_keys=True),
+        settings=json.dumps({**config["stage2"]["trajectory"], "backend": PHYSICS_BACKEND}, sort_keys=True),
     shell:
         "wavediffusion diffusion-trajectory --stage1-model {input.stage1_model} --stage2-model {input.stage2_model}"
         " --latents {input.latents} --dataset {input.dataset} --stage1-table5 {input.stage1_table5}"

@@ -54,7 +54,7 @@ class Stage1Evaluation:
     random_latents: int = 5000  # paper: 5 000 latents from the fitted Gaussian
     interpolation_pairs: int = 1000  # pairs of training latents, each at every weight
     interpolation_weights: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
-    backend: str = "deepwave"  # forward operator of the deviation
+    backend: str = "deepwave"  # forward operator of the deviation: physics.backend, given by the rule
     batch_size: int = 64  # decoder and simulator batch
     seed: int = 0
 

@@ -47,7 +47,7 @@ class TrajectorySettings:
     dpm_solver_steps: tuple[int, ...] = (10, 20)  # DPM-Solver++(2M) settings, each in [2, T]; may be empty
     n_ddim: int = 1000  # samples per DDIM and per DPM-Solver++ setting
     batch_size: int = 64  # sampler, decoder and simulator batch
-    backend: str = "deepwave"  # forward operator of the deviation
+    backend: str = "deepwave"  # forward operator of the deviation: physics.backend, given by the rule
     precision: str = "bf16"  # the UNet under autocast on a GPU: "bf16" | "fp32" (CPU: always fp32)
     seed: int = 0
 
@@ -80,7 +80,7 @@ class TrajectorySettings:
             if getattr(self, name) < 1:
                 raise ValueError(f"{KEY}.{name} must be at least 1, got {getattr(self, name)}")
         if self.backend not in BACKENDS:
-            raise ValueError(f"{KEY}.backend must be one of {BACKENDS}, got {self.backend!r}")
+            raise ValueError(f"physics.backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"{KEY}.precision must be one of {PRECISIONS}, got {self.precision!r}")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from . import Dataset, Seed, Stage2Model, Threads, settings_from_json, step, use_threads
+from . import Backend, Dataset, Seed, Stage2Model, Threads, settings_from_json, step, use_threads
 from .common import finish_training
 from .fid import fid_settings, read_reference
 
@@ -66,7 +66,7 @@ def run_check_independent_pairs(seismic_samples: SeismicSamples, velocity_sample
                                 num_samples: NumSamples, dataset: Dataset,
                                 variants: Annotated[list[str], "the joint variants whose pairs the figure shows"],
                                 stores: Annotated[list[str], "their pairs stores, in the order of --variants"],
-                                backend: Annotated[Literal["deepwave", "openfwi"], "the forward-modelling backend"],
+                                backend: Backend,
                                 batch_size: Annotated[int, "pairs forward-modelled at once"],
                                 out: Annotated[str, "CSV to write: each independent pair's PDE deviation"],
                                 figure: Annotated[str, "PNG to write: joint pairs beside independent pairs"],
