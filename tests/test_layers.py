@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "wavediffusion"
 
 # top-level module or package of wavediffusion -> its layer (0 = the ground)
 LAYERS = {
-    "files": 0, "devices": 0, "gpu_speed": 0, "metrics": 0, "plotting": 0, "models": 0, "diffusion": 0,
+    "files": 0, "seeds": 0, "devices": 0, "gpu_speed": 0, "metrics": 0, "plotting": 0, "models": 0, "diffusion": 0,
     "data": 1, "pairs": 1,
     "physics": 2, "config": 2,
     "training": 3,
