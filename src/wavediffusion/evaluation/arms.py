@@ -23,6 +23,10 @@ SEISMIC_KINDS = ("decoded", "simulated")
 # every pair the filter judged, to tell whether filtering helps (the tool's own premise)
 FILTER_DRAWS = ("accepted", "unfiltered")
 TABLES = ("table2", "table3", "table4", "table_filter")
+# The tables' `mae_vs_real`: do the arm's and `real`'s MAE intervals (mean ± std over seeds,
+# same family) overlap? (inversion_experiments.separation; claims compare any two arms alike)
+SEPARATED, NOT_SEPARATED, ONE_SEED = "separated", "not separated", "one seed"
+REFERENCE, NOT_TRAINED, NO_REAL = "reference", "not trained", "no real run"
 # the sections of TrainConfig fields; none may set `seed`, which is each run's (`seeds`)
 TRAINING_SECTIONS = ("training", "finetune_training", "real_training")
 
@@ -109,6 +113,12 @@ class Arm:
         if self.real_percent is not None:
             real = "real" if self.real_percent == 100 else f"{self.real_percent:g} % real"
         return " + ".join(part for part in (generated, real) if part)
+
+
+def mae_interval(row: dict) -> tuple[float, float]:
+    """(mean - std, mean + std) of a table row's test MAE over its seeds (numbers or the CSV's text)."""
+    mean, std = float(row["mae_mean"]), float(row["mae_std"])
+    return mean - std, mean + std
 
 
 def _percent_name(percent: float) -> str:

@@ -12,8 +12,7 @@ loss was still falling), with the reason in `note`.
 
 from __future__ import annotations
 
-from .arms import parse_arm
-from .inversion_experiments import REFERENCE
+from .arms import REFERENCE, mae_interval, parse_arm
 from .memorisation import MAX_FRACTION_BELOW, memorised
 
 COLUMNS = ("claim", "variant", "criterion", "measured", "paper", "held", "note")
@@ -215,11 +214,11 @@ def interval_claim(claim: str, variant: str, criterion: str, better: dict, worse
                     if better["mae_mean"] != "" and worse["mae_mean"] != "" else "")
         return row(claim, variant, criterion, measured, "", UNDECIDED,
                    f"{seeds} seed(s): mean ± std needs at least two per arm; {note}")
-    (m_better, s_better), (m_worse, s_worse) = ((float(r["mae_mean"]), float(r["mae_std"])) for r in (better, worse))
-    measured = f"{m_better:.4g} ± {s_better:.2g} < {m_worse:.4g} ± {s_worse:.2g}"
-    if m_better + s_better < m_worse - s_worse:
+    measured = " < ".join(f"{float(r['mae_mean']):.4g} ± {float(r['mae_std']):.2g}" for r in (better, worse))
+    (better_low, better_high), (worse_low, worse_high) = mae_interval(better), mae_interval(worse)
+    if better_high < worse_low:
         held = YES
-    elif m_worse + s_worse < m_better - s_better:
+    elif worse_high < better_low:
         held = NO
     else:
         return row(claim, variant, criterion, measured, "", UNDECIDED, f"intervals (mean ± std) overlap; {note}")

@@ -45,7 +45,20 @@ from ..training.inversionnet import (
     train_inversionnet,
 )
 from ..training.runs import dataset_identity
-from .arms import KEY, TABLES, Arm, ExperimentSettings, parse_arm
+from .arms import (
+    KEY,
+    NO_REAL,
+    NOT_SEPARATED,
+    NOT_TRAINED,
+    ONE_SEED,
+    REFERENCE,
+    SEPARATED,
+    TABLES,
+    Arm,
+    ExperimentSettings,
+    mae_interval,
+    parse_arm,
+)
 from .stage1 import streamed_moments
 
 if TYPE_CHECKING:
@@ -60,9 +73,6 @@ METRIC_COLUMNS = ("arm", "table", "train_data", "variant", "seismic", "real_perc
 TABLE_COLUMNS = ("arm", "table", "train_data", "variant", "seismic", "real_percent", "n_train", "family", "n",
                  "n_seeds", "seeds", *(f"{metric}_{stat}" for metric in METRICS for stat in ("mean", "std")),
                  "mae_vs_real", "note")
-# mae_vs_real: do the arm's and `real`'s MAE intervals (mean ± std over seeds, same family) overlap?
-SEPARATED, NOT_SEPARATED, ONE_SEED = "separated", "not separated", "one seed"
-REFERENCE, NOT_TRAINED, NO_REAL = "reference", "not trained", "no real run"
 
 
 def network_settings(settings: ExperimentSettings, arm: Arm, run_seed: int) -> InversionNetSettings:
@@ -283,8 +293,7 @@ def separation(row: dict, real: dict | None) -> str:
         return NOT_TRAINED
     if row["n_seeds"] < 2 or real["n_seeds"] < 2:
         return ONE_SEED
-    low, high = row["mae_mean"] - row["mae_std"], row["mae_mean"] + row["mae_std"]
-    real_low, real_high = real["mae_mean"] - real["mae_std"], real["mae_mean"] + real["mae_std"]
+    (low, high), (real_low, real_high) = mae_interval(row), mae_interval(real)
     return NOT_SEPARATED if low <= real_high and real_low <= high else SEPARATED
 
 

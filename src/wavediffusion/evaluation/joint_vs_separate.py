@@ -30,11 +30,11 @@ import zarr
 from tqdm import tqdm
 
 from ..data import dims, integrity
-from ..data.transforms import Representation, velocity_from_model
+from ..data.transforms import Representation
 from ..diffusion import run_sampler, unet_autocast
 from ..files import atomic_directory, open_zarr_store, sha256_of
 from ..gpu_speed import compile_module
-from ..physics.deviation import per_sample_mse, simulate_in_model_space
+from ..physics.deviation import per_sample_mse, simulate_model_velocity
 from ..sampling.shard import SamplingSettings
 from ..seeds import Stream, derive_seed
 from ..training.single_modality import load_single_modality
@@ -145,7 +145,7 @@ def independent_pair_deviation(seismic: zarr.Group, velocity: zarr.Group, n: int
     for start in tqdm(range(0, n, batch_size), desc="independent pairs", unit="batch", disable=not progress):
         s = torch.from_numpy(seismic["samples"][start : start + batch_size]).to(device)
         v = torch.from_numpy(velocity["samples"][start : start + batch_size]).to(device)
-        simulated = simulate_in_model_space(velocity_from_model(v, rep), rep, backend, batch_size).float()
+        simulated = simulate_model_velocity(v, rep, backend, batch_size).float()
         deviations.append(per_sample_mse(s, simulated).double().cpu().numpy())
         for i in range(min(EXAMPLES - len(examples), len(s))):
             examples.append(_example(s[i].cpu(), v[i].cpu(), simulated[i].cpu(), f"independent pair {start + i}"))

@@ -34,7 +34,7 @@ from ..data.store import representation_of
 from ..data.transforms import Representation, velocity_from_model
 from ..metrics import inversion_metrics
 from ..models.autoencoder import VQAutoencoder
-from ..physics.deviation import per_sample_mse, simulate_in_model_space
+from ..physics.deviation import per_sample_mse, simulate_model_velocity
 from ..seeds import Stream, derive_seed
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def decode_and_check(model: VQAutoencoder, latents: torch.Tensor, rep: Represent
     parts = {"seismic": [], "velocity": [], "simulated": [], "deviation": []}
     for z in tqdm(latents.split(batch_size), desc=desc, unit="batch", disable=not progress):
         seismic, velocity = model.decode_latent(z.to(device))
-        simulated = simulate_in_model_space(velocity_from_model(velocity.float(), rep), rep, backend, batch_size)
+        simulated = simulate_model_velocity(velocity.float(), rep, backend, batch_size)
         parts["seismic"].append(seismic.float().cpu())
         parts["velocity"].append(velocity.float().cpu())
         parts["simulated"].append(simulated.float().cpu())
@@ -146,8 +146,7 @@ def test_split_metrics(model: VQAutoencoder, dataset: zarr.Group, variant: str, 
         decoded = decode_and_check(model, latents, rep, settings.backend, settings.batch_size,
                                    desc=f"test {family}", progress=progress)
         # the data's own pairs through the same operator: the floor of the deviation
-        data_simulated = simulate_in_model_space(velocity_from_model(velocity.to(device), rep), rep,
-                                                 settings.backend, settings.batch_size).cpu()
+        data_simulated = simulate_model_velocity(velocity.to(device), rep, settings.backend, settings.batch_size).cpu()
         per_sample = {
             "mse_seismic": per_sample_mse(decoded["seismic"], seismic).double(),
             "mse_velocity": per_sample_mse(decoded["velocity"], velocity).double(),

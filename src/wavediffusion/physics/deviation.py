@@ -27,6 +27,13 @@ def simulate_in_model_space(velocity_native: torch.Tensor, rep: Representation, 
     return seismic_to_model(forward_model(velocity_native, backend=backend, batch_size=batch_size), rep)
 
 
+def simulate_model_velocity(velocity: torch.Tensor, rep: Representation, backend: str, batch_size: int) -> torch.Tensor:
+    """F of velocity maps in the model's space, (B, 1, V, V) in [-1, 1]: taken back to OpenFWI's
+    70 x 70 m/s, simulated, and returned as (B, S, T, R) in the model's seismic space -- the
+    path of every generated or decoded pair through the physics check."""
+    return simulate_in_model_space(velocity_from_model(velocity, rep), rep, backend, batch_size)
+
+
 def per_sample_mse(seismic: torch.Tensor, simulated: torch.Tensor) -> torch.Tensor:
     """The paper's deviation metric: MSE over (S, T, R) per sample, (B,)."""
     return ((seismic.to(simulated) - simulated) ** 2).mean(dim=(1, 2, 3))

@@ -42,12 +42,12 @@ from ..data.pairs_store import (
     shard_range,
 )
 from ..data.store import open_dataset, representation_of
-from ..data.transforms import Representation, velocity_from_model
+from ..data.transforms import Representation
 from ..devices import resolve_device
 from ..diffusion.samplers import SAMPLERS, run_sampler, synchronize, unet_autocast
 from ..files import sha256_of, write_json
 from ..gpu_speed import compile_module
-from ..physics.deviation import per_sample_mse, simulate_in_model_space
+from ..physics.deviation import per_sample_mse, simulate_model_velocity
 from ..physics.forward import BACKENDS
 from ..seeds import Stream, derive_seed
 from ..training.stage1 import load_autoencoder
@@ -282,7 +282,7 @@ def check_shard(store: str | Path, k: int, dataset: str | Path | Representation,
                     next_read = reader.submit(read, starts[i + 1])
                 seismic, velocity = torch.from_numpy(seismic).to(device), torch.from_numpy(velocity).to(device)
             with timer.part("simulate"):
-                simulated = simulate_in_model_space(velocity_from_model(velocity, rep), rep, backend, batch_size).float()
+                simulated = simulate_model_velocity(velocity, rep, backend, batch_size).float()
                 deviation = per_sample_mse(seismic, simulated).double().cpu().numpy()
             with timer.part("write"):
                 writer.append({"seismic_simulated": simulated.cpu().numpy(), "deviation": deviation})

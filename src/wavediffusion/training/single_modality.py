@@ -15,9 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import only_known
 from ..data.dataset import PairDataset
-from ..data.store import open_dataset, representation_of
 from ..models.autoencoder import AutoencoderConfig
 from ..models.discriminator import (
     DiscriminatorConfig,
@@ -25,11 +23,18 @@ from ..models.discriminator import (
     adaptive_weight,
     generator_adversarial_loss,
 )
-from ..models.perceptual import PerceptualConfig, PerceptualLoss
 from ..models.single_modality import MODALITIES, SingleModalityAutoencoder
 from .loop import Run, TrainConfig, adam, seeded_init, train
 from .runs import dataset_identity
-from .stage1 import Stage1Losses, Stage1Settings, autoencoder_config, discriminator_loss, reconstruction_loss
+from .stage1 import (
+    Stage1Losses,
+    Stage1Settings,
+    discriminator_loss,
+    discriminator_step,
+    perceptual_loss,
+    reconstruction_term,
+    task_configs,
+)
 
 # the autoencoder's name among a weights file's modules: load_autoencoder (the joint model's
 # "autoencoder") refuses such a file by name rather than loading the wrong network
@@ -52,10 +57,7 @@ class SingleModalityTask:
             self.autoencoder = SingleModalityAutoencoder(model_config, modality)
             channels = self.autoencoder.data_shape[0]
             self.disc = PatchDiscriminator(DiscriminatorConfig(channels, disc.base_channels, disc.n_layers))
-            self.perceptual = None
-            if losses.perceptual_vgg_weights:
-                self.perceptual = PerceptualLoss(PerceptualConfig(losses.perceptual_vgg_weights,
-                                                                  losses.perceptual_lpips_heads))
+            self.perceptual = perceptual_loss(losses)
         self.generator_optimizer = adam(self.autoencoder.parameters(), train_config)
         self.disc_optimizer = adam(self.disc.parameters(), train_config)
 
@@ -68,20 +70,12 @@ class SingleModalityTask:
     def config_dict(self) -> dict:
         return {"model": asdict(self.model_config), "modality": self.modality, "losses": asdict(self.losses)}
 
-    def _reconstruction_term(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = reconstruction_loss(reconstruction, target, self.losses.reconstruction)
-        if self.perceptual is not None:  # frozen, fp32, on the data's device: as Stage1Task's
-            self.perceptual.to(target.device)
-            with torch.autocast(target.device.type, enabled=False):
-                loss = loss + self.losses.perceptual_weight * self.perceptual(reconstruction.float(), target).mean()
-        return loss
-
     def train_step(self, batch: dict, step: int, run: Run) -> dict:
         x = batch[self.modality]  # (B, C, H, W)
         adversarial = step >= self.losses.disc_start
         with run.autocast():
             out = run.wrapped[MODULE](x)
-            rec = self._reconstruction_term(out.reconstruction, x)
+            rec = reconstruction_term(out.reconstruction, x, self.losses, self.perceptual)
             loss = self.weight * rec + out.vq_loss
             metrics = {"rec": rec.detach(), "vq": out.vq_loss.detach()}
             if adversarial:
@@ -98,10 +92,7 @@ class SingleModalityTask:
         if adversarial:  # real and fake through one DDP forward, as Stage1Task's
             with run.autocast():
                 d_loss = discriminator_loss(run.wrapped["disc"], x, out.reconstruction)
-            self.disc_optimizer.zero_grad(set_to_none=True)
-            d_loss.backward()
-            run.clip_and_step(self.disc_optimizer)
-            metrics["d_loss"] = d_loss.detach()
+            metrics["d_loss"] = discriminator_step(run, self.disc_optimizer, d_loss)
         return metrics
 
     @torch.no_grad()
@@ -117,12 +108,7 @@ def build_task(dataset: str | Path, modality: str, settings: Stage1Settings) -> 
     """The task for a dataset store: the joint model's stage1 settings, sizes from the store."""
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
-    rep = representation_of(open_dataset(dataset))
-    model = autoencoder_config(settings.model, "1vq", len(rep.shots), rep.time_samples, rep.receivers,
-                               rep.velocity_size)
-    disc = DiscriminatorConfig(**only_known(settings.discriminator, DiscriminatorConfig, "stage1.discriminator"))
-    losses = Stage1Losses(**only_known(settings.losses, Stage1Losses, "stage1.losses"))
-    train_config = TrainConfig(**only_known(settings.training, TrainConfig, "stage1.training"))
+    model, disc, losses, train_config = task_configs(dataset, "1vq", settings)
     return SingleModalityTask(model, modality, disc, losses, train_config), train_config
 
 

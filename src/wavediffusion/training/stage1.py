@@ -62,11 +62,39 @@ def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor, kind: st
     return F.l1_loss(prediction, target) if kind == "l1" else F.mse_loss(prediction, target)
 
 
+def perceptual_loss(losses: Stage1Losses) -> PerceptualLoss | None:
+    """The frozen perceptual network `losses` asks for, or None (no perceptual_vgg_weights)."""
+    if not losses.perceptual_vgg_weights:
+        return None
+    return PerceptualLoss(PerceptualConfig(losses.perceptual_vgg_weights, losses.perceptual_lpips_heads))
+
+
+def reconstruction_term(prediction: torch.Tensor, target: torch.Tensor, losses: Stage1Losses,
+                        perceptual: PerceptualLoss | None) -> torch.Tensor:
+    """One modality's reconstruction loss, plus the perceptual loss when `perceptual` is given.
+    That network is frozen, so not one of a task's modules() (no DDP, not checkpointed); it
+    follows the data's device and runs in fp32 on the reconstruction."""
+    loss = reconstruction_loss(prediction, target, losses.reconstruction)
+    if perceptual is not None:
+        perceptual.to(target.device)
+        with torch.autocast(target.device.type, enabled=False):
+            loss = loss + losses.perceptual_weight * perceptual(prediction.float(), target).mean()
+    return loss
+
+
 def discriminator_loss(disc: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """The hinge loss of one discriminator on real and (detached) fake data, through ONE
     forward of both (a DDP module may run once per backward)."""
     logits = disc(torch.cat([real, fake.detach()]))
     return hinge_d_loss(logits[: len(real)], logits[len(real):])
+
+
+def discriminator_step(run: Run, optimizer: torch.optim.Optimizer, d_loss: torch.Tensor) -> torch.Tensor:
+    """The discriminators' optimiser step on their loss; returns the loss, detached, for the log."""
+    optimizer.zero_grad(set_to_none=True)
+    d_loss.backward()
+    run.clip_and_step(optimizer)
+    return d_loss.detach()
 
 
 class Stage1Task:
@@ -85,9 +113,7 @@ class Stage1Task:
             self.autoencoder = VQAutoencoder(model_config)
             self.seismic_disc = PatchDiscriminator(DiscriminatorConfig(model_config.seismic_channels, disc.base_channels, disc.n_layers))
             self.velocity_disc = PatchDiscriminator(DiscriminatorConfig(model_config.velocity_channels, disc.base_channels, disc.n_layers))
-            self.perceptual = None
-            if losses.perceptual_vgg_weights:
-                self.perceptual = PerceptualLoss(PerceptualConfig(losses.perceptual_vgg_weights, losses.perceptual_lpips_heads))
+            self.perceptual = perceptual_loss(losses)
         self.generator_optimizer = adam(self.autoencoder.parameters(), train_config)
         self.disc_optimizer = adam(list(self.seismic_disc.parameters()) + list(self.velocity_disc.parameters()), train_config)
 
@@ -100,19 +126,6 @@ class Stage1Task:
     def config_dict(self) -> dict:
         return {"model": asdict(self.model_config), "losses": asdict(self.losses)}
 
-    def _reconstruction_terms(self, out, seismic, velocity):
-        kind = self.losses.reconstruction
-        rec_s = reconstruction_loss(out.seismic, seismic, kind)
-        rec_v = reconstruction_loss(out.velocity, velocity, kind)
-        if self.perceptual is not None:
-            # frozen, so not one of modules() (no DDP, not checkpointed); follows the data's
-            # device, and runs in fp32 on the reconstructions
-            self.perceptual.to(seismic.device)
-            with torch.autocast(seismic.device.type, enabled=False):
-                rec_s = rec_s + self.losses.perceptual_weight * self.perceptual(out.seismic.float(), seismic).mean()
-                rec_v = rec_v + self.losses.perceptual_weight * self.perceptual(out.velocity.float(), velocity).mean()
-        return rec_s, rec_v
-
     def train_step(self, batch: dict, step: int, run: Run) -> dict:
         seismic, velocity = batch["seismic"], batch["velocity"]  # (B, S, T, R), (B, 1, V, V)
         adversarial = step >= self.losses.disc_start
@@ -120,7 +133,8 @@ class Stage1Task:
         # --- generator step: autoencoder through DDP, discriminators plain (their grads are zeroed below)
         with run.autocast():
             out = run.wrapped["autoencoder"](seismic)
-            rec_s, rec_v = self._reconstruction_terms(out, seismic, velocity)
+            rec_s = reconstruction_term(out.seismic, seismic, self.losses, self.perceptual)
+            rec_v = reconstruction_term(out.velocity, velocity, self.losses, self.perceptual)
             loss = rec_s + self.losses.velocity_weight * rec_v + out.vq_loss
             metrics = {"rec_seismic": rec_s.detach(), "rec_velocity": rec_v.detach(), "vq": out.vq_loss.detach()}
             if adversarial:
@@ -142,10 +156,7 @@ class Stage1Task:
             with run.autocast():
                 d_loss = (discriminator_loss(run.wrapped["seismic_disc"], seismic, out.seismic)
                           + discriminator_loss(run.wrapped["velocity_disc"], velocity, out.velocity))
-            self.disc_optimizer.zero_grad(set_to_none=True)
-            d_loss.backward()
-            run.clip_and_step(self.disc_optimizer)
-            metrics["d_loss"] = d_loss.detach()
+            metrics["d_loss"] = discriminator_step(run, self.disc_optimizer, d_loss)
         return metrics
 
     @torch.no_grad()
@@ -168,14 +179,22 @@ def autoencoder_config(model: dict, variant: str, shots: int, time_samples: int,
                              velocity_size=velocity_size)
 
 
-def build_task(dataset: str | Path, variant: str, settings: Stage1Settings) -> tuple[Stage1Task, TrainConfig]:
-    """The Stage-1 task for a dataset store: model input sizes come from the store."""
+def task_configs(dataset: str | Path, variant: str, settings: Stage1Settings
+                 ) -> tuple[AutoencoderConfig, DiscriminatorConfig, Stage1Losses, TrainConfig]:
+    """The configs of a Stage-1 task, joint or single-modality, for a dataset store: the
+    model's input sizes come from the store, the rest from the stage1 settings."""
     rep = representation_of(open_dataset(dataset))
     model = autoencoder_config(settings.model, variant, len(rep.shots), rep.time_samples, rep.receivers,
                                rep.velocity_size)
     disc = DiscriminatorConfig(**only_known(settings.discriminator, DiscriminatorConfig, "stage1.discriminator"))
     losses = Stage1Losses(**only_known(settings.losses, Stage1Losses, "stage1.losses"))
     train_config = TrainConfig(**only_known(settings.training, TrainConfig, "stage1.training"))
+    return model, disc, losses, train_config
+
+
+def build_task(dataset: str | Path, variant: str, settings: Stage1Settings) -> tuple[Stage1Task, TrainConfig]:
+    """The Stage-1 task for a dataset store: model input sizes come from the store."""
+    model, disc, losses, train_config = task_configs(dataset, variant, settings)
     return Stage1Task(model, disc, losses, train_config), train_config
 
 
