@@ -10,7 +10,7 @@ real maps is printed first and the fused / deepwave speed-up per batch size afte
     python benchmarks/forward_modelling.py --device cuda --batch-sizes 1,16,64,256,1024 \
         --machine "1x H100 80GB" --append
     python benchmarks/forward_modelling.py --device cuda --backends deepwave,fused \
-        --batch-sizes 16,256,1024 --repeats 3 --fused-tiles 4x4,8x4,8x8,16x8 --machine "1x H100 80GB"
+        --batch-sizes 16,256,1024 --repeats 3 --fused-tiles 16x8x1,16x8x2,16x16x1 --machine "1x H100 80GB"
 
 Calibration (``--calibrate``): the numbers in docs/physics.md -- the scale and time
 shift that best align uncalibrated deepwave with the openfwi stencil, the relative
@@ -85,18 +85,19 @@ def fused_agreement(device: torch.device, n_maps: int = 16) -> str:
 
 
 def fused_tile_sweep(device: torch.device, tiles: str, batch_size: int, repeats: int) -> None:
-    """models/s of the fused kernel for each "ROWSxWARPS" of `tiles` (rows of the padded grid
-    per tile, warps per program) at one batch size: the data for fused.ROWS_PER_TILE and
-    fused.NUM_WARPS."""
-    chosen = (fused.ROWS_PER_TILE, fused.NUM_WARPS)
-    print(f"| rows per tile | warps | models/s at batch {batch_size} |\n|---|---|---|", flush=True)
+    """models/s of the fused kernel for each "ROWSxWARPSxPROGRAMS" of `tiles` (rows of the
+    padded grid per tile, warps per program, programs per multiprocessor) at one batch
+    size: the data for fused.ROWS_PER_TILE, NUM_WARPS and PROGRAMS_PER_SM."""
+    chosen = (fused.ROWS_PER_TILE, fused.NUM_WARPS, fused.PROGRAMS_PER_SM)
+    print(f"| rows per tile | warps | programs per SM | models/s at batch {batch_size} |\n|---|---|---|---|",
+          flush=True)
     try:
         for tile in tiles.split(","):
-            fused.ROWS_PER_TILE, fused.NUM_WARPS = (int(n) for n in tile.split("x"))
+            fused.ROWS_PER_TILE, fused.NUM_WARPS, fused.PROGRAMS_PER_SM = (int(n) for n in tile.split("x"))
             rate = throughput("fused", batch_size, device, repeats)
-            print(f"| {fused.ROWS_PER_TILE} | {fused.NUM_WARPS} | {rate:.1f} |", flush=True)
+            print(f"| {fused.ROWS_PER_TILE} | {fused.NUM_WARPS} | {fused.PROGRAMS_PER_SM} | {rate:.1f} |", flush=True)
     finally:
-        fused.ROWS_PER_TILE, fused.NUM_WARPS = chosen
+        fused.ROWS_PER_TILE, fused.NUM_WARPS, fused.PROGRAMS_PER_SM = chosen
     print()
 
 
@@ -256,7 +257,8 @@ def main() -> None:
     parser.add_argument("--machine", default=None, help="machine name for the table")
     parser.add_argument("--append", action="store_true", help=f"append the table to {README}")
     parser.add_argument("--fused-tiles", default=None,
-                        help="e.g. 4x4,8x4,16x8: time the fused kernel at these ROWSxWARPS first (largest batch)")
+                        help="e.g. 16x8x1,16x8x2: time the fused kernel at these ROWSxWARPSxPROGRAMS_PER_SM "
+                        "first (at the largest batch size)")
     parser.add_argument("--calibrate", action="store_true", help="print the calibration numbers instead")
     parser.add_argument("--maps", type=int, default=16, help="real maps per family (calibration)")
     parser.add_argument("--range-maps", type=int, default=1000, help="maps for deepwave's value range (calibration)")

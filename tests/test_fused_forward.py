@@ -204,7 +204,8 @@ def test_kernel_compiles_for_the_h100():
     """The kernel as the GPU gets it compiles for sm_90, without a GPU (to PTX and cubin).
 
     The interpreter runs code the compiler may reject, so this is the CPU's check of the
-    GPU build. Also: one barrier (between steps), and no non-coherent loads (ld.global.nc
+    GPU build. Also: three barriers (around the clearing of a program's fields before each
+    shot, and between steps), and no non-coherent loads (ld.global.nc
     could return a value cached before another thread of the program stored it).
     """
     from triton.backends.compiler import GPUTarget
@@ -220,7 +221,7 @@ def test_kernel_compiles_for_the_h100():
         for name in fused._shot_kernel.arg_names
         if name.endswith("_ptr")
     }
-    signature.update({name: "i32" for name in ("n_steps", "first_recorded_step", "n_receivers", "pml_begin_y",
+    signature.update({name: "i32" for name in ("n_shots", "n_steps", "first_recorded_step", "n_receivers", "pml_begin_y",
                                                "pml_end_y", "pml_begin_x", "pml_end_x")})  # fmt: skip
     signature.update({name: "fp32" for name in ("rdy", "rdy2", "rdx", "rdx2")})
     constants = {"NY": setup.ny, "NX": setup.nx, "SHOTS_PER_MODEL": 5, "BLOCK_Y": fused.ROWS_PER_TILE,
@@ -233,7 +234,7 @@ def test_kernel_compiles_for_the_h100():
     )  # fmt: skip
     ptx = kernel.asm["ptx"]
     assert kernel.asm["cubin"]
-    assert ptx.count("bar.sync") == 1
+    assert ptx.count("bar.sync") == 3
     assert "ld.global" in ptx and "ld.global.nc" not in ptx
 
 

@@ -264,8 +264,9 @@ def _shot_kernel(
     a_x_ptr,  # (NX,) float32 C-PML profiles along the lateral axis
     b_x_ptr,
     dbdx_ptr,
-    scratch_ptr,  # (n_shots, N_FIELDS, NY, NX) float32, zero on entry
+    scratch_ptr,  # (programs, N_FIELDS, NY, NX) float32: each program's fields
     out_ptr,  # (n_shots, n_steps - first_recorded_step, n_receivers) float32
+    n_shots,
     n_steps,
     first_recorded_step,
     n_receivers,
@@ -284,19 +285,15 @@ def _shot_kernel(
     BLOCK_X: tl.constexpr,  # >= NX, a power of 2
     BLOCK_R: tl.constexpr,  # >= n_receivers, a power of 2
 ):
-    """Simulate one shot (program id = model * SHOTS_PER_MODEL + shot) for all steps.
+    """Simulate shots program_id, program_id + programs, ... each for all steps.
 
     Step t, as deepwave's scalar.c: record u^t at the receivers; u^{t+1} =
     v^2 dt^2 w_sum + 2 u^t - u^{t-1} at every cell but the FD_PAD border, with w_sum the
     sum of both axes' _axis_term; add the source term at the source cell to u^{t+1}.
     """
-    shot = tl.program_id(0).to(tl.int64)
+    program = tl.program_id(0)
     field = NY * NX
-    scratch = scratch_ptr + shot * (8 * field)  # 8 = N_FIELDS
-    v2dt2 = v2dt2_ptr + (shot // SHOTS_PER_MODEL) * field
-    source_index = tl.load(source_index_ptr + shot % SHOTS_PER_MODEL)
-    source_terms = source_term_ptr + shot * n_steps
-    out = out_ptr + shot * (n_steps - first_recorded_step) * n_receivers
+    scratch = scratch_ptr + program.to(tl.int64) * (8 * field)  # 8 = N_FIELDS
     receivers = tl.arange(0, BLOCK_R)
     receiver_mask = receivers < n_receivers
     receiver_index = tl.load(receiver_index_ptr + receivers, mask=receiver_mask, other=0)
@@ -306,6 +303,42 @@ def _shot_kernel(
     columns_in_pml = columns_inside & ((columns < pml_begin_x) | (columns >= pml_end_x))
     zeta_y = scratch + 6 * field
     zeta_x = scratch + 7 * field
+
+    for shot_number in range(program, n_shots, tl.num_programs(0)):
+        shot = tl.cast(shot_number, tl.int64)  # offsets of large batches pass 2^31
+        v2dt2 = v2dt2_ptr + (shot // SHOTS_PER_MODEL) * field
+        source_index = tl.load(source_index_ptr + shot % SHOTS_PER_MODEL)
+        source_terms = source_term_ptr + shot * n_steps
+        out = out_ptr + shot * (n_steps - first_recorded_step) * n_receivers
+        _simulate_shot(
+            v2dt2, source_terms, source_index, receiver_index, receivers, receiver_mask,
+            a_y_ptr, b_y_ptr, dbdy_ptr, a_x_ptr, b_x_ptr, dbdx_ptr, scratch, zeta_y, zeta_x, out,
+            n_steps, first_recorded_step, n_receivers, pml_begin_y, pml_end_y, columns, columns_inside,
+            columns_in_pml, rdy, rdy2, rdx, rdx2, NY, NX, BLOCK_Y, BLOCK_X,
+        )  # fmt: skip
+
+
+@triton.jit
+def _simulate_shot(
+    v2dt2, source_terms, source_index, receiver_index, receivers, receiver_mask,
+    a_y_ptr, b_y_ptr, dbdy_ptr, a_x_ptr, b_x_ptr, dbdx_ptr, scratch, zeta_y, zeta_x, out,
+    n_steps, first_recorded_step, n_receivers, pml_begin_y, pml_end_y, columns, columns_inside,
+    columns_in_pml, rdy, rdy2, rdx, rdx2,
+    NY: tl.constexpr, NX: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
+):  # fmt: skip
+    """One shot's time loop on the program's fields in `scratch`, from rest."""
+    # The fields start at zero: clear what the program's last shot left (all N_FIELDS),
+    # after every thread has done with it.
+    field = NY * NX
+    tl.debug_barrier()
+    zeros = tl.zeros((BLOCK_Y, BLOCK_X), dtype=tl.float32)
+    for row0 in range(0, NY, BLOCK_Y):
+        rows = row0 + tl.arange(0, BLOCK_Y)[:, None]
+        index = rows * NX + columns
+        in_grid = (rows < NY) & (columns < NX)
+        for f in tl.static_range(8):  # 8 = N_FIELDS
+            tl.store(scratch + f * field + index, zeros, mask=in_grid)
+    tl.debug_barrier()
 
     # The last step's update would only feed a sample that is never recorded: skip it.
     for step in range(0, n_steps - 1):
@@ -353,10 +386,18 @@ def _shot_kernel(
 # Whether the kernel was built for Triton's interpreter (TRITON_INTERPRET=1 when this
 # module was imported): then it runs on CPU tensors, and only then.
 INTERPRETED = isinstance(_shot_kernel, InterpretedFunction)
-# Rows per tile on a GPU (a tile is ROWS_PER_TILE x next_power_of_2(NX) cells) and warps
-# per program: first guesses, to be tuned on the H100.
-ROWS_PER_TILE = 8
-NUM_WARPS = 4
+# Rows per tile on a GPU (a tile is ROWS_PER_TILE x next_power_of_2(NX) cells), warps
+# per program and programs per multiprocessor (each loops over shots on its own fields, so
+# that the fields of all programs at once can stay in L2): tuned on the H100
+# (docs/physics.md, "The fused backend").
+ROWS_PER_TILE = 16
+NUM_WARPS = 8
+PROGRAMS_PER_SM = 2
+
+
+@functools.cache
+def multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def check_device(device: torch.device) -> None:
@@ -376,13 +417,16 @@ def simulate(
     source_scale: float,
     delay_samples: int,
     rows_per_tile: int | None = None,
+    programs: int | None = None,
 ) -> torch.Tensor:
     """Shot gathers of deepwave's scheme, calibrated as the deepwave backend's.
 
     velocity: (B, 1, nz, nx) float32 m/s, on CUDA (or the CPU under the interpreter).
     source_scale, delay_samples: forward.py's DEEPWAVE_SOURCE_SCALE and
     DEEPWAVE_DELAY_SAMPLES. rows_per_tile: rows of the padded grid per tile (default:
-    ROWS_PER_TILE on a GPU, the whole grid under the interpreter).
+    ROWS_PER_TILE on a GPU, the whole grid under the interpreter). programs: Triton
+    programs, each simulating every programs-th shot on its own fields (default:
+    PROGRAMS_PER_SM per multiprocessor on a GPU, 2 under the interpreter), at most one a shot.
     Returns (B, S, nt, R) float32 on the velocity's device.
     """
     check_device(velocity.device)
@@ -400,15 +444,17 @@ def simulate(
     # deepwave scales each source by -v^2 dt^2 at its cell (deepwave/scalar.py).
     v_source = padded[:, setup.source_rows, setup.source_columns].reshape(n_shots, 1)  # (B*S, 1)
     source_term = (-setup.wavelet[None, :] * v_source**2 * acq.dt**2).contiguous()  # (B*S, n_steps)
-    scratch = velocity.new_zeros(n_shots, N_FIELDS, setup.ny, setup.nx)
-
     if rows_per_tile is None:
         rows_per_tile = triton.next_power_of_2(setup.ny) if INTERPRETED else ROWS_PER_TILE
-    _shot_kernel[(n_shots,)](
+    if programs is None:
+        programs = 2 if INTERPRETED else PROGRAMS_PER_SM * multiprocessors(velocity.device)
+    programs = min(programs, n_shots)
+    scratch = velocity.new_empty(programs, N_FIELDS, setup.ny, setup.nx)  # zeroed by the kernel
+    _shot_kernel[(programs,)](
         v2dt2, source_term, setup.source_index, setup.receiver_index,
         setup.a_y, setup.b_y, setup.dbdy, setup.a_x, setup.b_x, setup.dbdx,
         scratch, out,
-        setup.n_steps, setup.first_recorded_step, n_receivers,
+        n_shots, setup.n_steps, setup.first_recorded_step, n_receivers,
         setup.pml_begin_y, setup.pml_end_y, setup.pml_begin_x, setup.pml_end_x,
         1.0 / acq.dx, 1.0 / acq.dx**2, 1.0 / acq.dx, 1.0 / acq.dx**2,
         NY=setup.ny, NX=setup.nx, SHOTS_PER_MODEL=n_per_model,
