@@ -221,8 +221,8 @@ def test_kernel_compiles_for_the_h100():
         for name in fused._shot_kernel.arg_names
         if name.endswith("_ptr")
     }
-    signature.update({name: "i32" for name in ("n_shots", "n_steps", "first_recorded_step", "n_receivers", "pml_begin_y",
-                                               "pml_end_y", "pml_begin_x", "pml_end_x")})  # fmt: skip
+    signature.update({name: "i32" for name in ("n_shots", "n_steps", "first_recorded_step", "n_receivers",
+                                               "pml_begin_y", "pml_end_y", "pml_begin_x", "pml_end_x")})  # fmt: skip
     signature.update({name: "fp32" for name in ("rdy", "rdy2", "rdx", "rdx2")})
     constants = {"NY": setup.ny, "NX": setup.nx, "SHOTS_PER_MODEL": 5, "BLOCK_Y": fused.ROWS_PER_TILE,
                  "BLOCK_X": 128, "BLOCK_R": 128}  # fmt: skip

@@ -4,17 +4,18 @@ The same scheme as the "deepwave" backend (deepwave.scalar at accuracy 4, C-PML,
 step per dt; see forward.py and docs/physics.md), so the same calibration constants hold
 and the data agree to float32 rounding. What differs is how it runs: deepwave launches
 one kernel per time step, reading and writing every wavefield in GPU memory each time;
-here one Triton program simulates one shot for all time steps inside a single launch, so
-that its wavefields can stay in the L1/L2 caches (issue 21; the speed-up is not yet
-measured).
+here each Triton program simulates its shots for all time steps inside a single launch, so
+that their wavefields can stay in the L1/L2 caches (measured: docs/physics.md, "The fused
+backend").
 
 Two parts:
 
 - :func:`prepare` (torch, once per acquisition and device): the PML profile vectors,
   source and receiver cells, and the calibrated wavelet; :func:`simulate` adds per chunk
   the padded v^2 dt^2 of every model and each shot's source term.
-- :func:`_shot_kernel` (Triton): one program per shot (grid = models x shots), a time
-  loop inside the kernel, the receiver traces written straight into the output.
+- :func:`_shot_kernel` (Triton): a fixed number of programs, each taking every
+  programs-th shot of the batch (models x shots) with a time loop inside the kernel, the
+  receiver traces written straight into the output.
 
 The kernel runs on CUDA tensors; with ``TRITON_INTERPRET=1`` in the environment when
 this module is first imported, Triton's interpreter runs it on CPU tensors instead
@@ -173,11 +174,12 @@ def prepare(acquisition: Acquisition, device: torch.device, source_scale: float,
 # ---------------------------------------------------------------- the kernel (Triton)
 
 
-# Design. One program per shot; the time loop runs inside the program, so one launch does
-# a whole shot gather. Triton has no explicit shared memory, so each program keeps its
-# fields in its own region of a global scratch buffer (N_FIELDS x 114 x 114 float32 for
-# OpenFWI, 0.4 MB per shot, the psi and zeta fields touched only in their PML strips, so
-# that the fields of the programs running at once can stay in L2) and every step (1) records
+# Design. A fixed number of programs, each running its shots one after the other with the
+# time loop inside the program, so one launch does the whole batch. Triton has no explicit
+# shared memory, so each program keeps its fields in its own region of a global scratch
+# buffer (N_FIELDS x 114 x 114 float32 for OpenFWI, 0.4 MB, the psi and zeta fields touched
+# only in their PML strips; few programs, so that all their fields can stay in L2: with
+# one program per shot they went to HBM), clears them before each shot, and every step (1) records
 # the receivers, (2) sweeps the grid in row tiles of BLOCK_Y x BLOCK_X cells (masked to
 # the grid), reading the step's old fields and writing the new ones, then (3) waits at a
 # barrier, so that the next step's loads see every thread's stores. Within one step no
