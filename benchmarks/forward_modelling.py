@@ -3,13 +3,13 @@
 Throughput (default): models/s of ``forward_model`` for each backend and batch size on
 one device, as a markdown table; ``--append`` adds it to benchmarks/README.md. The
 backends default to all of them on CUDA (the fused Triton kernel needs CUDA) and to
-deepwave and openfwi on the CPU. When both deepwave and fused run, their agreement on 16
-real maps is printed first and the fused / deepwave speed-up per batch size after the table.
+deepwave and openfwi on the CPU. When deepwave and a fused backend run, their agreement on
+16 real maps is printed first and the fused / deepwave speed-up per batch size after the table.
 
     python benchmarks/forward_modelling.py --device cpu --batch-sizes 1,16,64
     python benchmarks/forward_modelling.py --device cuda --batch-sizes 1,16,64,256,1024 \
         --machine "1x H100 80GB" --append
-    python benchmarks/forward_modelling.py --device cuda --backends deepwave,fused \
+    python benchmarks/forward_modelling.py --device cuda --backends deepwave,fused,fused-cuda \
         --batch-sizes 16,256,1024 --repeats 3 --fused-tiles 16x8x1,16x8x2,16x16x1 --machine "1x H100 80GB"
 
 Calibration (``--calibrate``): the numbers in docs/physics.md -- the scale and time
@@ -20,6 +20,10 @@ too far away to be seen, value ranges, and the backend difference as a mean squa
 error in the normalised (log, [-1, 1]) seismic space that the paper's PDE deviation uses.
 
     python benchmarks/forward_modelling.py --calibrate --maps 16 --reference-maps 4
+
+``--fastest`` prints only the name of the fastest backend at batch 256 among deepwave and
+the fused backends that run on this device and agree with deepwave (per-model relative L2
+<= 1e-4 on 16 real maps): how a GPU run chooses ``physics.backend``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -74,13 +79,14 @@ def throughput(backend: str, batch_size: int, device: torch.device, repeats: int
     return batch_size * repeats / (time.perf_counter() - start)
 
 
-def fused_agreement(device: torch.device, n_maps: int = 16) -> str:
-    """Per-model relative L2 of fused against deepwave on real maps (float32 rounding: ~1e-6)."""
+def fused_agreement(device: torch.device, backend: str, n_maps: int = 16) -> str:
+    """Per-model relative L2 of a fused backend against deepwave on real maps (float32
+    rounding: ~1e-6)."""
     velocity = torch.cat([real_maps(n_maps // 2, family) for family in FAMILIES]).to(device)
     deep = forward_model(velocity, "deepwave")
-    fused = forward_model(velocity, "fused")
+    fused = forward_model(velocity, backend)
     errors = relative_difference(fused, deep)
-    return (f"fused vs deepwave on {len(velocity)} real maps, per-model relative L2: "
+    return (f"{backend} vs deepwave on {len(velocity)} real maps, per-model relative L2: "
             f"median {errors.median().item():.2e}, max {errors.max().item():.2e}")
 
 
@@ -105,8 +111,9 @@ def throughput_table(args: argparse.Namespace) -> str:
     device = torch.device(args.device)
     backends = args.backends.split(",")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    if "deepwave" in backends and "fused" in backends:
-        print(fused_agreement(device) + "\n", flush=True)
+    for fast in ("fused", "fused-cuda"):
+        if "deepwave" in backends and fast in backends:
+            print(fused_agreement(device, fast) + "\n", flush=True)
     if args.fused_tiles:
         fused_tile_sweep(device, args.fused_tiles, max(batch_sizes), args.repeats)
     machine = args.machine or (
@@ -127,15 +134,39 @@ def throughput_table(args: argparse.Namespace) -> str:
                 f"{1.0 / rate:.3f} | {torch.__version__} | {deepwave.__version__} | {today} |"
             )
             print(rows[-1], flush=True)
-    speedups = [
-        f"batch {b}: {rates['fused', b] / rates['deepwave', b]:.1f}x"
-        for b in batch_sizes
-        if ("fused", b) in rates and ("deepwave", b) in rates
-    ]
-    if speedups:
-        rows.append(f"\nfused / deepwave models/s on {machine}: " + ", ".join(speedups))
-        print(rows[-1], flush=True)
+    for fast in ("fused", "fused-cuda"):
+        speedups = [
+            f"batch {b}: {rates[fast, b] / rates['deepwave', b]:.1f}x"
+            for b in batch_sizes
+            if (fast, b) in rates and ("deepwave", b) in rates
+        ]
+        if speedups:
+            rows.append(f"\n{fast} / deepwave models/s on {machine}: " + ", ".join(speedups))
+            print(rows[-1], flush=True)
     return "\n".join(rows)
+
+
+def fastest_backend(device: torch.device, batch_size: int = 256, tolerance: float = 1e-4) -> str:
+    """The backend a GPU run should check its pairs with: the fastest at `batch_size` of
+    deepwave and the fused backends that run here and agree with deepwave on 16 real maps
+    (per-model relative L2 <= tolerance, the fused tests' bound). Every candidate's
+    outcome goes to stderr."""
+    velocity = torch.cat([real_maps(8, family) for family in FAMILIES]).to(device)
+    reference = forward_model(velocity, "deepwave")
+    rates = {"deepwave": throughput("deepwave", batch_size, device, repeats=1)}
+    for backend in ("fused", "fused-cuda"):
+        try:
+            error = relative_difference(forward_model(velocity, backend), reference).max().item()
+        except Exception as failure:  # a kernel that does not build or run here is not chosen
+            print(f"{backend}: fails here ({type(failure).__name__}: {failure})", file=sys.stderr)
+            continue
+        if not error <= tolerance:
+            print(f"{backend}: disagrees with deepwave (relative L2 up to {error:.2e})", file=sys.stderr)
+            continue
+        rates[backend] = throughput(backend, batch_size, device, repeats=1)
+    for backend, rate in rates.items():
+        print(f"{backend}: {rate:.0f} models/s at batch {batch_size}", file=sys.stderr)
+    return max(rates, key=rates.get)
 
 
 # ---------------------------------------------------------------- calibration
@@ -259,6 +290,8 @@ def main() -> None:
     parser.add_argument("--fused-tiles", default=None,
                         help="e.g. 16x8x1,16x8x2: time the fused kernel at these ROWSxWARPSxPROGRAMS_PER_SM "
                         "first (at the largest batch size)")
+    parser.add_argument("--fastest", action="store_true",
+                        help="print only the name of the fastest backend that agrees with deepwave")
     parser.add_argument("--calibrate", action="store_true", help="print the calibration numbers instead")
     parser.add_argument("--maps", type=int, default=16, help="real maps per family (calibration)")
     parser.add_argument("--range-maps", type=int, default=1000, help="maps for deepwave's value range (calibration)")
@@ -268,6 +301,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.backends is None:
         args.backends = ",".join(BACKENDS if torch.device(args.device).type == "cuda" else CPU_BACKENDS)
+    if args.fastest:
+        print(fastest_backend(torch.device(args.device)))
+        return
     print(f"torch {torch.__version__}, deepwave {deepwave.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads\n")
     if args.calibrate:

@@ -10,9 +10,15 @@
 # 0,1) runs each InversionNet arm with those seeds only, where three do not fit the
 # session (each seed's arms take ~7 minutes of GPU). SCIENCE_TARGETS="..."
 # replaces the targets, e.g. the trajectory and the Stage-1 metrics only when less device
-# time is left than the whole chain needs.
+# time is left than the whole chain needs. PHYSICS_BACKEND=auto checks every PDE deviation
+# with the fastest forward backend that agrees with deepwave on this GPU
+# (forward_modelling.py --fastest, ~1 minute); PHYSICS_BACKEND=NAME with that one.
 set -x
 mkdir -p logs results
+if [ "${PHYSICS_BACKEND:-}" = auto ]; then
+    PHYSICS_BACKEND=$(python3 benchmarks/forward_modelling.py --fastest 2> logs/fastest_backend.log) || PHYSICS_BACKEND=deepwave
+    cat logs/fastest_backend.log
+fi
 python3 -c "
 import yaml
 config = yaml.safe_load(open('config/science.yaml'))
@@ -20,6 +26,8 @@ config['fid']['weights'] = '/root/fid/default_1.pt'
 config['seed'] = int('${SCIENCE_SEED:-0}')
 if '${STAGE2_STEPS:-}':
     config['stage2']['training']['max_steps'] = int('${STAGE2_STEPS:-}')
+if '${PHYSICS_BACKEND:-}':
+    config['physics']['backend'] = '${PHYSICS_BACKEND:-}'
 if '${INVERSION_SEEDS:-}':
     config['inversionnet']['seeds'] = [int(s) for s in '${INVERSION_SEEDS:-}'.split(',')]
 for item in filter(str.strip, '''${SET:-}'''.split(';')):

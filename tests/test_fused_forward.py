@@ -1,12 +1,14 @@
-"""The fused (Triton) forward backend against the deepwave backend it reproduces.
+"""The fused forward backends (Triton: "fused"; CUDA: "fused-cuda") against the deepwave
+backend they reproduce.
 
 On the CPU the kernel runs through Triton's interpreter, in a subprocess started with
 TRITON_INTERPRET=1: the variable must be set before the kernel is defined, and setting it
 in this process would also turn every other Triton kernel of the test session (torch's
 compiled ones included) into interpreted ones. The interpreter takes ~30 ms per time step
 and shot, so these cases are short: OpenFWI's grid and receivers, two shots, 150 samples
-(enough for the direct wave, first reflections and the PML to act). The GPU test runs
-OpenFWI's full acquisition on the device machine.
+(enough for the direct wave, first reflections and the PML to act). The CUDA kernel has
+no CPU path: the CPU compiles it for the H100 (NVRTC needs no GPU), and the GPU tests run
+both kernels on OpenFWI's full acquisition on the device machine.
 
 The fused backend runs deepwave's scheme step for step, so the bound is float32 rounding:
 per model relative L2 <= 1e-4 (measured: ~1e-6, see docs/physics.md).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -238,11 +241,55 @@ def test_kernel_compiles_for_the_h100():
     assert "ld.global" in ptx and "ld.global.nc" not in ptx
 
 
+def nvrtc_report(source: str, architecture: str) -> str:
+    """NVRTC's log (ptxas' resource report) for `source` compiled for `architecture`."""
+    import ctypes
+
+    from torch.cuda._utils import _get_gpu_rtc_library
+
+    nvrtc = _get_gpu_rtc_library()
+    program = ctypes.c_void_p()
+    assert nvrtc.nvrtcCreateProgram(ctypes.byref(program), source.encode(), b"fused_shots.cu", 0, None, None) == 0
+    options = [f"--gpu-architecture={architecture}".encode(), b"--ptxas-options=-v"]
+    status = nvrtc.nvrtcCompileProgram(program, len(options), (ctypes.c_char_p * len(options))(*options))
+    size = ctypes.c_size_t()
+    nvrtc.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    nvrtc.nvrtcGetProgramLog(program, log)
+    nvrtc.nvrtcDestroyProgram(ctypes.byref(program))
+    assert status == 0, log.value.decode()
+    return log.value.decode()
+
+
+def test_cuda_kernel_compiles_for_the_h100_without_spilling():
+    """The CUDA kernel for OpenFWI's acquisition compiles for sm_90 through NVRTC, without
+    a GPU; its registers hold (at most a few bytes spilled: spills would go to local
+    memory at every step) and its shared memory fits one block on an H100 (227 KB)."""
+    from wavediffusion.physics import fused, fused_cuda
+
+    setup = fused.prepare(OPENFWI_ACQUISITION, torch.device("cpu"), -1.0, 1)
+    source = fused_cuda.kernel_source(setup, OPENFWI_ACQUISITION.n_shots, OPENFWI_ACQUISITION.n_receivers,
+                                      fused_cuda.THREADS)  # fmt: skip
+    report = nvrtc_report(source, "sm_90")
+    spilled = [int(n) for n in re.findall(r"(\d+) bytes spill stores", report)]
+    assert spilled and max(spilled) <= 16, report
+    assert fused_cuda.shared_bytes(setup) <= 227 * 1024
+    # u (114 x 114) and three strip fields per axis (52 x 114): the layout the kernel indexes
+    assert fused_cuda.shared_bytes(setup) == 4 * (114 * 114 + 6 * 52 * 114)
+
+
+def test_cuda_backend_refuses_a_cpu_tensor():
+    velocity = torch.full((1, *OPENFWI_ACQUISITION.velocity_shape), 3000.0)
+    with pytest.raises(ValueError, match="fused-cuda backend is a CUDA kernel.*backend='deepwave'"):
+        forward_model(velocity, "fused-cuda")
+
+
 # ------------------------------------------------------------------ GPU
 
 
 @pytest.mark.gpu
-def test_fused_matches_deepwave_on_cuda():
+@pytest.mark.parametrize("backend", ["fused", "fused-cuda"])
+def test_fused_matches_deepwave_on_cuda(backend):
     """OpenFWI's full acquisition on 64 maps: per-model relative L2 distribution, then the bound.
 
     Also checks batch independence where programs really run concurrently.
@@ -251,14 +298,14 @@ def test_fused_matches_deepwave_on_cuda():
     maps += [smooth_random_map(OPENFWI_ACQUISITION, seed) for seed in range(16)]
     velocity = torch.cat(maps).cuda()  # (64, 1, 70, 70)
     deep = forward_model(velocity, "deepwave")
-    fused = forward_model(velocity, "fused", batch_size=64)
+    fused = forward_model(velocity, backend, batch_size=64)
     errors = torch.tensor(relative_l2(fused, deep))
     print(
-        "fused vs deepwave on CUDA, per-model relative L2 over 64 maps: "
+        f"{backend} vs deepwave on CUDA, per-model relative L2 over 64 maps: "
         f"min {errors.min():.2e} median {errors.median():.2e} max {errors.max():.2e}"
     )
     assert errors.max() <= TOLERANCE, errors.tolist()
-    alone = forward_model(velocity[5:6], "fused")
-    chunked = forward_model(velocity, "fused", batch_size=7)
+    alone = forward_model(velocity[5:6], backend)
+    chunked = forward_model(velocity, backend, batch_size=7)
     assert torch.equal(alone[0], fused[5])
     assert torch.equal(chunked, fused)

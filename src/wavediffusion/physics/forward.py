@@ -3,9 +3,11 @@
 Three backends give the same data in the same units, sign and timing: ``"deepwave"``
 (default, fast: 4th-order stencil, C-PML, one step per 1 ms), ``"openfwi"`` (reference:
 OpenFWI's scheme with its 120-cell sponge, :mod:`.openfwi_fd`; ~20x slower on the CPU)
-and ``"fused"`` (:mod:`.fused`: deepwave's scheme as one Triton kernel that runs all time
-steps of a shot in one launch; CUDA only; equal to "deepwave" to float32 rounding; its
-speed is not yet measured). The deepwave and fused paths correct the source sign
+``"fused"`` (:mod:`.fused`: deepwave's scheme as one Triton kernel that runs all time
+steps of a shot in one launch; CUDA only; equal to "deepwave" to float32 rounding; 2x
+deepwave on an H100) and ``"fused-cuda"`` (:mod:`.fused_cuda`: the same as a CUDA kernel
+holding a shot's fields in shared memory; CUDA only; not yet run on a GPU). The deepwave
+and fused paths correct the source sign
 (``DEEPWAVE_SOURCE_SCALE`` = -1) and a one-sample recording delay
 (``DEEPWAVE_DELAY_SAMPLES`` = 1); only the absorbing boundaries still differ from openfwi.
 Details: docs/physics.md, 'The deepwave backend and its calibration' and 'The fused backend'.
@@ -23,9 +25,10 @@ from tqdm import tqdm
 from . import openfwi_fd
 from .acquisition import CRITICAL_COURANT_NUMBER, OPENFWI_ACQUISITION, Acquisition, ricker
 
-# Backends that run on any device; "fused" needs CUDA (or Triton's interpreter, in tests).
+# Backends that run on any device; "fused" needs CUDA (or Triton's interpreter, in tests),
+# "fused-cuda" CUDA.
 CPU_BACKENDS = ("deepwave", "openfwi")
-BACKENDS = (*CPU_BACKENDS, "fused")
+BACKENDS = (*CPU_BACKENDS, "fused", "fused-cuda")
 
 # Calibration constants of the deepwave and fused paths (see module docstring).
 DEEPWAVE_SOURCE_SCALE = -1.0
@@ -44,15 +47,15 @@ def forward_model(
     """Simulate OpenFWI-style shot gathers for a batch of velocity maps.
 
     velocity: (B, 1, nz, nx) in m/s (not normalised), float, on CPU or CUDA (CUDA only
-    for "fused").
+    for "fused" and "fused-cuda").
     Returns seismic (B, S, nt, R) float32 on the velocity's device: shots, time samples,
     receivers -- OpenFWI's ``data*.npy`` layout, (B, 5, 1000, 70) by default.
 
     Runs ``batch_size`` models at a time (memory, outputs included: roughly 12 MB per
     model for "openfwi", 3 MB for "deepwave", 3.5 MB for "fused"). No gradients are kept.
     Raises ValueError for an unknown backend, a wrong shape, non-finite values,
-    velocities outside [acquisition.min_velocity, acquisition.max_velocity], or "fused"
-    on a CPU tensor (unless Triton's interpreter is on: see :mod:`.fused`).
+    velocities outside [acquisition.min_velocity, acquisition.max_velocity], "fused" on a
+    CPU tensor (unless Triton's interpreter is on: see :mod:`.fused`) or "fused-cuda" on one.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
@@ -65,6 +68,13 @@ def forward_model(
         fused.check_device(velocity.device)
         simulate = functools.partial(
             fused.simulate, source_scale=DEEPWAVE_SOURCE_SCALE, delay_samples=DEEPWAVE_DELAY_SAMPLES
+        )
+    elif backend == "fused-cuda":
+        from . import fused_cuda
+
+        fused_cuda.check_device(velocity.device)
+        simulate = functools.partial(
+            fused_cuda.simulate, source_scale=DEEPWAVE_SOURCE_SCALE, delay_samples=DEEPWAVE_DELAY_SAMPLES
         )
     else:
         simulate = _simulate_deepwave if backend == "deepwave" else openfwi_fd.simulate

@@ -413,6 +413,21 @@ def check_device(device: torch.device) -> None:
         )
 
 
+def model_terms(
+    velocity: torch.Tensor, setup: FusedSetup, acquisition: Acquisition
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the kernel needs of a batch of models: v^2 dt^2 on deepwave's padded grid
+    (replicated edges), (B, NY, NX), and each shot's source term, (B*S, n_steps), both in
+    deepwave's operation order and contiguous float32."""
+    dt = acquisition.dt
+    padded = torch.nn.functional.pad(velocity, (setup.pad,) * 4, mode="replicate")[:, 0]  # (B, NY, NX)
+    v2dt2 = (padded * padded * dt**2).contiguous()
+    # deepwave scales each source by -v^2 dt^2 at its cell (deepwave/scalar.py).
+    v_source = padded[:, setup.source_rows, setup.source_columns].reshape(-1, 1)  # (B*S, 1)
+    source_term = (-setup.wavelet[None, :] * v_source**2 * dt**2).contiguous()  # (B*S, n_steps)
+    return v2dt2, source_term
+
+
 def simulate(
     velocity: torch.Tensor,
     acquisition: Acquisition,
@@ -440,12 +455,7 @@ def simulate(
     if n_shots == 0:
         return out.reshape(n_models, n_per_model, acq.nt, n_receivers)
 
-    # v^2 dt^2 on deepwave's padded grid (replicated edges), in deepwave's operation order.
-    padded = torch.nn.functional.pad(velocity, (setup.pad,) * 4, mode="replicate")[:, 0]  # (B, NY, NX)
-    v2dt2 = (padded * padded * acq.dt**2).contiguous()
-    # deepwave scales each source by -v^2 dt^2 at its cell (deepwave/scalar.py).
-    v_source = padded[:, setup.source_rows, setup.source_columns].reshape(n_shots, 1)  # (B*S, 1)
-    source_term = (-setup.wavelet[None, :] * v_source**2 * acq.dt**2).contiguous()  # (B*S, n_steps)
+    v2dt2, source_term = model_terms(velocity, setup, acq)
     if rows_per_tile is None:
         rows_per_tile = triton.next_power_of_2(setup.ny) if INTERPRETED else ROWS_PER_TILE
     if programs is None:

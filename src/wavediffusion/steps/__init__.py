@@ -48,8 +48,8 @@ Stage2Model = Annotated[str, "train-stage2's weights: the diffusion UNet's model
 PairsStore = Annotated[str, "the variant's pairs store (create-pairs-store's pairs.zarr)"]
 Variant = Annotated[str, "the Stage-1 variant (config stage1.variants: 1vq or 2vq)"]
 Shard = Annotated[int, "the shard's index in the pairs store, from 0"]
-Backend = Annotated[Literal["deepwave", "fused", "openfwi"],
-                    "the forward-modelling backend (physics/forward.py; fused on CUDA only)"]
+Backend = Annotated[Literal["deepwave", "fused", "fused-cuda", "openfwi"],
+                    "the forward-modelling backend (physics/forward.py; the fused ones on CUDA only)"]
 
 
 def use_threads(threads: int | None) -> None:
