@@ -7,8 +7,9 @@ in this process would also turn every other Triton kernel of the test session (t
 compiled ones included) into interpreted ones. The interpreter takes ~30 ms per time step
 and shot, so these cases are short: OpenFWI's grid and receivers, two shots, 150 samples
 (enough for the direct wave, first reflections and the PML to act). The CUDA kernel has
-no CPU path: the CPU compiles it for the H100 (NVRTC needs no GPU), and the GPU tests run
-both kernels on OpenFWI's full acquisition on the device machine.
+no CPU path for users; the tests compile it for the H100 (NVRTC needs no GPU) and run its
+source as C++ on the CPU (CPU_HARNESS). The GPU tests run both kernels on OpenFWI's full
+acquisition on the device machine.
 
 The fused backend runs deepwave's scheme step for step, so the bound is float32 rounding:
 per model relative L2 <= 1e-4 (measured: ~1e-6, see docs/physics.md).
@@ -19,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -276,6 +278,93 @@ def test_cuda_kernel_compiles_for_the_h100_without_spilling():
     assert fused_cuda.shared_bytes(setup) <= 227 * 1024
     # u (114 x 114) and three strip fields per axis (52 x 114): the layout the kernel indexes
     assert fused_cuda.shared_bytes(setup) == 4 * (114 * 114 + 6 * 52 * 114)
+
+
+# The CUDA kernel's own source as C++ for the CPU: one std::thread per CUDA thread of a
+# block, __syncthreads() a std::barrier of the block's threads, the shared memory a global
+# array, one block after another. It runs exactly the code NVRTC compiles, barriers
+# included, so indexing and synchronisation errors show here; what it cannot show is
+# GPU-only behaviour (the memory model across warps, the launch itself).
+CPU_HARNESS = r"""
+#include <barrier>
+#include <thread>
+#include <vector>
+struct Index { unsigned x; };
+static thread_local Index threadIdx;
+static Index blockIdx;
+static std::barrier<>* block_barrier;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(threads, blocks)
+#define __restrict__
+#define __shared__
+#define __syncthreads() block_barrier->arrive_and_wait()
+#define __ldg(pointer) (*(pointer))
+float shared[SHARED_FLOATS];
+KERNEL
+extern "C" void run_blocks(int blocks, const float* v2dt2, const float* source_term, const int* source_index,
+                           const int* receiver_index, const float* a_y, const float* b_y, const float* dbdy,
+                           const float* a_x, const float* b_x, const float* dbdx, float* out, int n_steps,
+                           int first_recorded_step, double rdy, double rdy2, double rdx, double rdx2) {
+    for (int block = 0; block < blocks; ++block) {
+        blockIdx.x = block;
+        std::barrier<> barrier(THREADS);
+        block_barrier = &barrier;
+        std::vector<std::thread> threads;
+        for (unsigned t = 0; t < THREADS; ++t)
+            threads.emplace_back([=] {
+                threadIdx.x = t;
+                fused_shots(v2dt2, source_term, source_index, receiver_index, a_y, b_y, dbdy, a_x, b_x, dbdx,
+                            out, n_steps, first_recorded_step, rdy, rdy2, rdx, rdx2);
+            });
+        for (auto& thread : threads) thread.join();
+    }
+}
+"""
+
+
+def cuda_kernel_on_cpu(velocity: torch.Tensor, acq: Acquisition, folder: Path, threads: int = 256) -> torch.Tensor:
+    """fused_cuda's kernel source run on the CPU (g++, CPU_HARNESS), calibrated as
+    forward_model's fused backends: (B, S, nt, R) float32. `threads` per block: fewer than
+    the GPU's 1 024 (more cells per thread, the same code) keep the thread count small."""
+    import ctypes
+
+    from wavediffusion.physics import fused, fused_cuda
+    from wavediffusion.physics.forward import DEEPWAVE_DELAY_SAMPLES, DEEPWAVE_SOURCE_SCALE
+
+    setup = fused.prepare(acq, torch.device("cpu"), DEEPWAVE_SOURCE_SCALE, DEEPWAVE_DELAY_SAMPLES)
+    kernel = fused_cuda.kernel_source(setup, acq.n_shots, acq.n_receivers, threads)
+    source = CPU_HARNESS.replace("KERNEL", kernel).replace("SHARED_FLOATS", str(fused_cuda.shared_bytes(setup) // 4))
+    (folder / "kernel.cpp").write_text(source)
+    library = folder / "kernel.so"
+    command = ["g++", "-std=c++20", "-O2", "-shared", "-fPIC", "-pthread", "-Wno-unknown-pragmas",
+               str(folder / "kernel.cpp"), "-o", str(library)]  # fmt: skip
+    built = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-4000:]
+    run_blocks = ctypes.CDLL(str(library)).run_blocks
+    v2dt2, source_term = fused.model_terms(velocity.float().contiguous(), setup, acq)
+    n_shots = velocity.shape[0] * acq.n_shots
+    out = torch.zeros(n_shots, acq.nt, acq.n_receivers)
+    pointer = lambda tensor: ctypes.c_void_p(tensor.data_ptr())  # noqa: E731
+    tensors = (v2dt2, source_term, setup.source_index, setup.receiver_index,
+               setup.a_y, setup.b_y, setup.dbdy, setup.a_x, setup.b_x, setup.dbdx, out)  # fmt: skip
+    run_blocks(ctypes.c_int(n_shots), *map(pointer, tensors), ctypes.c_int(setup.n_steps),
+               ctypes.c_int(setup.first_recorded_step), *map(ctypes.c_double, (1 / acq.dx, 1 / acq.dx**2) * 2))
+    return out.reshape(velocity.shape[0], acq.n_shots, acq.nt, acq.n_receivers)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (C++20) to run the CUDA source on the CPU")
+def test_cuda_kernel_source_gives_deepwaves_data_on_the_cpu(tmp_path):
+    """The CUDA kernel's source, run on the CPU, against deepwave: the four maps of the
+    interpreter's test, two shots (one at the model's edge), 150 samples."""
+    maps = torch.cat([layered_map(SHORT), smooth_random_map(SHORT), real_maps()])
+    cuda = cuda_kernel_on_cpu(maps, SHORT, tmp_path)
+    deep = forward_model(maps, "deepwave", SHORT)
+    errors = relative_l2(cuda, deep)
+    print(f"fused-cuda's source on the CPU vs deepwave, per-model relative L2: {errors}")
+    assert max(errors) <= TOLERANCE, errors
+    assert deep.abs().max() > 1.0
 
 
 def test_cuda_backend_refuses_a_cpu_tensor():
