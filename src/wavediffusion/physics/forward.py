@@ -1,15 +1,15 @@
 """The forward operator F: velocity maps -> seismic data in OpenFWI's native layout.
 
-Three backends give the same data in the same units, sign and timing: ``"deepwave"``
+Four backends give the same data in the same units, sign and timing: ``"deepwave"``
 (default, fast: 4th-order stencil, C-PML, one step per 1 ms), ``"openfwi"`` (reference:
-OpenFWI's scheme with its 120-cell sponge, :mod:`.openfwi_fd`; ~20x slower on the CPU)
+OpenFWI's scheme with its 120-cell sponge, :mod:`.openfwi_fd`; ~20x slower on the CPU),
 ``"fused"`` (:mod:`.fused`: deepwave's scheme as one Triton kernel that runs all time
 steps of a shot in one launch; CUDA only; equal to "deepwave" to float32 rounding; 2x
 deepwave on an H100) and ``"fused-cuda"`` (:mod:`.fused_cuda`: the same as a CUDA kernel
 holding a shot's fields in shared memory; CUDA only; not yet run on a GPU). The deepwave
-and fused paths correct the source sign
-(``DEEPWAVE_SOURCE_SCALE`` = -1) and a one-sample recording delay
-(``DEEPWAVE_DELAY_SAMPLES`` = 1); only the absorbing boundaries still differ from openfwi.
+and fused paths correct the source sign (``DEEPWAVE_SOURCE_SCALE`` = -1) and a one-sample
+recording delay (``DEEPWAVE_DELAY_SAMPLES`` = 1); only the absorbing boundaries still
+differ from openfwi.
 Details: docs/physics.md, 'The deepwave backend and its calibration' and 'The fused backend'.
 """
 
@@ -52,7 +52,9 @@ def forward_model(
     receivers -- OpenFWI's ``data*.npy`` layout, (B, 5, 1000, 70) by default.
 
     Runs ``batch_size`` models at a time (memory, outputs included: roughly 12 MB per
-    model for "openfwi", 3 MB for "deepwave", 3.5 MB for "fused"). No gradients are kept.
+    model for "openfwi", 3 MB for "deepwave", 1.5 MB for the fused ones, whose output it
+    mostly is; "fused" adds 0.4 MB per Triton program, ~100 MB on an H100). No gradients
+    are kept.
     Raises ValueError for an unknown backend, a wrong shape, non-finite values,
     velocities outside [acquisition.min_velocity, acquisition.max_velocity], "fused" on a
     CPU tensor (unless Triton's interpreter is on: see :mod:`.fused`) or "fused-cuda" on one.
