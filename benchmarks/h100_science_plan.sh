@@ -10,7 +10,9 @@
 # 0,1) runs each InversionNet arm with those seeds only, where three do not fit the
 # session (each seed's arms take ~7 minutes of GPU). SCIENCE_TARGETS="..."
 # replaces the targets, e.g. the trajectory and the Stage-1 metrics only when less device
-# time is left than the whole chain needs. PHYSICS_BACKEND=auto checks every PDE deviation
+# time is left than the whole chain needs. SCIENCE_GPUS=N trains over N GPUs of one machine
+# with benchmarks/science_config.py's recipe for several GPUs (multi_gpu_science_plan.sh
+# sets it). SET="a.b=YAML; ..." sets any key last. PHYSICS_BACKEND=auto checks every PDE deviation
 # with the fastest forward backend that agrees with deepwave on this GPU
 # (forward_modelling.py --fastest, ~1 minute); PHYSICS_BACKEND=NAME with that one.
 set -x
@@ -19,26 +21,10 @@ if [ "${PHYSICS_BACKEND:-}" = auto ]; then
     PHYSICS_BACKEND=$(python3 benchmarks/forward_modelling.py --fastest 2> logs/fastest_backend.log) || PHYSICS_BACKEND=deepwave
     cat logs/fastest_backend.log
 fi
-python3 -c "
-import yaml
-config = yaml.safe_load(open('config/science.yaml'))
-config['fid']['weights'] = '/root/fid/default_1.pt'
-config['seed'] = int('${SCIENCE_SEED:-0}')
-if '${STAGE2_STEPS:-}':
-    config['stage2']['training']['max_steps'] = int('${STAGE2_STEPS:-}')
-if '${PHYSICS_BACKEND:-}':
-    config['physics']['backend'] = '${PHYSICS_BACKEND:-}'
-if '${INVERSION_SEEDS:-}':
-    config['inversionnet']['seeds'] = [int(s) for s in '${INVERSION_SEEDS:-}'.split(',')]
-for item in filter(str.strip, '''${SET:-}'''.split(';')):
-    path, value = item.split('=', 1)
-    *parents, leaf = path.strip().split('.')
-    node = config
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[leaf] = yaml.safe_load(value)
-    print('set', path.strip(), '=', node[leaf])
-yaml.safe_dump(config, open('/root/science_gpu.yaml', 'w'))"
+python3 benchmarks/science_config.py --out /root/science_gpu.yaml --seed "${SCIENCE_SEED:-0}" \
+    --gpus "${SCIENCE_GPUS:-1}" ${STAGE2_STEPS:+--stage2-steps "$STAGE2_STEPS"} \
+    ${PHYSICS_BACKEND:+--physics-backend "$PHYSICS_BACKEND"} ${INVERSION_SEEDS:+--inversion-seeds "$INVERSION_SEEDS"} \
+    --fid-weights /root/fid/default_1.pt --set "${SET:-}" || exit 1
 TARGETS=${SCIENCE_TARGETS:-"results/claims.csv results/fid/1vq/samplers.csv results/samples/1vq/physics_report.csv results/refine/table9.csv"}
 # FID's weights come with the second and third device calls (the carry limit), minutes after
 # the first pass starts, and a reference job started before them fails (2026-12-07). So the

@@ -545,6 +545,46 @@ def test_science_plan_reaches_the_claims(tmp_path):
     assert sum(counts.values()) == 27 + 2 * 8 * 3
 
 
+def load_benchmark(name: str):
+    """A module of benchmarks/ (not a package), imported from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_science_plan_on_eight_gpus(tmp_path):
+    """benchmarks/science_config.py's recipe for one machine of 8 GPUs (the run of every table
+    with three seeds), planned with 8 GPUs as the resource: each training job takes all 8 at
+    the one-GPU run's batch per GPU, with the one-GPU run's steps, learning rate and schedule
+    per step; both variants, Table 8's baselines, one sampling shard per GPU and variant,
+    every InversionNet arm with three seeds on one GPU each."""
+    science_config = load_benchmark("science_config")
+    one, eight = science_config.science_config(), science_config.science_config(gpus=8)
+    for stage in ("stage1", "stage2"):
+        one_gpu, eight_gpus = one[stage]["training"], eight[stage]["training"]
+        assert eight[stage]["gpus"] == 8 and eight_gpus["batch_size"] == 8 * one_gpu["batch_size"]
+        assert (eight_gpus["max_steps"], eight_gpus["lr"]) == (one_gpu["max_steps"], one_gpu["lr"])
+        assert eight_gpus["lr_decay"] ** 8 == pytest.approx(one_gpu.get("lr_decay", 1.0))  # per epoch of 8x the steps
+    assert eight["stage2"]["training"]["validate_every_epochs"] == 8 * one["stage2"]["training"]["validate_every_epochs"]
+    write_config(tmp_path, eight)
+    command = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--dry-run",
+               "--cores", "64", "--resources", "gpu=8", "--", "all"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout.split("Job stats:")[1].split("total")[0]
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.MULTILINE)}
+    assert counts["train_stage1"] == counts["train_stage2"] == 2  # 1vq and 2vq
+    assert counts["sample_shard"] == counts["check_shard"] == 2 * 8
+    assert counts["train_separate_stage1"] == counts["train_separate_stage2"] == 2 and counts["table8"] == 1
+    assert counts["train_inversionnet"] % 3 == 0 and counts["train_inversionnet"] >= 3 * 8
+    stage1_job = result.stdout.split("rule train_stage1:")[1].split("\n\n")[0]
+    arm_job = result.stdout.split("rule train_inversionnet:")[1].split("\n\n")[0]
+    assert "gpu=8" in stage1_job and "gpu=1" in arm_job, (stage1_job, arm_job)
+
+
 def test_multi_node_training_plan(tmp_path):
     """stage1.gpus 4 x stage1.nodes 2: one SLURM job with 8 GPUs on 2 nodes, whose command
     is an srun of one task per GPU."""
