@@ -324,13 +324,14 @@ extern "C" void run_blocks(int blocks, const float* v2dt2, const float* source_t
 """
 
 
-def cuda_kernel_on_cpu(velocity: torch.Tensor, acq: Acquisition, folder: Path, threads: int = 256) -> torch.Tensor:
-    """fused_cuda's kernel source run on the CPU (g++, CPU_HARNESS), calibrated as
-    forward_model's fused backends: (B, S, nt, R) float32. `threads` per block: fewer than
-    the GPU's 1 024 (more cells per thread, the same code) keep the thread count small."""
+def cuda_kernel_on_cpu(velocity: torch.Tensor, acq: Acquisition, folder: Path) -> torch.Tensor:
+    """fused_cuda's kernel source run on the CPU (g++, CPU_HARNESS) with the GPU's threads per
+    block, calibrated as forward_model's fused backends: (B, S, nt, R) float32."""
     import ctypes
 
     from wavediffusion.physics import fused, fused_cuda
+
+    threads = fused_cuda.THREADS
     from wavediffusion.physics.forward import DEEPWAVE_DELAY_SAMPLES, DEEPWAVE_SOURCE_SCALE
 
     setup = fused.prepare(acq, torch.device("cpu"), DEEPWAVE_SOURCE_SCALE, DEEPWAVE_DELAY_SAMPLES)
