@@ -176,6 +176,13 @@ def test_early_stopping_after_patience_flat_validations(tmp_path, lr, min_delta)
     assert summary["stop_reason"] == "early_stop"
     assert summary["epoch"] == 4 and summary["best_epoch"] == 0 and summary["steps"] == 4 * 12
     assert len([r for r in read_log(tmp_path / "log.csv") if r["val/loss"]]) == 4
+    # best.pt holds the weights of the best validation (epoch 0), though the file is written
+    # later (at a checkpoint or the end), and final.pt the last ones
+    best, final = ckpt.load(tmp_path / "best.pt"), ckpt.load(tmp_path / "final.pt")
+    assert (best["step"], best["val"]["loss"]) == (12, summary["best_val"]) and final["step"] == 4 * 12
+    if lr > 0:
+        assert any(not torch.equal(best["modules"]["net"][k], final["modules"]["net"][k])
+                   for k in best["modules"]["net"])
 
 
 def test_validation_trend_tells_a_flat_curve_from_a_falling_one(tmp_path):

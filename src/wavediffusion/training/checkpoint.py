@@ -71,6 +71,11 @@ def atomic_write_text(text: str, path: str | Path) -> Path:
     return _atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def atomic_write_bytes(data, path: str | Path) -> Path:
+    """`data` (bytes or a buffer, e.g. a torch.save into io.BytesIO) to `path`, atomically."""
+    return _atomic_write(path, lambda f: f.write(data))
+
+
 def load(path: str | Path) -> dict:
     """Load a checkpoint (or final weights file) onto the CPU, without executing code. A
     damaged file is a ValueError naming it (torch's own message would suggest loading it

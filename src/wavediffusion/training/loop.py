@@ -391,6 +391,7 @@ class _Trainer:
         self.state = _State()
         self.resumed_from = self._resume_or_seed()
         self._checkpointed_step = self.state.step  # the newest checkpoint's step (0: none yet)
+        self._unsaved_best: io.BytesIO | None = None  # best.pt's content until it is written
         if env.world_size > 1 and self.resumed_from is None:
             self._check_same_initial_weights()
 
@@ -495,11 +496,13 @@ class _Trainer:
         return extra() if extra else None
 
     def _save_checkpoint(self) -> None:
-        """Every rank calls this (the RNG states are gathered); rank 0 writes."""
+        """Every rank calls this (the RNG states are gathered); rank 0 writes, best.pt first,
+        so that the file holds the best of the validations the checkpoint has seen."""
         self._checkpointed_step = self.state.step
         rng = gather_objects(ckpt.capture_rng(self.env.device))
         if not self.main:
             return
+        self._write_best()
         self.state.log_rows = len(self.log)
         self.state.seconds = self._seconds()
         state = {
@@ -533,18 +536,34 @@ class _Trainer:
         every = self.config.checkpoint_every_steps
         return self.state.step // every > self._checkpointed_step // every
 
-    def _save_weights(self, path: Path) -> None:
-        """final.pt / best.pt: what downstream rules load — weights, not training state."""
-        if not self.main:
-            return
-        ckpt.atomic_save({
+    def _weights(self) -> dict:
+        """What final.pt and best.pt hold, and downstream rules load: weights, not training state."""
+        return {
             "modules": {name: ckpt.unwrap(m).state_dict() for name, m in self.modules.items()},
             "extra_state": self._extra_state(),
             "config": self.run_config,
             "step": self.state.step,
             "epoch": self.state.epoch,
             "val": dict(self.state.last_val),
-        }, path)
+        }
+
+    def _save_weights(self, path: Path) -> None:
+        if self.main:
+            ckpt.atomic_save(self._weights(), path)
+
+    def _remember_best(self) -> None:
+        """Serialise the weights of a new best validation now (the next step changes them) and
+        write them as best.pt at the next checkpoint or at the end: writing and syncing the
+        paper UNet's 1 GB at every improving validation took ~1.4 s each, ~8 % of Stage 2's
+        time at the science scale (2026-12-07)."""
+        if self.main:
+            self._unsaved_best = io.BytesIO()
+            torch.save(self._weights(), self._unsaved_best)
+
+    def _write_best(self) -> None:
+        if self.main and self._unsaved_best is not None:
+            ckpt.atomic_write_bytes(self._unsaved_best.getbuffer(), self.out_dir / "best.pt")
+            self._unsaved_best = None
 
     # -- logging ----------------------------------------------------------------------------
 
@@ -696,7 +715,7 @@ class _Trainer:
         value = metrics[self.task.val_metric]
         if st.best is None or value < st.best - cfg.min_delta:
             st.best, st.best_epoch, st.bad_validations = value, st.epoch, 0
-            self._save_weights(self.out_dir / "best.pt")
+            self._remember_best()
         else:
             st.bad_validations += 1  # NaN never improves, so it counts here too
         row = {"step": st.step, "epoch": st.epoch, "lr": self._lr(), "seconds": self._seconds()}
@@ -723,6 +742,7 @@ class _Trainer:
                     self._validate_and_track()
                     st.finished, st.stop_reason = True, stop_reason
                 self._save_checkpoint()
+        self._write_best()  # best.pt before final.pt, whichever way the run ended
         self._save_weights(self.out_dir / "final.pt")
         summary = {
             "stop_reason": st.stop_reason,
