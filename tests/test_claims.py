@@ -206,6 +206,12 @@ def test_claims_table_from_the_result_files(tmp_path):
     inversion_records[1].write_text(json.dumps({"seconds": 200.0}))
     claim = next(r for r in table() if r["claim"] == "stage1_inversion")
     assert claim["held"] == UNDECIDED and "less time than Stage 1" in claim["note"] and "200-400 s" in claim["note"]
+    # ... or stopped at its plateau (early stopping), which more time would not have moved
+    inversion_records[1].write_text(json.dumps({"seconds": 200.0, "stop_reason": "early_stop"}))
+    claim = next(r for r in table() if r["claim"] == "stage1_inversion")
+    assert claim["held"] == YES and "1 of 3 InversionNet run(s) stopped at their plateau" in claim["note"]
+    inversion_records[1].write_text(json.dumps({"seconds": 200.0, "stop_reason": "max_seconds"}))
+    assert next(r for r in table() if r["claim"] == "stage1_inversion")["held"] == UNDECIDED
     for record in inversion_records:
         record.write_text(json.dumps({"seconds": 200.0}))
     # ... and fails only against one given at most Stage 1's time

@@ -162,9 +162,10 @@ def inversion_claim(variant: str, stage1_metrics: list[dict], table2: list[dict]
     the same GPU time (the records' training seconds). InversionNet's MAE is Table 2's mean
     over the seeds of `real`, whose standard error (std / sqrt(seeds)) makes the ratio's: a
     limit within two of them is not testable. A verdict stands only where the times cannot
-    have decided it: "yes" when every run of InversionNet had at least Stage 1's time, "no"
-    when every one had at most Stage 1's; otherwise the claim is not testable, and the note
-    says why. The records are the train.json of Stage 1 and of each seed's `real` run."""
+    have decided it: "yes" when every run of InversionNet had at least Stage 1's time or
+    stopped at its plateau (early stopping: more time would not have helped it), "no" when
+    every one had at most Stage 1's; otherwise the claim is not testable, and the note says
+    why. The records are the train.json of Stage 1 and of each seed's `real` run."""
     stage1 = next((r for r in stage1_metrics if r["variant"] == variant and r["family"] == "all"), None)
     real = next((r for r in table2 if r["arm"] == "real" and r["family"] == "all"), None)
     criterion = f"test MAE of D_v(E(s)) / InversionNet's <= {INVERSION_RATIO:g}, same GPU time"
@@ -182,7 +183,10 @@ def inversion_claim(variant: str, stage1_metrics: list[dict], table2: list[dict]
                         f"MAE {float(stage1['mae']):.4g} (Stage 1, n={stage1['n']}, {seconds_stage1:.0f} s of "
                         f"training) vs {mean:.4g} (InversionNet on the real training data, mean of {seeds} "
                         f"seed(s), n={real['n']}, {times})", standard_error=standard_error)
-    shorter = claim["held"] == YES and min(seconds) < seconds_stage1
+    plateaued = [record.get("stop_reason") == "early_stop" for record in inversion_records]
+    if any(plateaued):
+        claim["note"] += f"; {sum(plateaued)} of {len(plateaued)} InversionNet run(s) stopped at their plateau"
+    shorter = claim["held"] == YES and any(s < seconds_stage1 and not done for s, done in zip(seconds, plateaued))
     longer = claim["held"] == NO and max(seconds) > seconds_stage1
     if shorter or longer:
         claim["held"] = UNDECIDED
