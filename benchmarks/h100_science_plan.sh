@@ -18,7 +18,8 @@
 set -x
 mkdir -p logs results
 if [ "${PHYSICS_BACKEND:-}" = auto ]; then
-    PHYSICS_BACKEND=$(python3 benchmarks/forward_modelling.py --fastest 2> logs/fastest_backend.log) || PHYSICS_BACKEND=deepwave
+    PHYSICS_BACKEND=$(timeout 300 python3 benchmarks/forward_modelling.py --fastest 2> logs/fastest_backend.log) ||
+        PHYSICS_BACKEND=deepwave  # a kernel that fails or hangs here leaves the run on deepwave
     cat logs/fastest_backend.log
 fi
 python3 benchmarks/science_config.py --out /root/science_gpu.yaml --seed "${SCIENCE_SEED:-0}" \
