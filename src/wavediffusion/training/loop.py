@@ -553,9 +553,10 @@ class _Trainer:
 
     def _remember_best(self) -> None:
         """Serialise the weights of a new best validation now (the next step changes them) and
-        write them as best.pt at the next checkpoint or at the end: writing and syncing the
-        paper UNet's 1 GB at every improving validation took ~1.4 s each, ~8 % of Stage 2's
-        time at the science scale (2026-12-07)."""
+        write them as best.pt at the next checkpoint or at the end: with the paper UNet's 1 GB
+        written and synced at every improving validation, each validation took ~1.75 s of
+        which its four forward passes take ~0.3, ~10 % of Stage 2's time at the science scale
+        (the 2026-12-07 study's log)."""
         if self.main:
             self._unsaved_best = io.BytesIO()
             torch.save(self._weights(), self._unsaved_best)
