@@ -28,6 +28,8 @@ from pathlib import Path
 
 import yaml
 
+from wavediffusion.training.loop import TrainConfig
+
 SCIENCE = Path(__file__).resolve().parents[1] / "config" / "science.yaml"
 
 
@@ -39,9 +41,10 @@ def several_gpus(config: dict, gpus: int) -> dict:
         training = section["training"]
         section["gpus"] = gpus
         training["batch_size"] = training["batch_size"] * gpus
-        training["lr_decay"] = float(training.get("lr_decay", 1.0)) ** (1.0 / gpus)
-        if "validate_every_epochs" in training:
-            training["validate_every_epochs"] = training["validate_every_epochs"] * gpus
+        # absent keys take the loop's defaults, which the one-GPU run used
+        training["lr_decay"] = float(training.get("lr_decay", TrainConfig.lr_decay)) ** (1.0 / gpus)
+        every = training.get("validate_every_epochs", TrainConfig.validate_every_epochs)
+        training["validate_every_epochs"] = every * gpus
     config["stage1"]["variants"] = ["1vq", "2vq"]
     config.setdefault("ablation", {}).setdefault("table8", {})["enabled"] = True
     sampling = config["sampling"]

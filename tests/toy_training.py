@@ -36,8 +36,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from wavediffusion.seeds import Stream
-from wavediffusion.training import TrainConfig, adam, cleanup, derive_seed, setup, train
+from wavediffusion.seeds import Stream, derive_seed
+from wavediffusion.training import TrainConfig, adam, cleanup, setup, train
 from wavediffusion.training import checkpoint as ckpt_module
 
 

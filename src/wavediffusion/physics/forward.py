@@ -5,8 +5,9 @@ Four backends give the same data in the same units, sign and timing: ``"deepwave
 OpenFWI's scheme with its 120-cell sponge, :mod:`.openfwi_fd`; ~20x slower on the CPU),
 ``"fused"`` (:mod:`.fused`: deepwave's scheme as one Triton kernel that runs all time
 steps of a shot in one launch; CUDA only; equal to "deepwave" to float32 rounding; 2x
-deepwave on an H100 in its first design) and ``"fused-cuda"`` (:mod:`.fused_cuda`: the same as a CUDA kernel
-holding a shot's fields in shared memory; CUDA only; not yet run on a GPU). The deepwave
+deepwave on an H100 in its first design) and ``"fused-cuda"`` (:mod:`.fused_cuda`: the
+same as a CUDA kernel holding a shot's fields in shared memory; CUDA only; not yet run on
+a GPU). The deepwave
 and fused paths correct the source sign (``DEEPWAVE_SOURCE_SCALE`` = -1) and a one-sample
 recording delay (``DEEPWAVE_DELAY_SAMPLES`` = 1); only the absorbing boundaries still
 differ from openfwi.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 
 import deepwave
 import torch
@@ -28,7 +30,10 @@ from .acquisition import CRITICAL_COURANT_NUMBER, OPENFWI_ACQUISITION, Acquisiti
 # Backends that run on any device; "fused" needs CUDA (or Triton's interpreter, in tests),
 # "fused-cuda" CUDA.
 CPU_BACKENDS = ("deepwave", "openfwi")
-BACKENDS = (*CPU_BACKENDS, "fused", "fused-cuda")
+# the fused backends' modules, each with check_device(device) and simulate(velocity,
+# acquisition, source_scale, delay_samples)
+FUSED_MODULES = {"fused": "fused", "fused-cuda": "fused_cuda"}
+BACKENDS = (*CPU_BACKENDS, *FUSED_MODULES)
 
 # Calibration constants of the deepwave and fused paths (see module docstring).
 DEEPWAVE_SOURCE_SCALE = -1.0
@@ -64,19 +69,12 @@ def forward_model(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     velocity = _validated(velocity, acquisition)
-    if backend == "fused":
-        from . import fused  # imports Triton, which only this backend needs
-
-        fused.check_device(velocity.device)
+    if backend in FUSED_MODULES:
+        # imported here: Triton and the NVRTC path are needed by these backends only
+        kernel = importlib.import_module(f".{FUSED_MODULES[backend]}", __package__)
+        kernel.check_device(velocity.device)
         simulate = functools.partial(
-            fused.simulate, source_scale=DEEPWAVE_SOURCE_SCALE, delay_samples=DEEPWAVE_DELAY_SAMPLES
-        )
-    elif backend == "fused-cuda":
-        from . import fused_cuda
-
-        fused_cuda.check_device(velocity.device)
-        simulate = functools.partial(
-            fused_cuda.simulate, source_scale=DEEPWAVE_SOURCE_SCALE, delay_samples=DEEPWAVE_DELAY_SAMPLES
+            kernel.simulate, source_scale=DEEPWAVE_SOURCE_SCALE, delay_samples=DEEPWAVE_DELAY_SAMPLES
         )
     else:
         simulate = _simulate_deepwave if backend == "deepwave" else openfwi_fd.simulate

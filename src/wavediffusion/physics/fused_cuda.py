@@ -157,17 +157,24 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) fused_shots(
 """
 
 
+def strip_width(setup: fused.FusedSetup) -> int:
+    """Cells of each side's strip: the PML update region and the two cells of stencil reach
+    beside it (the kernel's STRIP), the same on every side."""
+    strip = setup.pml_begin_y + fused.FD_PAD
+    if setup.pml_begin_x + fused.FD_PAD != strip or setup.ny - setup.pml_end_y != setup.pml_begin_y:
+        raise ValueError("the fused-cuda kernel assumes the same PML width on every side")
+    return strip
+
+
 def shared_bytes(setup: fused.FusedSetup) -> int:
     """Shared memory of one block: u, and psi (x2) and zeta on each axis' strips."""
-    strip = setup.pml_begin_y + fused.FD_PAD
+    strip = strip_width(setup)
     return 4 * (setup.ny * setup.nx + 3 * 2 * strip * setup.nx + 3 * setup.ny * 2 * strip)
 
 
 def kernel_source(setup: fused.FusedSetup, shots_per_model: int, n_receivers: int, threads: int) -> str:
     """The kernel's CUDA source with the geometry as macros (its loops unroll over them)."""
-    strip = setup.pml_begin_y + fused.FD_PAD
-    if setup.pml_begin_x + fused.FD_PAD != strip or setup.ny - setup.pml_end_y != setup.pml_begin_y:
-        raise ValueError("the fused-cuda kernel assumes the same PML width on every side")
+    strip = strip_width(setup)
     macros = {"NY": setup.ny, "NX": setup.nx, "STRIP": strip, "SHOTS_PER_MODEL": shots_per_model,
               "N_RECEIVERS": n_receivers, "THREADS": threads}  # fmt: skip
     return "".join(f"#define {name} {value}\n" for name, value in macros.items()) + SOURCE

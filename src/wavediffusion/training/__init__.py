@@ -3,13 +3,12 @@ checkpoints. See loop.py for the design: the task writes its training step out, 
 owns data order, DDP, lr schedule, autocast, clipping, validation, early stopping, logs
 and exact resume."""
 
-from ..seeds import derive_seed
 from .checkpoint import ConfigMismatchError, atomic_save, latest_checkpoint, load
 from .distributed import DistEnv, all_reduce_mean, barrier, cleanup, is_main, setup
 from .loop import Run, Task, TrainConfig, adam, lr_factor, train
 
 __all__ = [
     "ConfigMismatchError", "DistEnv", "Run", "Task", "TrainConfig", "adam", "all_reduce_mean",
-    "atomic_save", "barrier", "cleanup", "derive_seed", "is_main", "latest_checkpoint", "load",
+    "atomic_save", "barrier", "cleanup", "is_main", "latest_checkpoint", "load",
     "lr_factor", "setup", "train",
 ]
