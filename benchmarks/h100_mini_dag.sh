@@ -3,7 +3,8 @@
 #
 #   bash benchmarks/h100_mini_dag.sh start OUTDIR    install the wheels (.whl/) and the
 #        package, then run the plan script $PLAN (default benchmarks/h100_mini_plan.sh) in
-#        its own process session (it outlives the call), and follow it for FOLLOW_SECONDS
+#        its own process session (it outlives the call), and follow it for FOLLOW_SECONDS;
+#        PLAN may name several scripts, run one after the other
 #   bash benchmarks/h100_mini_dag.sh follow OUTDIR   follow the plan until it finishes or
 #        FOLLOW_SECONDS pass
 # The FID weights file (87 MB) is more than one call may carry beside the checkout and the
@@ -81,7 +82,7 @@ start)
     rm -f "$DONE"
     GPUS=$(nvidia-smi -L | grep -c '^GPU ')
     MINI="python3 -m snakemake --configfile \${CONFIG:-config/mini.yaml} --cores all --keep-going --show-failed-logs --resources gpu=${GPU_JOBS:-$GPUS} --set-threads preprocess=16 train_stage1=8 encode_latents=8 evaluate_stage1=8"
-    setsid bash -c "mini_snakemake() { $MINI \"\$@\"; }; export -f mini_snakemake; export GPUS=$GPUS; bash ${PLAN:-benchmarks/h100_mini_plan.sh} > $LOG 2>&1; echo \$? > $DONE" &
+    setsid bash -c "mini_snakemake() { $MINI \"\$@\"; }; export -f mini_snakemake; export GPUS=$GPUS; for plan in ${PLAN:-benchmarks/h100_mini_plan.sh}; do bash \$plan; done > $LOG 2>&1; echo \$? > $DONE" &
     follow
     collect
     ;;

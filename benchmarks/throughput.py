@@ -474,10 +474,12 @@ def sampling_part(args, check: bool) -> None:
                timed["pairs_per_second"], settings.batch_size, None, first["seconds"] - timed["seconds"], notes,
                flops_key=f"sampling/{steps}")
         if check and (sampler, steps) == samplers[0] and not compiled:  # (the check does not depend on how the pairs were made)
-            info = check_shard(store, 1, representation(args.scale), "deepwave", batch_size=256, progress=False)
-            parts = {part: f"{1000 * s / n:.2f}" for part, s in info["seconds_by_part"].items()}
-            record(args, "check", "deepwave, batch 256", info["pairs_per_second"], 256, None, None,
-                   f"ms/pair {json.dumps(parts)}; 375k pairs: {375_000 / info['pairs_per_second'] / 3600:.2f} GPU-h")
+            for backend in args.check_backends.split(","):
+                check_shard(store, 0, representation(args.scale), backend, batch_size=256, progress=False)  # warm-up
+                info = check_shard(store, 1, representation(args.scale), backend, batch_size=256, progress=False)
+                parts = {part: f"{1000 * s / n:.2f}" for part, s in info["seconds_by_part"].items()}
+                record(args, "check", f"{backend}, batch 256", info["pairs_per_second"], 256, None, None,
+                       f"ms/pair {json.dumps(parts)}; 375k pairs: {375_000 / info['pairs_per_second'] / 3600:.2f} GPU-h")
 
 
 def sampling_flops(stage1_file: Path, stage2_file: Path, steps: int, args) -> float:
@@ -502,6 +504,8 @@ def main() -> None:
     parser.add_argument("--modes", default="eager,compiled", help="unet_forward and sampling: eager, compiled or both")
     parser.add_argument("--samplers", default="ddim-50,dpmpp2m-20",
                         help="sampling: comma-separated SAMPLER-STEPS (ddim, dpmpp2m); the first also runs the check")
+    parser.add_argument("--check-backends", default="deepwave",
+                        help="check: comma-separated physics backends to time check_shard with")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--tiny", action="store_true", help="toy sizes: a CPU try-out of this script")
     args = parser.parse_args()
