@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import itertools
 import json
 import re
 import shutil
@@ -474,11 +475,12 @@ def sampling_part(args, check: bool) -> None:
                timed["pairs_per_second"], settings.batch_size, None, first["seconds"] - timed["seconds"], notes,
                flops_key=f"sampling/{steps}")
         if check and (sampler, steps) == samplers[0] and not compiled:  # (the check does not depend on how the pairs were made)
-            for backend in args.check_backends.split(","):
+            for backend, read_ahead in itertools.product(args.check_backends.split(","), args.check_read_ahead):
                 check_shard(store, 0, representation(args.scale), backend, batch_size=256, progress=False)  # warm-up
-                info = check_shard(store, 1, representation(args.scale), backend, batch_size=256, progress=False)
+                info = check_shard(store, 1, representation(args.scale), backend, batch_size=256, progress=False,
+                                   read_ahead=read_ahead)
                 parts = {part: f"{1000 * s / n:.2f}" for part, s in info["seconds_by_part"].items()}
-                record(args, "check", f"{backend}, batch 256", info["pairs_per_second"], 256, None, None,
+                record(args, "check", f"{backend}, batch 256, read-ahead {read_ahead}", info["pairs_per_second"], 256, None, None,
                        f"ms/pair {json.dumps(parts)}; 375k pairs: {375_000 / info['pairs_per_second'] / 3600:.2f} GPU-h")
 
 
@@ -506,6 +508,8 @@ def main() -> None:
                         help="sampling: comma-separated SAMPLER-STEPS (ddim, dpmpp2m); the first also runs the check")
     parser.add_argument("--check-backends", default="deepwave",
                         help="check: comma-separated physics backends to time check_shard with")
+    parser.add_argument("--check-read-ahead", default=[1], type=lambda text: [int(n) for n in text.split(",")],
+                        help="check: comma-separated batches read ahead (check_shard's read_ahead)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--tiny", action="store_true", help="toy sizes: a CPU try-out of this script")
     args = parser.parse_args()
