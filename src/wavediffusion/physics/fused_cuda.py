@@ -18,8 +18,8 @@ neighbours in shared memory (194 KB for OpenFWI's 114 x 114 padded grid):
 Every step computes every cell's u^{t+1} into the register that held its u^{t-1}, waits at
 a barrier, swaps it with u^t in shared memory, and waits again. Compiled at first use
 with NVRTC (torch ships it; no CUDA toolkit needed) for the GPU at hand; CUDA only, there
-is no CPU path (the tests run its source as C++ on the CPU). Design, tests and, once run
-on a GPU, speed: docs/physics.md, "The fused backend".
+is no CPU path (the tests run its source as C++ on the CPU). Design, tests and speed
+(7.4x deepwave on an H100): docs/physics.md, "The fused backend".
 """
 
 from __future__ import annotations
