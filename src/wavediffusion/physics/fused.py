@@ -391,8 +391,8 @@ INTERPRETED = isinstance(_shot_kernel, InterpretedFunction)
 # Rows per tile on a GPU (a tile is ROWS_PER_TILE x next_power_of_2(NX) cells), warps
 # per program and programs per multiprocessor (each loops over shots on its own fields, so
 # that the fields of all programs at once can stay in L2). The first two are the best of
-# the one-program-per-shot design's sweep on the H100, the third a first guess, not yet
-# timed (docs/physics.md, "The fused backend"; forward_modelling.py --fused-tiles).
+# one-program-per-shot design's sweep on the H100, the third a first guess (3x deepwave
+# with these; other shapes not yet timed: forward_modelling.py --fused-tiles).
 ROWS_PER_TILE = 16
 NUM_WARPS = 8
 PROGRAMS_PER_SM = 2
