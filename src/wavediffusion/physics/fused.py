@@ -390,7 +390,7 @@ def _simulate_shot(
 INTERPRETED = isinstance(_shot_kernel, InterpretedFunction)
 # Rows per tile on a GPU (a tile is ROWS_PER_TILE x next_power_of_2(NX) cells), warps
 # per program and programs per multiprocessor (each loops over shots on its own fields, so
-# that the fields of all programs at once can stay in L2). The first two are the best of
+# that the fields of all programs at once can stay in L2). The first two are the best of the
 # one-program-per-shot design's sweep on the H100, the third a first guess (3x deepwave
 # with these; other shapes not yet timed: forward_modelling.py --fused-tiles).
 ROWS_PER_TILE = 16
