@@ -37,9 +37,11 @@ import csv
 import dataclasses
 import itertools
 import json
+import multiprocessing
 import re
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -454,7 +456,7 @@ def sampling_part(args, check: bool) -> None:
             for mode in args.modes if args.device == "cuda" or mode == "eager"]
     for sampler, steps, compiled in runs:
         try:
-            settings = SamplingSettings(num_pairs=2 * n, shard_size=n, sampler=sampler, steps=steps,
+            settings = SamplingSettings(num_pairs=max(2, args.check_processes) * n, shard_size=n, sampler=sampler, steps=steps,
                                         batch_size=args.scale.sampling_batch, precision="bf16", compile=compiled, seed=0)
         except ValueError as error:  # a commit without this sampler
             print(f"sampling {sampler}: skipped, {error}", flush=True)
@@ -465,6 +467,8 @@ def sampling_part(args, check: bool) -> None:
         reset_peak()
         first = sample_shard(stage1_file, stage2_file, store, 0, settings, progress=False)
         timed = sample_shard(stage1_file, stage2_file, store, 1, settings, progress=False)
+        for k in range(2, args.check_processes):  # (untimed) one shard for each check process
+            sample_shard(stage1_file, stage2_file, store, k, settings, progress=False)
         args.flops[f"sampling/{steps}"] = sampling_flops(stage1_file, stage2_file, steps, args)
         parts = {part: f"{1000 * s / n:.2f}" for part, s in timed["seconds_by_part"].items()}
         notes = (f"ms/pair {json.dumps(parts)}; writer thread {1000 * timed.get('writer_thread_seconds', 0) / n:.2f} ms/pair; "
@@ -482,6 +486,30 @@ def sampling_part(args, check: bool) -> None:
                 parts = {part: f"{1000 * s / n:.2f}" for part, s in info["seconds_by_part"].items()}
                 record(args, "check", f"{backend}, batch 256, read-ahead {read_ahead}", info["pairs_per_second"], 256, None, None,
                        f"ms/pair {json.dumps(parts)}; 375k pairs: {375_000 / info['pairs_per_second'] / 3600:.2f} GPU-h")
+            if args.check_processes > 1:
+                for backend in args.check_backends.split(","):
+                    check_in_processes(args, store, backend, n)
+
+
+def check_job(store: Path, k: int, rep, backend: str) -> dict:
+    """One check_shard job in a process of its own, as Snakemake would run it."""
+    return check_shard(store, k, rep, backend, batch_size=256, progress=False)
+
+
+def check_in_processes(args, store: Path, backend: str, n: int) -> None:
+    """args.check_processes check_shard jobs at once on one GPU, each on its own shard and in
+    its own process (what `--resources gpu=N` gives on a machine of one GPU): pairs/s of all
+    of them together, start-up (CUDA, the kernel's compilation) included."""
+    processes = args.check_processes
+    started = time.perf_counter()
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        infos = list(pool.map(check_job, [store] * processes, range(processes),
+                              [representation(args.scale)] * processes, [backend] * processes))
+    wall = time.perf_counter() - started
+    inside = sum(info["pairs_per_second"] for info in infos)
+    record(args, "check", f"{backend}, batch 256, {processes} jobs at once", processes * n / wall, 256, None, None,
+           f"wall {wall:.1f} s with start-up; the jobs' own rates summed {inside:.1f} pairs/s; "
+           f"375k pairs: {375_000 * wall / (processes * n) / 3600:.2f} GPU-h")
 
 
 def sampling_flops(stage1_file: Path, stage2_file: Path, steps: int, args) -> float:
@@ -510,6 +538,8 @@ def main() -> None:
                         help="check: comma-separated physics backends to time check_shard with")
     parser.add_argument("--check-read-ahead", default=[1], type=lambda text: [int(n) for n in text.split(",")],
                         help="check: comma-separated batches read ahead (check_shard's read_ahead)")
+    parser.add_argument("--check-processes", type=int, default=1,
+                        help="check: also run this many check_shard jobs at once, each in its own process")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--tiny", action="store_true", help="toy sizes: a CPU try-out of this script")
     args = parser.parse_args()
