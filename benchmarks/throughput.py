@@ -456,8 +456,9 @@ def sampling_part(args, check: bool) -> None:
             for mode in args.modes if args.device == "cuda" or mode == "eager"]
     for sampler, steps, compiled in runs:
         try:
-            settings = SamplingSettings(num_pairs=max(2, args.check_processes) * n, shard_size=n, sampler=sampler, steps=steps,
-                                        batch_size=args.scale.sampling_batch, precision="bf16", compile=compiled, seed=0)
+            settings = SamplingSettings(num_pairs=max(2, args.check_processes) * n, shard_size=n, sampler=sampler,
+                                        steps=steps, batch_size=args.scale.sampling_batch, precision="bf16",
+                                        compile=compiled, seed=0)
         except ValueError as error:  # a commit without this sampler
             print(f"sampling {sampler}: skipped, {error}", flush=True)
             continue
@@ -484,8 +485,9 @@ def sampling_part(args, check: bool) -> None:
                 info = check_shard(store, 1, representation(args.scale), backend, batch_size=256, progress=False,
                                    read_ahead=read_ahead)
                 parts = {part: f"{1000 * s / n:.2f}" for part, s in info["seconds_by_part"].items()}
-                record(args, "check", f"{backend}, batch 256, read-ahead {read_ahead}", info["pairs_per_second"], 256, None, None,
-                       f"ms/pair {json.dumps(parts)}; 375k pairs: {375_000 / info['pairs_per_second'] / 3600:.2f} GPU-h")
+                record(args, "check", f"{backend}, batch 256, read-ahead {read_ahead}", info["pairs_per_second"], 256,
+                       None, None, f"ms/pair {json.dumps(parts)}; "
+                       f"375k pairs: {375_000 / info['pairs_per_second'] / 3600:.2f} GPU-h")
             if args.check_processes > 1:
                 for backend in args.check_backends.split(","):
                     check_in_processes(args, store, backend, n)
