@@ -3,8 +3,8 @@
 # of the fused kernels and of the analytic (Green's function) check on every CUDA backend,
 # their agreement with deepwave and models/s beside deepwave at batch 16, 256 and 1 024, then
 # check_shard's pairs/s and its parts (read, simulate, write) on shards of 1 000 pairs: per
-# backend, with 1, 2 or 4 batches read ahead, and as 4 jobs at once on the one GPU (each in
-# its own process, as `--resources gpu=4` runs them). Everything lands in
+# backend, one job alone and 4 jobs at once on the one GPU (each in its own process, as
+# `--resources gpu=4` runs them). Everything lands in
 # results/forward_kernel/, which the follow calls bring back.
 set -x
 OUT=results/forward_kernel
@@ -15,4 +15,4 @@ python3 benchmarks/forward_modelling.py --backends deepwave,fused,fused-cuda --b
     --repeats 2 --machine "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" | tee $OUT/forward_modelling.md
 python3 benchmarks/throughput.py --commit "${COMMIT:-unknown}" --work /root/throughput --out $OUT/throughput.csv \
     --parts sampling,check --samplers ddim-25 --modes eager --check-backends deepwave,fused-cuda \
-    --check-read-ahead 1,2,4 --check-processes 4
+    --check-processes 4

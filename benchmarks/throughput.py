@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import csv
 import dataclasses
-import itertools
 import json
 import multiprocessing
 import re
@@ -480,14 +479,12 @@ def sampling_part(args, check: bool) -> None:
                timed["pairs_per_second"], settings.batch_size, None, first["seconds"] - timed["seconds"], notes,
                flops_key=f"sampling/{steps}")
         if check and (sampler, steps) == samplers[0] and not compiled:  # (the check does not depend on how the pairs were made)
-            for backend, read_ahead in itertools.product(args.check_backends.split(","), args.check_read_ahead):
+            for backend in args.check_backends.split(","):
                 check_shard(store, 0, representation(args.scale), backend, batch_size=256, progress=False)  # warm-up
-                info = check_shard(store, 1, representation(args.scale), backend, batch_size=256, progress=False,
-                                   read_ahead=read_ahead)
+                info = check_shard(store, 1, representation(args.scale), backend, batch_size=256, progress=False)
                 parts = {part: f"{1000 * s / n:.2f}" for part, s in info["seconds_by_part"].items()}
-                record(args, "check", f"{backend}, batch 256, read-ahead {read_ahead}", info["pairs_per_second"], 256,
-                       None, None, f"ms/pair {json.dumps(parts)}; "
-                       f"375k pairs: {375_000 / info['pairs_per_second'] / 3600:.2f} GPU-h")
+                record(args, "check", f"{backend}, batch 256", info["pairs_per_second"], 256, None, None,
+                       f"ms/pair {json.dumps(parts)}; 375k pairs: {375_000 / info['pairs_per_second'] / 3600:.2f} GPU-h")
             if args.check_processes > 1:
                 for backend in args.check_backends.split(","):
                     check_in_processes(args, store, backend, n)
@@ -538,8 +535,6 @@ def main() -> None:
                         help="sampling: comma-separated SAMPLER-STEPS (ddim, dpmpp2m); the first also runs the check")
     parser.add_argument("--check-backends", default="deepwave",
                         help="check: comma-separated physics backends to time check_shard with")
-    parser.add_argument("--check-read-ahead", default=[1], type=lambda text: [int(n) for n in text.split(",")],
-                        help="check: comma-separated batches read ahead (check_shard's read_ahead)")
     parser.add_argument("--check-processes", type=int, default=1,
                         help="check: also run this many check_shard jobs at once, each in its own process")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])

@@ -259,8 +259,7 @@ def test_rerun_is_identical_and_shards_differ(artifacts, reference, tmp_path):
     assert not is_done(store, "check", 1)  # new samples invalidate the old check
     with pytest.raises(RuntimeError, match=r"check: shards \[1\]"):
         gather(store)
-    # both batches read at once (read_ahead): the same store as read one by one
-    check_shard(store, 1, artifacts["dataset"], "deepwave", batch_size=2, device="cpu", progress=False, read_ahead=2)
+    check_shard(store, 1, artifacts["dataset"], "deepwave", batch_size=2, device="cpu", progress=False)
     assert_stores_equal(store, reference)
     latent = arrays(reference)["latent"]
     assert not np.allclose(latent[0:3], latent[3:6])

@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import json
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -240,17 +239,16 @@ def _representation(dataset) -> Representation:
 
 @torch.no_grad()
 def check_shard(store: str | Path, k: int, dataset: str | Path | Representation, backend: str = "deepwave",
-                batch_size: int = 64, device: str | None = None, progress: bool = True, read_ahead: int = 1) -> dict:
+                batch_size: int = 64, device: str | None = None, progress: bool = True) -> dict:
     """Simulate shard k's velocities and store seismic_simulated and the deviation.
 
     `dataset`: the dataset store the autoencoder was trained on (for its Representation),
-    or a Representation. `read_ahead`: batches read at once in threads beside the
-    simulation (with a fast forward kernel, reading the store is what the check waits for).
+    or a Representation.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    if batch_size < 1 or read_ahead < 1:
-        raise ValueError(f"batch_size and read_ahead must be at least 1, got {batch_size} and {read_ahead}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     root = open_pairs_store(store)
     rows = shard_range(k, root.attrs["shard_size"], root.attrs["num_pairs"])
     if not is_done(store, "sample", k):
@@ -275,13 +273,13 @@ def check_shard(store: str | Path, k: int, dataset: str | Path | Representation,
         stop = min(start + batch_size, rows.stop)
         return arrays[0][start:stop], arrays[1][start:stop]
 
-    with ThreadPoolExecutor(max_workers=read_ahead, thread_name_prefix="store-reader") as reader:
-        reads = deque(reader.submit(read, start) for start in starts[:read_ahead])
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-reader") as reader:
+        next_read = reader.submit(read, starts[0])
         for i in tqdm(range(len(starts)), desc=f"check {k}", unit="batch", disable=not progress):
-            with timer.part("read"):  # waiting for the reader threads, and the copy to the device
-                seismic, velocity = reads.popleft().result()
-                if i + read_ahead < len(starts):
-                    reads.append(reader.submit(read, starts[i + read_ahead]))
+            with timer.part("read"):  # waiting for the reader thread, and the copy to the device
+                seismic, velocity = next_read.result()
+                if i + 1 < len(starts):
+                    next_read = reader.submit(read, starts[i + 1])
                 seismic, velocity = torch.from_numpy(seismic).to(device), torch.from_numpy(velocity).to(device)
             with timer.part("simulate"):
                 simulated = simulate_model_velocity(velocity, rep, backend, batch_size).float()
