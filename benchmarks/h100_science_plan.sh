@@ -12,9 +12,10 @@
 # replaces the targets, e.g. the trajectory and the Stage-1 metrics only when less device
 # time is left than the whole chain needs. SCIENCE_GPUS=N trains over N GPUs of one machine
 # with benchmarks/science_config.py's recipe for several GPUs (multi_gpu_science_plan.sh
-# sets it). SET="a.b=YAML; ..." sets any key last. PHYSICS_BACKEND=auto checks every PDE deviation
-# with the fastest forward backend that agrees with deepwave on this GPU
-# (forward_modelling.py --fastest, ~1 minute); PHYSICS_BACKEND=NAME with that one.
+# sets it). SET="a.b=YAML; ..." sets any key last. Every PDE deviation goes through the
+# config's backend (fused-cuda); PHYSICS_BACKEND=auto instead picks the fastest forward
+# backend that agrees with deepwave on this GPU (forward_modelling.py --fastest, ~1
+# minute); PHYSICS_BACKEND=NAME names one.
 set -x
 mkdir -p logs results
 if [ "${PHYSICS_BACKEND:-}" = auto ]; then
