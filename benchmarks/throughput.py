@@ -500,6 +500,7 @@ def check_in_processes(args, store: Path, backend: str, n: int) -> None:
     its own process (what `--resources gpu=N` gives on a machine of one GPU): pairs/s of all
     of them together, start-up (CUDA, the kernel's compilation) included."""
     processes = args.check_processes
+    torch.cuda.empty_cache()  # the sampling's cached memory (~70 GiB) would leave the jobs none
     started = time.perf_counter()
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
         infos = list(pool.map(check_job, [store] * processes, range(processes),
