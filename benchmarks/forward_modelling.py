@@ -42,7 +42,7 @@ from wavediffusion.data.embedded import load_real_velocity
 from wavediffusion.physics import forward as fwd
 from wavediffusion.physics import fused
 from wavediffusion.physics.acquisition import OPENFWI_ACQUISITION
-from wavediffusion.physics.forward import BACKENDS, CPU_BACKENDS, far_boundary_reference, forward_model
+from wavediffusion.physics.forward import BACKENDS, CPU_BACKENDS, FUSED_MODULES, far_boundary_reference, forward_model
 
 README = Path(__file__).with_name("README.md")
 FAMILIES = ("FlatVel-A", "CurveVel-A")
@@ -79,13 +79,15 @@ def throughput(backend: str, batch_size: int, device: torch.device, repeats: int
     return batch_size * repeats / (time.perf_counter() - start)
 
 
-def fused_agreement(device: torch.device, backend: str, n_maps: int = 16) -> str:
-    """Per-model relative L2 of a fused backend against deepwave on real maps (float32
-    rounding: ~1e-6)."""
-    velocity = torch.cat([real_maps(n_maps // 2, family) for family in FAMILIES]).to(device)
-    deep = forward_model(velocity, "deepwave")
-    fused = forward_model(velocity, backend)
-    errors = relative_difference(fused, deep)
+def agreement_maps(device: torch.device) -> torch.Tensor:
+    """The 16 real maps (8 a family) on which the fused backends are held to deepwave."""
+    return torch.cat([real_maps(8, family) for family in FAMILIES]).to(device)
+
+
+def fused_agreement(backend: str, velocity: torch.Tensor, reference: torch.Tensor) -> str:
+    """Per-model relative L2 of a fused backend against deepwave's `reference` data of the
+    maps `velocity` (float32 rounding: ~1e-6)."""
+    errors = relative_difference(forward_model(velocity, backend), reference)
     return (f"{backend} vs deepwave on {len(velocity)} real maps, per-model relative L2: "
             f"median {errors.median().item():.2e}, max {errors.max().item():.2e}")
 
@@ -111,9 +113,12 @@ def throughput_table(args: argparse.Namespace) -> str:
     device = torch.device(args.device)
     backends = args.backends.split(",")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    for fast in ("fused", "fused-cuda"):
-        if "deepwave" in backends and fast in backends:
-            print(fused_agreement(device, fast) + "\n", flush=True)
+    fast = [backend for backend in FUSED_MODULES if backend in backends]
+    if "deepwave" in backends and fast:
+        velocity = agreement_maps(device)
+        reference = forward_model(velocity, "deepwave")
+        for backend in fast:
+            print(fused_agreement(backend, velocity, reference) + "\n", flush=True)
     if args.fused_tiles:
         fused_tile_sweep(device, args.fused_tiles, max(batch_sizes), args.repeats)
     machine = args.machine or (
@@ -134,7 +139,7 @@ def throughput_table(args: argparse.Namespace) -> str:
                 f"{1.0 / rate:.3f} | {torch.__version__} | {deepwave.__version__} | {today} |"
             )
             print(rows[-1], flush=True)
-    for fast in ("fused", "fused-cuda"):
+    for fast in FUSED_MODULES:
         speedups = [
             f"batch {b}: {rates[fast, b] / rates['deepwave', b]:.1f}x"
             for b in batch_sizes
@@ -151,11 +156,11 @@ def fastest_backend(device: torch.device, batch_size: int = 256, tolerance: floa
     deepwave and the fused backends that run here and agree with deepwave on 16 real maps
     (per-model relative L2 <= tolerance, the fused tests' bound). Every candidate's
     outcome goes to stderr."""
-    velocity = torch.cat([real_maps(8, family) for family in FAMILIES]).to(device)
+    velocity = agreement_maps(device)
     reference = forward_model(velocity, "deepwave")
     rates = {"deepwave": throughput("deepwave", batch_size, device, repeats=1)}
     print(f"deepwave: {rates['deepwave']:.0f} models/s at batch {batch_size}", file=sys.stderr)
-    for backend in ("fused", "fused-cuda"):
+    for backend in FUSED_MODULES:
         try:
             error = relative_difference(forward_model(velocity, backend), reference).max().item()
         except Exception as failure:  # a kernel that does not build or run here is not chosen

@@ -479,15 +479,17 @@ def sampling_part(args, check: bool) -> None:
                timed["pairs_per_second"], settings.batch_size, None, first["seconds"] - timed["seconds"], notes,
                flops_key=f"sampling/{steps}")
         if check and (sampler, steps) == samplers[0] and not compiled:  # (the check does not depend on how the pairs were made)
-            for backend in args.check_backends.split(","):
-                check_shard(store, 0, representation(args.scale), backend, batch_size=256, progress=False)  # warm-up
-                info = check_shard(store, 1, representation(args.scale), backend, batch_size=256, progress=False)
+            rep, backends = representation(args.scale), args.check_backends.split(",")
+            for backend in backends:
+                check_shard(store, 0, rep, backend, batch_size=256, progress=False)  # warm-up
+                info = check_shard(store, 1, rep, backend, batch_size=256, progress=False)
                 parts = {part: f"{1000 * s / n:.2f}" for part, s in info["seconds_by_part"].items()}
+                hours = 375_000 / info["pairs_per_second"] / 3600
                 record(args, "check", f"{backend}, batch 256", info["pairs_per_second"], 256, None, None,
-                       f"ms/pair {json.dumps(parts)}; 375k pairs: {375_000 / info['pairs_per_second'] / 3600:.2f} GPU-h")
+                       f"ms/pair {json.dumps(parts)}; 375k pairs: {hours:.2f} GPU-h")
             if args.check_processes > 1:
-                for backend in args.check_backends.split(","):
-                    check_in_processes(args, store, backend, n)
+                for backend in backends:
+                    check_in_processes(args.check_processes, store, rep, backend, n, args)
 
 
 def check_job(store: Path, k: int, rep, backend: str) -> dict:
@@ -495,16 +497,15 @@ def check_job(store: Path, k: int, rep, backend: str) -> dict:
     return check_shard(store, k, rep, backend, batch_size=256, progress=False)
 
 
-def check_in_processes(args, store: Path, backend: str, n: int) -> None:
-    """args.check_processes check_shard jobs at once on one GPU, each on its own shard and in
-    its own process (what `--resources gpu=N` gives on a machine of one GPU): pairs/s of all
-    of them together, start-up (CUDA, the kernel's compilation) included."""
-    processes = args.check_processes
+def check_in_processes(processes: int, store: Path, rep, backend: str, n: int, args) -> None:
+    """`processes` check_shard jobs at once on one GPU, each on its own shard of n pairs and
+    in its own process (what `--resources gpu=N` gives on a machine of one GPU): pairs/s of
+    all of them together, start-up (CUDA, the kernel's compilation) included."""
     torch.cuda.empty_cache()  # the sampling's cached memory (~70 GiB) would leave the jobs none
     started = time.perf_counter()
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
         infos = list(pool.map(check_job, [store] * processes, range(processes),
-                              [representation(args.scale)] * processes, [backend] * processes))
+                              [rep] * processes, [backend] * processes))
     wall = time.perf_counter() - started
     inside = sum(info["pairs_per_second"] for info in infos)
     record(args, "check", f"{backend}, batch 256, {processes} jobs at once", processes * n / wall, 256, None, None,
