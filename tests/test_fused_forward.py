@@ -270,14 +270,14 @@ def test_cuda_kernel_compiles_for_the_h100_without_spilling():
     from wavediffusion.physics import fused, fused_cuda
 
     setup = fused.prepare(OPENFWI_ACQUISITION, torch.device("cpu"), -1.0, 1)
-    source = fused_cuda.kernel_source(setup, OPENFWI_ACQUISITION.n_shots, OPENFWI_ACQUISITION.n_receivers,
-                                      fused_cuda.THREADS)  # fmt: skip
+    source = fused_cuda.kernel_source(setup, OPENFWI_ACQUISITION.n_shots, OPENFWI_ACQUISITION.n_receivers)
     report = nvrtc_report(source, "sm_90")
     spilled = [int(n) for n in re.findall(r"(\d+) bytes spill stores", report)]
     assert spilled and max(spilled) <= 16, report
     assert fused_cuda.shared_bytes(setup) <= 227 * 1024
-    # u (114 x 114) and three strip fields per axis (52 x 114): the layout the kernel indexes
-    assert fused_cuda.shared_bytes(setup) == 4 * (114 * 114 + 6 * 52 * 114)
+    # u (114 x 114), three strip fields per axis (52 x 114) and four coefficients per row:
+    # the layout the kernel indexes
+    assert fused_cuda.shared_bytes(setup) == 4 * (114 * 114 + 6 * 52 * 114 + 4 * 114)
 
 
 # The CUDA kernel's own source as C++ for the CPU: one std::thread per CUDA thread of a
@@ -301,7 +301,9 @@ static std::barrier<>* block_barrier;
 #define __shared__
 #define __syncthreads() block_barrier->arrive_and_wait()
 #define __ldg(pointer) (*(pointer))
-float shared[SHARED_FLOATS];
+struct alignas(16) float4 { float x, y, z, w; };
+static float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+float4 shared[(SHARED_FLOATS + 3) / 4];
 KERNEL
 extern "C" void run_blocks(int blocks, const float* v2dt2, const float* source_term, const int* source_index,
                            const int* receiver_index, const float* a_y, const float* b_y, const float* dbdy,
@@ -331,11 +333,10 @@ def cuda_kernel_on_cpu(velocity: torch.Tensor, acq: Acquisition, folder: Path) -
 
     from wavediffusion.physics import fused, fused_cuda
 
-    threads = fused_cuda.THREADS
     from wavediffusion.physics.forward import DEEPWAVE_DELAY_SAMPLES, DEEPWAVE_SOURCE_SCALE
 
     setup = fused.prepare(acq, torch.device("cpu"), DEEPWAVE_SOURCE_SCALE, DEEPWAVE_DELAY_SAMPLES)
-    kernel = fused_cuda.kernel_source(setup, acq.n_shots, acq.n_receivers, threads)
+    kernel = fused_cuda.kernel_source(setup, acq.n_shots, acq.n_receivers)
     source = CPU_HARNESS.replace("KERNEL", kernel).replace("SHARED_FLOATS", str(fused_cuda.shared_bytes(setup) // 4))
     (folder / "kernel.cpp").write_text(source)
     library = folder / "kernel.so"

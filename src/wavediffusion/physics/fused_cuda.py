@@ -32,51 +32,62 @@ import torch
 from . import fused
 from .acquisition import Acquisition
 
-# Threads per block: each handles ceil(cells / THREADS) cells of the padded grid (13 at
-# 1024 for OpenFWI), their u^{t-1} in registers.
-THREADS = 1024
+# Most threads a block may have (CUDA's limit); each owns a run of one column's cells, their
+# u^{t-1} in registers (OpenFWI: 128 column lanes x 8 groups of 14 rows).
+MAX_THREADS = 1024
 
 SOURCE = r"""
 // Compile-time geometry, defined above this by kernel_source(): NY, NX, STRIP,
-// SHOTS_PER_MODEL, N_RECEIVERS, THREADS.
+// SHOTS_PER_MODEL, N_RECEIVERS, COLUMN_LANES, ROWS_PER_THREAD, THREADS.
 #define N_CELLS (NY * NX)
-#define CELLS_PER_THREAD ((N_CELLS + THREADS - 1) / THREADS)
 #define PML_BEGIN (STRIP - 2)           // cells [2, PML_BEGIN) and [N - PML_BEGIN, N - 2) take the PML update
 #define STRIP_ROWS (2 * STRIP)          // y strips: rows [0, STRIP) and [NY - STRIP, NY)
 #define STRIP_COLUMNS (2 * STRIP)       // x strips: columns [0, STRIP) and [NX - STRIP, NX)
 #define Y_STRIP_CELLS (STRIP_ROWS * NX)
 #define X_STRIP_CELLS (NY * STRIP_COLUMNS)
+// 4th-order first (D1_*) and second (D2_*) differences: weights of the +-1 and +-2 neighbours
+#define D1_1 (8.0f / 12.0f)
+#define D1_2 (-1.0f / 12.0f)
+#define D2_1 (4.0f / 3.0f)
+#define D2_2 (-1.0f / 12.0f)
 
-__device__ __forceinline__ int strip_row(int r) { return r < STRIP ? r : r - (NY - 2 * STRIP); }
-__device__ __forceinline__ int strip_column(int c) { return c < STRIP ? c : c - (NX - 2 * STRIP); }
+__device__ __forceinline__ bool in_pml(int k, int n) { return k < PML_BEGIN || k >= n - PML_BEGIN; }
+__device__ __forceinline__ bool in_strip(int k, int n) { return k < STRIP || k >= n - STRIP; }
+// Index in an axis' strips of cell k along it (k within STRIP of either edge).
+__device__ __forceinline__ int strip_index(int k, int n) { return k < STRIP ? k : k - (n - 2 * STRIP); }
 
-// One axis' share of deepwave's forward_cell (deepwave/scalar_kernels.h), as fused.py's
-// _axis_term: the 4th-order second difference d2 outside the axis' PML; inside it
-// (1 + b) tmp + a zeta with tmp = (1 + b) d2 + db d1 + D1(a psi), storing
-// psi_new = b d1 + a psi and zeta = b tmp + a zeta. `at(k)` is the strip index of the
-// cell k cells along the axis, `stride` one cell along it on the full grid.
-#define AXIS_TERM(RESULT, U, CELL, STRIDE, POS, IN_PML, A, B, DB, PSI, PSI_NEW, ZETA, AT, RD, RD2) { \
-    const float centre = U[CELL];                                                   \
-    const float u_p1 = U[CELL + STRIDE], u_m1 = U[CELL - STRIDE];                   \
-    const float u_p2 = U[CELL + 2 * STRIDE], u_m2 = U[CELL - 2 * STRIDE];           \
-    const float d2 = ((4.0f / 3.0f) * ((u_p1 - centre) + (u_m1 - centre))          \
-                      + (-1.0f / 12.0f) * ((u_p2 - centre) + (u_m2 - centre))) * RD2; \
-    if (!(IN_PML)) {                                                                \
-        RESULT = d2;                                                                \
-    } else {                                                                        \
-        const float d1 = ((8.0f / 12.0f) * (u_p1 - u_m1) + (-1.0f / 12.0f) * (u_p2 - u_m2)) * RD; \
-        const float a = A[POS], b = B[POS], db = DB[POS];                           \
-        const float apsi_p1 = A[POS + 1] * PSI[AT(1)], apsi_m1 = A[POS - 1] * PSI[AT(-1)]; \
-        const float apsi_p2 = A[POS + 2] * PSI[AT(2)], apsi_m2 = A[POS - 2] * PSI[AT(-2)]; \
-        const float d1_apsi = ((8.0f / 12.0f) * (apsi_p1 - apsi_m1) + (-1.0f / 12.0f) * (apsi_p2 - apsi_m2)) * RD; \
-        const float tmp = (1 + b) * d2 + db * d1 + d1_apsi;                         \
-        const float zeta = ZETA[AT(0)];                                             \
-        PSI_NEW[AT(0)] = b * d1 + a * PSI[AT(0)];                                   \
-        ZETA[AT(0)] = b * tmp + a * zeta;                                           \
-        RESULT = (1 + b) * tmp + a * zeta;                                          \
-    }                                                                               \
+__device__ __forceinline__ float second_difference(float m2, float m1, float centre, float p1, float p2, float rd2) {
+    return (D2_1 * ((p1 - centre) + (m1 - centre)) + D2_2 * ((p2 - centre) + (m2 - centre))) * rd2;
+}
+__device__ __forceinline__ float first_difference(float m2, float m1, float p1, float p2, float rd) {
+    return (D1_1 * (p1 - m1) + D1_2 * (p2 - m2)) * rd;
 }
 
+// One axis' share of deepwave's forward_cell (deepwave/scalar_kernels.h) inside its PML,
+// with q = a psi kept in place of psi (so D1(a psi) = D1(q) needs no neighbour's a):
+//   tmp = (1 + b) d2 + db d1 + D1(q),  q_new = a (b d1 + q),  zeta_new = b tmp + a zeta,
+// and the term (1 + b) tmp + a zeta = tmp + zeta_new. Outside the PML the term is d2.
+// q_m2 .. q_p2: q^t at the cell and its neighbours along the axis.
+__device__ __forceinline__ float pml_term(float d2, float d1, float q_m2, float q_m1, float q_0, float q_p1,
+                                          float q_p2, float* q_new, float* zeta, float rd, float a, float b,
+                                          float db) {
+    const float tmp = (1.0f + b) * d2 + db * d1 + first_difference(q_m2, q_m1, q_p1, q_p2, rd);
+    const float zeta_new = b * tmp + a * *zeta;
+    *q_new = a * (b * d1 + q_0);
+    *zeta = zeta_new;
+    return tmp + zeta_new;
+}
+
+// q^t of the y strips at (row, column); 0 off the strips (cells whose q is always 0).
+__device__ __forceinline__ float q_y_at(const float* q_y, int row, int column) {
+    return in_strip(row, NY) ? q_y[strip_index(row, NY) * NX + column] : 0.0f;
+}
+
+// One block per shot. Thread (lane, group) owns the cells of column 2 + lane in rows
+// first_row = 2 + group ROWS_PER_THREAD, ...: a warp holds 32 neighbouring columns of the
+// same rows, so the y-PML test is the same for all its threads and the x-PML test is fixed
+// per thread, and u^t and q_y^t of the column walk down through registers (one
+// shared-memory read each per cell for the y derivatives).
 extern "C" __global__ void __launch_bounds__(THREADS, 1) fused_shots(
     const float* __restrict__ v2dt2,        // (models, NY, NX): v^2 dt^2 on the padded grid
     const float* __restrict__ source_term,  // (shots, n_steps): added at the source cell
@@ -87,68 +98,101 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) fused_shots(
     float* __restrict__ out,                // (shots, n_steps - first_recorded_step, N_RECEIVERS)
     int n_steps, int first_recorded_step, double rdy_, double rdy2_, double rdx_, double rdx2_)
 {
-    extern __shared__ float shared[];
-    float* u = shared;                               // u^t, N_CELLS
-    float* psi_y0 = u + N_CELLS;                     // psi_y, two copies, Y_STRIP_CELLS each
-    float* psi_y1 = psi_y0 + Y_STRIP_CELLS;
-    float* zeta_y = psi_y1 + Y_STRIP_CELLS;
-    float* psi_x0 = zeta_y + Y_STRIP_CELLS;          // psi_x, two copies, X_STRIP_CELLS each
-    float* psi_x1 = psi_x0 + X_STRIP_CELLS;
-    float* zeta_x = psi_x1 + X_STRIP_CELLS;
-    const int n_shared = N_CELLS + 3 * Y_STRIP_CELLS + 3 * X_STRIP_CELLS;
+    extern __shared__ float4 shared[];
+    float4* y_coefficients = shared;                 // (a, b, db/dy, 0) of each row: NY
+    float* u = (float*)(shared + NY);                // u^t, N_CELLS
+    float* q_y0 = u + N_CELLS;                       // q_y = a_y psi_y, two copies, Y_STRIP_CELLS each
+    float* q_y1 = q_y0 + Y_STRIP_CELLS;
+    float* zeta_y = q_y1 + Y_STRIP_CELLS;
+    float* q_x0 = zeta_y + Y_STRIP_CELLS;            // q_x = a_x psi_x, two copies, X_STRIP_CELLS each
+    float* q_x1 = q_x0 + X_STRIP_CELLS;
+    float* zeta_x = q_x1 + X_STRIP_CELLS;
+    const int n_fields = N_CELLS + 3 * Y_STRIP_CELLS + 3 * X_STRIP_CELLS;
     const float rdy = (float)rdy_, rdy2 = (float)rdy2_, rdx = (float)rdx_, rdx2 = (float)rdx2_;
 
     const long long shot = blockIdx.x;
-    const float* v2 = v2dt2 + (shot / SHOTS_PER_MODEL) * N_CELLS;
     const int source = source_index[shot % SHOTS_PER_MODEL];
     const float* terms = source_term + shot * n_steps;
     float* traces = out + shot * (long long)(n_steps - first_recorded_step) * N_RECEIVERS;
     const int receiver = threadIdx.x < N_RECEIVERS ? receiver_index[threadIdx.x] : 0;
 
-    for (int i = threadIdx.x; i < n_shared; i += THREADS) shared[i] = 0.0f;
-    // Per cell of this thread: u^{t-1}, which the update replaces by u^{t+1} until the
+#pragma unroll 1
+    for (int i = threadIdx.x; i < n_fields; i += THREADS) u[i] = 0.0f;
+#pragma unroll 1
+    for (int i = threadIdx.x; i < NY; i += THREADS) y_coefficients[i] = make_float4(a_y[i], b_y[i], dbdy[i], 0.0f);
+
+    const int column = 2 + threadIdx.x % COLUMN_LANES;
+    const int first_row = 2 + (threadIdx.x / COLUMN_LANES) * ROWS_PER_THREAD;
+    const int first_cell = first_row * NX + column;
+    const bool has_column = column < NX - 2;
+    const bool column_in_pml = has_column && in_pml(column, NX);
+    const int first_x_strip_cell = first_row * STRIP_COLUMNS + strip_index(column, NX);
+    const float* v2_column = v2dt2 + (shot / SHOTS_PER_MODEL) * N_CELLS + first_cell;
+    const int source_offset = source - first_cell;  // the source is row i of this thread when i NX equals it
+    float* u_column = u + first_cell;
+    float ax = 0.0f, bx = 0.0f, dbx = 0.0f;
+    if (column_in_pml) ax = a_x[column], bx = b_x[column], dbx = dbdx[column];
+    // u^{t-1} of this thread's cells, which the update replaces by u^{t+1} until the
     // barrier, after which it swaps with u^t in shared memory.
-    float u_own[CELLS_PER_THREAD];
+    float u_own[ROWS_PER_THREAD];
 #pragma unroll
-    for (int k = 0; k < CELLS_PER_THREAD; ++k) u_own[k] = 0.0f;
+    for (int i = 0; i < ROWS_PER_THREAD; ++i) u_own[i] = 0.0f;
     __syncthreads();
 
     // The last step's update would only feed a sample that is never recorded: skip it.
     for (int step = 0; step < n_steps - 1; ++step) {
-        const float* psi_y = (step & 1) ? psi_y1 : psi_y0;
-        float* psi_y_new = (step & 1) ? psi_y0 : psi_y1;
-        const float* psi_x = (step & 1) ? psi_x1 : psi_x0;
-        float* psi_x_new = (step & 1) ? psi_x0 : psi_x1;
+        const float* q_y = (step & 1) ? q_y1 : q_y0;
+        float* q_y_new = (step & 1) ? q_y0 : q_y1;
+        const float* q_x = ((step & 1) ? q_x1 : q_x0) + first_x_strip_cell;
+        float* q_x_new = ((step & 1) ? q_x0 : q_x1) + first_x_strip_cell;
         if (step >= first_recorded_step && threadIdx.x < N_RECEIVERS)
             traces[(step - first_recorded_step) * N_RECEIVERS + threadIdx.x] = u[receiver];
         const float source_now = terms[step];
+        if (has_column) {
+            // u^t and q_y^t at rows row - 2 .. row + 2 of this column, moved down a row per cell
+            float u_m2 = u_column[-2 * NX], u_m1 = u_column[-NX], u_0 = u_column[0], u_p1 = u_column[NX];
+            float q_m2 = q_y_at(q_y, first_row - 2, column), q_m1 = q_y_at(q_y, first_row - 1, column);
+            float q_0 = q_y_at(q_y, first_row, column), q_p1 = q_y_at(q_y, first_row + 1, column);
 #pragma unroll
-        for (int k = 0; k < CELLS_PER_THREAD; ++k) {
-            const int cell = threadIdx.x + k * THREADS;
-            const int r = cell / NX, c = cell % NX;
-            if (cell >= N_CELLS || r < 2 || r >= NY - 2 || c < 2 || c >= NX - 2) continue;  // stays 0
-            float w_y, w_x;
-#define AT_Y(k_) (strip_row(r + (k_)) * NX + c)
-#define AT_X(k_) (r * STRIP_COLUMNS + strip_column(c + (k_)))
-            AXIS_TERM(w_y, u, cell, NX, r, (r < PML_BEGIN || r >= NY - PML_BEGIN), a_y, b_y, dbdy,
-                      psi_y, psi_y_new, zeta_y, AT_Y, rdy, rdy2)
-            AXIS_TERM(w_x, u, cell, 1, c, (c < PML_BEGIN || c >= NX - PML_BEGIN), a_x, b_x, dbdx,
-                      psi_x, psi_x_new, zeta_x, AT_X, rdx, rdx2)
-            float next = __ldg(v2 + cell) * (w_y + w_x) + 2 * u[cell] - u_own[k];
-            if (cell == source) next += source_now;
-            u_own[k] = next;
-        }
-        __syncthreads();  // every read of u^t is done
-#pragma unroll
-        for (int k = 0; k < CELLS_PER_THREAD; ++k) {
-            const int cell = threadIdx.x + k * THREADS;
-            if (cell < N_CELLS) {  // u^{t+1} into shared memory, u^t (next step's u^{t-1}) kept
-                const float current = u[cell];
-                u[cell] = u_own[k];
-                u_own[k] = current;
+            for (int i = 0; i < ROWS_PER_THREAD; ++i) {
+                const int row = first_row + i;
+                if (row >= NY - 2) break;  // the last group's rows end early; the same in a warp
+                const float* at = u_column + i * NX;
+                const float u_p2 = at[2 * NX], q_p2 = q_y_at(q_y, row + 2, column);
+                const float u_l2 = at[-2], u_l1 = at[-1], u_r1 = at[1], u_r2 = at[2];
+                float w_y = second_difference(u_m2, u_m1, u_0, u_p1, u_p2, rdy2);
+                float w_x = second_difference(u_l2, u_l1, u_0, u_r1, u_r2, rdx2);
+                if (in_pml(row, NY)) {
+                    const int s = strip_index(row, NY) * NX + column;
+                    const float4 k = y_coefficients[row];
+                    w_y = pml_term(w_y, first_difference(u_m2, u_m1, u_p1, u_p2, rdy), q_m2, q_m1, q_0, q_p1, q_p2,
+                                   q_y_new + s, zeta_y + s, rdy, k.x, k.y, k.z);
+                }
+                if (column_in_pml) {
+                    const int s = i * STRIP_COLUMNS;
+                    w_x = pml_term(w_x, first_difference(u_l2, u_l1, u_r1, u_r2, rdx), q_x[s - 2], q_x[s - 1],
+                                   q_x[s], q_x[s + 1], q_x[s + 2], q_x_new + s, zeta_x + first_x_strip_cell + s,
+                                   rdx, ax, bx, dbx);
+                }
+                float next = __ldg(v2_column + i * NX) * (w_y + w_x) + 2 * u_0 - u_own[i];
+                if (i * NX == source_offset) next += source_now;
+                u_own[i] = next;
+                u_m2 = u_m1, u_m1 = u_0, u_0 = u_p1, u_p1 = u_p2;
+                q_m2 = q_m1, q_m1 = q_0, q_0 = q_p1, q_p1 = q_p2;
             }
         }
-        __syncthreads();  // u^{t+1} and the new psi are seen by every thread
+        __syncthreads();  // every read of u^t is done
+        if (has_column) {
+#pragma unroll
+            for (int i = 0; i < ROWS_PER_THREAD; ++i) {
+                if (first_row + i < NY - 2) {  // u^{t+1} into shared memory, u^t (next step's u^{t-1}) kept
+                    const float current = u_column[i * NX];
+                    u_column[i * NX] = u_own[i];
+                    u_own[i] = current;
+                }
+            }
+        }
+        __syncthreads();  // u^{t+1} and the new q are seen by every thread
     }
     const int last = n_steps - 1;
     if (last >= first_recorded_step && threadIdx.x < N_RECEIVERS)
@@ -167,16 +211,33 @@ def strip_width(setup: fused.FusedSetup) -> int:
 
 
 def shared_bytes(setup: fused.FusedSetup) -> int:
-    """Shared memory of one block: u, and psi (x2) and zeta on each axis' strips."""
+    """Shared memory of one block: the y-PML coefficients of each row (four floats), u, and
+    q (x2) and zeta on each axis' strips."""
     strip = strip_width(setup)
-    return 4 * (setup.ny * setup.nx + 3 * 2 * strip * setup.nx + 3 * setup.ny * 2 * strip)
+    return 4 * (4 * setup.ny + setup.ny * setup.nx + 3 * 2 * strip * setup.nx + 3 * setup.ny * 2 * strip)
 
 
-def kernel_source(setup: fused.FusedSetup, shots_per_model: int, n_receivers: int, threads: int) -> str:
+def block_shape(setup: fused.FusedSetup, n_receivers: int) -> tuple[int, int, int]:
+    """(column lanes, rows per thread, threads) of one block: a lane per updated column,
+    rounded up to whole warps, and the updated rows split over as many groups of lanes as
+    MAX_THREADS allows."""
+    columns, rows = setup.nx - 2 * fused.FD_PAD, setup.ny - 2 * fused.FD_PAD
+    column_lanes = -(-columns // 32) * 32
+    if column_lanes > MAX_THREADS:
+        raise ValueError(f"the fused-cuda kernel handles at most {MAX_THREADS} padded columns, got {setup.nx}")
+    rows_per_thread = -(-rows // (MAX_THREADS // column_lanes))
+    threads = column_lanes * -(-rows // rows_per_thread)
+    if n_receivers > threads:
+        raise ValueError(f"the fused-cuda kernel records at most {threads} receivers here, got {n_receivers}")
+    return column_lanes, rows_per_thread, threads
+
+
+def kernel_source(setup: fused.FusedSetup, shots_per_model: int, n_receivers: int) -> str:
     """The kernel's CUDA source with the geometry as macros (its loops unroll over them)."""
-    strip = strip_width(setup)
-    macros = {"NY": setup.ny, "NX": setup.nx, "STRIP": strip, "SHOTS_PER_MODEL": shots_per_model,
-              "N_RECEIVERS": n_receivers, "THREADS": threads}  # fmt: skip
+    column_lanes, rows_per_thread, threads = block_shape(setup, n_receivers)
+    macros = {"NY": setup.ny, "NX": setup.nx, "STRIP": strip_width(setup), "SHOTS_PER_MODEL": shots_per_model,
+              "N_RECEIVERS": n_receivers, "COLUMN_LANES": column_lanes, "ROWS_PER_THREAD": rows_per_thread,
+              "THREADS": threads}  # fmt: skip
     return "".join(f"#define {name} {value}\n" for name, value in macros.items()) + SOURCE
 
 
@@ -227,10 +288,11 @@ def simulate(
     v2dt2, source_term = fused.model_terms(velocity, setup, acq)
     shared = shared_bytes(setup)
     device_index = velocity.device.index if velocity.device.index is not None else torch.cuda.current_device()
-    kernel = _kernel(device_index, kernel_source(setup, n_per_model, n_receivers, THREADS), shared)
+    threads = block_shape(setup, n_receivers)[2]
+    kernel = _kernel(device_index, kernel_source(setup, n_per_model, n_receivers), shared)
     with torch.cuda.device(device_index):  # the launch goes to the current device's stream
         kernel(
-            grid=(n_shots, 1, 1), block=(THREADS, 1, 1), shared_mem=shared,
+            grid=(n_shots, 1, 1), block=(threads, 1, 1), shared_mem=shared,
             args=[v2dt2, source_term, setup.source_index, setup.receiver_index,
                   setup.a_y, setup.b_y, setup.dbdy, setup.a_x, setup.b_x, setup.dbdx, out,
                   setup.n_steps, setup.first_recorded_step,
