@@ -21,10 +21,10 @@ error in the normalised (log, [-1, 1]) seismic space that the paper's PDE deviat
 
     python benchmarks/forward_modelling.py --calibrate --maps 16 --reference-maps 4
 
-``--base-kernel FILE`` times a second copy of the fused-cuda kernel, FILE (e.g. the
-module at the base commit of a change: ``git show BASE:src/wavediffusion/physics/fused_cuda.py
-> .base/fused_cuda.py``), as the backend ``fused-cuda@base`` beside the others: a kernel
-change's before and after in one run on one machine.
+``--kernel NAME=FILE`` (repeatable) times another version of the fused-cuda module, FILE
+(e.g. the base commit's: ``git show BASE:src/wavediffusion/physics/fused_cuda.py >
+.base/fused_cuda.py``, or a variant being tried), as the backend ``fused-cuda@NAME``
+beside the others: a kernel change's before and after in one run on one machine.
 
 ``--fastest`` prints only the name of the fastest backend at batch 256 among deepwave and
 the fused backends that run on this device and agree with deepwave (per-model relative L2
@@ -115,13 +115,16 @@ def fused_tile_sweep(device: torch.device, tiles: str, batch_size: int, repeats:
     print()
 
 
-def register_base_kernel(path: str) -> str:
-    """Load the fused-cuda module at `path` as one more backend of forward_model for this
-    process, "fused-cuda@base"; returns that name."""
-    backend, module = "fused-cuda@base", "fused_cuda_base"
+def register_kernel(name_and_path: str) -> str:
+    """Load the fused-cuda module of "NAME=FILE" as one more backend of forward_model for
+    this process, "fused-cuda@NAME"; returns that name."""
+    name, _, path = name_and_path.partition("=")
+    if not name.isidentifier() or not path:
+        raise SystemExit(f"--kernel {name_and_path!r}: expected NAME=FILE with NAME a Python identifier")
+    backend, module = f"fused-cuda@{name}", f"fused_cuda_{name}"
     spec = importlib.util.spec_from_file_location(f"{fwd.__package__}.{module}", path)
     if spec is None:
-        raise SystemExit(f"--base-kernel {path}: not a Python file")
+        raise SystemExit(f"--kernel {name_and_path}: {path} is not a Python file")
     kernel = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = kernel
     spec.loader.exec_module(kernel)
@@ -318,8 +321,8 @@ def main() -> None:
     parser.add_argument("--fused-tiles", default=None,
                         help="e.g. 16x8x1,16x8x2: time the fused kernel at these ROWSxWARPSxPROGRAMS_PER_SM "
                         "first (at the largest batch size)")
-    parser.add_argument("--base-kernel", default=None,
-                        help="a fused_cuda.py to time beside the others as fused-cuda@base")
+    parser.add_argument("--kernel", action="append", default=[], metavar="NAME=FILE",
+                        help="another fused_cuda.py to time beside the others, as fused-cuda@NAME (repeatable)")
     parser.add_argument("--fastest", action="store_true",
                         help="print only the name of the fastest backend that agrees with deepwave")
     parser.add_argument("--calibrate", action="store_true", help="print the calibration numbers instead")
@@ -331,8 +334,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.backends is None:
         args.backends = ",".join(BACKENDS if torch.device(args.device).type == "cuda" else CPU_BACKENDS)
-    if args.base_kernel:
-        args.backends += "," + register_base_kernel(args.base_kernel)
+    for kernel in args.kernel:
+        args.backends += "," + register_kernel(kernel)
     if args.fastest:
         print(fastest_backend(torch.device(args.device)))
         return

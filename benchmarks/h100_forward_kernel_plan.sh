@@ -5,9 +5,9 @@
 # check_shard's pairs/s and its parts (read, simulate, write) on shards of 1 000 pairs: per
 # backend, one job alone and 4 jobs at once on the one GPU (each in its own process, as
 # `--resources gpu=4` runs them). Everything lands in
-# results/forward_kernel/, which the follow calls bring back. BASE_KERNEL=FILE also times
-# the fused-cuda kernel of FILE (the base commit's, carried in .base/) as fused-cuda@base;
-# CHECK=0 leaves out the check_shard part (~3 minutes).
+# results/forward_kernel/, which the follow calls bring back. KERNELS="NAME=FILE ..." also
+# times the fused-cuda modules of those files (the base commit's, variants; carried in
+# .base/) as fused-cuda@NAME; CHECK=0 leaves out the check_shard part (~3 minutes).
 set -x
 OUT=results/forward_kernel
 mkdir -p $OUT logs
@@ -15,7 +15,7 @@ python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_fused_forward.py test
 tail -5 $OUT/gpu_tests.txt
 python3 benchmarks/forward_modelling.py --backends deepwave,fused,fused-cuda --batch-sizes 16,256,1024 \
     --repeats 2 --machine "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" \
-    ${BASE_KERNEL:+--base-kernel "$BASE_KERNEL"} | tee $OUT/forward_modelling.md
+    $(for kernel in ${KERNELS:-}; do echo --kernel "$kernel"; done) | tee $OUT/forward_modelling.md
 [ "${CHECK:-1}" = 0 ] || python3 benchmarks/throughput.py --commit "${COMMIT:-unknown}" --work /root/throughput --out $OUT/throughput.csv \
     --parts sampling,check --samplers ddim-25 --modes eager --check-backends deepwave,fused-cuda \
     --check-processes 4
