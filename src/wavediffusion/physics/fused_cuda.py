@@ -4,22 +4,26 @@ whose wavefields live in shared memory for all time steps.
 The same scheme, setup and calibration as the "fused" (Triton) backend, whose
 :func:`~.fused.prepare` it uses; what differs is where the fields are. Triton leaves
 shared memory to its compiler, so the "fused" kernel keeps a shot's fields in global
-memory and they travel through the caches at every step (2x deepwave measured on an
+memory and they travel through the caches at every step (2-3x deepwave measured on an
 H100). Here one thread block simulates one shot with every field it reads at its
 neighbours in shared memory (194 KB for OpenFWI's 114 x 114 padded grid):
 
-- shared: the wavefield u^t (one copy), psi and zeta of each axis only on that axis'
-  PML strips and the two cells of stencil reach beside them (psi in two copies: a cell's
-  update reads its neighbours' old psi);
-- registers: each cell's u^{t-1}, which only the cell itself reads;
-- global memory (read-only, through the caches): v^2 dt^2. In registers too it made the
-  compiler spill 140 bytes per thread (for sm_90 at 1024 threads; 4 bytes as it is).
+- shared: the wavefield u^t (one copy); q = a psi (two copies: a cell's update reads its
+  neighbours' old q) and zeta of each axis only on that axis' PML strips and the two
+  cells of stencil reach beside them; the y-PML coefficients of each row;
+- registers: each cell's u^{t-1}, which only the cell itself reads, and the x-PML
+  coefficients of the thread's column;
+- global memory (read-only, through the caches): v^2 dt^2.
 
-Every step computes every cell's u^{t+1} into the register that held its u^{t-1}, waits at
-a barrier, swaps it with u^t in shared memory, and waits again. Compiled at first use
-with NVRTC (torch ships it; no CUDA toolkit needed) for the GPU at hand; CUDA only, there
-is no CPU path (the tests run its source as C++ on the CPU). Design, tests and speed
-(7.4x deepwave on an H100): docs/physics.md, "The fused backend".
+A thread owns a run of cells in one column (OpenFWI: 128 column lanes x 8 groups of 14
+rows), so a warp's 32 threads hold neighbouring columns of the same rows: whether a row is
+in the y-PML is the same for the whole warp, whether a column is in the x-PML is fixed per
+thread, and u^t and q_y walk down the column through registers. Every step computes each
+owned cell's u^{t+1} into the register that held its u^{t-1}, waits at a barrier, swaps it
+with u^t in shared memory, and waits again. Compiled at first use with NVRTC (torch ships
+it; no CUDA toolkit needed) for the GPU at hand; CUDA only, there is no CPU path (the
+tests run its source as C++ on the CPU). Design, tests and speed: docs/physics.md, "The
+fused backend".
 """
 
 from __future__ import annotations
