@@ -18,7 +18,7 @@ neighbours in shared memory (194 KB for OpenFWI's 114 x 114 padded grid):
 A thread owns a run of cells in one column (OpenFWI: 128 column lanes x 8 groups of 14
 rows), so a warp's 32 threads hold neighbouring columns of the same rows: whether a row is
 in the y-PML is the same for the whole warp, whether a column is in the x-PML is fixed per
-thread, and u^t and q_y walk down the column through registers. Every step computes each
+thread, and u^t walks down the column through registers. Every step computes each
 owned cell's u^{t+1} into the register that held its u^{t-1}, waits at a barrier, swaps it
 with u^t in shared memory, and waits again. Compiled at first use with NVRTC (torch ships
 it; no CUDA toolkit needed) for the GPU at hand; CUDA only, there is no CPU path (the
@@ -56,7 +56,6 @@ SOURCE = r"""
 #define D2_2 (-1.0f / 12.0f)
 
 __device__ __forceinline__ bool in_pml(int k, int n) { return k < PML_BEGIN || k >= n - PML_BEGIN; }
-__device__ __forceinline__ bool in_strip(int k, int n) { return k < STRIP || k >= n - STRIP; }
 // Index in an axis' strips of cell k along it (k within STRIP of either edge).
 __device__ __forceinline__ int strip_index(int k, int n) { return k < STRIP ? k : k - (n - 2 * STRIP); }
 
@@ -82,16 +81,12 @@ __device__ __forceinline__ float pml_term(float d2, float d1, float q_m2, float 
     return tmp + zeta_new;
 }
 
-// q^t of the y strips at (row, column); 0 off the strips (cells whose q is always 0).
-__device__ __forceinline__ float q_y_at(const float* q_y, int row, int column) {
-    return in_strip(row, NY) ? q_y[strip_index(row, NY) * NX + column] : 0.0f;
-}
-
 // One block per shot. Thread (lane, group) owns the cells of column 2 + lane in rows
 // first_row = 2 + group ROWS_PER_THREAD, ...: a warp holds 32 neighbouring columns of the
 // same rows, so the y-PML test is the same for all its threads and the x-PML test is fixed
-// per thread, and u^t and q_y^t of the column walk down through registers (one
-// shared-memory read each per cell for the y derivatives).
+// per thread, and u^t of the column walks down through registers (one shared-memory read
+// per cell for the y derivatives). (q_y walking down too measured ~10 % slower on an H100:
+// tracking it costs every row, where only the y-PML rows need it.)
 extern "C" __global__ void __launch_bounds__(THREADS, 1) fused_shots(
     const float* __restrict__ v2dt2,        // (models, NY, NX): v^2 dt^2 on the padded grid
     const float* __restrict__ source_term,  // (shots, n_steps): added at the source cell
@@ -153,24 +148,22 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) fused_shots(
             traces[(step - first_recorded_step) * N_RECEIVERS + threadIdx.x] = u[receiver];
         const float source_now = terms[step];
         if (has_column) {
-            // u^t and q_y^t at rows row - 2 .. row + 2 of this column, moved down a row per cell
+            // u^t at rows row - 2 .. row + 2 of this column, moved down a row per cell
             float u_m2 = u_column[-2 * NX], u_m1 = u_column[-NX], u_0 = u_column[0], u_p1 = u_column[NX];
-            float q_m2 = q_y_at(q_y, first_row - 2, column), q_m1 = q_y_at(q_y, first_row - 1, column);
-            float q_0 = q_y_at(q_y, first_row, column), q_p1 = q_y_at(q_y, first_row + 1, column);
 #pragma unroll
             for (int i = 0; i < ROWS_PER_THREAD; ++i) {
                 const int row = first_row + i;
                 if (row >= NY - 2) break;  // the last group's rows end early; the same in a warp
                 const float* at = u_column + i * NX;
-                const float u_p2 = at[2 * NX], q_p2 = q_y_at(q_y, row + 2, column);
+                const float u_p2 = at[2 * NX];
                 const float u_l2 = at[-2], u_l1 = at[-1], u_r1 = at[1], u_r2 = at[2];
                 float w_y = second_difference(u_m2, u_m1, u_0, u_p1, u_p2, rdy2);
                 float w_x = second_difference(u_l2, u_l1, u_0, u_r1, u_r2, rdx2);
                 if (in_pml(row, NY)) {
                     const int s = strip_index(row, NY) * NX + column;
                     const float4 k = y_coefficients[row];
-                    w_y = pml_term(w_y, first_difference(u_m2, u_m1, u_p1, u_p2, rdy), q_m2, q_m1, q_0, q_p1, q_p2,
-                                   q_y_new + s, zeta_y + s, rdy, k.x, k.y, k.z);
+                    w_y = pml_term(w_y, first_difference(u_m2, u_m1, u_p1, u_p2, rdy), q_y[s - 2 * NX], q_y[s - NX],
+                                   q_y[s], q_y[s + NX], q_y[s + 2 * NX], q_y_new + s, zeta_y + s, rdy, k.x, k.y, k.z);
                 }
                 if (column_in_pml) {
                     const int s = i * STRIP_COLUMNS;
@@ -182,7 +175,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) fused_shots(
                 if (i * NX == source_offset) next += source_now;
                 u_own[i] = next;
                 u_m2 = u_m1, u_m1 = u_0, u_0 = u_p1, u_p1 = u_p2;
-                q_m2 = q_m1, q_m1 = q_0, q_0 = q_p1, q_p1 = q_p2;
             }
         }
         __syncthreads();  // every read of u^t is done
