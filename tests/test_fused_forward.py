@@ -369,6 +369,21 @@ def test_cuda_kernel_source_gives_deepwaves_data_on_the_cpu(tmp_path):
     assert deep.abs().max() > 1.0
 
 
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (C++20) to run the CUDA source on the CPU")
+def test_cuda_kernel_source_holds_on_another_grid(tmp_path):
+    """The same on a grid that is neither square nor OpenFWI's (40 rows x 90 columns, padded
+    84 x 134: 130 updated columns on 160 lanes, 6 groups of 14 rows, the last of 10), a shot
+    beside the right edge: catches rows and columns swapped in the block shape."""
+    acq = dataclasses.replace(SHORT, nz=40, nx=90, source_columns=(5, 89))
+    from wavediffusion.physics import fused, fused_cuda
+
+    assert fused_cuda.block_shape(fused.prepare(acq, torch.device("cpu"), -1.0, 1), acq.n_receivers) == (160, 14, 960)
+    maps = torch.cat([layered_map(acq), smooth_random_map(acq, seed=1)])
+    errors = relative_l2(cuda_kernel_on_cpu(maps, acq, tmp_path), forward_model(maps, "deepwave", acq))
+    print(f"fused-cuda's source on the CPU vs deepwave, 40 x 90 grid, per-model relative L2: {errors}")
+    assert max(errors) <= TOLERANCE, errors
+
+
 def test_cuda_backend_refuses_a_cpu_tensor():
     velocity = torch.full((1, *OPENFWI_ACQUISITION.velocity_shape), 3000.0)
     with pytest.raises(ValueError, match="fused-cuda backend is a CUDA kernel.*backend='deepwave'"):
