@@ -6,7 +6,7 @@ OpenFWI's scheme with its 120-cell sponge, :mod:`.openfwi_fd`; ~20x slower on th
 ``"fused"`` (:mod:`.fused`: deepwave's scheme as one Triton kernel that runs all time
 steps of a shot in one launch; CUDA only; equal to "deepwave" to float32 rounding; 3x
 deepwave on an H100) and ``"fused-cuda"`` (:mod:`.fused_cuda`: the same as a CUDA kernel
-holding a shot's fields in shared memory; CUDA only; 10-12x deepwave on an H100). The deepwave
+holding a shot's fields in shared memory; CUDA only; ~10x deepwave on an H100). The deepwave
 and fused paths correct the source sign (``DEEPWAVE_SOURCE_SCALE`` = -1) and a one-sample
 recording delay (``DEEPWAVE_DELAY_SAMPLES`` = 1); only the absorbing boundaries still
 differ from openfwi.
