@@ -34,6 +34,8 @@ from wavediffusion.data.embedded import load_real_velocity
 from wavediffusion.physics.acquisition import OPENFWI_ACQUISITION, Acquisition
 from wavediffusion.physics.forward import forward_model
 
+from conftest import REPO
+
 # OpenFWI's grid, PML and receivers; two shots (one at the model's edge), a short record.
 SHORT = dataclasses.replace(OPENFWI_ACQUISITION, nt=150, source_columns=(0, 52))
 TOLERANCE = 1e-4  # per-model relative L2 against deepwave, float32
@@ -382,6 +384,39 @@ def test_cuda_kernel_source_holds_on_another_grid(tmp_path):
     errors = relative_l2(cuda_kernel_on_cpu(maps, acq, tmp_path), forward_model(maps, "deepwave", acq))
     print(f"fused-cuda's source on the CPU vs deepwave, 40 x 90 grid, per-model relative L2: {errors}")
     assert max(errors) <= TOLERANCE, errors
+
+
+def test_forward_modelling_times_another_version_of_the_kernel(tmp_path, monkeypatch):
+    """benchmarks/forward_modelling.py --kernel NAME=FILE: FILE's module becomes the backend
+    fused-cuda@NAME of forward_model in that process (a kernel change's before and after
+    timed in one run); a malformed NAME=FILE stops with a message."""
+    import importlib
+    import importlib.util
+
+    from wavediffusion.physics import forward as fwd
+    from wavediffusion.physics import fused_cuda
+
+    # the registry as it is, restored after: the benchmark binds FUSED_MODULES when imported
+    monkeypatch.setattr(fwd, "FUSED_MODULES", dict(fwd.FUSED_MODULES))
+    monkeypatch.setattr(fwd, "BACKENDS", fwd.BACKENDS)
+    monkeypatch.delitem(sys.modules, "wavediffusion.physics.fused_cuda_older", raising=False)
+    spec = importlib.util.spec_from_file_location("forward_modelling", REPO / "benchmarks" / "forward_modelling.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    older = tmp_path / "fused_cuda.py"
+    older.write_text(Path(fused_cuda.__file__).read_text().replace("MAX_THREADS = 1024", "MAX_THREADS = 512"))
+    try:
+        assert benchmark.register_kernel(f"older={older}") == "fused-cuda@older"
+        kernel = importlib.import_module("wavediffusion.physics.fused_cuda_older")
+        assert kernel is not fused_cuda and kernel.MAX_THREADS == 512
+        assert "fused-cuda@older" in fwd.BACKENDS
+        with pytest.raises(ValueError, match="fused-cuda backend is a CUDA kernel"):  # routed to that module
+            forward_model(torch.full((1, *OPENFWI_ACQUISITION.velocity_shape), 3000.0), "fused-cuda@older")
+    finally:
+        sys.modules.pop("wavediffusion.physics.fused_cuda_older", None)
+    for malformed in ("older", "1st=file.py", f"older={tmp_path / 'missing.txt'}"):
+        with pytest.raises(SystemExit, match="--kernel"):
+            benchmark.register_kernel(malformed)
 
 
 def test_cuda_backend_refuses_a_cpu_tensor():

@@ -220,7 +220,8 @@ def block_shape(setup: fused.FusedSetup, n_receivers: int) -> tuple[int, int, in
     columns, rows = setup.nx - 2 * fused.FD_PAD, setup.ny - 2 * fused.FD_PAD
     column_lanes = -(-columns // 32) * 32
     if column_lanes > MAX_THREADS:
-        raise ValueError(f"the fused-cuda kernel handles at most {MAX_THREADS} padded columns, got {setup.nx}")
+        raise ValueError(f"the fused-cuda kernel updates at most {MAX_THREADS} columns (the padded grid less "
+                         f"{2 * fused.FD_PAD}), got {columns}: use backend='deepwave'")
     rows_per_thread = -(-rows // (MAX_THREADS // column_lanes))
     threads = column_lanes * -(-rows // rows_per_thread)
     if n_receivers > threads:
