@@ -481,8 +481,8 @@ def sampling_part(args, check: bool) -> None:
         if check and (sampler, steps) == samplers[0] and not compiled:  # (the check does not depend on how the pairs were made)
             rep, backends = representation(args.scale), args.check_backends.split(",")
             for backend in backends:
-                check_shard(store, 0, rep, backend, batch_size=256, progress=False)  # warm-up
-                info = check_shard(store, 1, rep, backend, batch_size=256, progress=False)
+                check_job(store, 0, rep, backend)  # warm-up
+                info = check_job(store, 1, rep, backend)
                 parts = {part: f"{1000 * s / n:.2f}" for part, s in info["seconds_by_part"].items()}
                 hours = 375_000 / info["pairs_per_second"] / 3600
                 record(args, "check", f"{backend}, batch 256", info["pairs_per_second"], 256, None, None,
@@ -493,7 +493,8 @@ def sampling_part(args, check: bool) -> None:
 
 
 def check_job(store: Path, k: int, rep, backend: str) -> dict:
-    """One check_shard job in a process of its own, as Snakemake would run it."""
+    """check_shard on shard k at batch 256, as the timed rows label it (also run in a process
+    of its own, as Snakemake would run a job)."""
     return check_shard(store, k, rep, backend, batch_size=256, progress=False)
 
 

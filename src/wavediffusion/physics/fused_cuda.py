@@ -6,7 +6,7 @@ The same scheme, setup and calibration as the "fused" (Triton) backend, whose
 shared memory to its compiler, so the "fused" kernel keeps a shot's fields in global
 memory and they travel through the caches at every step (2-3x deepwave measured on an
 H100). Here one thread block simulates one shot with every field it reads at its
-neighbours in shared memory (194 KB for OpenFWI's 114 x 114 padded grid):
+neighbours in shared memory (196 KB for OpenFWI's 114 x 114 padded grid):
 
 - shared: the wavefield u^t (one copy); q = a psi (two copies: a cell's update reads its
   neighbours' old q) and zeta of each axis only on that axis' PML strips and the two
@@ -105,7 +105,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) fused_shots(
     float* zeta_y = q_y1 + Y_STRIP_CELLS;
     float* q_x0 = zeta_y + Y_STRIP_CELLS;            // q_x = a_x psi_x, two copies, X_STRIP_CELLS each
     float* q_x1 = q_x0 + X_STRIP_CELLS;
-    float* zeta_x = q_x1 + X_STRIP_CELLS;
+    float* zeta_x_strips = q_x1 + X_STRIP_CELLS;
     const int n_fields = N_CELLS + 3 * Y_STRIP_CELLS + 3 * X_STRIP_CELLS;
     const float rdy = (float)rdy_, rdy2 = (float)rdy2_, rdx = (float)rdx_, rdx2 = (float)rdx2_;
 
@@ -129,6 +129,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) fused_shots(
     const float* v2_column = v2dt2 + (shot / SHOTS_PER_MODEL) * N_CELLS + first_cell;
     const int source_offset = source - first_cell;  // the source is row i of this thread when i NX equals it
     float* u_column = u + first_cell;
+    float* zeta_x = zeta_x_strips + first_x_strip_cell;  // this thread's column
     float ax = 0.0f, bx = 0.0f, dbx = 0.0f;
     if (column_in_pml) ax = a_x[column], bx = b_x[column], dbx = dbdx[column];
     // u^{t-1} of this thread's cells, which the update replaces by u^{t+1} until the
@@ -142,7 +143,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) fused_shots(
     for (int step = 0; step < n_steps - 1; ++step) {
         const float* q_y = (step & 1) ? q_y1 : q_y0;
         float* q_y_new = (step & 1) ? q_y0 : q_y1;
-        const float* q_x = ((step & 1) ? q_x1 : q_x0) + first_x_strip_cell;
+        const float* q_x = ((step & 1) ? q_x1 : q_x0) + first_x_strip_cell;  // this thread's column
         float* q_x_new = ((step & 1) ? q_x0 : q_x1) + first_x_strip_cell;
         if (step >= first_recorded_step && threadIdx.x < N_RECEIVERS)
             traces[(step - first_recorded_step) * N_RECEIVERS + threadIdx.x] = u[receiver];
@@ -168,8 +169,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) fused_shots(
                 if (column_in_pml) {
                     const int s = i * STRIP_COLUMNS;
                     w_x = pml_term(w_x, first_difference(u_l2, u_l1, u_r1, u_r2, rdx), q_x[s - 2], q_x[s - 1],
-                                   q_x[s], q_x[s + 1], q_x[s + 2], q_x_new + s, zeta_x + first_x_strip_cell + s,
-                                   rdx, ax, bx, dbx);
+                                   q_x[s], q_x[s + 1], q_x[s + 2], q_x_new + s, zeta_x + s, rdx, ax, bx,
+                                   dbx);
                 }
                 float next = __ldg(v2_column + i * NX) * (w_y + w_x) + 2 * u_0 - u_own[i];
                 if (i * NX == source_offset) next += source_now;
