@@ -5,7 +5,8 @@ both decoders), times each distinct one alone on the GPU, forward and backward, 
 NCHW and in channels-last, and sums the faster layout's time over all of them. Norms,
 activations, attention, the quantiser, the loss and the optimiser are taken as free, so the
 samples/s this prints bounds the step from above: a training step cannot beat its own
-convolutions as cuDNN runs them.
+convolutions as cuDNN runs them. (The attention blocks' 1x1 projections run as matrix
+products and are left out with the attention.)
 
     python benchmarks/stage1_conv_bound.py --batch-size 16 --out conv_bound.csv
     python benchmarks/stage1_conv_bound.py --tiny --device cpu --out /tmp/conv_bound.csv  # a try-out

@@ -190,3 +190,22 @@ def test_compiled_training_follows_eager_training(tmp_path):
     for module, state in finals[True].items():
         for key, value in state.items():
             torch.testing.assert_close(value, finals[False][module][key], rtol=1e-4, atol=1e-5)
+
+
+def test_convolution_bound_counts_every_convolution_flop_of_the_autoencoder():
+    """benchmarks/stage1_conv_bound.py records each convolution one forward runs: their
+    multiply-adds add up to what torch's FLOP counter counts for the whole forward's
+    convolutions, and only the one reading the seismic data needs no input gradient."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from test_workflow import load_benchmark
+
+    bound = load_benchmark("stage1_conv_bound")
+    config = AutoencoderConfig.tiny()
+    recorded = bound.recorded_convolutions(config)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        VQAutoencoder(config)(torch.zeros(1, *config.seismic_shape))
+    conv_flops = counter.get_flop_counts()["Global"][torch.ops.aten.convolution]
+    assert sum(bound.conv_flops(shape, 1) * n for shape, n in recorded.items()) == conv_flops
+    assert sum(n for shape, n in recorded.items() if not shape[-1]) == 1
