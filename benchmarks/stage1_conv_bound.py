@@ -37,8 +37,10 @@ def recorded_convolutions(config: AutoencoderConfig) -> Counter:
 
     def hook(module: nn.Conv2d, inputs, _output):
         _, _, height, width = inputs[0].shape
-        seen[(module.in_channels, module.out_channels, module.kernel_size[0], module.stride,
-              module.padding[0], height, width, inputs[0] is not seismic)] += 1
+        # the input convolution runs on channels zero-padded to a multiple of 8 (InputConv2d)
+        c_in = getattr(module, "padded_in_channels", module.in_channels)
+        seen[(c_in, module.out_channels, module.kernel_size[0], module.stride, module.padding[0], height, width,
+              inputs[0] is not seismic)] += 1
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
     with torch.no_grad():

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from wavediffusion.models.autoencoder import (
     AutoencoderConfig,
+    InputConv2d,
     VQAutoencoder,
     parameter_count,
     resampling_strides,
@@ -186,6 +187,29 @@ def test_decoders_expose_last_layer():
     model = VQAutoencoder(AutoencoderConfig.tiny())
     assert model.seismic_decoder.last_layer is model.seismic_decoder.conv_out.weight
     assert model.velocity_decoder.last_layer.shape[0] == 1
+
+
+def test_input_convolution_pads_channels_and_computes_the_plain_convolution():
+    """The encoder's first convolution runs on 8 channels (3 shots + 5 zero channels, a fast
+    cuDNN kernel) and gives the 3-channel convolution's output and weight gradient; its
+    parameters keep the 3-channel shape, so every trained checkpoint loads."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    conv = InputConv2d(3, 16, 3, padding=1).double()
+    plain = torch.nn.Conv2d(3, 16, 3, padding=1).double()
+    plain.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 3, 12, 8, dtype=torch.float64)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = conv(x)
+    assert counter.get_total_flops() == 2 * 2 * 16 * 12 * 8 * (8 * 3 * 3)  # the convolution ran on 8 channels
+    torch.testing.assert_close(out, plain(x), rtol=0, atol=1e-12)
+    out.square().sum().backward()
+    plain(x).square().sum().backward()
+    torch.testing.assert_close(conv.weight.grad, plain.weight.grad, rtol=1e-12, atol=1e-12)
+    assert conv.weight.shape == (16, 3, 3, 3) and conv.padded_in_channels == 8
+    assert isinstance(VQAutoencoder(AutoencoderConfig.tiny()).encoder.conv_in, InputConv2d)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -52,12 +52,12 @@ def run_check_shard(store: PairsStore, shard: Shard,
                     backend: Backend, batch_size: Annotated[int, "pairs forward-modelled at once"],
                     record: Annotated[str, "JSON written once the shard is checked"],
                     threads: Threads = None) -> None:
-    """the wave-equation check of one shard's pairs (deepwave)"""
+    """the wave-equation check of one shard's pairs (physics.backend)"""
     from ..files import write_json
     from ..sampling.shard import check_shard
 
     use_threads(threads)
-    info = check_shard(store, shard, dataset, backend=backend, batch_size=batch_size)
+    info = check_shard(store, shard, dataset, backend=backend, batch_size=batch_size, read_threads=threads or 1)
     write_json(info, record)
     print(f"shard {shard}: PDE deviation mean {info['deviation_mean']:.4f}")
 
