@@ -480,27 +480,25 @@ def sampling_part(args, check: bool) -> None:
                flops_key=f"sampling/{steps}")
         if check and (sampler, steps) == samplers[0] and not compiled:  # (the check does not depend on how the pairs were made)
             rep, backends = representation(args.scale), args.check_backends.split(",")
-            read_threads = [int(t) for t in args.check_read_threads.split(",")]
             for backend in backends:
-                check_job(store, 0, rep, backend, read_threads[-1])  # warm-up
-                for threads in read_threads:
-                    info = check_job(store, 1, rep, backend, threads)
-                    parts = {part: f"{1000 * s / n:.2f}" for part, s in info["seconds_by_part"].items()}
-                    hours = 375_000 / info["pairs_per_second"] / 3600
-                    record(args, "check", f"{backend}, batch 256, {threads} read threads", info["pairs_per_second"],
-                           256, None, None, f"ms/pair {json.dumps(parts)}; 375k pairs: {hours:.2f} GPU-h")
+                check_job(store, 0, rep, backend)  # warm-up
+                info = check_job(store, 1, rep, backend)
+                parts = {part: f"{1000 * s / n:.2f}" for part, s in info["seconds_by_part"].items()}
+                hours = 375_000 / info["pairs_per_second"] / 3600
+                record(args, "check", f"{backend}, batch 256", info["pairs_per_second"], 256, None, None,
+                       f"ms/pair {json.dumps(parts)}; 375k pairs: {hours:.2f} GPU-h")
             if args.check_processes > 1:
                 for backend in backends:
-                    check_in_processes(args.check_processes, store, rep, backend, n, read_threads[-1], args)
+                    check_in_processes(args.check_processes, store, rep, backend, n, args)
 
 
-def check_job(store: Path, k: int, rep, backend: str, read_threads: int) -> dict:
+def check_job(store: Path, k: int, rep, backend: str) -> dict:
     """check_shard on shard k at batch 256, as the timed rows label it (also run in a process
     of its own, as Snakemake would run a job)."""
-    return check_shard(store, k, rep, backend, batch_size=256, progress=False, read_threads=read_threads)
+    return check_shard(store, k, rep, backend, batch_size=256, progress=False)
 
 
-def check_in_processes(processes: int, store: Path, rep, backend: str, n: int, read_threads: int, args) -> None:
+def check_in_processes(processes: int, store: Path, rep, backend: str, n: int, args) -> None:
     """`processes` check_shard jobs at once on one GPU, each on its own shard of n pairs and
     in its own process (what `--resources gpu=N` gives on a machine of one GPU): pairs/s of
     all of them together, start-up (CUDA, the kernel's compilation) included."""
@@ -508,11 +506,10 @@ def check_in_processes(processes: int, store: Path, rep, backend: str, n: int, r
     started = time.perf_counter()
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
         infos = list(pool.map(check_job, [store] * processes, range(processes),
-                              [rep] * processes, [backend] * processes, [read_threads] * processes))
+                              [rep] * processes, [backend] * processes))
     wall = time.perf_counter() - started
     inside = sum(info["pairs_per_second"] for info in infos)
-    record(args, "check", f"{backend}, batch 256, {read_threads} read threads, {processes} jobs at once",
-           processes * n / wall, 256, None, None,
+    record(args, "check", f"{backend}, batch 256, {processes} jobs at once", processes * n / wall, 256, None, None,
            f"wall {wall:.1f} s with start-up; the jobs' own rates summed {inside:.1f} pairs/s; "
            f"375k pairs: {375_000 * wall / (processes * n) / 3600:.2f} GPU-h")
 
@@ -543,9 +540,6 @@ def main() -> None:
                         help="check: comma-separated physics backends to time check_shard with")
     parser.add_argument("--check-processes", type=int, default=1,
                         help="check: also run this many check_shard jobs at once, each in its own process")
-    parser.add_argument("--check-read-threads", default="4",
-                        help="check: comma-separated threads decoding the store (4: the check_shard rule's threads); "
-                             "the last also runs the jobs at once")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--tiny", action="store_true", help="toy sizes: a CPU try-out of this script")
     args = parser.parse_args()

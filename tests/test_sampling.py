@@ -53,7 +53,6 @@ from wavediffusion.data.pairs_store import (
     num_shards,
     open_pairs_store,
     read_done,
-    read_rows,
     shard_range,
 )
 from wavediffusion.seeds import Stream, derive_seed
@@ -246,31 +245,6 @@ def test_dpm_solver_shard_stores_the_solver_samples(artifacts, tmp_path):
     generator = torch.Generator().manual_seed(derive_seed(settings.seed, Stream.SAMPLING_SHARD, 0))
     first = dpm_solver_sample(unet, schedule, (2, 8, 8, 8), num_steps=3, generator=generator).z0 / scale
     np.testing.assert_allclose(arrays(store)["latent"][:2], first.numpy(), rtol=1e-5, atol=1e-6)
-
-
-def test_rows_read_in_pieces_are_the_rows(tmp_path):
-    """read_rows gives array[start:stop] for any number of pieces, over shard boundaries and
-    for fewer rows than pieces."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    array = zarr.create_array(str(tmp_path / "a.zarr"), shape=(23, 2, 5), chunks=(1, 2, 5), shards=(4, 2, 5),
-                              dtype="float32")
-    array[:] = np.random.default_rng(0).standard_normal((23, 2, 5)).astype(np.float32)
-    with ThreadPoolExecutor(3) as pool:
-        for start, stop in ((0, 23), (3, 17), (5, 6), (22, 23)):
-            for pieces in (1, 2, 3, 7):
-                np.testing.assert_array_equal(read_rows(array, start, stop, pool, pieces), array[start:stop])
-
-
-def test_checking_with_several_read_threads_stores_the_same(artifacts, reference, tmp_path):
-    """check_shard's read_threads decode the store's seismic in pieces: the stored check is
-    the one read in one piece."""
-    store = copy_store(reference, tmp_path / "pairs.zarr")
-    for k in range(K):
-        check_shard(store, k, REP, "deepwave", batch_size=2, device="cpu", progress=False, read_threads=3)
-    assert_stores_equal(store, reference)
-    with pytest.raises(ValueError, match="read_threads"):
-        check_shard(store, 0, REP, "deepwave", read_threads=0)
 
 
 def test_write_manifest(reference, tmp_path):

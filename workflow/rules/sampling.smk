@@ -79,8 +79,7 @@ rule check_shard:
     retries: 1
     conda:
         "../../envs/wavediffusion.yaml"
-    # threads decode the store's seismic in parallel: one decodes ~300 MB/s, which the fused kernel outruns
-    threads: 4
+    threads: 2
     resources:
         mem_mb=16000,
         runtime=120,

@@ -230,21 +230,6 @@ class BlockWriter:
         self.buffered -= count
 
 
-def read_rows(array: zarr.Array, start: int, stop: int, pool: ThreadPoolExecutor, pieces: int) -> np.ndarray:
-    """array[start:stop], read as `pieces` row ranges on `pool`'s threads at once. Zarr decodes
-    the chunks of one read one after another (~300 MB/s of seismic on one core), which the
-    fused forward kernel outruns ~10x; the pieces' decoding runs in parallel."""
-    out = np.empty((stop - start, *array.shape[1:]), dtype=array.dtype)
-    bounds = np.linspace(start, stop, max(1, min(pieces, stop - start)) + 1).round().astype(int)
-
-    def read(a: int, b: int) -> None:
-        out[a - start:b - start] = array[a:b]
-
-    for future in [pool.submit(read, a, b) for a, b in zip(bounds[:-1], bounds[1:])]:
-        future.result()
-    return out
-
-
 def open_pairs_store(path: str | Path, mode: str = "r+") -> zarr.Group:
     """Open an existing pairs store, with a clear error when it is not one. Read-only, it is
     also refused when a shard file of a finished job is gone (the writers, mode r+, check the

@@ -37,7 +37,6 @@ from ..data.pairs_store import (
     is_done,
     mark_done,
     num_shards,
-    read_rows,
     open_pairs_store,
     read_done,
     shard_range,
@@ -240,16 +239,16 @@ def _representation(dataset) -> Representation:
 
 @torch.no_grad()
 def check_shard(store: str | Path, k: int, dataset: str | Path | Representation, backend: str = "deepwave",
-                batch_size: int = 64, device: str | None = None, progress: bool = True, read_threads: int = 1) -> dict:
+                batch_size: int = 64, device: str | None = None, progress: bool = True) -> dict:
     """Simulate shard k's velocities and store seismic_simulated and the deviation.
 
     `dataset`: the dataset store the autoencoder was trained on (for its Representation),
-    or a Representation. `read_threads`: threads decoding each batch's seismic from the store.
+    or a Representation.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    if batch_size < 1 or read_threads < 1:
-        raise ValueError(f"batch_size and read_threads must be at least 1, got {batch_size} and {read_threads}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     root = open_pairs_store(store)
     rows = shard_range(k, root.attrs["shard_size"], root.attrs["num_pairs"])
     if not is_done(store, "sample", k):
@@ -272,10 +271,9 @@ def check_shard(store: str | Path, k: int, dataset: str | Path | Representation,
 
     def read(start: int) -> tuple[np.ndarray, np.ndarray]:
         stop = min(start + batch_size, rows.stop)
-        return read_rows(arrays[0], start, stop, decoders, read_threads), arrays[1][start:stop]
+        return arrays[0][start:stop], arrays[1][start:stop]
 
-    with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-reader") as reader,
-          ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="store-decoder") as decoders):
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-reader") as reader:
         next_read = reader.submit(read, starts[0])
         for i in tqdm(range(len(starts)), desc=f"check {k}", unit="batch", disable=not progress):
             with timer.part("read"):  # waiting for the reader thread, and the copy to the device

@@ -57,7 +57,7 @@ def run_check_shard(store: PairsStore, shard: Shard,
     from ..sampling.shard import check_shard
 
     use_threads(threads)
-    info = check_shard(store, shard, dataset, backend=backend, batch_size=batch_size, read_threads=threads or 1)
+    info = check_shard(store, shard, dataset, backend=backend, batch_size=batch_size)
     write_json(info, record)
     print(f"shard {shard}: PDE deviation mean {info['deviation_mean']:.4f}")
 
