@@ -97,7 +97,8 @@ def main() -> None:
     config = AutoencoderConfig.tiny() if args.tiny else AutoencoderConfig.paper()
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     rows, total_seconds, total_flops = [], 0.0, 0.0
-    for shape, count in sorted(recorded_convolutions(config).items(), key=lambda item: -conv_flops(item[0], 1) * item[1]):
+    convolutions = recorded_convolutions(config)
+    for shape, count in sorted(convolutions.items(), key=lambda item: -conv_flops(item[0], 1) * item[1]):
         seconds = {layout: time_convolution(shape, args.batch_size, layout, args.device, args.iters)
                    for layout in ("nchw", "channels-last")}
         best = min(seconds, key=seconds.get)
@@ -106,14 +107,16 @@ def main() -> None:
         total_flops += count * flops
         c_in, c_out, k, stride, _, height, width, _ = shape
         rows.append({"convolution": f"{c_in}->{c_out} {k}x{k} stride {stride[0]}x{stride[1]} at {height}x{width}",
-                     "count": count, "ms_nchw": 1e3 * seconds["nchw"], "ms_channels_last": 1e3 * seconds["channels-last"],
+                     "count": count, "ms_nchw": 1e3 * seconds["nchw"],
+                     "ms_channels_last": 1e3 * seconds["channels-last"],
                      "tflops_best": flops / seconds[best] / 1e12, "ms_all_best": 1e3 * count * seconds[best]})
         print(rows[-1], flush=True)
     rows.append({"convolution": "all (each at its faster layout)", "count": sum(r["count"] for r in rows),
                  "ms_all_best": 1e3 * total_seconds, "tflops_best": total_flops / total_seconds / 1e12,
                  "samples_per_s_bound": args.batch_size / total_seconds})
     print(rows[-1])
-    fields = ["gpu", "batch", "convolution", "count", "ms_nchw", "ms_channels_last", "tflops_best", "ms_all_best", "samples_per_s_bound"]
+    fields = ["gpu", "batch", "convolution", "count", "ms_nchw", "ms_channels_last", "tflops_best", "ms_all_best",
+              "samples_per_s_bound"]
     with open(args.out, "w", newline="") as f:
         writer = csv.DictWriter(f, fields)
         writer.writeheader()

@@ -164,10 +164,10 @@ def _norm(channels: int, groups: int) -> nn.GroupNorm:
 
 class InputConv2d(nn.Conv2d):
     """The convolution that reads the data, run with its input channels zero-padded to a
-    multiple of 8: the same sums (the extra channels and weights are zeros, whose weight
-    gradient stays out of the parameter), but cuDNN has no fast kernel for 3 input channels:
-    3 -> 64 at 1024 x 64, batch 16, bf16, forward + weight gradient took 7.4 ms on an H100,
-    8 -> 64 0.26 ms (docs/results.md, "Stage 1's convolution bound")."""
+    multiple of 8: the same sums (zero channels meet zero weights; the parameter keeps its
+    shape and gets the gradient of its own channels), but a fast cuDNN kernel. 3 -> 64 at
+    1024 x 64, batch 16, bf16, forward + weight gradient took 7.4 ms on an H100, 8 -> 64
+    0.26 ms (docs/results.md, "Stage 1's convolution bound")."""
 
     @property
     def padded_in_channels(self) -> int:
@@ -177,7 +177,8 @@ class InputConv2d(nn.Conv2d):
         missing = self.padded_in_channels - self.in_channels
         if not missing:
             return super().forward(x)
-        return self._conv_forward(F.pad(x, (0, 0, 0, 0, 0, missing)), F.pad(self.weight, (0, 0, 0, 0, 0, missing)), self.bias)
+        pad = (0, 0, 0, 0, 0, missing)  # width and height as they are, zero channels appended
+        return self._conv_forward(F.pad(x, pad), F.pad(self.weight, pad), self.bias)
 
 
 class ResnetBlock(nn.Module):
