@@ -18,4 +18,4 @@ python3 benchmarks/forward_modelling.py --backends deepwave,fused,fused-cuda --b
     $(for kernel in ${KERNELS:-}; do echo --kernel "$kernel"; done) | tee $OUT/forward_modelling.md
 [ "${CHECK:-1}" = 0 ] || python3 benchmarks/throughput.py --commit "${COMMIT:-unknown}" --work /root/throughput --out $OUT/throughput.csv \
     --parts sampling,check --samplers ddim-25 --modes eager --check-backends deepwave,fused-cuda \
-    --check-processes 4
+    --check-processes 4  # also one job of 4 processes (physics.check_processes)

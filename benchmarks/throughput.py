@@ -490,6 +490,12 @@ def sampling_part(args, check: bool) -> None:
             if args.check_processes > 1:
                 for backend in backends:
                     check_in_processes(args.check_processes, store, rep, backend, n, args)
+                    info = check_shard(store, 1, rep, backend, batch_size=256, progress=False,
+                                       processes=args.check_processes)
+                    record(args, "check", f"{backend}, batch 256, {info['processes']} processes in one job",
+                           info["pairs_per_second"], 256, None, None,
+                           f"wall {info['seconds']:.1f} s with the processes' start-up (physics.check_processes); "
+                           f"375k pairs: {375_000 / info['pairs_per_second'] / 3600:.2f} GPU-h")
 
 
 def check_job(store: Path, k: int, rep, backend: str) -> dict:
@@ -539,7 +545,8 @@ def main() -> None:
     parser.add_argument("--check-backends", default="deepwave",
                         help="check: comma-separated physics backends to time check_shard with")
     parser.add_argument("--check-processes", type=int, default=1,
-                        help="check: also run this many check_shard jobs at once, each in its own process")
+                        help="check: also run this many check_shard jobs at once, each in its own process, "
+                             "and one job with this many processes (physics.check_processes)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--tiny", action="store_true", help="toy sizes: a CPU try-out of this script")
     args = parser.parse_args()

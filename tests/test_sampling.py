@@ -36,6 +36,7 @@ from wavediffusion.sampling.physics_filter import (
 )
 from wavediffusion.sampling.shard import (
     SamplingSettings,
+    block_runs,
     check_shard,
     create_store_for_models,
     gather,
@@ -245,6 +246,30 @@ def test_dpm_solver_shard_stores_the_solver_samples(artifacts, tmp_path):
     generator = torch.Generator().manual_seed(derive_seed(settings.seed, Stream.SAMPLING_SHARD, 0))
     first = dpm_solver_sample(unet, schedule, (2, 8, 8, 8), num_steps=3, generator=generator).z0 / scale
     np.testing.assert_allclose(arrays(store)["latent"][:2], first.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_block_runs_cut_rows_at_block_boundaries():
+    """check_shard's processes each get consecutive whole blocks (Zarr shards): every row once,
+    no block split between two, as many runs as asked where the blocks allow."""
+    for rows, block, count in ((range(0, 1000), 250, 4), (range(1000, 2000), 250, 3), (range(6, 13), 3, 5),
+                               (range(0, 7), 1, 2), (range(30, 31), 10, 4)):
+        runs = block_runs(rows, block, count)
+        assert [r for run in runs for r in run] == list(rows)
+        assert all(run.start % block == 0 and len(run) > 0 for run in runs)
+        assert len(runs) == min(count, -(-len(rows) // block))
+    assert block_runs(range(0, 1000), 250, 4) == [range(0, 250), range(250, 500), range(500, 750), range(750, 1000)]
+
+
+def test_checking_in_several_processes_stores_the_same(artifacts, reference, tmp_path):
+    """check_shard with processes > 1 (each its own run of blocks, spawned) stores what one
+    process stores, and its record counts them; processes < 1 is refused."""
+    store = copy_store(reference, tmp_path / "pairs.zarr")
+    info = check_shard(store, 0, REP, "deepwave", batch_size=2, device="cpu", progress=False, processes=3)
+    assert info["processes"] == 3 and info["n"] == 3  # store_block 1: a block per row
+    assert_stores_equal(store, reference)
+    assert read_done(store, "check", 0)["deviation_mean"] == read_done(reference, "check", 0)["deviation_mean"]
+    with pytest.raises(ValueError, match="processes"):
+        check_shard(store, 0, REP, "deepwave", processes=0)
 
 
 def test_write_manifest(reference, tmp_path):

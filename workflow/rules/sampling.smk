@@ -87,9 +87,11 @@ rule check_shard:
     params:
         backend=PHYSICS_BACKEND,
         batch_size=config["physics"]["batch_size"],
+        processes=config["physics"]["check_processes"],
     shell:
         "wavediffusion check-shard --store {input.store} --shard {wildcards.shard} --dataset {input.dataset}"
-        " --backend {params.backend} --batch-size {params.batch_size} --threads {threads} --record {output} > {log} 2>&1"
+        " --backend {params.backend} --batch-size {params.batch_size} --processes {params.processes}"
+        " --threads {threads} --record {output} > {log} 2>&1"
 
 
 rule gather_samples:

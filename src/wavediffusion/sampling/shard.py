@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import multiprocessing
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -239,16 +240,18 @@ def _representation(dataset) -> Representation:
 
 @torch.no_grad()
 def check_shard(store: str | Path, k: int, dataset: str | Path | Representation, backend: str = "deepwave",
-                batch_size: int = 64, device: str | None = None, progress: bool = True) -> dict:
+                batch_size: int = 64, device: str | None = None, progress: bool = True, processes: int = 1) -> dict:
     """Simulate shard k's velocities and store seismic_simulated and the deviation.
 
     `dataset`: the dataset store the autoencoder was trained on (for its Representation),
-    or a Representation.
+    or a Representation. `processes` > 1 checks the shard's Zarr shards in that many processes
+    at once, each its own run of them, all on `device`: one process's store reading and
+    writing, not the forward kernel, bounds the check (docs/results.md, "The check's store I/O").
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if batch_size < 1 or processes < 1:
+        raise ValueError(f"batch_size and processes must be at least 1, got {batch_size} and {processes}")
     root = open_pairs_store(store)
     rows = shard_range(k, root.attrs["shard_size"], root.attrs["num_pairs"])
     if not is_done(store, "sample", k):
@@ -263,6 +266,52 @@ def check_shard(store: str | Path, k: int, dataset: str | Path | Representation,
     device = _device(device)
     clear_done(store, "check", k)
     timer = PartTimer(device)
+    parts = block_runs(rows, int(root.attrs["block"]), processes)
+    if len(parts) == 1:
+        results = [check_rows(store, rows, rep, backend, batch_size, str(device), progress, f"check {k}")]
+    else:
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        threads = max(1, torch.get_num_threads() // len(parts))
+        with ProcessPoolExecutor(len(parts), mp_context=context, initializer=torch.set_num_threads,
+                                 initargs=(threads,)) as pool:
+            futures = [pool.submit(check_rows, str(store), part, rep, backend, batch_size, str(device), False, "")
+                       for part in parts]
+            results = [future.result() for future in futures]
+    seconds = timer.elapsed()
+    deviation = np.concatenate([result["deviation"] for result in results])
+    by_part: dict[str, float] = {}
+    for result in results:  # summed over the processes: each one's own time in each part
+        for name, value in result["seconds_by_part"].items():
+            by_part[name] = by_part.get(name, 0.0) + value
+    info = {"n": len(rows), "rows": [rows.start, rows.stop], "backend": backend, "seconds": seconds,
+            "pairs_per_second": len(rows) / seconds if seconds > 0 else None, "seconds_by_part": by_part,
+            "writer_thread_seconds": sum(result["writer_thread_seconds"] for result in results),
+            "processes": len(parts), "device": str(device), "sample_seed": read_done(store, "sample", k)["seed"],
+            **_stats(deviation)}
+    if not np.isfinite(deviation).all():
+        raise FloatingPointError(f"{store}: shard {k} has non-finite deviations")
+    mark_done(store, "check", k, info)
+    return info
+
+
+def block_runs(rows: range, block: int, count: int) -> list[range]:
+    """`rows` cut into at most `count` consecutive runs of whole blocks (Zarr shards), as even
+    as the blocks allow: no two runs write one shard file."""
+    edges = list(range(rows.start, rows.stop, block)) + [rows.stop]
+    blocks = len(edges) - 1
+    count = max(1, min(count, blocks))
+    cuts = [edges[round(i * blocks / count)] for i in range(count)] + [rows.stop]
+    return [range(a, b) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+@torch.no_grad()
+def check_rows(store: str | Path, rows: range, rep: Representation, backend: str, batch_size: int, device: str,
+               progress: bool, desc: str) -> dict:
+    """check_shard's work on `rows` (whole blocks): forward-model their velocities, write
+    seismic_simulated and the deviation; the deviations and the seconds by part."""
+    root = open_pairs_store(store)
+    device = torch.device(device)
+    timer = PartTimer(device)
     deviations = []
     # reading the next batch and writing the last one run in threads, beside the simulation
     writer = BackgroundWriter(BlockWriter(root, rows))
@@ -275,7 +324,7 @@ def check_shard(store: str | Path, k: int, dataset: str | Path | Representation,
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-reader") as reader:
         next_read = reader.submit(read, starts[0])
-        for i in tqdm(range(len(starts)), desc=f"check {k}", unit="batch", disable=not progress):
+        for i in tqdm(range(len(starts)), desc=desc, unit="batch", disable=not progress):
             with timer.part("read"):  # waiting for the reader thread, and the copy to the device
                 seismic, velocity = next_read.result()
                 if i + 1 < len(starts):
@@ -289,16 +338,8 @@ def check_shard(store: str | Path, k: int, dataset: str | Path | Representation,
             deviations.append(deviation)
     with timer.part("write"):
         writer.close()
-    seconds = timer.elapsed()
-    deviation = np.concatenate(deviations)
-    info = {"n": len(rows), "rows": [rows.start, rows.stop], "backend": backend, "seconds": seconds,
-            "pairs_per_second": len(rows) / seconds if seconds > 0 else None, "seconds_by_part": timer.seconds,
-            "writer_thread_seconds": writer.busy_seconds,
-            "device": str(device), "sample_seed": read_done(store, "sample", k)["seed"], **_stats(deviation)}
-    if not np.isfinite(deviation).all():
-        raise FloatingPointError(f"{store}: shard {k} has non-finite deviations")
-    mark_done(store, "check", k, info)
-    return info
+    return {"deviation": np.concatenate(deviations), "seconds_by_part": timer.seconds,
+            "writer_thread_seconds": writer.busy_seconds}
 
 
 def _stats(deviation: np.ndarray) -> dict:

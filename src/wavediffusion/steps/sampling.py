@@ -51,13 +51,14 @@ def run_check_shard(store: PairsStore, shard: Shard,
                     dataset: Annotated[str, "the dataset store (its representation)"],
                     backend: Backend, batch_size: Annotated[int, "pairs forward-modelled at once"],
                     record: Annotated[str, "JSON written once the shard is checked"],
+                    processes: Annotated[int, "processes checking the shard at once (physics.check_processes)"] = 1,
                     threads: Threads = None) -> None:
     """the wave-equation check of one shard's pairs (physics.backend)"""
     from ..files import write_json
     from ..sampling.shard import check_shard
 
     use_threads(threads)
-    info = check_shard(store, shard, dataset, backend=backend, batch_size=batch_size)
+    info = check_shard(store, shard, dataset, backend=backend, batch_size=batch_size, processes=processes)
     write_json(info, record)
     print(f"shard {shard}: PDE deviation mean {info['deviation_mean']:.4f}")
 
