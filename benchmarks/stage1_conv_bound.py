@@ -118,10 +118,9 @@ def main() -> None:
     fields = ["gpu", "batch", "convolution", "count", "ms_nchw", "ms_channels_last", "tflops_best", "ms_all_best",
               "samples_per_s_bound"]
     with open(args.out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fields)
+        writer = csv.DictWriter(f, fields, restval="")
         writer.writeheader()
-        for row in rows:
-            writer.writerow({**{k: row.get(k, "") for k in fields}, "gpu": gpu, "batch": args.batch_size})
+        writer.writerows({**row, "gpu": gpu, "batch": args.batch_size} for row in rows)
     print(f"batch {args.batch_size}, {gpu}: convolutions alone {1e3 * total_seconds:.1f} ms a step, "
           f"at most {args.batch_size / total_seconds:.1f} samples/s")
 

@@ -490,18 +490,17 @@ def sampling_part(args, check: bool) -> None:
             if args.check_processes > 1:
                 for backend in backends:
                     check_in_processes(args.check_processes, store, rep, backend, n, args)
-                    info = check_shard(store, 1, rep, backend, batch_size=256, progress=False,
-                                       processes=args.check_processes)
+                    info = check_job(store, 1, rep, backend, processes=args.check_processes)
                     record(args, "check", f"{backend}, batch 256, {info['processes']} processes in one job",
                            info["pairs_per_second"], 256, None, None,
                            f"wall {info['seconds']:.1f} s with the processes' start-up (physics.check_processes); "
                            f"375k pairs: {375_000 / info['pairs_per_second'] / 3600:.2f} GPU-h")
 
 
-def check_job(store: Path, k: int, rep, backend: str) -> dict:
+def check_job(store: Path, k: int, rep, backend: str, processes: int = 1) -> dict:
     """check_shard on shard k at batch 256, as the timed rows label it (also run in a process
     of its own, as Snakemake would run a job)."""
-    return check_shard(store, k, rep, backend, batch_size=256, progress=False)
+    return check_shard(store, k, rep, backend, batch_size=256, progress=False, processes=processes)
 
 
 def check_in_processes(processes: int, store: Path, rep, backend: str, n: int, args) -> None:

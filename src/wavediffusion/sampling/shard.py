@@ -279,12 +279,9 @@ def check_shard(store: str | Path, k: int, dataset: str | Path | Representation,
             results = [future.result() for future in futures]
     seconds = timer.elapsed()
     deviation = np.concatenate([result["deviation"] for result in results])
-    by_part: dict[str, float] = {}
-    for result in results:  # summed over the processes: each one's own time in each part
-        for name, value in result["seconds_by_part"].items():
-            by_part[name] = by_part.get(name, 0.0) + value
     info = {"n": len(rows), "rows": [rows.start, rows.stop], "backend": backend, "seconds": seconds,
-            "pairs_per_second": len(rows) / seconds if seconds > 0 else None, "seconds_by_part": by_part,
+            "pairs_per_second": len(rows) / seconds if seconds > 0 else None,
+            "seconds_by_part": _sum_parts(results),  # over the processes: each one's own time in each part
             "writer_thread_seconds": sum(result["writer_thread_seconds"] for result in results),
             "processes": len(parts), "device": str(device), "sample_seed": read_done(store, "sample", k)["seed"],
             **_stats(deviation)}
@@ -353,7 +350,7 @@ def _stats(deviation: np.ndarray) -> dict:
 
 
 def _sum_parts(records: list[dict]) -> dict[str, float]:
-    """Every shard's seconds_by_part added up (shards recorded before it existed add none)."""
+    """Every record's seconds_by_part added up (shards recorded before it existed add none)."""
     total: dict[str, float] = {}
     for record in records:
         for name, seconds in record.get("seconds_by_part", {}).items():
