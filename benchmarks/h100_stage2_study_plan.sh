@@ -17,4 +17,4 @@ yaml.safe_dump(config, open('/root/science_gpu.yaml', 'w'))"
 CONFIG=/root/science_gpu.yaml mini_snakemake -- results/stage1/1vq/latents.zarr || exit 1
 python3 benchmarks/stage2_convergence.py --config /root/science_gpu.yaml --latents results/stage1/1vq/latents.zarr \
     --stage1-model results/stage1/1vq/model.pt --seconds "${STUDY_SECONDS:-260}" \
-    --recipes "${STUDY_RECIPES:-paper,paper-codes,small}" --out results/stage2_study
+    --recipes "${STUDY_RECIPES:-paper,paper-minsnr}" --out results/stage2_study

@@ -57,7 +57,9 @@ SMALL_UNET = {"model_channels": 64, "channel_mult": [1, 2, 2, 4], "attention_res
 #          science config: v-prediction since 2026-12-07, lr 3e-4 decaying 0.98 per epoch
 #          since 2026-12-07); -eps and -v name the target, -lr1e-4 the science recipe before;
 #          -1head attends with one head per block (1.29x the paper's 8 heads compiled, 1.14x
-#          eager, in the UNet's forward on an H100), so its quality can be set against them.
+#          eager, in the UNet's forward on an H100), so its quality can be set against them;
+#          -minsnr weights the loss with Min-SNR-5 (stage2.diffusion.min_snr_gamma), a published
+#          remedy for slow diffusion training.
 RECIPES = {
     "paper": ("continuous", {}),
     "paper-eps": ("continuous", {"diffusion": {"prediction": "eps"}}),
@@ -66,6 +68,7 @@ RECIPES = {
     "paper-lr1e-4": ("continuous", {"training": {"lr": 1e-4, "lr_decay": 1.0}}),
     "paper-v": ("continuous", {"diffusion": {"prediction": "v"}}),
     "paper-1head": ("continuous", {"model": {"num_heads": 1}}),
+    "paper-minsnr": ("continuous", {"diffusion": {"min_snr_gamma": 5.0}}),
     "small": ("continuous", {"model": SMALL_UNET, "training": {"lr": 2e-4}}),
 }
 # (sampler, steps, eta, share of --samples)
@@ -100,10 +103,13 @@ def snapped_store(latents: Path, stage1_model: Path, out: Path, device: torch.de
     return out
 
 
-def settings_for(config: dict, overrides: dict, seconds: float) -> Stage2Settings:
+def settings_for(config: dict, overrides: dict, seconds: float, seed: int | None = None) -> Stage2Settings:
+    """The config's Stage-2 settings with a recipe's overrides, trained for `seconds`;
+    `seed`: the training seed (initial weights, batch order), else the config's."""
     section = config["stage2"]
     training = {**section.get("training", {}), **overrides.get("training", {}),
-                "max_seconds": seconds, "max_steps": None, "checkpoint_every_steps": 10**9, "progress": False}
+                "max_seconds": seconds, "max_steps": None, "checkpoint_every_steps": 10**9, "progress": False,
+                **({"seed": seed} if seed is not None else {})}
     return Stage2Settings(model={**section.get("model", {}), **overrides.get("model", {})},
                           diffusion={**section.get("diffusion", {}), **overrides.get("diffusion", {})},
                           training=training)
@@ -192,6 +198,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, help="training seconds per recipe")
     parser.add_argument("--recipes", default="paper,small", help=f"comma-separated, of {sorted(RECIPES)}")
     parser.add_argument("--samples", type=int, default=250, help="samples per DDIM setting (DDPM: half)")
+    parser.add_argument("--seed", type=int, help="training seed of every recipe (default: the config's); "
+                                                 "the samplers start from the same noise whatever the seed")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--replot", action="store_true", help="only redraw OUT/convergence.png from OUT's CSVs")
     args = parser.parse_args()
@@ -230,7 +238,7 @@ def main() -> None:
                                                                             work / "latents-codes.zarr", device)
         run = work / recipe
         shutil.rmtree(run, ignore_errors=True)
-        summary = train_stage2(latents, settings_for(config, overrides, args.seconds), run)
+        summary = train_stage2(latents, settings_for(config, overrides, args.seconds, args.seed), run)
         with open(run / "log.csv", newline="") as handle:
             logs[recipe] = list(csv.DictReader(handle))
         shutil.copy(run / "log.csv", args.out / f"{recipe}_log.csv")

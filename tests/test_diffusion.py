@@ -104,6 +104,36 @@ def test_training_loss_is_zero_for_the_oracle_and_one_for_a_zero_model():
     assert schedule.training_loss(zero, z0, generator=gen, loss="l1").item() == pytest.approx((2 / np.pi) ** 0.5, abs=0.05)
 
 
+def test_min_snr_weights_the_z0_error_by_min_snr_gamma_for_eps_and_v_alike():
+    """A model whose z_0 estimate is off by δ has ε-loss SNR_t ‖δ‖² and v-loss (SNR_t + 1) ‖δ‖²;
+    Min-SNR-γ turns both into min(SNR_t, γ) ‖δ‖², and leaves the loss as it was without γ."""
+    schedule = NoiseSchedule()
+    gen = torch.Generator().manual_seed(7)
+    z0 = torch.randn(6, 2, 4, 4, generator=gen, dtype=torch.float64)
+    noise = torch.randn(6, 2, 4, 4, generator=gen, dtype=torch.float64)
+    delta = 0.1 * torch.randn(6, 2, 4, 4, generator=gen, dtype=torch.float64)
+    t = torch.tensor([0, 20, 150, 400, 800, 999])  # SNR from ~665 down to ~0.005
+
+    def off_by_delta(prediction):
+        def model(z_t, t):
+            eps_hat = schedule.predict_eps_from_z0(z_t, t, z0 + delta)
+            return eps_hat if prediction == "eps" else schedule.v_target(z0 + delta, t, eps_hat)
+        return model
+
+    snr = schedule.snr[t]
+    z0_error = delta.square().flatten(1).mean(1)
+    for gamma in (1.0, 5.0):
+        expected = (snr.clamp(max=gamma) * z0_error).mean()
+        for prediction in ("eps", "v"):
+            weighted = schedule.training_loss(off_by_delta(prediction), z0, t=t, noise=noise, prediction=prediction,
+                                              min_snr_gamma=gamma)
+            torch.testing.assert_close(weighted, expected.float(), rtol=1e-5, atol=0)
+    unweighted = schedule.training_loss(off_by_delta("v"), z0, t=t, noise=noise, prediction="v")
+    torch.testing.assert_close(unweighted, ((snr + 1) * z0_error).mean().float(), rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="min_snr_gamma must be positive"):
+        schedule.training_loss(off_by_delta("v"), z0, t=t, noise=noise, prediction="v", min_snr_gamma=0.0)
+
+
 def test_v_prediction_target_and_its_epsilon():
     """v = sqrt(ᾱ) ε - sqrt(1 - ᾱ) z_0 turns back into ε exactly; an oracle v-model has zero loss
     and, seen through EpsFromV, is the ε oracle, so every sampler recovers z_0 from it."""

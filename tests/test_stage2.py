@@ -138,6 +138,24 @@ def test_a_v_prediction_model_loads_as_an_epsilon_model(latents, tmp_path):
         DiffusionSettings(prediction="x0")
 
 
+def test_min_snr_gamma_weights_training_but_not_validation(latents, tmp_path):
+    """The setting reaches the training loss (for v, every weight is below 1, so the first step's
+    loss falls) and leaves the validation loss unweighted (the same model at step 0 scores the same)."""
+    logs = {}
+    for name, gamma in (("equal", None), ("min_snr", 5.0)):
+        torch.manual_seed(0)
+        base = settings(max_steps=1, validate_every_epochs=1)
+        run_settings = Stage2Settings(model=base.model, training=base.training,
+                                      diffusion={**base.diffusion, "prediction": "v", "min_snr_gamma": gamma})
+        train_stage2(latents, run_settings, tmp_path / name)
+        with open(tmp_path / name / "log.csv") as handle:
+            logs[name] = list(csv.DictReader(handle))
+    first = {name: next(float(r["train/loss"]) for r in rows if r["train/loss"]) for name, rows in logs.items()}
+    assert first["min_snr"] < first["equal"]
+    with pytest.raises(ValueError, match=r"stage2\.diffusion\.min_snr_gamma"):
+        DiffusionSettings(min_snr_gamma=0)
+
+
 def test_ema_follows_ldm_warmup_then_the_decay():
     task = Stage2Task.__new__(Stage2Task)  # only the decay rule is exercised
     task.diffusion = DiffusionSettings(ema_decay=0.9999)

@@ -64,6 +64,7 @@ class NoiseSchedule:
             torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]]))
         self.posterior_mean_coef1 = betas * abar_prev.sqrt() / (1.0 - abar)
         self.posterior_mean_coef2 = (1.0 - abar_prev) * alphas.sqrt() / (1.0 - abar)
+        self.snr = abar / (1.0 - abar)  # signal-to-noise ratio of z_t: ᾱ_t / (1 - ᾱ_t)
         self._on_device: dict[tuple[str, str], torch.Tensor] = {}
 
     def config(self) -> dict:
@@ -123,9 +124,10 @@ class NoiseSchedule:
 
     def training_loss(self, model: nn.Module, z0: torch.Tensor, *, t: torch.Tensor | None = None,
                       noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                      loss: str = "l2", prediction: str = "eps") -> torch.Tensor:
+                      loss: str = "l2", prediction: str = "eps", min_snr_gamma: float | None = None) -> torch.Tensor:
         """The ε-prediction loss E_{t, ε} ‖ε - ε_θ(z_t, t)‖ (mean over all elements), or with
-        prediction="v" the v-prediction loss ‖v - v_θ(z_t, t)‖ (v_target).
+        prediction="v" the v-prediction loss ‖v - v_θ(z_t, t)‖ (v_target). With
+        `min_snr_gamma`, each sample's loss is weighted by min_snr_weight (Min-SNR-γ).
 
         t and ε are drawn (t uniform, ε standard normal) unless given, from `generator` if
         given (then moved to z0's device) or else from the global RNG of z0's device — the
@@ -144,7 +146,21 @@ class NoiseSchedule:
         z_t = self.q_sample(z0, t, noise)
         output = model(z_t, t).float()
         target = (noise if prediction == "eps" else self.v_target(z0, t, noise)).float()
-        return F.mse_loss(output, target) if loss == "l2" else F.l1_loss(output, target)
+        if min_snr_gamma is None:
+            return F.mse_loss(output, target) if loss == "l2" else F.l1_loss(output, target)
+        error = (output - target).square() if loss == "l2" else (output - target).abs()
+        per_sample = error.flatten(1).mean(dim=1)
+        return (self.min_snr_weight(t, prediction, min_snr_gamma, per_sample) * per_sample).mean()
+
+    def min_snr_weight(self, t: torch.Tensor, prediction: str, gamma: float, like: torch.Tensor) -> torch.Tensor:
+        """Min-SNR-γ's loss weight at timesteps t (Hang et al., ICCV 2023): the loss on z_0
+        weighted by min(SNR_t, γ) instead of SNR_t (ε's loss) or SNR_t + 1 (v's), so that the
+        many nearly noise-free steps, whose targets are easy, stop dominating the gradient:
+        min(SNR_t, γ) / SNR_t for ε, min(SNR_t, γ) / (SNR_t + 1) for v. Shaped like `like`."""
+        if gamma <= 0:
+            raise ValueError(f"min_snr_gamma must be positive, got {gamma}")
+        snr = self.coef("snr", t, like)
+        return snr.clamp(max=gamma) / (snr if prediction == "eps" else snr + 1.0)
 
 
 class EpsFromV(nn.Module):

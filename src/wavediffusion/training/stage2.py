@@ -49,6 +49,9 @@ class DiffusionSettings:
     # what the UNet predicts: "eps" (the paper's) | "v", whose z_0 estimate stays bounded at the
     # noisiest steps however inaccurate the network still is (docs/results.md, 2026-12-07)
     prediction: str = "eps"
+    # Min-SNR-γ loss weighting (NoiseSchedule.min_snr_weight), e.g. 5; None: every timestep's
+    # loss counts equally (the paper's). Validation stays unweighted, so curves compare.
+    min_snr_gamma: float | None = None
     ema_decay: float = 0.9999
     ema_warmup: bool = True  # LDM's EMA: decay_n = min(ema_decay, (1 + n) / (10 + n)) at update n
     scale_by_std: bool = True  # multiply latents by 1 / std(train latents) before diffusion
@@ -58,6 +61,8 @@ class DiffusionSettings:
             raise ValueError(f"stage2.diffusion.loss must be one of {LOSSES}, got {self.loss!r}")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"stage2.diffusion.prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
+            raise ValueError(f"stage2.diffusion.min_snr_gamma must be positive (or null: off), got {self.min_snr_gamma}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"stage2.diffusion.ema_decay must be in [0, 1), got {self.ema_decay}")
         self.make_schedule()  # fail at construction on a bad schedule
@@ -211,7 +216,8 @@ class Stage2Task:
         z0 = batch["latent"] * self.scale_factor  # (B, C, h, w), unit variance
         with run.autocast():
             loss = self.schedule.training_loss(run.wrapped["unet"], z0, loss=self.diffusion.loss,
-                                               prediction=self.diffusion.prediction)
+                                               prediction=self.diffusion.prediction,
+                                               min_snr_gamma=self.diffusion.min_snr_gamma)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = run.clip_and_step(self.optimizer)
