@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import importlib
 
-import deepwave
 import torch
 from tqdm import tqdm
 
@@ -134,6 +133,10 @@ def _simulate_deepwave(
     Courant number is set just above that bound's so deepwave takes exactly one internal
     step per dt (OpenFWI's time stepping, no resampling of the source or the traces).
     """
+    # imported here: deepwave imports torch._dynamo (~1.5 s), which every job importing
+    # this module would pay, though most simulate nothing or use another backend
+    import deepwave
+
     acq = acquisition
     b, s, r = velocity.shape[0], acq.n_shots, acq.n_receivers
     device = velocity.device
