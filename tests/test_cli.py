@@ -55,7 +55,7 @@ def test_options_follow_the_signature():
     assert args.max_train_per_family is None and args.max_test_per_family is None and args.threads is None
     with pytest.raises(SystemExit):  # a Literal's choices are enforced
         parser.parse_args(["check-shard", "--store", "s", "--shard", "0", "--dataset", "d", "--backend", "fdtd",
-                           "--batch-size", "4", "--record", "r"])
+                           "--batch-size", "4", "--processes", "1", "--record", "r"])
     with pytest.raises(SystemExit):  # a parameter without default is a required option
         parser.parse_args(["gather-samples", "--store", "s"])
     args = parser.parse_args(["evaluate-inversionnet", "--model", "m", "--record", "r", "--dataset", "d",

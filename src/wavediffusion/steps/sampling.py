@@ -51,7 +51,7 @@ def run_check_shard(store: PairsStore, shard: Shard,
                     dataset: Annotated[str, "the dataset store (its representation)"],
                     backend: Backend, batch_size: Annotated[int, "pairs forward-modelled at once"],
                     record: Annotated[str, "JSON written once the shard is checked"],
-                    processes: Annotated[int, "processes checking the shard at once (physics.check_processes)"] = 1,
+                    processes: Annotated[int, "processes checking the shard at once (physics.check_processes)"],
                     threads: Threads = None) -> None:
     """the wave-equation check of one shard's pairs (physics.backend)"""
     from ..files import write_json
